@@ -1,0 +1,36 @@
+"""workflow_engine: durable background workflows on RQ.
+
+The database is the source of truth; RQ only moves work; ``rq worker workflows`` runs it.
+"""
+
+from .engine import WorkflowEngine
+from .errors import (
+    InvalidTransition,
+    QueueUnavailable,
+    StoreUnavailable,
+    UnknownWorkflowType,
+    WorkflowEngineError,
+    WorkflowNotFound,
+)
+from .execution import cancel_requested
+from .models import Workflow, WorkflowEvent
+from .status import WorkflowStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # the engine
+    "WorkflowEngine",
+    "cancel_requested",
+    # models
+    "Workflow",
+    "WorkflowEvent",
+    "WorkflowStatus",
+    # errors
+    "InvalidTransition",
+    "QueueUnavailable",
+    "StoreUnavailable",
+    "UnknownWorkflowType",
+    "WorkflowEngineError",
+    "WorkflowNotFound",
+]

@@ -1,0 +1,75 @@
+"""Configuration: the one place that reads the environment.
+
+``WorkflowEngine.from_env()`` and the CLI read these variables; nothing else does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///workflows.db"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_QUEUE = "workflows"
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_STALE_AFTER = 30.0
+
+#: Every environment variable the package reads, with what it sets.
+ENVIRONMENT: dict[str, str] = {
+    "WORKFLOW_ENGINE_DATABASE_URL": f"database URL (default {DEFAULT_DATABASE_URL})",
+    "WORKFLOW_ENGINE_REDIS_URL": f"Redis URL; falls back to REDIS_URL, then {DEFAULT_REDIS_URL}",
+    "REDIS_URL": "Redis URL, when WORKFLOW_ENGINE_REDIS_URL is not set",
+    "WORKFLOW_ENGINE_QUEUE": f"RQ queue name (default {DEFAULT_QUEUE})",
+    "WORKFLOW_ENGINE_HEARTBEAT_INTERVAL": f"seconds between a running workflow's heartbeats "
+    f"(default {DEFAULT_HEARTBEAT_INTERVAL:g})",
+    "WORKFLOW_ENGINE_STALE_AFTER": f"seconds without a heartbeat before reconcile recovers a running workflow "
+    f"(default {DEFAULT_STALE_AFTER:g})",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    queue_name: str = DEFAULT_QUEUE
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    stale_after: float = DEFAULT_STALE_AFTER
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            database_url=env.get("WORKFLOW_ENGINE_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            redis_url=env.get("WORKFLOW_ENGINE_REDIS_URL") or env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            queue_name=env.get("WORKFLOW_ENGINE_QUEUE") or DEFAULT_QUEUE,
+            heartbeat_interval=_seconds(env, "WORKFLOW_ENGINE_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL),
+            stale_after=_seconds(env, "WORKFLOW_ENGINE_STALE_AFTER", DEFAULT_STALE_AFTER),
+        )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def check_timing(heartbeat_interval: float, stale_after: float) -> None:
+    for name, value in (("heartbeat_interval", heartbeat_interval), ("stale_after", stale_after)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+    if stale_after < 2 * heartbeat_interval:
+        raise ConfigurationError(
+            f"stale_after ({stale_after:g} s) must be at least twice heartbeat_interval "
+            f"({heartbeat_interval:g} s), or a live worker would be taken for dead"
+        )

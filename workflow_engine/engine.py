@@ -1,0 +1,568 @@
+"""WorkflowEngine: the one object an app holds.
+
+It owns a store (the source of truth) and a transport (RQ, which only moves
+work). Every status change goes through :meth:`WorkflowEngine._change`,
+which checks the transition table, stamps the fields and has the store
+apply it with a compare-and-set and record its event.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from . import config
+from .errors import InvalidInput, InvalidTransition, QueueUnavailable, UnknownWorkflowType, WorkflowNotFound
+from .handlers import HandlerFunc, HandlerSpec, import_handler, path_of, validate_type_id
+from .models import ReconcileReport, Workflow, WorkflowEvent, to_json, utcnow
+from .status import TERMINAL, WorkflowStatus, can_transition
+from .stores import Store, open_store
+from .stores.base import ANY_JOB, NewEvent
+from .transport import Transport, connect, new_job_id
+
+log = logging.getLogger("workflow_engine")
+S = WorkflowStatus
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Engines alive in this process, by key, so an in-process job can find the engine that enqueued it.
+_ENGINES: weakref.WeakValueDictionary[str, WorkflowEngine] = weakref.WeakValueDictionary()
+#: A queued workflow whose job is not in Redis this long after it was queued is delivered again.
+REDELIVERY_GRACE = timedelta(seconds=5)
+#: The longest delay between two attempts.
+MAX_RETRY_DELAY = 3600.0
+_RACE_RETRIES = 5
+
+
+def _log_extra(wf: Workflow) -> dict[str, Any]:
+    return {"workflow_id": wf.id, "workflow_type_id": wf.workflow_type_id, "attempt": wf.attempts}
+
+
+class WorkflowEngine:
+    """Durable workflows: a database row per workflow, RQ to run them.
+
+    >>> engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://", is_async=False)
+
+    ``is_async=False`` with ``fakeredis://`` is the in-process mode:
+    ``enqueue_execution`` runs the workflow to its end before it returns.
+    """
+
+    def __init__(
+        self,
+        *,
+        database_url: str = config.DEFAULT_DATABASE_URL,
+        redis_url: str = config.DEFAULT_REDIS_URL,
+        queue_name: str = config.DEFAULT_QUEUE,
+        is_async: bool = True,
+        heartbeat_interval: float = config.DEFAULT_HEARTBEAT_INTERVAL,
+        stale_after: float = config.DEFAULT_STALE_AFTER,
+        store: Store | None = None,
+        redis_connection: Any = None,
+    ) -> None:
+        if not isinstance(queue_name, str) or not queue_name.strip():
+            raise InvalidInput(f"queue_name must be a non-empty string, got {queue_name!r}")
+        config.check_timing(heartbeat_interval, stale_after)
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self.queue_name = queue_name
+        self.is_async = is_async
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.stale_after = float(stale_after)
+        self.store: Store = store if store is not None else open_store(database_url)
+        connection = redis_connection if redis_connection is not None else connect(redis_url)
+        in_process = type(connection).__module__.startswith("fakeredis")
+        self.transport = Transport(connection, queue_name, is_async=is_async, in_process=in_process)
+        self._handlers: dict[str, HandlerSpec] = {}
+        self.key = uuid.uuid4().hex
+        _ENGINES[self.key] = self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkflowEngine:
+        """An engine configured from ``WORKFLOW_ENGINE_*`` variables (see :data:`config.ENVIRONMENT`)."""
+        settings = config.Settings.from_env(environ)
+        kwargs: dict[str, Any] = {
+            "database_url": settings.database_url,
+            "redis_url": settings.redis_url,
+            "queue_name": settings.queue_name,
+            "heartbeat_interval": settings.heartbeat_interval,
+            "stale_after": settings.stale_after,
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:
+        mode = "async" if self.is_async else "in-process"
+        return f"<WorkflowEngine {self.database_url!r} queue={self.queue_name!r} {mode}>"
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def redis(self) -> Any:
+        """The Redis connection RQ uses."""
+        return self.transport.connection
+
+    @property
+    def queue(self) -> Any:
+        """The ``rq.Queue`` workflows are put on."""
+        return self.transport.queue
+
+    # -- handlers ----------------------------------------------------------
+    def handler(
+        self,
+        workflow_type_id: str,
+        *,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated module-level function as the handler of ``workflow_type_id``.
+
+        The function takes the :class:`Workflow` and returns a JSON-serialisable result.
+        """
+
+        def decorate(func: F) -> F:
+            self.register_handler(
+                workflow_type_id, func, max_retries=max_retries, retry_backoff=retry_backoff, timeout=timeout
+            )
+            return func
+
+        return decorate
+
+    def register_handler(
+        self,
+        workflow_type_id: str,
+        handler: str | HandlerFunc,
+        *,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
+        timeout: float | None = None,
+    ) -> HandlerSpec:
+        """Register a handler by import path (``"package.module:function"``) or by function."""
+        if isinstance(handler, str):
+            if ":" not in handler and "." not in handler:
+                raise InvalidInput(f"handler path {handler!r} must look like 'package.module:function'")
+            path, func = handler, None
+        elif callable(handler):
+            path, func = path_of(handler), handler
+            if path.startswith("__main__:") and self.is_async:
+                raise InvalidInput(
+                    f"handler {path!r} is defined in __main__, which an rq worker cannot import; "
+                    "move it into a module"
+                )
+        else:
+            raise InvalidInput(f"handler must be a function or an import path, got {type(handler).__name__}")
+        spec = HandlerSpec(workflow_type_id, path, func, max_retries, retry_backoff, timeout)
+        self._handlers[workflow_type_id] = spec
+        return spec
+
+    def handler_for(self, workflow_type_id: str) -> HandlerSpec | None:
+        return self._handlers.get(workflow_type_id)
+
+    def resolve_handler(self, path: str, workflow_type_id: str) -> HandlerFunc:
+        """The function behind ``path``: a registered one if this engine has it, else imported."""
+        spec = self._handlers.get(workflow_type_id)
+        if spec is not None and spec.path == path and spec.func is not None:
+            return spec.func
+        return import_handler(path, workflow_type_id)
+
+    # -- creating and reading ----------------------------------------------
+    def create_workflow(
+        self,
+        *,
+        workflow_type_id: str,
+        created_by_agent: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        calculated_savings: Mapping[str, Any] | None = None,
+        assigned_council_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Record a new ``pending`` workflow and return its id.
+
+        With ``idempotency_key``, a second call with the same key returns the
+        first workflow's id and changes nothing.
+        """
+        wf = self._new_workflow(
+            workflow_type_id=workflow_type_id,
+            created_by_agent=created_by_agent,
+            inputs=inputs,
+            calculated_savings=calculated_savings,
+            assigned_council_id=assigned_council_id,
+            idempotency_key=idempotency_key,
+        )
+        [(stored, created)] = self.store.insert([wf])
+        if created:
+            log.info("workflow created", extra=_log_extra(stored))
+        return stored.id
+
+    def _new_workflow(
+        self,
+        *,
+        workflow_type_id: str,
+        created_by_agent: str | None,
+        inputs: Mapping[str, Any] | None,
+        calculated_savings: Mapping[str, Any] | None,
+        assigned_council_id: str | None,
+        idempotency_key: str | None,
+    ) -> Workflow:
+        validate_type_id(workflow_type_id)
+        inputs = {} if inputs is None else inputs
+        if not isinstance(inputs, Mapping):
+            raise InvalidInput(f"inputs must be a dict (a JSON object), got {type(inputs).__name__}")
+        if calculated_savings is not None and not isinstance(calculated_savings, Mapping):
+            raise InvalidInput(
+                f"calculated_savings must be a dict (a JSON object) or None, got {type(calculated_savings).__name__}"
+            )
+        for name, value in (
+            ("created_by_agent", created_by_agent),
+            ("assigned_council_id", assigned_council_id),
+            ("idempotency_key", idempotency_key),
+        ):
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(f"{name} must be a string or None, got {type(value).__name__}")
+        if idempotency_key is not None and not idempotency_key:
+            raise InvalidInput("idempotency_key must not be empty")
+        # Round-trip through JSON so that what is stored is exactly what a reader gets back.
+        import json
+
+        inputs_value = json.loads(to_json(dict(inputs), "inputs"))
+        savings_value = None if calculated_savings is None else json.loads(
+            to_json(dict(calculated_savings), "calculated_savings")
+        )
+        spec = self._handlers.get(workflow_type_id)
+        now = utcnow()
+        return Workflow(
+            id=uuid.uuid4().hex,
+            workflow_type_id=workflow_type_id,
+            status=S.PENDING,
+            created_by_agent=created_by_agent,
+            inputs=inputs_value,
+            calculated_savings=savings_value,
+            assigned_council_id=assigned_council_id,
+            idempotency_key=idempotency_key,
+            handler=spec.path if spec else None,
+            max_retries=spec.max_retries if spec else 0,
+            retry_backoff=spec.retry_backoff if spec else 0.0,
+            timeout=spec.timeout if spec else None,
+            created_at=now,
+            updated_at=now,
+        )
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        """The workflow with that id; WorkflowNotFound if there is none."""
+        if not isinstance(workflow_id, str):
+            raise WorkflowNotFound(repr(workflow_id))
+        wf = self.store.get(workflow_id)
+        if wf is None:
+            raise WorkflowNotFound(workflow_id)
+        return wf
+
+    def list_workflows(
+        self,
+        limit: int = 50,
+        status: str | WorkflowStatus | None = None,
+        workflow_type_id: str | None = None,
+        created_by_agent: str | None = None,
+        *,
+        before: Workflow | None = None,
+    ) -> list[Workflow]:
+        """Workflows newest first, filtered by any of status, type and agent.
+
+        Page with ``before=<last workflow of the previous page>`` (keyset paging).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidInput(f"limit must be an integer from 1 to 10000, got {limit!r}")
+        filters: dict[str, str] = {}
+        if status is not None:
+            filters["status"] = WorkflowStatus.parse(status).value
+        for name, value in (("workflow_type_id", workflow_type_id), ("created_by_agent", created_by_agent)):
+            if value is not None:
+                if not isinstance(value, str):
+                    raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
+                filters[name] = value
+        cursor = (before.created_at, before.id) if before is not None else None
+        return self.store.list(limit=limit, filters=filters, cursor=cursor)
+
+    def get_events(self, workflow_id: str) -> list[WorkflowEvent]:
+        """The audit trail, oldest first: one event per status change, plus notes such as redeliveries."""
+        events = self.store.events(workflow_id)
+        if not events:
+            self.get_workflow(workflow_id)  # raises WorkflowNotFound
+        return events
+
+    # -- changing ----------------------------------------------------------
+    def _change(
+        self,
+        wf: Workflow,
+        to: WorkflowStatus,
+        changes: Mapping[str, Any],
+        *,
+        detail: str | None,
+        expected_job_id: str | None | bool = ANY_JOB,
+        heartbeat_before: datetime | None = None,
+        event: bool = True,
+    ) -> Workflow | None:
+        """Move ``wf`` to ``to`` if it is still as read. None if another process changed it first."""
+        if not can_transition(wf.status, to):
+            raise InvalidTransition(wf.id, wf.status.value, to.value)
+        fields = dict(changes)
+        fields["status"] = to
+        fields.setdefault("updated_at", utcnow())
+        return self.store.compare_and_set(
+            wf.id,
+            expected_status=wf.status,
+            changes=fields,
+            event=NewEvent(wf.status, to, detail) if event else None,
+            expected_job_id=expected_job_id,
+            heartbeat_before=heartbeat_before,
+        )
+
+    def enqueue_execution(self, workflow_id: str) -> None:
+        """Mark the workflow ``queued`` in the database, then put its job on the RQ queue.
+
+        A queued workflow whose job is still in Redis is left alone, so calling
+        this again never runs a workflow twice. Raises UnknownWorkflowType if no
+        handler is known for its type, InvalidTransition if it is running or
+        finished (use :meth:`requeue` for failed or cancelled ones), and
+        QueueUnavailable if Redis is down: the workflow then stays queued and
+        :meth:`reconcile` delivers it later.
+        """
+        for _ in range(_RACE_RETRIES):
+            wf = self.get_workflow(workflow_id)
+            if wf.status is S.QUEUED:
+                if wf.job_id is not None and wf.job_id in self.transport.live_jobs([wf.job_id]):
+                    return
+                if wf.job_id is None and wf.run_after is not None and wf.run_after > utcnow():
+                    return  # a retry waiting for its delay
+            elif wf.status is not S.PENDING:
+                hint = {
+                    S.RUNNING: "it is already running",
+                    S.COMPLETED: "a completed workflow never runs again",
+                }.get(wf.status, "use engine.requeue() to run a failed or cancelled workflow again")
+                raise InvalidTransition(wf.id, wf.status.value, S.QUEUED.value, hint)
+            if self._queue(wf, detail="enqueued" if wf.status is S.PENDING else "redelivered"):
+                return
+        raise InvalidTransition(workflow_id, None, S.QUEUED.value, "it kept changing while being enqueued")
+
+    def requeue(self, workflow_id: str) -> Workflow:
+        """Send a ``failed`` or ``cancelled`` workflow back to ``queued`` with a fresh retry budget."""
+        for _ in range(_RACE_RETRIES):
+            wf = self.get_workflow(workflow_id)
+            if wf.status not in (S.FAILED, S.CANCELLED):
+                raise InvalidTransition(
+                    wf.id, wf.status.value, S.QUEUED.value, "only failed or cancelled workflows can be requeued"
+                )
+            if self._queue(wf, detail="requeued", reset=True):
+                return self.get_workflow(workflow_id)
+        raise InvalidTransition(workflow_id, None, S.QUEUED.value, "it kept changing while being requeued")
+
+    def _queue(self, wf: Workflow, *, detail: str, reset: bool = False) -> bool:
+        """pending/failed/cancelled/queued -> queued with a new job, then deliver. False if we lost a race."""
+        spec = self._handlers.get(wf.workflow_type_id)
+        if spec is None and wf.handler is None:
+            raise UnknownWorkflowType(wf.workflow_type_id)
+        changes: dict[str, Any] = {"job_id": new_job_id(wf.id), "run_after": None}
+        if wf.status is not S.QUEUED or reset:
+            policy = spec or HandlerSpec(
+                wf.workflow_type_id, wf.handler or "", None, wf.max_retries, wf.retry_backoff, wf.timeout
+            )
+            changes.update(
+                handler=policy.path,
+                max_retries=policy.max_retries,
+                retry_backoff=policy.retry_backoff,
+                timeout=policy.timeout,
+                max_attempts=wf.attempts + 1 + policy.max_retries,
+                cancel_requested_at=None,
+            )
+        if reset:
+            changes.update(finished_at=None)
+        queued = self._change(wf, S.QUEUED, changes, detail=detail, expected_job_id=wf.job_id)
+        if queued is None:
+            return False
+        log.info("workflow %s", detail, extra=_log_extra(queued))
+        self._deliver(queued)
+        return True
+
+    def _deliver(self, wf: Workflow, transport: Transport | None = None) -> None:
+        transport = transport or self.transport
+        assert wf.job_id is not None
+        transport.deliver(wf, wf.job_id, engine_key=self.key if transport.in_process else None)
+
+    def cancel(self, workflow_id: str, *, reason: str | None = None) -> Workflow:
+        """Cancel a workflow.
+
+        A ``pending`` or ``queued`` workflow becomes ``cancelled`` and its handler
+        never runs. For a ``running`` one the request is recorded (the handler
+        can see it with :func:`workflow_engine.execution.cancel_requested`) and
+        a forking worker is told to kill its work-horse; it becomes
+        ``cancelled`` when its attempt ends.
+        """
+        detail = f"cancelled: {reason}" if reason else "cancelled"
+        for _ in range(_RACE_RETRIES):
+            wf = self.get_workflow(workflow_id)
+            if wf.status in (S.PENDING, S.QUEUED):
+                now = utcnow()
+                done = self._change(wf, S.CANCELLED, {"finished_at": now, "updated_at": now}, detail=detail)
+                if done is not None:
+                    log.info("workflow cancelled", extra=_log_extra(done))
+                    return done
+            elif wf.status is S.RUNNING:
+                if wf.cancel_requested_at is not None:
+                    return wf
+                now = utcnow()
+                marked = self.store.compare_and_set(
+                    wf.id,
+                    expected_status=S.RUNNING,
+                    changes={"cancel_requested_at": now, "updated_at": now},
+                    event=NewEvent(S.RUNNING, S.RUNNING, f"cancel requested{': ' + reason if reason else ''}"),
+                    expected_job_id=wf.job_id,
+                )
+                if marked is not None:
+                    if marked.job_id:
+                        self.transport.stop(marked.job_id)
+                    log.info("workflow cancel requested", extra=_log_extra(marked))
+                    return self.get_workflow(workflow_id)
+            else:
+                raise InvalidTransition(wf.id, wf.status.value, S.CANCELLED.value, "it has already finished")
+        raise InvalidTransition(workflow_id, None, S.CANCELLED.value, "it kept changing while being cancelled")
+
+    def update_status(self, workflow_id: str, status: str | WorkflowStatus, *, detail: str | None = None) -> Workflow:
+        """Move a workflow to ``status`` if the transition table allows it.
+
+        ``queued`` enqueues (or requeues) it and ``cancelled`` cancels it, with
+        the same rules as those methods; other targets are recorded as given.
+        """
+        target = WorkflowStatus.parse(status)
+        if target is S.QUEUED:
+            wf = self.get_workflow(workflow_id)
+            if wf.status in (S.FAILED, S.CANCELLED):
+                return self.requeue(workflow_id)
+            self.enqueue_execution(workflow_id)
+            return self.get_workflow(workflow_id)
+        if target is S.CANCELLED:
+            return self.cancel(workflow_id, reason=detail)
+        for _ in range(_RACE_RETRIES):
+            wf = self.get_workflow(workflow_id)
+            now = utcnow()
+            changes: dict[str, Any] = {"updated_at": now}
+            if target in TERMINAL:
+                changes["finished_at"] = now
+            if target is S.RUNNING:
+                changes.update(started_at=wf.started_at or now, heartbeat_at=now)
+            done = self._change(wf, target, changes, detail=detail or "status updated")
+            if done is not None:
+                return done
+        raise InvalidTransition(workflow_id, None, target.value, "it kept changing while being updated")
+
+    # -- failures and recovery ---------------------------------------------
+    def retry_delay(self, wf: Workflow) -> float:
+        """Exponential backoff with jitter: base * 2**(attempt-1), then between half and all of that."""
+        if wf.retry_backoff <= 0:
+            return 0.0
+        delay = min(wf.retry_backoff * 2 ** max(wf.attempts - 1, 0), MAX_RETRY_DELAY)
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    def _attempt_failed(
+        self,
+        wf: Workflow,
+        *,
+        error: str,
+        traceback: str | None,
+        transport: Transport | None = None,
+        heartbeat_before: datetime | None = None,
+    ) -> Workflow | None:
+        """A running attempt failed: retry it, or fail the workflow. None if another process changed it first."""
+        now = utcnow()
+        base: dict[str, Any] = {"error": error, "traceback": traceback, "updated_at": now}
+        fail_detail = f"attempt {wf.attempts} failed: {error}"
+        if wf.cancel_requested_at is not None:
+            base["finished_at"] = now
+            new = self._change(
+                wf, S.CANCELLED, base, detail=f"{fail_detail}; cancelled as requested",
+                expected_job_id=wf.job_id, heartbeat_before=heartbeat_before,
+            )
+        elif wf.attempts < wf.max_attempts:
+            delay = self.retry_delay(wf) if self.is_async else 0.0
+            if delay > 0:
+                base.update(job_id=None, run_after=now + timedelta(seconds=delay))
+                detail = f"{fail_detail}; retry in {delay:.1f} s"
+            else:
+                base.update(job_id=new_job_id(wf.id), run_after=None)
+                detail = f"{fail_detail}; retrying now"
+            new = self._change(
+                wf, S.QUEUED, base, detail=detail, expected_job_id=wf.job_id, heartbeat_before=heartbeat_before
+            )
+            if new is not None and new.job_id is not None:
+                try:
+                    self._deliver(new, transport)
+                except QueueUnavailable:
+                    log.warning("retry not delivered, Redis is down; reconcile will", extra=_log_extra(new))
+        else:
+            base["finished_at"] = now
+            new = self._change(
+                wf, S.FAILED, base, detail=f"{fail_detail}; no retries left",
+                expected_job_id=wf.job_id, heartbeat_before=heartbeat_before,
+            )
+        if new is not None:
+            log.warning("%s -> %s", fail_detail, new.status.value, extra=_log_extra(new))
+        return new
+
+    def reconcile(self, *, batch_size: int = 500) -> ReconcileReport:
+        """Recover from whatever Redis forgot and whatever workers died. Safe to run in many processes.
+
+        - a ``running`` workflow whose heartbeat is older than ``stale_after`` counts as a failed
+          attempt: it is requeued, or ``failed`` when it has no attempts left;
+        - a ``queued`` workflow whose RQ job is gone (Redis flushed or restarted) is delivered again;
+        - a retry whose delay has passed is delivered.
+
+        Every change is a compare-and-set, so two reconcilers never both act on one workflow.
+        """
+        report: dict[str, list[str]] = {
+            "requeued_stale": [],
+            "failed_stale": [],
+            "cancelled_stale": [],
+            "redelivered": [],
+            "undeliverable": [],
+        }
+        now = utcnow()
+        cutoff = now - timedelta(seconds=self.stale_after)
+        for wf in self.store.stale_running(cutoff=cutoff, limit=batch_size):
+            new = self._attempt_failed(
+                wf,
+                error=f"worker lost: no heartbeat for {self.stale_after:g} s (worker {wf.worker or 'unknown'})",
+                traceback=None,
+                heartbeat_before=cutoff,
+            )
+            if new is None:
+                continue
+            key = {S.QUEUED: "requeued_stale", S.FAILED: "failed_stale", S.CANCELLED: "cancelled_stale"}
+            report[key[new.status]].append(new.id)
+        candidates = self.store.deliverable_queued(now=now, queued_before=now - REDELIVERY_GRACE, limit=batch_size)
+        with_job = [wf.job_id for wf in candidates if wf.job_id is not None]
+        try:
+            live = self.transport.live_jobs(with_job)
+        except QueueUnavailable:
+            report["undeliverable"].extend(wf.id for wf in candidates)
+            return ReconcileReport(**report)
+        for wf in candidates:
+            if wf.job_id is not None and wf.job_id in live:
+                continue
+            why = "retry due" if wf.job_id is None else "job missing from Redis"
+            changes = {"job_id": new_job_id(wf.id), "run_after": None}
+            new = self._change(wf, S.QUEUED, changes, detail=f"redelivered: {why}", expected_job_id=wf.job_id)
+            if new is None:
+                continue
+            try:
+                self._deliver(new)
+            except QueueUnavailable:
+                report["undeliverable"].append(new.id)
+                continue
+            report["redelivered"].append(new.id)
+        result = ReconcileReport(**report)
+        if result.total:
+            log.info("reconcile: %s", result.to_dict())
+        return result

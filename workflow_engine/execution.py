@@ -1,0 +1,295 @@
+"""Running one attempt of a workflow inside a worker.
+
+:func:`run_workflow` is the function every RQ job calls. It finds an engine
+(the in-process one that enqueued it, the one ``workflow-engine worker``
+set, or one built from the environment), claims the workflow with a
+compare-and-set, runs the handler under its timeout while a heartbeat
+thread stamps the database, and records the outcome.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback as tb
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
+from .models import Workflow, to_json, utcnow
+from .status import WorkflowStatus
+
+if TYPE_CHECKING:
+    from .engine import WorkflowEngine
+    from .transport import Transport
+
+log = logging.getLogger("workflow_engine.execution")
+S = WorkflowStatus
+
+_worker_engine: WorkflowEngine | None = None
+_worker_engine_pid = 0
+_engine_lock = threading.Lock()
+
+
+def set_worker_engine(engine: WorkflowEngine | None) -> None:
+    """Make ``engine`` the one that jobs in this process (and its forked work-horses) run with."""
+    global _worker_engine, _worker_engine_pid
+    with _engine_lock:
+        _worker_engine, _worker_engine_pid = engine, os.getpid() if engine else 0
+
+
+def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
+    """The engine a job runs with: by key (in-process), the worker's, or one from the environment."""
+    global _worker_engine, _worker_engine_pid
+    from .engine import _ENGINES, WorkflowEngine
+
+    if engine_key is not None:
+        found = _ENGINES.get(engine_key)
+        if found is not None:
+            return found
+    with _engine_lock:
+        if _worker_engine is None:
+            # A stock `rq worker`: the database comes from WORKFLOW_ENGINE_DATABASE_URL.
+            _worker_engine = WorkflowEngine.from_env()
+            _worker_engine_pid = os.getpid()
+        return _worker_engine
+
+
+# -- the job -----------------------------------------------------------------
+def run_workflow(workflow_id: str, handler: str, job_id: str, engine_key: str | None = None) -> dict[str, Any]:
+    """The RQ job: run one attempt of ``workflow_id``. Returns a small summary for RQ's records.
+
+    Handler errors never escape: they are recorded on the workflow. Only a
+    store failure propagates, so RQ marks the job failed; reconcile recovers
+    the workflow from the database later.
+    """
+    from rq import get_current_job
+
+    engine = worker_engine(engine_key)
+    job = get_current_job()
+    transport = engine.transport
+    if job is not None and engine_key is None:
+        # Retries go back on the queue this job came from, over the worker's own connection.
+        from .transport import Transport
+
+        transport = Transport(job.connection, job.origin, is_async=True)
+    worker = (getattr(job, "worker_name", None) if job else None) or os.environ.get("RQ_WORKER_ID")
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    status = run_attempt(engine, workflow_id, job_id=job_id, handler=handler, worker=worker, transport=transport)
+    return {"workflow_id": workflow_id, "status": status}
+
+
+def on_job_stopped(job: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
+    """RQ's ``on_stopped`` callback: the work-horse was killed on request, so the attempt is over."""
+    workflow_id, _handler, job_id = job.args[:3]
+    engine = worker_engine(job.kwargs.get("engine_key"))
+    wf = engine.store.get(workflow_id)
+    if wf is None or wf.status is not S.RUNNING or wf.job_id != job_id:
+        return
+    reason = "cancelled as requested" if wf.cancel_requested_at else "stopped"
+    engine._attempt_failed(
+        wf.model_copy(update={"cancel_requested_at": wf.cancel_requested_at or utcnow()}),
+        error=f"work-horse stopped by request; {reason}",
+        traceback=None,
+    )
+
+
+# -- one attempt -------------------------------------------------------------
+@dataclass
+class _Attempt:
+    workflow_id: str
+    job_id: str
+    engine: WorkflowEngine
+    cancel_requested: bool = False
+    last_beat: float = field(default_factory=time.monotonic)
+
+
+_current: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("workflow_engine_attempt", default=None)
+
+
+def cancel_requested() -> bool:
+    """Inside a handler: True once ``engine.cancel()`` was asked for the running workflow.
+
+    A long handler should check it between steps and stop early (raise, or
+    return); the workflow then ends ``cancelled``.
+    """
+    attempt = _current.get()
+    if attempt is None:
+        return False
+    if attempt.cancel_requested:
+        return True
+    wf = attempt.engine.store.get(attempt.workflow_id)
+    attempt.cancel_requested = bool(wf and wf.cancel_requested_at is not None)
+    return attempt.cancel_requested
+
+
+def run_attempt(
+    engine: WorkflowEngine,
+    workflow_id: str,
+    *,
+    job_id: str,
+    handler: str | None,
+    worker: str | None,
+    transport: Transport | None = None,
+) -> str:
+    """Claim the workflow for ``job_id``, run its handler, record the outcome; return the final status."""
+    wf = engine.store.claim(workflow_id, job_id=job_id, worker=worker, now=utcnow())
+    if wf is None:
+        current = engine.store.get(workflow_id)
+        state = current.status.value if current else "missing"
+        log.info("job %s skipped: workflow %s is %s or carried by another job", job_id, workflow_id, state)
+        return f"skipped ({state})"
+    extra = {"workflow_id": wf.id, "workflow_type_id": wf.workflow_type_id, "attempt": wf.attempts}
+    log.info("attempt %d started", wf.attempts, extra=extra)
+    path = handler or wf.handler
+    try:
+        if not path:
+            raise UnknownWorkflowType(wf.workflow_type_id, "the workflow records no handler path")
+        func = engine.resolve_handler(path, wf.workflow_type_id)
+    except UnknownWorkflowType as exc:
+        # Retrying cannot fix a missing handler: fail now, with a message that says how to fix it.
+        final = engine._change(
+            wf,
+            S.FAILED,
+            {"error": str(exc), "finished_at": utcnow()},
+            detail=str(exc),
+            expected_job_id=job_id,
+        )
+        return (final or wf).status.value
+    attempt = _Attempt(wf.id, job_id, engine)
+    token = _current.set(attempt)
+    started = time.monotonic()
+    try:
+        with _heartbeat(engine, attempt):
+            result = _call_with_timeout(func, wf, wf.timeout)
+        to_json(result, "the handler's result")
+    except HandlerTimeout as exc:
+        return _failed(engine, wf, attempt, str(exc), None, transport)
+    except Exception as exc:
+        return _failed(engine, wf, attempt, f"{type(exc).__name__}: {exc}", tb.format_exc(), transport)
+    finally:
+        _current.reset(token)
+    now = utcnow()
+    done = engine._change(
+        wf,
+        S.COMPLETED,
+        {"result": result, "error": None, "traceback": None, "finished_at": now, "updated_at": now},
+        detail=f"completed in {time.monotonic() - started:.3f} s",
+        expected_job_id=job_id,
+    )
+    if done is None:
+        log.warning("attempt %d finished but the workflow was taken over; result discarded", wf.attempts, extra=extra)
+        current = engine.store.get(wf.id)
+        return current.status.value if current else "missing"
+    log.info("workflow completed", extra=extra)
+    return done.status.value
+
+
+def _failed(
+    engine: WorkflowEngine, wf: Workflow, attempt: _Attempt, error: str, trace: str | None, transport: Transport | None
+) -> str:
+    current = engine.store.get(wf.id)
+    if current is None or current.status is not S.RUNNING or current.job_id != attempt.job_id:
+        return current.status.value if current else "missing"
+    try:
+        new = engine._attempt_failed(current, error=error, traceback=trace, transport=transport)
+    except WorkflowEngineError:
+        log.exception("could not record the failed attempt of %s; reconcile will recover it", wf.id)
+        raise
+    return (new or current).status.value
+
+
+# -- timeouts ----------------------------------------------------------------
+def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
+    """Run ``func(wf)``; past ``timeout`` seconds raise HandlerTimeout.
+
+    In the main thread (every RQ worker and work-horse) a real SIGALRM timer
+    interrupts the handler, with sub-second precision. Elsewhere (a web
+    request thread in in-process mode) signals are not available, so the
+    attempt is judged when the handler returns.
+    """
+    if timeout is None:
+        return func(wf)
+    message = f"handler timed out after {timeout:g} s"
+    start = time.monotonic()
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        result = func(wf)
+        if time.monotonic() - start > timeout:
+            raise HandlerTimeout(message)
+        return result
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise HandlerTimeout(message)
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return func(wf)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_delay > 0:  # put back RQ's own (longer) alarm, minus the time spent
+            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 0.001))
+
+
+# -- heartbeats --------------------------------------------------------------
+class _Beater(threading.Thread):
+    """One daemon thread per process that stamps every running attempt's heartbeat."""
+
+    def __init__(self) -> None:
+        super().__init__(name="workflow-engine-heartbeat", daemon=True)
+        self.attempts: dict[int, _Attempt] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+
+    def run(self) -> None:  # pragma: no cover - timing-dependent, covered by the process tests
+        while True:
+            with self.lock:
+                attempts = list(self.attempts.values())
+            now = time.monotonic()
+            wait = 1.0
+            for attempt in attempts:
+                interval = attempt.engine.heartbeat_interval
+                due = attempt.last_beat + interval
+                if now >= due:
+                    attempt.last_beat = now
+                    try:
+                        beat = attempt.engine.store.heartbeat(attempt.workflow_id, job_id=attempt.job_id, now=utcnow())
+                        attempt.cancel_requested = attempt.cancel_requested or beat.cancel_requested
+                    except Exception:
+                        log.warning("heartbeat for %s failed", attempt.workflow_id, exc_info=True)
+                    due = now + interval
+                wait = min(wait, max(due - now, 0.01))
+            self.wake.wait(wait)
+            self.wake.clear()
+
+
+_beater: _Beater | None = None
+_beater_pid = 0
+
+
+@contextmanager
+def _heartbeat(engine: WorkflowEngine, attempt: _Attempt) -> Iterator[None]:
+    global _beater, _beater_pid
+    if not engine.is_async:
+        yield  # in-process: the caller's thread runs the handler to its end; nobody else can take it over
+        return
+    if _beater is None or _beater_pid != os.getpid() or not _beater.is_alive():
+        _beater, _beater_pid = _Beater(), os.getpid()
+        _beater.start()
+    beater = _beater
+    with beater.lock:
+        beater.attempts[id(attempt)] = attempt
+    beater.wake.set()
+    try:
+        yield
+    finally:
+        with beater.lock:
+            beater.attempts.pop(id(attempt), None)

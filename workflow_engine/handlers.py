@@ -1,0 +1,88 @@
+"""Handlers: the function that runs a workflow type, found by import path.
+
+An RQ job carries only a workflow id and its handler's import path
+(``package.module:function``), so a stock ``rq worker`` can run it after
+importing the app's module, and a web process that registers handlers by
+path never imports handler code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInput, UnknownWorkflowType
+from .models import Workflow
+
+HandlerFunc = Callable[[Workflow], Any]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """A registered handler and its options."""
+
+    workflow_type_id: str
+    path: str
+    func: HandlerFunc | None = None
+    max_retries: int = 3
+    retry_backoff: float = 1.0
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        validate_type_id(self.workflow_type_id)
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise InvalidInput(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        if not _is_number(self.retry_backoff) or self.retry_backoff < 0:
+            raise InvalidInput(f"retry_backoff must be a number of seconds >= 0, got {self.retry_backoff!r}")
+        if self.timeout is not None and (not _is_number(self.timeout) or self.timeout <= 0):
+            raise InvalidInput(f"timeout must be a number of seconds > 0 or None, got {self.timeout!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_type_id(type_id: object) -> str:
+    if not isinstance(type_id, str):
+        raise InvalidInput(f"workflow_type_id must be a string, got {type(type_id).__name__}")
+    if not type_id.strip():
+        raise InvalidInput("workflow_type_id must not be empty")
+    return type_id
+
+
+def path_of(func: HandlerFunc) -> str:
+    """The import path of a module-level function: ``package.module:qualname``."""
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        raise InvalidInput(
+            f"handler {func!r} is not a module-level function, so a worker cannot import it; "
+            "define it at the top level of a module"
+        )
+    return f"{module}:{qualname}"
+
+
+def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
+    """Import ``package.module:function`` (or ``package.module.function``)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise UnknownWorkflowType(workflow_type_id, f"malformed handler path {path!r}; use 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise UnknownWorkflowType(
+            workflow_type_id,
+            f"cannot import handler {path!r}: {type(exc).__name__}: {exc}; start the worker where it can "
+            "import that module (rq worker --path <app dir>)",
+        ) from exc
+    if not callable(obj):
+        raise UnknownWorkflowType(workflow_type_id, f"{path!r} is not callable")
+    handler: HandlerFunc = obj
+    return handler

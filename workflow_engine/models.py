@@ -1,0 +1,163 @@
+"""Immutable models: a workflow, one event of its audit trail, a reconcile report.
+
+Models are frozen pydantic models. Stores build them with ``from_row()``;
+the engine changes them only through the store, never in place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from .errors import InvalidInput
+from .status import WorkflowStatus
+
+JSONValue = Any
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_json(value: Any, what: str) -> str:
+    """Serialise ``value`` as strict JSON, or raise InvalidInput naming ``what``."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware (UTC)")
+    return value.astimezone(timezone.utc) if value is not None else None
+
+
+class Workflow(BaseModel):
+    """One workflow: what to run, where it stands, and what came of it."""
+
+    model_config = _FROZEN
+
+    id: str
+    workflow_type_id: str
+    status: WorkflowStatus
+    created_by_agent: str | None = None
+    inputs: dict[str, JSONValue]
+    calculated_savings: dict[str, JSONValue] | None = None
+    assigned_council_id: str | None = None
+    result: JSONValue = None
+    error: str | None = None
+    attempts: int = 0
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: The traceback of the last failed attempt.
+    traceback: str | None = None
+    #: Set by ``create_workflow(idempotency_key=...)``; unique among workflows.
+    idempotency_key: str | None = None
+    #: Import path of the handler (``package.module:function``), recorded when it is enqueued.
+    handler: str | None = None
+    #: The handler's retry policy, recorded when the workflow is enqueued.
+    max_retries: int = 0
+    #: The attempt number after which a failure is final; set to ``attempts + 1 + max_retries``
+    #: whenever the workflow is enqueued or requeued, so a requeue gets a fresh retry budget.
+    max_attempts: int = 1
+    retry_backoff: float = 0.0
+    timeout: float | None = None
+    #: The RQ job that currently carries this workflow; only that job may claim it.
+    job_id: str | None = None
+    #: The worker running (or that last ran) this workflow.
+    worker: str | None = None
+    heartbeat_at: datetime | None = None
+    #: A queued retry is not delivered before this time.
+    run_after: datetime | None = None
+    cancel_requested_at: datetime | None = None
+
+    _check_times = field_validator(
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+        "heartbeat_at",
+        "run_after",
+        "cancel_requested_at",
+    )(_aware)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Workflow:
+        """Build a workflow from a database row (a mapping of column to value).
+
+        JSON columns must already be decoded; the stores do that, since only
+        they know whether a column came back as text or as ``jsonb``.
+        """
+        return cls.model_validate(dict(row))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: enums become strings and datetimes ISO 8601 strings."""
+        return self.model_dump(mode="json")
+
+    @property
+    def is_terminal(self) -> bool:
+        from .status import TERMINAL
+
+        return self.status in TERMINAL
+
+
+class WorkflowEvent(BaseModel):
+    """One entry of a workflow's audit trail: a status change, or a note such as a redelivery."""
+
+    model_config = _FROZEN
+
+    id: int
+    workflow_id: str
+    from_status: WorkflowStatus | None
+    to_status: WorkflowStatus
+    at: datetime
+    #: What happened: an error, the worker's name, who cancelled.
+    detail: str | None = None
+    #: The workflow's attempt count when the event was recorded.
+    attempt: int = 0
+
+    _check_at = field_validator("at")(_aware)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> WorkflowEvent:
+        return cls.model_validate(dict(row))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class ReconcileReport(BaseModel):
+    """What one ``engine.reconcile()`` pass did, by workflow id."""
+
+    model_config = _FROZEN
+
+    #: Running workflows whose worker stopped heartbeating, sent back to the queue.
+    requeued_stale: list[str] = []
+    #: Running workflows whose worker died on their last attempt, now failed.
+    failed_stale: list[str] = []
+    #: Running workflows whose worker died after a cancel was requested, now cancelled.
+    cancelled_stale: list[str] = []
+    #: Queued workflows with no RQ job (Redis lost it, or a retry came due), delivered again.
+    redelivered: list[str] = []
+    #: Workflows that could not be delivered because Redis is unavailable; the next pass tries again.
+    undeliverable: list[str] = []
+
+    @property
+    def total(self) -> int:
+        return (
+            len(self.requeued_stale)
+            + len(self.failed_stale)
+            + len(self.cancelled_stale)
+            + len(self.redelivered)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,316 @@
+"""The storage contract, and the SQL written once for every store.
+
+:class:`Store` is the narrow contract the engine uses: persist a workflow,
+read it, and change it with a compare-and-set. It holds no workflow logic:
+the engine decides every transition and stamps every field, and a store only
+writes what it is given if the row is still in the state the engine saw.
+
+:class:`SQLStore` implements the contract once over named SQL
+(:mod:`.queries`). A concrete store supplies a connection, a transaction,
+and how its driver encodes JSON and timestamps.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any, Protocol
+
+from ..models import Workflow, WorkflowEvent, utcnow
+from ..status import WorkflowStatus
+from . import queries as q
+
+#: Pass as ``expected_job_id`` to put no condition on the job id.
+ANY_JOB: Any = False
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to record in the same transaction as a change."""
+
+    from_status: WorkflowStatus | None
+    to_status: WorkflowStatus
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a heartbeat found: whether this worker still owns the workflow, and whether a cancel was asked."""
+
+    owned: bool
+    cancel_requested: bool
+
+
+class Store(abc.ABC):
+    """What the engine needs from a database. Every method is atomic."""
+
+    url: str
+
+    # -- lifecycle --------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Apply pending numbered migrations under a lock; return the schema version."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections. The store reconnects if used again."""
+
+    # -- writing ----------------------------------------------------------
+    @abc.abstractmethod
+    def insert(self, workflows: Sequence[Workflow], event_detail: str | None = None) -> list[tuple[Workflow, bool]]:
+        """Insert workflows, each with its creation event, in one transaction.
+
+        A workflow whose ``idempotency_key`` is already taken is not inserted:
+        the existing workflow comes back instead, with ``False``.
+        """
+
+    @abc.abstractmethod
+    def compare_and_set(
+        self,
+        workflow_id: str,
+        *,
+        expected_status: WorkflowStatus,
+        changes: Mapping[str, Any],
+        event: NewEvent | None,
+        expected_job_id: str | None | bool = ANY_JOB,
+        heartbeat_before: datetime | None = None,
+    ) -> Workflow | None:
+        """Apply ``changes`` and record ``event`` only if the row still has ``expected_status``
+        (and ``expected_job_id``, and a heartbeat older than ``heartbeat_before``).
+
+        Return the updated workflow, or None if the row was not in that state.
+        ``changes`` must include ``updated_at``; the event is stamped with it.
+        """
+
+    @abc.abstractmethod
+    def claim(self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime) -> Workflow | None:
+        """queued -> running for the job that carries the workflow; count the attempt. None if lost."""
+
+    @abc.abstractmethod
+    def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime) -> Heartbeat:
+        """Stamp ``heartbeat_at`` if ``job_id`` still runs the workflow."""
+
+    # -- reading ----------------------------------------------------------
+    @abc.abstractmethod
+    def get(self, workflow_id: str) -> Workflow | None: ...
+
+    @abc.abstractmethod
+    def list(
+        self,
+        *,
+        limit: int,
+        filters: Mapping[str, str],
+        cursor: tuple[datetime, str] | None = None,
+    ) -> list[Workflow]:
+        """Newest first, filtered by equality on FILTER_COLUMNS, after ``cursor`` (created_at, id)."""
+
+    @abc.abstractmethod
+    def events(self, workflow_id: str) -> list[WorkflowEvent]: ...
+
+    @abc.abstractmethod
+    def stale_running(self, *, cutoff: datetime, limit: int) -> list[Workflow]:
+        """Running workflows whose heartbeat is older than ``cutoff``."""
+
+    @abc.abstractmethod
+    def deliverable_queued(self, *, now: datetime, queued_before: datetime, limit: int) -> list[Workflow]:
+        """Queued workflows with no job whose retry is due, and those queued before ``queued_before``."""
+
+
+class Tx(Protocol):
+    """The one thing a SQLStore needs from a driver inside a transaction."""
+
+    def fetch(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]: ...
+
+
+class SQLStore(Store):
+    """The contract written once over named SQL. Subclasses supply the driver."""
+
+    dialect: str
+
+    # -- the driver hooks -------------------------------------------------
+    @abc.abstractmethod
+    def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]:
+        """A transaction that commits on exit, rolls back on error, and wraps driver errors.
+
+        ``write=False`` marks a read, which a store may run without taking a write lock.
+        """
+
+    @abc.abstractmethod
+    def encode_json(self, value: Any) -> Any: ...
+
+    @abc.abstractmethod
+    def encode_time(self, value: datetime) -> Any: ...
+
+    @abc.abstractmethod
+    def decode_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """Turn a raw row into model-ready values (JSON decoded, timestamps as datetimes)."""
+
+    @abc.abstractmethod
+    def sql(self, text: str) -> str:
+        """Adapt named SQL to the driver's parameter style."""
+
+    # -- shared ----------------------------------------------------------
+    def encode(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if value is None:
+                out[key] = None
+            elif key in q.JSON_COLUMNS:
+                out[key] = self.encode_json(value)
+            elif key in q.TIME_COLUMNS or isinstance(value, datetime):
+                out[key] = self.encode_time(value)
+            elif isinstance(value, WorkflowStatus):
+                out[key] = value.value
+            else:
+                out[key] = value
+        return out
+
+    def _workflow(self, row: Mapping[str, Any]) -> Workflow:
+        return Workflow.from_row(self.decode_row(row))
+
+    def _event_params(self, wf: Workflow, event: NewEvent) -> dict[str, Any]:
+        return self.encode(
+            {
+                "workflow_id": wf.id,
+                "from_status": event.from_status,
+                "to_status": event.to_status,
+                "at": wf.updated_at,
+                "detail": event.detail,
+                "attempt": wf.attempts,
+            }
+        )
+
+    def migration_scripts(self) -> list[tuple[int, str]]:
+        """(version, script) for every numbered migration of this dialect, in order."""
+        folder = resources.files("workflow_engine.stores") / "migrations" / self.dialect
+        scripts = []
+        for entry in folder.iterdir():
+            if entry.name.endswith(".sql"):
+                scripts.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+        return sorted(scripts)
+
+    def insert(self, workflows: Sequence[Workflow], event_detail: str | None = None) -> list[tuple[Workflow, bool]]:
+        out: list[tuple[Workflow, bool]] = []
+        insert_sql = self.sql(q.INSERT_WORKFLOW + " RETURNING *")
+        event_sql = self.sql(q.INSERT_EVENT)
+        by_key_sql = self.sql(q.GET_BY_IDEMPOTENCY_KEY)
+        with self.transaction() as tx:
+            for wf in workflows:
+                rows = tx.fetch(insert_sql, self.encode(wf.model_dump()))
+                if rows:
+                    stored = self._workflow(rows[0])
+                    tx.fetch(event_sql, self._event_params(stored, NewEvent(None, stored.status, event_detail)))
+                    out.append((stored, True))
+                else:
+                    existing = tx.fetch(by_key_sql, {"idempotency_key": wf.idempotency_key})
+                    out.append((self._workflow(existing[0]), False))
+        return out
+
+    def compare_and_set(
+        self,
+        workflow_id: str,
+        *,
+        expected_status: WorkflowStatus,
+        changes: Mapping[str, Any],
+        event: NewEvent | None,
+        expected_job_id: str | None | bool = ANY_JOB,
+        heartbeat_before: datetime | None = None,
+    ) -> Workflow | None:
+        job_cond: str | None | bool = False if expected_job_id is ANY_JOB else (
+            None if expected_job_id is None else True
+        )
+        sql = self.sql(q.update_sql(changes, job_id=job_cond, heartbeat_before=heartbeat_before is not None))
+        params = {f"set_{k}": v for k, v in self.encode(changes).items()}
+        params["id"] = workflow_id
+        params["expected_status"] = expected_status.value
+        if job_cond is True:
+            params["expected_job_id"] = expected_job_id
+        if heartbeat_before is not None:
+            params["heartbeat_before"] = self.encode_time(heartbeat_before)
+        with self.transaction() as tx:
+            rows = tx.fetch(sql, params)
+            if not rows:
+                return None
+            wf = self._workflow(rows[0])
+            if event is not None:
+                tx.fetch(self.sql(q.INSERT_EVENT), self._event_params(wf, event))
+        return wf
+
+    def claim(self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime) -> Workflow | None:
+        params = {"id": workflow_id, "job_id": job_id, "worker": worker, "now": self.encode_time(now)}
+        with self.transaction() as tx:
+            rows = tx.fetch(self.sql(q.CLAIM), params)
+            if not rows:
+                return None
+            wf = self._workflow(rows[0])
+            detail = f"claimed by {worker}" if worker else None
+            tx.fetch(self.sql(q.INSERT_EVENT), self._event_params(wf, NewEvent(WorkflowStatus.QUEUED, wf.status, detail)))
+        return wf
+
+    def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime) -> Heartbeat:
+        params = {"id": workflow_id, "job_id": job_id, "now": self.encode_time(now)}
+        with self.transaction() as tx:
+            rows = tx.fetch(self.sql(q.HEARTBEAT), params)
+        if not rows:
+            return Heartbeat(owned=False, cancel_requested=False)
+        return Heartbeat(owned=True, cancel_requested=rows[0]["cancel_requested_at"] is not None)
+
+    def get(self, workflow_id: str) -> Workflow | None:
+        with self.transaction(write=False) as tx:
+            rows = tx.fetch(self.sql(q.GET_WORKFLOW), {"id": workflow_id})
+        return self._workflow(rows[0]) if rows else None
+
+    def list(
+        self,
+        *,
+        limit: int,
+        filters: Mapping[str, str],
+        cursor: tuple[datetime, str] | None = None,
+    ) -> list[Workflow]:
+        params: dict[str, Any] = dict(filters)
+        params["limit"] = limit
+        if cursor is not None:
+            params["cursor_at"] = self.encode_time(cursor[0])
+            params["cursor_id"] = cursor[1]
+        with self.transaction(write=False) as tx:
+            rows = tx.fetch(self.sql(q.list_sql(filters, cursor=cursor is not None)), params)
+        return [self._workflow(r) for r in rows]
+
+    def events(self, workflow_id: str) -> list[WorkflowEvent]:
+        with self.transaction(write=False) as tx:
+            rows = tx.fetch(self.sql(q.GET_EVENTS), {"workflow_id": workflow_id})
+        return [WorkflowEvent.from_row(self.decode_row(r)) for r in rows]
+
+    def stale_running(self, *, cutoff: datetime, limit: int) -> list[Workflow]:
+        with self.transaction(write=False) as tx:
+            rows = tx.fetch(self.sql(q.STALE_RUNNING), {"cutoff": self.encode_time(cutoff), "limit": limit})
+        return [self._workflow(r) for r in rows]
+
+    def deliverable_queued(self, *, now: datetime, queued_before: datetime, limit: int) -> list[Workflow]:
+        params = {"now": self.encode_time(now), "queued_before": self.encode_time(queued_before), "limit": limit}
+        with self.transaction(write=False) as tx:
+            rows = tx.fetch(self.sql(q.DELIVERABLE_QUEUED), params)
+        return [self._workflow(r) for r in rows]
+
+    def _apply_migrations(self, tx: Tx, current: int) -> int:
+        version = current
+        for number, script in self.migration_scripts():
+            if number <= current:
+                continue
+            self.run_script(tx, script)
+            tx.fetch(self.sql(q.RECORD_VERSION), {"version": number, "applied_at": self.encode_time(utcnow())})
+            version = number
+        return version
+
+    @abc.abstractmethod
+    def run_script(self, tx: Tx, script: str) -> None:
+        """Run a multi-statement migration script inside ``tx``."""
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,166 @@
+"""The PostgreSQL store: psycopg 3 and a small connection pool per process.
+
+Install with ``pip install "workflow_engine[postgres]"``. A pool is never
+used across a fork: a forked work-horse sees a new PID and opens its own
+pool; the parent's connections are left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from ..errors import MissingDependency, StoreError, StoreUnavailable
+from . import queries as q
+from .base import SQLStore, Tx
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+    from psycopg.types.json import Jsonb
+    from psycopg_pool import ConnectionPool
+except ImportError as exc:  # pragma: no cover - exercised by the import test
+    raise MissingDependency(
+        'PostgreSQL support needs psycopg 3: pip install "workflow_engine[postgres]"'
+    ) from exc
+
+#: Migrations run under this advisory lock, so that workers starting together do not race.
+MIGRATION_LOCK_ID = 0x77666C6F  # "wflo"
+
+_SQL_CACHE: dict[str, str] = {}
+_ABANDONED: list[Any] = []  # pools inherited across a fork: kept alive, never closed in the child
+
+
+class _PgTx:
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+        self.conn = conn
+
+    def fetch(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        cur = self.conn.execute(sql, params, prepare=True)  # type: ignore[call-overload]
+        if cur.description is None:
+            return []
+        return list(cur.fetchall())
+
+
+class PostgresStore(SQLStore):
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self._lock_obj = threading.Lock()
+        self._lock_pid = os.getpid()
+        self._pool: ConnectionPool | None = None
+        self._pid = 0
+        self._migrated = False
+
+    @property
+    def _lock(self) -> threading.Lock:
+        if self._lock_pid != os.getpid():  # never inherit a lock another thread held at fork time
+            self._lock_obj, self._lock_pid = threading.Lock(), os.getpid()
+        return self._lock_obj
+
+    def _get_pool(self) -> ConnectionPool:
+        pool = self._pool
+        if pool is not None and self._pid == os.getpid():
+            return pool
+        with self._lock:
+            if self._pool is not None and self._pid != os.getpid():
+                _ABANDONED.append(self._pool)
+                self._pool = None
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    kwargs={"row_factory": dict_row, "connect_timeout": max(1, int(self.connect_timeout))},
+                    timeout=self.connect_timeout,
+                    open=False,
+                    name="workflow_engine",
+                )
+                try:
+                    self._pool.open(wait=True, timeout=self.connect_timeout)
+                except Exception as exc:
+                    pool, self._pool = self._pool, None
+                    pool.close()
+                    raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc)}") from exc
+                self._pid = os.getpid()
+            pool = self._pool
+        return pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+        pool = self._get_pool()
+        if not self._migrated:
+            self.migrate()
+        try:
+            with pool.connection() as conn, conn.transaction():
+                yield _PgTx(conn)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL failed: {_safe(exc)}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("psycopg_pool"):
+                raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
+            raise
+
+    def migrate(self) -> int:
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn, conn.transaction():
+                tx = _PgTx(conn)
+                tx.fetch("SELECT pg_advisory_xact_lock(%(id)s)", {"id": MIGRATION_LOCK_ID})
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version "
+                    "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+                )
+                current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {})[0]["version"])
+                version = self._apply_migrations(tx, current)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"cannot migrate PostgreSQL: {_safe(exc)}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot migrate PostgreSQL: {_safe(exc)}") from exc
+        self._migrated = True
+        return version
+
+    def run_script(self, tx: Tx, script: str) -> None:
+        assert isinstance(tx, _PgTx)
+        tx.conn.execute(script.encode())  # a migration script: several statements, no parameters
+
+    def sql(self, text: str) -> str:
+        cached = _SQL_CACHE.get(text)
+        if cached is None:
+            cached = _SQL_CACHE[text] = q.to_pyformat(text)
+        return cached
+
+    def encode_json(self, value: Any) -> Any:
+        return Jsonb(value, dumps=_dumps)
+
+    def encode_time(self, value: datetime) -> Any:
+        return value
+
+    def decode_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(row)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _safe(exc: BaseException) -> str:
+    """The driver's message without a password that a connection string may carry."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text

@@ -1,0 +1,149 @@
+"""Named SQL shared by both stores.
+
+Parameters are written ``:name``; the PostgreSQL store rewrites them to
+``%(name)s`` once, at import. Only two statements are built at run time
+(``update_sql`` and ``list_sql``), and they take column names from the
+whitelists below, never from callers: every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+#: Every column of ``workflows``, in table order.
+WORKFLOW_COLUMNS: tuple[str, ...] = (
+    "id",
+    "workflow_type_id",
+    "status",
+    "created_by_agent",
+    "inputs",
+    "calculated_savings",
+    "assigned_council_id",
+    "result",
+    "error",
+    "traceback",
+    "attempts",
+    "max_retries",
+    "max_attempts",
+    "retry_backoff",
+    "timeout",
+    "handler",
+    "job_id",
+    "worker",
+    "idempotency_key",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "heartbeat_at",
+    "run_after",
+    "cancel_requested_at",
+)
+JSON_COLUMNS = frozenset({"inputs", "calculated_savings", "result"})
+TIME_COLUMNS = frozenset(
+    {"created_at", "updated_at", "started_at", "finished_at", "heartbeat_at", "run_after", "cancel_requested_at"}
+)
+#: Columns a compare-and-set may change. ``id``, the type and the creation data never change.
+MUTABLE_COLUMNS = frozenset(WORKFLOW_COLUMNS) - {
+    "id",
+    "workflow_type_id",
+    "created_by_agent",
+    "inputs",
+    "calculated_savings",
+    "assigned_council_id",
+    "idempotency_key",
+    "created_at",
+}
+#: Columns ``list_workflows`` may filter on.
+FILTER_COLUMNS = frozenset({"status", "workflow_type_id", "created_by_agent"})
+
+EVENT_COLUMNS = ("workflow_id", "from_status", "to_status", "at", "detail", "attempt")
+
+INSERT_WORKFLOW = (
+    f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in WORKFLOW_COLUMNS)}) "
+    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+)
+INSERT_EVENT = (
+    f"INSERT INTO workflow_events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in EVENT_COLUMNS)})"
+)
+GET_WORKFLOW = "SELECT * FROM workflows WHERE id = :id"
+GET_BY_IDEMPOTENCY_KEY = "SELECT * FROM workflows WHERE idempotency_key = :idempotency_key"
+GET_EVENTS = "SELECT * FROM workflow_events WHERE workflow_id = :workflow_id ORDER BY id"
+
+#: The claim: one compare-and-set, so two workers can never both run a workflow.
+CLAIM = """
+UPDATE workflows
+   SET status = 'running', attempts = attempts + 1, worker = :worker,
+       started_at = COALESCE(started_at, :now), heartbeat_at = :now, updated_at = :now,
+       run_after = NULL
+ WHERE id = :id AND status = 'queued' AND job_id = :job_id
+RETURNING *
+"""
+
+HEARTBEAT = """
+UPDATE workflows SET heartbeat_at = :now
+ WHERE id = :id AND status = 'running' AND job_id = :job_id
+RETURNING cancel_requested_at
+"""
+
+STALE_RUNNING = """
+SELECT * FROM workflows
+ WHERE status = 'running' AND heartbeat_at < :cutoff
+ ORDER BY heartbeat_at LIMIT :limit
+"""
+
+#: Queued workflows that may need a delivery: retries that came due (no job yet),
+#: and any queued long enough that its job should have been picked up or be visible.
+DELIVERABLE_QUEUED = """
+SELECT * FROM workflows
+ WHERE status = 'queued'
+   AND ((job_id IS NULL AND (run_after IS NULL OR run_after <= :now))
+        OR (job_id IS NOT NULL AND updated_at < :queued_before))
+ ORDER BY created_at LIMIT :limit
+"""
+
+SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) AS version FROM schema_version"
+RECORD_VERSION = "INSERT INTO schema_version (version, applied_at) VALUES (:version, :applied_at)"
+
+_PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+def to_pyformat(sql: str) -> str:
+    """``:name`` -> ``%(name)s`` for psycopg."""
+    return _PARAM.sub(r"%(\1)s", sql)
+
+
+def update_sql(columns: Iterable[str], *, job_id: str | None | bool, heartbeat_before: bool) -> str:
+    """A compare-and-set UPDATE. ``columns`` must come from MUTABLE_COLUMNS.
+
+    ``job_id``: False for no condition on it, None for "has no job", True for "equals :expected_job_id".
+    """
+    cols = list(columns)
+    bad = set(cols) - MUTABLE_COLUMNS
+    if bad or not cols:
+        raise ValueError(f"not updatable columns: {sorted(bad) or cols}")
+    sets = ", ".join(f"{c} = :set_{c}" for c in cols)
+    where = "id = :id AND status = :expected_status"
+    if job_id is None:
+        where += " AND job_id IS NULL"
+    elif job_id is True:
+        where += " AND job_id = :expected_job_id"
+    if heartbeat_before:
+        where += " AND heartbeat_at < :heartbeat_before"
+    return f"UPDATE workflows SET {sets} WHERE {where} RETURNING *"
+
+
+def list_sql(filters: Iterable[str], *, cursor: bool) -> str:
+    """Newest first. ``filters`` must come from FILTER_COLUMNS."""
+    conds = []
+    for c in filters:
+        if c not in FILTER_COLUMNS:
+            raise ValueError(f"cannot filter on {c!r}")
+        conds.append(f"{c} = :{c}")
+    if cursor:
+        conds.append("(created_at < :cursor_at OR (created_at = :cursor_at AND id < :cursor_id))")
+    where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    return f"SELECT * FROM workflows{where} ORDER BY created_at DESC, id DESC LIMIT :limit"

@@ -1,0 +1,159 @@
+"""The SQLite store: the embedded default, through sqlite-utils.
+
+WAL journal, ``synchronous=NORMAL``, a busy timeout, and ``BEGIN IMMEDIATE``
+for every write so that several worker processes writing one file wait for
+each other instead of failing with "database is locked". One connection per
+process (a forked work-horse opens its own), shared by threads under a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlite_utils
+
+from ..errors import StoreError, StoreUnavailable
+from . import queries as q
+from .base import SQLStore, Tx
+
+
+class _SQLiteTx:
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def fetch(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        cursor = self.db.execute(sql, params)
+        if cursor.description is None:
+            return []
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+class SQLiteStore(SQLStore):
+    dialect = "sqlite"
+
+    def __init__(self, path: str, *, url: str | None = None, busy_timeout: float = 30.0) -> None:
+        self.path = path
+        self.url = url or f"sqlite:///{path}"
+        self.busy_timeout = busy_timeout
+        self._lock_obj = threading.RLock()
+        self._lock_pid = os.getpid()
+        self._db: sqlite_utils.Database | None = None
+        self._pid = 0
+        self._migrated = False
+
+    # -- connection -------------------------------------------------------
+    @property
+    def _lock(self) -> threading.RLock:
+        # A lock held by another thread when the process forked would never be released in the
+        # child (a work-horse), so each process gets its own.
+        if self._lock_pid != os.getpid():
+            self._lock_obj, self._lock_pid = threading.RLock(), os.getpid()
+        return self._lock_obj
+
+    def _connect(self) -> sqlite_utils.Database:
+        if self._db is not None and self._pid == os.getpid():
+            return self._db
+        # After a fork the parent's connection is left alone (never closed here).
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        self._db = sqlite_utils.Database(conn)
+        self._pid = os.getpid()
+        if not self._migrated:
+            self._migrate(self._db)
+        return self._db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None and self._pid == os.getpid():
+                self._db.conn.close()
+            self._db = None
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+        with self._lock:
+            db = self._connect()
+            try:
+                if write:
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield _SQLiteTx(db)
+                    except BaseException:
+                        db.conn.rollback()
+                        raise
+                    db.execute("COMMIT")
+                else:
+                    yield _SQLiteTx(db)
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"SQLite database {self.path!r} failed: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite database {self.path!r} failed: {exc}") from exc
+
+    # -- migrations -------------------------------------------------------
+    def migrate(self) -> int:
+        with self._lock:
+            return self._migrate(self._connect())
+
+    def _migrate(self, db: sqlite_utils.Database) -> int:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version "
+                    "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+                )
+                tx = _SQLiteTx(db)
+                current = int(tx.fetch(q.SCHEMA_VERSION, {})[0]["version"])
+                version = self._apply_migrations(tx, current)
+            except BaseException:
+                db.conn.rollback()
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot migrate SQLite database {self.path!r}: {exc}") from exc
+        self._migrated = True
+        return version
+
+    def run_script(self, tx: Tx, script: str) -> None:
+        # executescript() would COMMIT the open transaction, so run statement by statement.
+        for statement in script.split(";"):
+            if statement.strip() and not all(
+                line.strip().startswith("--") or not line.strip() for line in statement.splitlines()
+            ):
+                tx.fetch(statement, {})
+
+    # -- encoding ---------------------------------------------------------
+    def sql(self, text: str) -> str:
+        return text
+
+    def encode_json(self, value: Any) -> Any:
+        return json.dumps(value, separators=(",", ":"))
+
+    def encode_time(self, value: datetime) -> Any:
+        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+    def decode_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(row)
+        for key in q.JSON_COLUMNS.intersection(out):
+            if out[key] is not None:
+                out[key] = json.loads(out[key])
+        for key in q.TIME_COLUMNS.union({"at"}).intersection(out):
+            if out[key] is not None:
+                out[key] = datetime.fromisoformat(out[key])
+        return out

@@ -1,0 +1,139 @@
+"""RQ as the transport: it only moves a workflow id to a worker.
+
+Nothing here decides anything about a workflow. The job carries the
+workflow id, its handler's import path and the id of the job itself; no
+inputs, results or credentials.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from rq import Callback, Queue
+from rq.job import Job
+
+from .errors import ConfigurationError, QueueUnavailable
+from .models import Workflow
+
+#: Seconds added to a handler's timeout for RQ's own backstop; our timer fires first.
+TIMEOUT_GRACE = 15
+#: RQ job statuses that mean "this job will still run, or is running".
+LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled"})
+
+_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def new_job_id(workflow_id: str) -> str:
+    """A fresh RQ job id for one delivery of a workflow (RQ accepts ``[A-Za-z0-9_-]``)."""
+    return f"{workflow_id}-{secrets.token_hex(4)}"
+
+
+def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5.0) -> Any:
+    """A Redis connection for ``redis://``, ``rediss://``, ``unix://`` or an in-process ``fakeredis://``."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"malformed Redis URL {url!r}; use redis://host:6379/0, rediss://…, unix:///path or fakeredis://"
+        )
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "fakeredis":
+        import fakeredis
+
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(
+            f"unsupported Redis URL scheme {scheme!r}; use redis://, rediss://, unix:// or fakeredis://"
+        )
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed Redis URL: {exc}") from exc
+
+
+class Transport:
+    """Puts workflow jobs on one RQ queue and asks Redis about them."""
+
+    def __init__(self, connection: Any, queue_name: str, *, is_async: bool = True, in_process: bool = False) -> None:
+        self.connection = connection
+        self.queue_name = queue_name
+        self.is_async = is_async
+        #: True when only this process can run the jobs (fakeredis): the job may then name its engine.
+        self.in_process = in_process
+        self.queue = Queue(queue_name, connection=connection, is_async=is_async)
+
+    def deliver(self, workflow: Workflow, job_id: str, *, engine_key: str | None = None) -> None:
+        """Put one job for ``workflow`` on the queue. In sync mode this runs it before returning."""
+        from .execution import on_job_stopped, run_workflow
+
+        # RQ int()s its timeout and caps an unset one at 180 s: "none" is -1, and a set
+        # timeout gets a grace so that our own, exact timer fires first.
+        timeout = -1 if workflow.timeout is None else math.ceil(workflow.timeout) + TIMEOUT_GRACE
+        try:
+            self.queue.enqueue_call(
+                run_workflow,
+                args=(workflow.id, workflow.handler, job_id),
+                kwargs=None if engine_key is None else {"engine_key": engine_key},
+                timeout=timeout,
+                result_ttl=0,
+                job_id=job_id,
+                description=f"workflow {workflow.workflow_type_id} {workflow.id}",
+                on_stopped=Callback(on_job_stopped),
+            )
+        except _REDIS_ERRORS as exc:
+            raise QueueUnavailable(
+                f"Redis is unavailable ({exc}); workflow {workflow.id!r} stays queued in the database and "
+                "engine.reconcile() will deliver it once Redis is back"
+            ) from exc
+
+    def live_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """The subset of ``job_ids`` whose RQ job still exists and will run or is running."""
+        if not job_ids:
+            return set()
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hget(Job.key_for(job_id), "status")
+                statuses = pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
+        return {jid for jid, st in zip(job_ids, statuses) if st in LIVE_JOB_STATUSES}
+
+    def stop(self, job_id: str) -> bool:
+        """Ask the forking worker running ``job_id`` to kill its work-horse. False if it is not running."""
+        from rq.command import send_stop_job_command
+        from rq.exceptions import InvalidJobOperation, NoSuchJobError
+
+        try:
+            send_stop_job_command(self.connection, job_id)
+        except (InvalidJobOperation, NoSuchJobError):
+            return False
+        except _REDIS_ERRORS:
+            return False
+        return True
+
+    def ping(self) -> None:
+        try:
+            self.connection.ping()
+        except _REDIS_ERRORS as exc:
+            raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
+
+    def depth(self) -> int:
+        try:
+            return int(self.queue.count)
+        except _REDIS_ERRORS as exc:
+            raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
+
+
+def ids(workflows: Iterable[Workflow]) -> list[str]:
+    return [wf.id for wf in workflows]
