@@ -25,29 +25,50 @@ log = logging.getLogger("workflow_engine.cli")
 def _engine_options(func: F) -> F:
     """--database-url, --redis-url and --queue, each with its environment variable."""
     func = click.option(
-        "--queue", "queue_name", envvar="WORKFLOW_ENGINE_QUEUE", show_envvar=True,
-        default=config.DEFAULT_QUEUE, show_default=True, help="RQ queue name.",
+        "--queue",
+        "queue_name",
+        envvar="WORKFLOW_ENGINE_QUEUE",
+        show_envvar=True,
+        default=config.DEFAULT_QUEUE,
+        show_default=True,
+        help="RQ queue name.",
     )(func)
     func = click.option(
-        "--redis-url", envvar=["WORKFLOW_ENGINE_REDIS_URL", "REDIS_URL"], show_envvar=True,
-        default=config.DEFAULT_REDIS_URL, show_default=True, help="Redis URL (env: WORKFLOW_ENGINE_REDIS_URL, then REDIS_URL).",
+        "--redis-url",
+        envvar=["WORKFLOW_ENGINE_REDIS_URL", "REDIS_URL"],
+        show_envvar=True,
+        default=config.DEFAULT_REDIS_URL,
+        show_default=True,
+        help="Redis URL (env: WORKFLOW_ENGINE_REDIS_URL, then REDIS_URL).",
     )(func)
     func = click.option(
-        "--database-url", envvar="WORKFLOW_ENGINE_DATABASE_URL", show_envvar=True,
-        default=config.DEFAULT_DATABASE_URL, show_default=True, help="Database URL: sqlite:///path.db or postgresql://…",
+        "--database-url",
+        envvar="WORKFLOW_ENGINE_DATABASE_URL",
+        show_envvar=True,
+        default=config.DEFAULT_DATABASE_URL,
+        show_default=True,
+        help="Database URL: sqlite:///path.db or postgresql://…",
     )(func)
     return func
 
 
 def _timing_options(func: F) -> F:
     func = click.option(
-        "--stale-after", type=float, envvar="WORKFLOW_ENGINE_STALE_AFTER", show_envvar=True,
-        default=config.DEFAULT_STALE_AFTER, show_default=True,
+        "--stale-after",
+        type=float,
+        envvar="WORKFLOW_ENGINE_STALE_AFTER",
+        show_envvar=True,
+        default=config.DEFAULT_STALE_AFTER,
+        show_default=True,
         help="Seconds without a heartbeat before a running workflow counts as lost.",
     )(func)
     func = click.option(
-        "--heartbeat-interval", type=float, envvar="WORKFLOW_ENGINE_HEARTBEAT_INTERVAL", show_envvar=True,
-        default=config.DEFAULT_HEARTBEAT_INTERVAL, show_default=True,
+        "--heartbeat-interval",
+        type=float,
+        envvar="WORKFLOW_ENGINE_HEARTBEAT_INTERVAL",
+        show_envvar=True,
+        default=config.DEFAULT_HEARTBEAT_INTERVAL,
+        show_default=True,
         help="Seconds between a running workflow's heartbeats.",
     )(func)
     return func
@@ -84,7 +105,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--database", default="workflow_engine_demo.db", show_default=True, help="SQLite file to create.")
+@click.option(
+    "--database", default="workflow_engine_demo.db", show_default=True, help="SQLite file to create."
+)
 @_errors
 def demo(database: str) -> None:
     """Run a small end-to-end example: SQLite in this directory, the in-process queue.
@@ -103,15 +126,21 @@ def demo(database: str) -> None:
     savings = handlers.calculated_savings(tasks_per_week=10, minutes_per_task=30, hourly_wage=40)
     ids = [
         engine.create_workflow(
-            workflow_type_id="website_creation", created_by_agent="content_creator_agent",
-            inputs={"business": "Ana's Bakery"}, calculated_savings=savings,
+            workflow_type_id="website_creation",
+            created_by_agent="content_creator_agent",
+            inputs={"business": "Ana's Bakery"},
+            calculated_savings=savings,
         ),
         engine.create_workflow(
-            workflow_type_id="weekly_report", created_by_agent="analytics_agent",
-            inputs={"recipient": "owner@example.com"}, calculated_savings=savings,
+            workflow_type_id="weekly_report",
+            created_by_agent="analytics_agent",
+            inputs={"recipient": "owner@example.com"},
+            calculated_savings=savings,
         ),
         engine.create_workflow(
-            workflow_type_id="import_contacts", created_by_agent="crm_agent", inputs={"file": "contacts.xlsx"},
+            workflow_type_id="import_contacts",
+            created_by_agent="crm_agent",
+            inputs={"file": "contacts.xlsx"},
         ),
     ]
     for wid in ids:
@@ -124,7 +153,9 @@ def demo(database: str) -> None:
         click.echo(f"{wf.id:32}  {wf.workflow_type_id:16}  {wf.status.value:9}  {wf.attempts:<8}  {outcome}")
     click.echo("\nEvents of the retried workflow:")
     for ev in engine.get_events(ids[1]):
-        click.echo(f"  {ev.at:%H:%M:%S.%f}  {ev.from_status or '-':>9} -> {ev.to_status:9}  {ev.detail or ''}")
+        click.echo(
+            f"  {ev.at:%H:%M:%S.%f}  {ev.from_status or '-':>9} -> {ev.to_status:9}  {ev.detail or ''}"
+        )
     engine.close()
 
 
@@ -181,11 +212,18 @@ def reconcile_loop(engine: WorkflowEngine, every: float, stop: threading.Event) 
 @_timing_options
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option(
-    "--worker-class", "-w", type=click.Choice(["fork", "simple"]), default="fork", show_default=True,
+    "--worker-class",
+    "-w",
+    type=click.Choice(["fork", "simple"]),
+    default="fork",
+    show_default=True,
     help="fork: rq.Worker, a work-horse per job; simple: rq.SimpleWorker, jobs in this process.",
 )
 @click.option(
-    "--reconcile-every", type=float, default=10.0, show_default=True,
+    "--reconcile-every",
+    type=float,
+    default=10.0,
+    show_default=True,
     help="Seconds between reconcile passes in this worker; 0 turns them off.",
 )
 @click.option("--name", default=None, help="Worker name (default: RQ's).")
@@ -207,7 +245,10 @@ def worker(burst: bool, worker_class: str, reconcile_every: float, name: str | N
     if reconcile_every > 0:
         engine.reconcile()
         threading.Thread(
-            target=reconcile_loop, args=(engine, reconcile_every, stop), name="workflow-engine-reconcile", daemon=True
+            target=reconcile_loop,
+            args=(engine, reconcile_every, stop),
+            name="workflow-engine-reconcile",
+            daemon=True,
         ).start()
     cls = SimpleWorker if worker_class == "simple" else Worker
     rq_worker = cls([engine.queue], connection=engine.redis, name=name)
@@ -232,8 +273,14 @@ def _print_workflow(wf: Any) -> None:
 @click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of workflows.")
 @_errors
-def list_(status: str | None, workflow_type_id: str | None, created_by_agent: str | None, limit: int,
-          as_json: bool, **options: Any) -> None:
+def list_(
+    status: str | None,
+    workflow_type_id: str | None,
+    created_by_agent: str | None,
+    limit: int,
+    as_json: bool,
+    **options: Any,
+) -> None:
     """List workflows, newest first.
 
     \b
@@ -241,15 +288,18 @@ def list_(status: str | None, workflow_type_id: str | None, created_by_agent: st
       workflow-engine list --status failed --limit 20
     """
     engine = _make_engine(**options)
-    rows = engine.list_workflows(limit=limit, status=status, workflow_type_id=workflow_type_id,
-                                 created_by_agent=created_by_agent)
+    rows = engine.list_workflows(
+        limit=limit, status=status, workflow_type_id=workflow_type_id, created_by_agent=created_by_agent
+    )
     if as_json:
         click.echo(json.dumps([wf.to_dict() for wf in rows], indent=2))
         return
     click.echo(f"{'id':32}  {'type':20}  {'status':9}  {'attempts':8}  created_at")
     for wf in rows:
-        click.echo(f"{wf.id:32}  {wf.workflow_type_id[:20]:20}  {wf.status.value:9}  {wf.attempts:<8}  "
-                   f"{wf.created_at.isoformat(timespec='seconds')}")
+        click.echo(
+            f"{wf.id:32}  {wf.workflow_type_id[:20]:20}  {wf.status.value:9}  {wf.attempts:<8}  "
+            f"{wf.created_at.isoformat(timespec='seconds')}"
+        )
 
 
 @main.command()
@@ -273,8 +323,10 @@ def show(workflow_id: str, as_json: bool, **options: Any) -> None:
     _print_workflow(wf)
     click.echo("\nevents:")
     for ev in events:
-        click.echo(f"  {ev.at.isoformat(timespec='milliseconds')}  {ev.from_status or '-':>9} -> "
-                   f"{ev.to_status:9}  {ev.detail or ''}")
+        click.echo(
+            f"  {ev.at.isoformat(timespec='milliseconds')}  {ev.from_status or '-':>9} -> "
+            f"{ev.to_status:9}  {ev.detail or ''}"
+        )
 
 
 def _simple_command(name: str, doc: str, action: Callable[[WorkflowEngine, str], Any]) -> None:
@@ -289,15 +341,18 @@ def _simple_command(name: str, doc: str, action: Callable[[WorkflowEngine, str],
 
 
 _simple_command(
-    "enqueue", "Queue a pending workflow for execution.\n\n\b\nExample:\n  workflow-engine enqueue 3f2a…",
+    "enqueue",
+    "Queue a pending workflow for execution.\n\n\b\nExample:\n  workflow-engine enqueue 3f2a…",
     lambda e, w: e.enqueue_execution(w),
 )
 _simple_command(
-    "requeue", "Run a failed or cancelled workflow again.\n\n\b\nExample:\n  workflow-engine requeue 3f2a…",
+    "requeue",
+    "Run a failed or cancelled workflow again.\n\n\b\nExample:\n  workflow-engine requeue 3f2a…",
     lambda e, w: e.requeue(w),
 )
 _simple_command(
-    "cancel", "Cancel a workflow (a running one is stopped).\n\n\b\nExample:\n  workflow-engine cancel 3f2a…",
+    "cancel",
+    "Cancel a workflow (a running one is stopped).\n\n\b\nExample:\n  workflow-engine cancel 3f2a…",
     lambda e, w: e.cancel(w),
 )
 

@@ -26,7 +26,7 @@ ENVIRONMENT: dict[str, str] = {
     "WORKFLOW_ENGINE_QUEUE": f"RQ queue name (default {DEFAULT_QUEUE})",
     "WORKFLOW_ENGINE_HEARTBEAT_INTERVAL": f"seconds between a running workflow's heartbeats "
     f"(default {DEFAULT_HEARTBEAT_INTERVAL:g})",
-    "WORKFLOW_ENGINE_STALE_AFTER": f"seconds without a heartbeat before reconcile recovers a running workflow "
+    "WORKFLOW_ENGINE_STALE_AFTER": "seconds without a heartbeat before reconcile recovers a running workflow "
     f"(default {DEFAULT_STALE_AFTER:g})",
 }
 
@@ -46,7 +46,9 @@ class Settings:
             database_url=env.get("WORKFLOW_ENGINE_DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=env.get("WORKFLOW_ENGINE_REDIS_URL") or env.get("REDIS_URL") or DEFAULT_REDIS_URL,
             queue_name=env.get("WORKFLOW_ENGINE_QUEUE") or DEFAULT_QUEUE,
-            heartbeat_interval=_seconds(env, "WORKFLOW_ENGINE_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL),
+            heartbeat_interval=_seconds(
+                env, "WORKFLOW_ENGINE_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL
+            ),
             stale_after=_seconds(env, "WORKFLOW_ENGINE_STALE_AFTER", DEFAULT_STALE_AFTER),
         )
 
@@ -66,7 +68,12 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
 
 def check_timing(heartbeat_interval: float, stale_after: float) -> None:
     for name, value in (("heartbeat_interval", heartbeat_interval), ("stale_after", stale_after)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
     if stale_after < 2 * heartbeat_interval:
         raise ConfigurationError(

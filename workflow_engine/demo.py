@@ -28,7 +28,9 @@ def import_contacts(workflow: Workflow) -> dict[str, Any]:
     raise ValueError(f"cannot parse {workflow.inputs.get('file')!r}: not a CSV file")
 
 
-def calculated_savings(tasks_per_week: float, minutes_per_task: float, hourly_wage: float) -> dict[str, float]:
+def calculated_savings(
+    tasks_per_week: float, minutes_per_task: float, hourly_wage: float
+) -> dict[str, float]:
     hours = tasks_per_week * minutes_per_task / 60
     return {
         "hours_saved_per_week": round(hours, 2),

@@ -215,7 +215,8 @@ class WorkflowEngine:
             raise InvalidInput(f"inputs must be a dict (a JSON object), got {type(inputs).__name__}")
         if calculated_savings is not None and not isinstance(calculated_savings, Mapping):
             raise InvalidInput(
-                f"calculated_savings must be a dict (a JSON object) or None, got {type(calculated_savings).__name__}"
+                "calculated_savings must be a dict (a JSON object) or None, "
+                f"got {type(calculated_savings).__name__}"
             )
         for name, value in (
             ("created_by_agent", created_by_agent),
@@ -224,14 +225,18 @@ class WorkflowEngine:
         ):
             if value is not None and not isinstance(value, str):
                 raise InvalidInput(f"{name} must be a string or None, got {type(value).__name__}")
+            if value is not None and "\x00" in value:
+                raise InvalidInput(f"{name} must not contain NUL characters")
         if idempotency_key is not None and not idempotency_key:
             raise InvalidInput("idempotency_key must not be empty")
         # Round-trip through JSON so that what is stored is exactly what a reader gets back.
         import json
 
         inputs_value = json.loads(to_json(dict(inputs), "inputs"))
-        savings_value = None if calculated_savings is None else json.loads(
-            to_json(dict(calculated_savings), "calculated_savings")
+        savings_value = (
+            None
+            if calculated_savings is None
+            else json.loads(to_json(dict(calculated_savings), "calculated_savings"))
         )
         spec = self._handlers.get(workflow_type_id)
         now = utcnow()
@@ -285,7 +290,7 @@ class WorkflowEngine:
                     raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
                 filters[name] = value
         cursor = (before.created_at, before.id) if before is not None else None
-        return self.store.list(limit=limit, filters=filters, cursor=cursor)
+        return self.store.find(limit=limit, filters=filters, cursor=cursor)
 
     def get_events(self, workflow_id: str) -> list[WorkflowEvent]:
         """The audit trail, oldest first: one event per status change, plus notes such as redeliveries."""
@@ -302,7 +307,7 @@ class WorkflowEngine:
         changes: Mapping[str, Any],
         *,
         detail: str | None,
-        expected_job_id: str | None | bool = ANY_JOB,
+        expected_job_id: str | bool | None = ANY_JOB,
         heartbeat_before: datetime | None = None,
         event: bool = True,
     ) -> Workflow | None:
@@ -354,7 +359,10 @@ class WorkflowEngine:
             wf = self.get_workflow(workflow_id)
             if wf.status not in (S.FAILED, S.CANCELLED):
                 raise InvalidTransition(
-                    wf.id, wf.status.value, S.QUEUED.value, "only failed or cancelled workflows can be requeued"
+                    wf.id,
+                    wf.status.value,
+                    S.QUEUED.value,
+                    "only failed or cancelled workflows can be requeued",
                 )
             if self._queue(wf, detail="requeued", reset=True):
                 return self.get_workflow(workflow_id)
@@ -418,7 +426,9 @@ class WorkflowEngine:
                     wf.id,
                     expected_status=S.RUNNING,
                     changes={"cancel_requested_at": now, "updated_at": now},
-                    event=NewEvent(S.RUNNING, S.RUNNING, f"cancel requested{': ' + reason if reason else ''}"),
+                    event=NewEvent(
+                        S.RUNNING, S.RUNNING, f"cancel requested{': ' + reason if reason else ''}"
+                    ),
                     expected_job_id=wf.job_id,
                 )
                 if marked is not None:
@@ -428,9 +438,13 @@ class WorkflowEngine:
                     return self.get_workflow(workflow_id)
             else:
                 raise InvalidTransition(wf.id, wf.status.value, S.CANCELLED.value, "it has already finished")
-        raise InvalidTransition(workflow_id, None, S.CANCELLED.value, "it kept changing while being cancelled")
+        raise InvalidTransition(
+            workflow_id, None, S.CANCELLED.value, "it kept changing while being cancelled"
+        )
 
-    def update_status(self, workflow_id: str, status: str | WorkflowStatus, *, detail: str | None = None) -> Workflow:
+    def update_status(
+        self, workflow_id: str, status: str | WorkflowStatus, *, detail: str | None = None
+    ) -> Workflow:
         """Move a workflow to ``status`` if the transition table allows it.
 
         ``queued`` enqueues (or requeues) it and ``cancelled`` cancels it, with
@@ -464,7 +478,7 @@ class WorkflowEngine:
         if wf.retry_backoff <= 0:
             return 0.0
         delay = min(wf.retry_backoff * 2 ** max(wf.attempts - 1, 0), MAX_RETRY_DELAY)
-        return delay / 2 + random.uniform(0, delay / 2)
+        return float(delay / 2 + random.uniform(0, delay / 2))
 
     def _attempt_failed(
         self,
@@ -475,15 +489,21 @@ class WorkflowEngine:
         transport: Transport | None = None,
         heartbeat_before: datetime | None = None,
     ) -> Workflow | None:
-        """A running attempt failed: retry it, or fail the workflow. None if another process changed it first."""
+        """A running attempt failed: retry it, or fail the workflow.
+
+        None if another process changed the workflow first."""
         now = utcnow()
         base: dict[str, Any] = {"error": error, "traceback": traceback, "updated_at": now}
         fail_detail = f"attempt {wf.attempts} failed: {error}"
         if wf.cancel_requested_at is not None:
             base["finished_at"] = now
             new = self._change(
-                wf, S.CANCELLED, base, detail=f"{fail_detail}; cancelled as requested",
-                expected_job_id=wf.job_id, heartbeat_before=heartbeat_before,
+                wf,
+                S.CANCELLED,
+                base,
+                detail=f"{fail_detail}; cancelled as requested",
+                expected_job_id=wf.job_id,
+                heartbeat_before=heartbeat_before,
             )
         elif wf.attempts < wf.max_attempts:
             delay = self.retry_delay(wf) if self.is_async else 0.0
@@ -494,7 +514,12 @@ class WorkflowEngine:
                 base.update(job_id=new_job_id(wf.id), run_after=None)
                 detail = f"{fail_detail}; retrying now"
             new = self._change(
-                wf, S.QUEUED, base, detail=detail, expected_job_id=wf.job_id, heartbeat_before=heartbeat_before
+                wf,
+                S.QUEUED,
+                base,
+                detail=detail,
+                expected_job_id=wf.job_id,
+                heartbeat_before=heartbeat_before,
             )
             if new is not None and new.job_id is not None:
                 try:
@@ -504,8 +529,12 @@ class WorkflowEngine:
         else:
             base["finished_at"] = now
             new = self._change(
-                wf, S.FAILED, base, detail=f"{fail_detail}; no retries left",
-                expected_job_id=wf.job_id, heartbeat_before=heartbeat_before,
+                wf,
+                S.FAILED,
+                base,
+                detail=f"{fail_detail}; no retries left",
+                expected_job_id=wf.job_id,
+                heartbeat_before=heartbeat_before,
             )
         if new is not None:
             log.warning("%s -> %s", fail_detail, new.status.value, extra=_log_extra(new))
@@ -533,7 +562,8 @@ class WorkflowEngine:
         for wf in self.store.stale_running(cutoff=cutoff, limit=batch_size):
             new = self._attempt_failed(
                 wf,
-                error=f"worker lost: no heartbeat for {self.stale_after:g} s (worker {wf.worker or 'unknown'})",
+                error=f"worker lost: no heartbeat for {self.stale_after:g} s "
+                f"(worker {wf.worker or 'unknown'})",
                 traceback=None,
                 heartbeat_before=cutoff,
             )
@@ -541,7 +571,9 @@ class WorkflowEngine:
                 continue
             key = {S.QUEUED: "requeued_stale", S.FAILED: "failed_stale", S.CANCELLED: "cancelled_stale"}
             report[key[new.status]].append(new.id)
-        candidates = self.store.deliverable_queued(now=now, queued_before=now - REDELIVERY_GRACE, limit=batch_size)
+        candidates = self.store.deliverable_queued(
+            now=now, queued_before=now - REDELIVERY_GRACE, limit=batch_size
+        )
         with_job = [wf.job_id for wf in candidates if wf.job_id is not None]
         try:
             live = self.transport.live_jobs(with_job)

@@ -52,18 +52,24 @@ def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
 
     if engine_key is not None:
         found = _ENGINES.get(engine_key)
-        if found is not None:
-            return found
+        if found is None:
+            raise WorkflowEngineError(
+                f"the in-process engine {engine_key!r} that enqueued this job no longer exists in this process"
+            )
+        return found
     with _engine_lock:
         if _worker_engine is None:
             # A stock `rq worker`: the database comes from WORKFLOW_ENGINE_DATABASE_URL.
             _worker_engine = WorkflowEngine.from_env()
             _worker_engine_pid = os.getpid()
+            log.info("worker engine from the environment: %s", _worker_engine.database_url)
         return _worker_engine
 
 
 # -- the job -----------------------------------------------------------------
-def run_workflow(workflow_id: str, handler: str, job_id: str, engine_key: str | None = None) -> dict[str, Any]:
+def run_workflow(
+    workflow_id: str, handler: str, job_id: str, engine_key: str | None = None
+) -> dict[str, Any]:
     """The RQ job: run one attempt of ``workflow_id``. Returns a small summary for RQ's records.
 
     Handler errors never escape: they are recorded on the workflow. Only a
@@ -82,7 +88,9 @@ def run_workflow(workflow_id: str, handler: str, job_id: str, engine_key: str | 
         transport = Transport(job.connection, job.origin, is_async=True)
     worker = (getattr(job, "worker_name", None) if job else None) or os.environ.get("RQ_WORKER_ID")
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
-    status = run_attempt(engine, workflow_id, job_id=job_id, handler=handler, worker=worker, transport=transport)
+    status = run_attempt(
+        engine, workflow_id, job_id=job_id, handler=handler, worker=worker, transport=transport
+    )
     return {"workflow_id": workflow_id, "status": status}
 
 
@@ -111,7 +119,9 @@ class _Attempt:
     last_beat: float = field(default_factory=time.monotonic)
 
 
-_current: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("workflow_engine_attempt", default=None)
+_current: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
+    "workflow_engine_attempt", default=None
+)
 
 
 def cancel_requested() -> bool:
@@ -185,7 +195,9 @@ def run_attempt(
         expected_job_id=job_id,
     )
     if done is None:
-        log.warning("attempt %d finished but the workflow was taken over; result discarded", wf.attempts, extra=extra)
+        log.warning(
+            "attempt %d finished but the workflow was taken over; result discarded", wf.attempts, extra=extra
+        )
         current = engine.store.get(wf.id)
         return current.status.value if current else "missing"
     log.info("workflow completed", extra=extra)
@@ -193,7 +205,12 @@ def run_attempt(
 
 
 def _failed(
-    engine: WorkflowEngine, wf: Workflow, attempt: _Attempt, error: str, trace: str | None, transport: Transport | None
+    engine: WorkflowEngine,
+    wf: Workflow,
+    attempt: _Attempt,
+    error: str,
+    trace: str | None,
+    transport: Transport | None,
 ) -> str:
     current = engine.store.get(wf.id)
     if current is None or current.status is not S.RUNNING or current.job_id != attempt.job_id:
@@ -261,7 +278,9 @@ class _Beater(threading.Thread):
                 if now >= due:
                     attempt.last_beat = now
                     try:
-                        beat = attempt.engine.store.heartbeat(attempt.workflow_id, job_id=attempt.job_id, now=utcnow())
+                        beat = attempt.engine.store.heartbeat(
+                            attempt.workflow_id, job_id=attempt.job_id, now=utcnow()
+                        )
                         attempt.cancel_requested = attempt.cancel_requested or beat.cancel_requested
                     except Exception:
                         log.warning("heartbeat for %s failed", attempt.workflow_id, exc_info=True)

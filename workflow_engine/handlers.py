@@ -33,7 +33,11 @@ class HandlerSpec:
 
     def __post_init__(self) -> None:
         validate_type_id(self.workflow_type_id)
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+        if (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or self.max_retries < 0
+        ):
             raise InvalidInput(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
         if not _is_number(self.retry_backoff) or self.retry_backoff < 0:
             raise InvalidInput(f"retry_backoff must be a number of seconds >= 0, got {self.retry_backoff!r}")
@@ -50,6 +54,8 @@ def validate_type_id(type_id: object) -> str:
         raise InvalidInput(f"workflow_type_id must be a string, got {type(type_id).__name__}")
     if not type_id.strip():
         raise InvalidInput("workflow_type_id must not be empty")
+    if "\x00" in type_id:
+        raise InvalidInput("workflow_type_id must not contain NUL characters")
     return type_id
 
 
@@ -71,7 +77,9 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
     if not sep:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
-        raise UnknownWorkflowType(workflow_type_id, f"malformed handler path {path!r}; use 'package.module:function'")
+        raise UnknownWorkflowType(
+            workflow_type_id, f"malformed handler path {path!r}; use 'package.module:function'"
+        )
     try:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):

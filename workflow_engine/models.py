@@ -7,6 +7,7 @@ the engine changes them only through the store, never in place.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -24,12 +25,19 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+#: A JSON escape of NUL: ``\\u0000`` preceded by an even number of backslashes.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def to_json(value: Any, what: str) -> str:
     """Serialise ``value`` as strict JSON, or raise InvalidInput naming ``what``."""
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{what} must be JSON-serialisable: {exc}") from exc
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise InvalidInput(f"{what} must not contain NUL characters (\\u0000): PostgreSQL cannot store them")
+    return text
 
 
 def _aware(value: datetime | None) -> datetime | None:

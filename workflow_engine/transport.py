@@ -64,7 +64,9 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
 class Transport:
     """Puts workflow jobs on one RQ queue and asks Redis about them."""
 
-    def __init__(self, connection: Any, queue_name: str, *, is_async: bool = True, in_process: bool = False) -> None:
+    def __init__(
+        self, connection: Any, queue_name: str, *, is_async: bool = True, in_process: bool = False
+    ) -> None:
         self.connection = connection
         self.queue_name = queue_name
         self.is_async = is_async
@@ -107,7 +109,7 @@ class Transport:
                 statuses = pipe.execute()
         except _REDIS_ERRORS as exc:
             raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
-        return {jid for jid, st in zip(job_ids, statuses) if st in LIVE_JOB_STATUSES}
+        return {jid for jid, st in zip(job_ids, statuses, strict=True) if st in LIVE_JOB_STATUSES}
 
     def stop(self, job_id: str) -> bool:
         """Ask the forking worker running ``job_id`` to kill its work-horse. False if it is not running."""

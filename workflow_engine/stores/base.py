@@ -61,7 +61,9 @@ class Store(abc.ABC):
 
     # -- writing ----------------------------------------------------------
     @abc.abstractmethod
-    def insert(self, workflows: Sequence[Workflow], event_detail: str | None = None) -> list[tuple[Workflow, bool]]:
+    def insert(
+        self, workflows: Sequence[Workflow], event_detail: str | None = None
+    ) -> list[tuple[Workflow, bool]]:
         """Insert workflows, each with its creation event, in one transaction.
 
         A workflow whose ``idempotency_key`` is already taken is not inserted:
@@ -76,7 +78,7 @@ class Store(abc.ABC):
         expected_status: WorkflowStatus,
         changes: Mapping[str, Any],
         event: NewEvent | None,
-        expected_job_id: str | None | bool = ANY_JOB,
+        expected_job_id: str | bool | None = ANY_JOB,
         heartbeat_before: datetime | None = None,
     ) -> Workflow | None:
         """Apply ``changes`` and record ``event`` only if the row still has ``expected_status``
@@ -99,7 +101,7 @@ class Store(abc.ABC):
     def get(self, workflow_id: str) -> Workflow | None: ...
 
     @abc.abstractmethod
-    def list(
+    def find(
         self,
         *,
         limit: int,
@@ -193,7 +195,9 @@ class SQLStore(Store):
                 scripts.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
         return sorted(scripts)
 
-    def insert(self, workflows: Sequence[Workflow], event_detail: str | None = None) -> list[tuple[Workflow, bool]]:
+    def insert(
+        self, workflows: Sequence[Workflow], event_detail: str | None = None
+    ) -> list[tuple[Workflow, bool]]:
         out: list[tuple[Workflow, bool]] = []
         insert_sql = self.sql(q.INSERT_WORKFLOW + " RETURNING *")
         event_sql = self.sql(q.INSERT_EVENT)
@@ -203,7 +207,9 @@ class SQLStore(Store):
                 rows = tx.fetch(insert_sql, self.encode(wf.model_dump()))
                 if rows:
                     stored = self._workflow(rows[0])
-                    tx.fetch(event_sql, self._event_params(stored, NewEvent(None, stored.status, event_detail)))
+                    tx.fetch(
+                        event_sql, self._event_params(stored, NewEvent(None, stored.status, event_detail))
+                    )
                     out.append((stored, True))
                 else:
                     existing = tx.fetch(by_key_sql, {"idempotency_key": wf.idempotency_key})
@@ -217,11 +223,11 @@ class SQLStore(Store):
         expected_status: WorkflowStatus,
         changes: Mapping[str, Any],
         event: NewEvent | None,
-        expected_job_id: str | None | bool = ANY_JOB,
+        expected_job_id: str | bool | None = ANY_JOB,
         heartbeat_before: datetime | None = None,
     ) -> Workflow | None:
-        job_cond: str | None | bool = False if expected_job_id is ANY_JOB else (
-            None if expected_job_id is None else True
+        job_cond: str | bool | None = (
+            False if expected_job_id is ANY_JOB else (None if expected_job_id is None else True)
         )
         sql = self.sql(q.update_sql(changes, job_id=job_cond, heartbeat_before=heartbeat_before is not None))
         params = {f"set_{k}": v for k, v in self.encode(changes).items()}
@@ -248,7 +254,10 @@ class SQLStore(Store):
                 return None
             wf = self._workflow(rows[0])
             detail = f"claimed by {worker}" if worker else None
-            tx.fetch(self.sql(q.INSERT_EVENT), self._event_params(wf, NewEvent(WorkflowStatus.QUEUED, wf.status, detail)))
+            tx.fetch(
+                self.sql(q.INSERT_EVENT),
+                self._event_params(wf, NewEvent(WorkflowStatus.QUEUED, wf.status, detail)),
+            )
         return wf
 
     def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime) -> Heartbeat:
@@ -264,7 +273,7 @@ class SQLStore(Store):
             rows = tx.fetch(self.sql(q.GET_WORKFLOW), {"id": workflow_id})
         return self._workflow(rows[0]) if rows else None
 
-    def list(
+    def find(
         self,
         *,
         limit: int,
@@ -291,7 +300,11 @@ class SQLStore(Store):
         return [self._workflow(r) for r in rows]
 
     def deliverable_queued(self, *, now: datetime, queued_before: datetime, limit: int) -> list[Workflow]:
-        params = {"now": self.encode_time(now), "queued_before": self.encode_time(queued_before), "limit": limit}
+        params = {
+            "now": self.encode_time(now),
+            "queued_before": self.encode_time(queued_before),
+            "limit": limit,
+        }
         with self.transaction(write=False) as tx:
             rows = tx.fetch(self.sql(q.DELIVERABLE_QUEUED), params)
         return [self._workflow(r) for r in rows]
@@ -302,7 +315,9 @@ class SQLStore(Store):
             if number <= current:
                 continue
             self.run_script(tx, script)
-            tx.fetch(self.sql(q.RECORD_VERSION), {"version": number, "applied_at": self.encode_time(utcnow())})
+            tx.fetch(
+                self.sql(q.RECORD_VERSION), {"version": number, "applied_at": self.encode_time(utcnow())}
+            )
             version = number
         return version
 

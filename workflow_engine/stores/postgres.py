@@ -37,11 +37,11 @@ _ABANDONED: list[Any] = []  # pools inherited across a fork: kept alive, never c
 
 
 class _PgTx:
-    def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
     def fetch(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        cur = self.conn.execute(sql, params, prepare=True)  # type: ignore[call-overload]
+        cur = self.conn.execute(sql, params, prepare=True)
         if cur.description is None:
             return []
         return list(cur.fetchall())

@@ -42,7 +42,15 @@ WORKFLOW_COLUMNS: tuple[str, ...] = (
 )
 JSON_COLUMNS = frozenset({"inputs", "calculated_savings", "result"})
 TIME_COLUMNS = frozenset(
-    {"created_at", "updated_at", "started_at", "finished_at", "heartbeat_at", "run_after", "cancel_requested_at"}
+    {
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+        "heartbeat_at",
+        "run_after",
+        "cancel_requested_at",
+    }
 )
 #: Columns a compare-and-set may change. ``id``, the type and the creation data never change.
 MUTABLE_COLUMNS = frozenset(WORKFLOW_COLUMNS) - {
@@ -116,7 +124,7 @@ def to_pyformat(sql: str) -> str:
     return _PARAM.sub(r"%(\1)s", sql)
 
 
-def update_sql(columns: Iterable[str], *, job_id: str | None | bool, heartbeat_before: bool) -> str:
+def update_sql(columns: Iterable[str], *, job_id: str | bool | None, heartbeat_before: bool) -> str:
     """A compare-and-set UPDATE. ``columns`` must come from MUTABLE_COLUMNS.
 
     ``job_id``: False for no condition on it, None for "has no job", True for "equals :expected_job_id".

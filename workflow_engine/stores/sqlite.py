@@ -29,11 +29,11 @@ class _SQLiteTx:
         self.db = db
 
     def fetch(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        cursor = self.db.execute(sql, params)
+        cursor = self.db.execute(sql, dict(params))
         if cursor.description is None:
             return []
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 class SQLiteStore(SQLStore):

@@ -28,7 +28,9 @@ def parse_database_url(url: str) -> DatabaseURL:
             raise ConfigurationError(f"malformed SQLite URL {url!r}: expected sqlite:///<path>; {_HELP}")
         path = rest[1:]
         if "?" in path or "#" in path:
-            raise ConfigurationError(f"malformed SQLite URL {url!r}: query strings are not supported; {_HELP}")
+            raise ConfigurationError(
+                f"malformed SQLite URL {url!r}: query strings are not supported; {_HELP}"
+            )
         return DatabaseURL("sqlite", path)
     if scheme in ("postgresql", "postgres"):
         parts = urlsplit(url)

@@ -1,0 +1,618 @@
+"""The engine's behaviour, specified on the in-process mode (the `workflow_engine` pytest fixture)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime, timedelta, timezone
+
+import fakeredis
+import pytest
+import rq
+import we_test_handlers
+
+from workflow_engine import (
+    InvalidTransition,
+    QueueUnavailable,
+    UnknownWorkflowType,
+    Workflow,
+    WorkflowEngine,
+    WorkflowEngineError,
+    WorkflowNotFound,
+    WorkflowStatus,
+)
+from workflow_engine import engine as engine_module
+from workflow_engine.errors import ConfigurationError, InvalidInput
+from workflow_engine.models import utcnow
+
+S = WorkflowStatus
+
+
+def double(wf: Workflow) -> dict[str, int]:
+    return {"doubled": wf.inputs["n"] * 2}
+
+
+def boom(wf: Workflow) -> None:
+    raise RuntimeError("boom")
+
+
+def not_json(wf: Workflow) -> object:
+    return {"when": object()}
+
+
+def create(engine: WorkflowEngine, type_id: str = "double", **inputs: object) -> str:
+    return engine.create_workflow(
+        workflow_type_id=type_id, created_by_agent="agent", inputs=inputs or {"n": 1}
+    )
+
+
+def row_count(engine: WorkflowEngine) -> int:
+    return len(engine.list_workflows(limit=10_000))
+
+
+# -- creating and reading -------------------------------------------------------
+def test_a_new_workflow_is_pending_with_a_creation_event(workflow_engine: WorkflowEngine) -> None:
+    wid = workflow_engine.create_workflow(
+        workflow_type_id="website_creation",
+        created_by_agent="content_creator_agent",
+        inputs={"business": "Ana's Bakery"},
+        calculated_savings={"weekly_savings": 200.0},
+        assigned_council_id="c1",
+    )
+    wf = workflow_engine.get_workflow(wid)
+    assert wf.status is S.PENDING
+    assert (wf.inputs, wf.calculated_savings, wf.assigned_council_id) == (
+        {"business": "Ana's Bakery"},
+        {"weekly_savings": 200.0},
+        "c1",
+    )
+    assert wf.attempts == 0 and wf.result is None and wf.error is None
+    [event] = workflow_engine.get_events(wid)
+    assert (event.from_status, event.to_status, event.workflow_id) == (None, S.PENDING, wid)
+
+
+def test_workflow_ids_are_valid_rq_job_ids(workflow_engine: WorkflowEngine) -> None:
+    wid = create(workflow_engine)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", wid)
+
+
+def test_timestamps_are_timezone_aware_utc(workflow_engine: WorkflowEngine) -> None:
+    wf = workflow_engine.get_workflow(create(workflow_engine))
+    assert wf.created_at.tzinfo is not None and wf.created_at.utcoffset() == timedelta(0)
+    assert wf.created_at.tzinfo == timezone.utc
+
+
+def test_to_dict_is_json_safe_with_iso_8601_datetimes(workflow_engine: WorkflowEngine) -> None:
+    workflow_engine.register_handler("double", double)
+    wid = create(workflow_engine, n=4)
+    workflow_engine.enqueue_execution(wid)
+    data = workflow_engine.get_workflow(wid).to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["status"] == "completed"
+    assert data["created_at"].endswith("Z")  # ISO 8601, UTC
+    assert (
+        datetime.fromisoformat(data["created_at"].replace("Z", "+00:00"))
+        == workflow_engine.get_workflow(wid).created_at
+    )
+    assert data["result"] == {"doubled": 8}
+
+
+def test_the_workflow_model_is_frozen(workflow_engine: WorkflowEngine) -> None:
+    wf = workflow_engine.get_workflow(create(workflow_engine))
+    with pytest.raises(ValueError):
+        wf.status = S.COMPLETED  # type: ignore[misc]
+    assert wf.model_copy(update={"attempts": 3}).attempts == 3
+
+
+def test_getting_an_unknown_id_raises_workflow_not_found(workflow_engine: WorkflowEngine) -> None:
+    with pytest.raises(WorkflowNotFound, match="no workflow with id 'nope'"):
+        workflow_engine.get_workflow("nope")
+    with pytest.raises(WorkflowNotFound):
+        workflow_engine.get_events("nope")
+    assert issubclass(WorkflowNotFound, WorkflowEngineError)
+
+
+def test_list_workflows_is_newest_first_and_filters_by_status_type_and_agent(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("double", double)
+    ids = [
+        workflow_engine.create_workflow(workflow_type_id=t, created_by_agent=a, inputs={"n": i})
+        for i, (t, a) in enumerate([("double", "a1"), ("other", "a2"), ("double", "a2"), ("other", "a1")])
+    ]
+    workflow_engine.enqueue_execution(ids[2])
+    assert [w.id for w in workflow_engine.list_workflows()] == ids[::-1]
+    assert [w.id for w in workflow_engine.list_workflows(status="completed")] == [ids[2]]
+    assert [w.id for w in workflow_engine.list_workflows(workflow_type_id="other")] == [ids[3], ids[1]]
+    assert [w.id for w in workflow_engine.list_workflows(created_by_agent="a2")] == [ids[2], ids[1]]
+    assert [
+        w.id for w in workflow_engine.list_workflows(workflow_type_id="double", created_by_agent="a1")
+    ] == [ids[0]]
+    assert [w.id for w in workflow_engine.list_workflows(limit=2)] == [ids[3], ids[2]]
+
+
+def test_list_workflows_pages_with_a_keyset_cursor(workflow_engine: WorkflowEngine) -> None:
+    ids = [create(workflow_engine) for _ in range(7)]
+    seen: list[str] = []
+    page = workflow_engine.list_workflows(limit=3)
+    while page:
+        seen += [w.id for w in page]
+        page = workflow_engine.list_workflows(limit=3, before=page[-1])
+    assert seen == ids[::-1]
+
+
+# -- running in-process -----------------------------------------------------------
+def test_enqueue_in_process_runs_the_workflow_to_completion_before_returning(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("double", double)
+    wid = create(workflow_engine, n=21)
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.status, wf.result, wf.attempts) == (S.COMPLETED, {"doubled": 42}, 1)
+    assert wf.started_at is not None and wf.finished_at is not None and wf.finished_at >= wf.started_at
+    assert [(e.from_status, e.to_status) for e in workflow_engine.get_events(wid)] == [
+        (None, S.PENDING),
+        (S.PENDING, S.QUEUED),
+        (S.QUEUED, S.RUNNING),
+        (S.RUNNING, S.COMPLETED),
+    ]
+
+
+def test_the_decorator_registers_a_handler_and_returns_the_function(workflow_engine: WorkflowEngine) -> None:
+    decorated = workflow_engine.handler("double", max_retries=0)(double)
+    assert decorated is double
+    spec = workflow_engine.handler_for("double")
+    assert spec is not None and spec.path == f"{__name__}:double" and spec.max_retries == 0
+
+
+def test_a_handler_registered_by_import_path_is_imported_when_it_runs(
+    workflow_engine: WorkflowEngine, effects: object
+) -> None:
+    workflow_engine.register_handler("rec", "we_test_handlers:record_success")
+    wid = create(workflow_engine, "rec", x=1)
+    workflow_engine.enqueue_execution(wid)
+    assert workflow_engine.get_workflow(wid).result == {"echo": {"x": 1}}
+
+
+def test_a_failing_handler_is_recorded_as_failed_not_raised(workflow_engine: WorkflowEngine) -> None:
+    workflow_engine.register_handler("boom", boom, max_retries=0)
+    wid = create(workflow_engine, "boom")
+    workflow_engine.enqueue_execution(wid)  # does not raise
+    wf = workflow_engine.get_workflow(wid)
+    assert wf.status is S.FAILED
+    assert wf.error == "RuntimeError: boom"
+    assert wf.traceback is not None and "raise RuntimeError" in wf.traceback
+
+
+def test_in_process_retries_run_at_once_and_count_every_attempt(
+    workflow_engine: WorkflowEngine, effects: object
+) -> None:
+    workflow_engine.register_handler("flaky", we_test_handlers.flaky, max_retries=3, retry_backoff=30)
+    wid = workflow_engine.create_workflow(workflow_type_id="flaky", inputs={"fail_times": 2})
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.status, wf.attempts, wf.result) == (S.COMPLETED, 3, {"attempts": 3})
+    failures = [
+        e for e in workflow_engine.get_events(wid) if e.from_status is S.RUNNING and e.to_status is S.QUEUED
+    ]
+    assert [e.attempt for e in failures] == [1, 2]
+    assert all("flaky failure" in (e.detail or "") for e in failures)
+
+
+def test_a_workflow_fails_after_one_plus_max_retries_attempts_and_requeue_runs_it_again(
+    workflow_engine: WorkflowEngine, effects: object
+) -> None:
+    workflow_engine.register_handler("fail", we_test_handlers.always_fail, max_retries=2, retry_backoff=0)
+    wid = create(workflow_engine, "fail")
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.status, wf.attempts) == (S.FAILED, 3)
+    assert wf.error == "ValueError: this handler always fails"
+    requeued = workflow_engine.requeue(wid)  # runs in-process before returning
+    assert (requeued.status, requeued.attempts) == (S.FAILED, 6)
+
+
+def test_a_result_that_is_not_json_fails_the_attempt_with_a_clear_error(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("bad", not_json, max_retries=0)
+    wid = create(workflow_engine, "bad")
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert wf.status is S.FAILED and "result must be JSON-serialisable" in (wf.error or "")
+
+
+def test_a_handler_past_its_timeout_fails_with_a_timeout_error_even_if_it_catches_exceptions(
+    workflow_engine: WorkflowEngine, effects: object
+) -> None:
+    workflow_engine.register_handler("slow", we_test_handlers.swallow_everything, max_retries=0, timeout=0.3)
+    wid = workflow_engine.create_workflow(workflow_type_id="slow", inputs={"seconds": 5})
+    start = time.monotonic()
+    workflow_engine.enqueue_execution(wid)
+    assert time.monotonic() - start < 2
+    wf = workflow_engine.get_workflow(wid)
+    assert wf.status is S.FAILED and "timed out after 0.3 s" in (wf.error or "")
+
+
+def test_enqueueing_a_type_without_a_handler_raises_and_writes_nothing(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    wid = create(workflow_engine, "nobody_handles_this")
+    with pytest.raises(UnknownWorkflowType, match=r"nobody_handles_this.*@engine.handler"):
+        workflow_engine.enqueue_execution(wid)
+    assert workflow_engine.get_workflow(wid).status is S.PENDING
+    assert len(workflow_engine.get_events(wid)) == 1
+
+
+def test_a_handler_path_that_cannot_be_imported_fails_the_workflow_with_a_message(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("ghost", "no_such_module_xyz:handler")
+    wid = create(workflow_engine, "ghost")
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert wf.status is S.FAILED
+    assert "ghost" in (wf.error or "") and "no_such_module_xyz" in (wf.error or "")
+
+
+def test_enqueueing_a_running_or_completed_workflow_never_starts_a_second_run(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("double", double)
+    wid = create(workflow_engine)
+    workflow_engine.enqueue_execution(wid)
+    with pytest.raises(InvalidTransition, match="completed"):
+        workflow_engine.enqueue_execution(wid)
+    assert workflow_engine.get_workflow(wid).attempts == 1
+
+
+# -- async mode over fakeredis, with a real SimpleWorker ---------------------------
+@pytest.fixture
+def async_engine() -> WorkflowEngine:
+    return WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://", is_async=True)
+
+
+def work(engine: WorkflowEngine) -> None:
+    rq.SimpleWorker([engine.queue], connection=engine.redis).work(burst=True)
+
+
+def test_enqueue_in_async_mode_only_queues_the_job(async_engine: WorkflowEngine) -> None:
+    async_engine.register_handler("double", double)
+    wid = create(async_engine)
+    async_engine.enqueue_execution(wid)
+    wf = async_engine.get_workflow(wid)
+    assert wf.status is S.QUEUED and wf.job_id is not None
+    job = rq.job.Job.fetch(wf.job_id, connection=async_engine.redis)
+    assert job.args == (
+        wid,
+        f"{__name__}:double",
+        wf.job_id,
+    )  # the id and the path: no inputs, no credentials
+    assert job.timeout == -1  # no timeout means none, not RQ's 180 s default
+    work(async_engine)
+    assert async_engine.get_workflow(wid).status is S.COMPLETED
+
+
+def test_enqueueing_a_queued_workflow_again_adds_no_second_job(async_engine: WorkflowEngine) -> None:
+    async_engine.register_handler("double", double)
+    wid = create(async_engine)
+    for _ in range(5):
+        async_engine.enqueue_execution(wid)
+    assert async_engine.queue.count == 1
+
+
+def test_a_duplicate_rq_job_for_a_workflow_runs_its_handler_once(
+    async_engine: WorkflowEngine, effects: object
+) -> None:
+    async_engine.register_handler("rec", "we_test_handlers:record_success")
+    wid = create(async_engine, "rec")
+    async_engine.enqueue_execution(wid)
+    wf = async_engine.get_workflow(wid)
+    for _ in range(3):  # the same job pushed again, as RQ does when one id is enqueued twice
+        async_engine.transport.deliver(wf, wf.job_id or "", engine_key=async_engine.key)
+    work(async_engine)
+    from support import successes
+
+    assert successes(effects, wid) == 1  # type: ignore[arg-type]
+    assert async_engine.get_workflow(wid).attempts == 1
+
+
+def test_a_queued_workflow_cancelled_before_a_worker_starts_never_runs(
+    async_engine: WorkflowEngine, effects: object
+) -> None:
+    async_engine.register_handler("rec", "we_test_handlers:record_success")
+    wid = create(async_engine, "rec")
+    async_engine.enqueue_execution(wid)
+    assert async_engine.cancel(wid).status is S.CANCELLED
+    work(async_engine)
+    assert async_engine.get_workflow(wid).status is S.CANCELLED
+    assert not list(effects.iterdir())  # type: ignore[attr-defined]
+
+
+def test_retries_with_zero_backoff_are_run_by_the_same_burst_worker(
+    async_engine: WorkflowEngine, effects: object
+) -> None:
+    async_engine.register_handler("flaky", "we_test_handlers:flaky", max_retries=3, retry_backoff=0)
+    wid = async_engine.create_workflow(workflow_type_id="flaky", inputs={"fail_times": 2})
+    async_engine.enqueue_execution(wid)
+    work(async_engine)
+    wf = async_engine.get_workflow(wid)
+    assert (wf.status, wf.attempts) == (S.COMPLETED, 3)
+
+
+def test_a_delayed_retry_waits_in_the_database_and_reconcile_delivers_it_when_due(
+    async_engine: WorkflowEngine, effects: object
+) -> None:
+    async_engine.register_handler("flaky", "we_test_handlers:flaky", max_retries=1, retry_backoff=0.2)
+    wid = async_engine.create_workflow(workflow_type_id="flaky", inputs={"fail_times": 1})
+    async_engine.enqueue_execution(wid)
+    work(async_engine)
+    wf = async_engine.get_workflow(wid)
+    assert wf.status is S.QUEUED and wf.job_id is None and wf.run_after is not None
+    assert async_engine.queue.count == 0
+    assert async_engine.reconcile().redelivered == []  # not due yet (the delay is 0.1 s to 0.2 s)
+    time.sleep(0.25)
+    assert async_engine.reconcile().redelivered == [wid]
+    work(async_engine)
+    assert async_engine.get_workflow(wid).status is S.COMPLETED
+
+
+# -- cancel, requeue, update_status -------------------------------------------------
+def test_cancel_moves_pending_and_queued_workflows_to_cancelled(async_engine: WorkflowEngine) -> None:
+    async_engine.register_handler("double", double)
+    pending, queued = create(async_engine), create(async_engine)
+    async_engine.enqueue_execution(queued)
+    assert async_engine.cancel(pending).status is S.CANCELLED
+    assert async_engine.cancel(queued, reason="user asked").status is S.CANCELLED
+    assert async_engine.get_events(queued)[-1].detail == "cancelled: user asked"
+
+
+def test_cancelling_a_finished_workflow_is_an_invalid_transition(workflow_engine: WorkflowEngine) -> None:
+    workflow_engine.register_handler("double", double)
+    wid = create(workflow_engine)
+    workflow_engine.enqueue_execution(wid)
+    with pytest.raises(InvalidTransition) as info:
+        workflow_engine.cancel(wid)
+    assert (info.value.workflow_id, info.value.from_status, info.value.to_status) == (
+        wid,
+        "completed",
+        "cancelled",
+    )
+
+
+def test_cancelling_a_running_workflow_records_the_request_for_the_handler(
+    async_engine: WorkflowEngine,
+) -> None:
+    async_engine.register_handler("double", double)
+    wid = create(async_engine)
+    async_engine.enqueue_execution(wid)
+    wf = async_engine.get_workflow(wid)
+    assert async_engine.store.claim(wid, job_id=wf.job_id or "", worker="w1", now=utcnow()) is not None
+    marked = async_engine.cancel(wid)
+    assert marked.status is S.RUNNING and marked.cancel_requested_at is not None
+    assert async_engine.get_events(wid)[-1].detail == "cancel requested"
+
+
+def test_requeue_only_accepts_failed_or_cancelled_workflows(workflow_engine: WorkflowEngine) -> None:
+    workflow_engine.register_handler("double", double)
+    wid = create(workflow_engine)
+    with pytest.raises(InvalidTransition, match="only failed or cancelled"):
+        workflow_engine.requeue(wid)
+    workflow_engine.cancel(wid)
+    assert workflow_engine.requeue(wid).status is S.COMPLETED  # in-process: runs before returning
+
+
+def test_update_status_validates_against_the_transition_table(workflow_engine: WorkflowEngine) -> None:
+    wid = create(workflow_engine)
+    with pytest.raises(InvalidTransition, match=f"workflow '{wid}' cannot go from 'pending' to 'completed'"):
+        workflow_engine.update_status(wid, "completed")
+    assert workflow_engine.update_status(wid, "cancelled").status is S.CANCELLED
+    with pytest.raises(InvalidTransition):
+        workflow_engine.update_status(wid, S.RUNNING)
+
+
+def test_update_status_rejects_an_unknown_status_naming_the_valid_ones(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    wid = create(workflow_engine)
+    with pytest.raises(ValueError, match=r"unknown status 'done'.*pending, queued, running"):
+        workflow_engine.update_status(wid, "done")
+    assert len(workflow_engine.get_events(wid)) == 1
+
+
+# -- bad input writes nothing ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workflow_type_id": "t", "inputs": {"when": object()}}, "inputs must be JSON-serialisable"),
+        ({"workflow_type_id": "t", "inputs": {"x": float("nan")}}, "inputs must be JSON-serialisable"),
+        ({"workflow_type_id": "t", "inputs": [1, 2]}, "inputs must be a dict"),
+        ({"workflow_type_id": "t", "calculated_savings": {"s": {1, 2}}}, "calculated_savings must be JSON"),
+        ({"workflow_type_id": ""}, "workflow_type_id must not be empty"),
+        ({"workflow_type_id": "   "}, "workflow_type_id must not be empty"),
+        ({"workflow_type_id": 42}, "workflow_type_id must be a string"),
+        ({"workflow_type_id": "t", "created_by_agent": 7}, "created_by_agent must be a string"),
+        ({"workflow_type_id": "t", "idempotency_key": ""}, "idempotency_key must not be empty"),
+    ],
+)
+def test_bad_input_raises_a_clear_error_and_writes_nothing(
+    workflow_engine: WorkflowEngine, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message) as info:
+        workflow_engine.create_workflow(**kwargs)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+    assert row_count(workflow_engine) == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://localhost/db", "unsupported database URL scheme 'mysql'"),
+        ("workflows.db", "has no scheme"),
+        ("sqlite://relative.db", "expected sqlite:///<path>"),
+        ("", "non-empty string"),
+        ("postgresql:///db", "names no host"),
+    ],
+)
+def test_a_malformed_or_unsupported_database_url_is_refused(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        WorkflowEngine(database_url=url, redis_url="fakeredis://")
+
+
+def test_an_unsupported_redis_url_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="unsupported Redis URL scheme 'http'"):
+        WorkflowEngine(database_url="sqlite:///:memory:", redis_url="http://localhost")
+
+
+def test_sql_metacharacters_are_plain_data(workflow_engine: WorkflowEngine) -> None:
+    nasty = "x'); DROP TABLE workflows; --"
+    wid = workflow_engine.create_workflow(
+        workflow_type_id=nasty, created_by_agent=nasty, inputs={nasty: nasty}
+    )
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.workflow_type_id, wf.created_by_agent, wf.inputs) == (nasty, nasty, {nasty: nasty})
+    assert [w.id for w in workflow_engine.list_workflows(created_by_agent=nasty)] == [wid]
+    assert [w.id for w in workflow_engine.list_workflows(created_by_agent="' OR '1'='1")] == []
+
+
+def test_handlers_must_be_importable_by_a_worker() -> None:
+    engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://")
+    with pytest.raises(InvalidInput, match="not a module-level function"):
+        engine.register_handler("t", lambda wf: None)
+    with pytest.raises(InvalidInput, match=r"must look like 'package\.module:function'"):
+        engine.register_handler("t", "nodots")
+    with pytest.raises(InvalidInput, match="max_retries must be an integer"):
+        engine.register_handler("t", double, max_retries=-1)
+    with pytest.raises(InvalidInput, match="timeout must be"):
+        engine.register_handler("t", double, timeout=0)
+
+
+# -- idempotency -------------------------------------------------------------------
+def test_an_idempotency_key_returns_the_first_workflow_with_its_original_inputs(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    first = workflow_engine.create_workflow(workflow_type_id="t", inputs={"v": 1}, idempotency_key="order-42")
+    again = workflow_engine.create_workflow(workflow_type_id="t", inputs={"v": 2}, idempotency_key="order-42")
+    assert again == first
+    assert workflow_engine.get_workflow(first).inputs == {"v": 1}
+    assert create(workflow_engine, "t") != create(workflow_engine, "t")  # no key: always new
+    assert row_count(workflow_engine) == 3
+
+
+# -- Redis down ----------------------------------------------------------------------
+def test_enqueue_with_redis_down_fails_fast_and_leaves_the_workflow_queued() -> None:
+    from support import free_port
+
+    engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    engine.register_handler("double", double)
+    wid = create(engine)
+    start = time.monotonic()
+    with pytest.raises(QueueUnavailable, match="reconcile"):
+        engine.enqueue_execution(wid)
+    assert time.monotonic() - start < 5
+    assert engine.get_workflow(wid).status is S.QUEUED
+
+
+# -- reconcile -----------------------------------------------------------------------
+def make_stale(engine: WorkflowEngine, wid: str) -> Workflow:
+    """Claim the workflow as a worker would, then age its heartbeat past stale_after."""
+    wf = engine.get_workflow(wid)
+    claimed = engine.store.claim(wid, job_id=wf.job_id or "", worker="dead-worker", now=utcnow())
+    assert claimed is not None
+    old = utcnow() - timedelta(seconds=engine.stale_after + 1)
+    aged = engine.store.compare_and_set(
+        wid, expected_status=S.RUNNING, changes={"heartbeat_at": old, "updated_at": old}, event=None
+    )
+    assert aged is not None
+    return aged
+
+
+def test_reconcile_requeues_a_running_workflow_whose_worker_stopped_heartbeating(
+    async_engine: WorkflowEngine,
+) -> None:
+    async_engine.register_handler("double", double, max_retries=1, retry_backoff=0)
+    wid = create(async_engine)
+    async_engine.enqueue_execution(wid)
+    async_engine.redis.flushall()
+    make_stale(async_engine, wid)
+    report = async_engine.reconcile()
+    assert report.requeued_stale == [wid]
+    wf = async_engine.get_workflow(wid)
+    assert wf.status is S.QUEUED and "worker lost" in (wf.error or "") and "dead-worker" in (wf.error or "")
+    work(async_engine)
+    assert async_engine.get_workflow(wid).status is S.COMPLETED
+
+
+def test_reconcile_fails_a_stale_workflow_with_no_attempts_left(async_engine: WorkflowEngine) -> None:
+    async_engine.register_handler("double", double, max_retries=0)
+    wid = create(async_engine)
+    async_engine.enqueue_execution(wid)
+    make_stale(async_engine, wid)
+    assert async_engine.reconcile().failed_stale == [wid]
+    assert async_engine.get_workflow(wid).status is S.FAILED
+
+
+def test_reconcile_cancels_a_stale_workflow_whose_cancel_was_requested(async_engine: WorkflowEngine) -> None:
+    async_engine.register_handler("double", double)
+    wid = create(async_engine)
+    async_engine.enqueue_execution(wid)
+    make_stale(async_engine, wid)
+    async_engine.cancel(wid)
+    async_engine.store.compare_and_set(
+        wid,
+        expected_status=S.RUNNING,
+        changes={"heartbeat_at": utcnow() - timedelta(seconds=60)},
+        event=None,
+    )
+    assert async_engine.reconcile().cancelled_stale == [wid]
+
+
+def test_reconcile_redelivers_queued_workflows_that_redis_forgot(
+    async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "REDELIVERY_GRACE", timedelta(0))
+    async_engine.register_handler("double", double)
+    ids = [create(async_engine) for _ in range(5)]
+    for wid in ids:
+        async_engine.enqueue_execution(wid)
+    assert async_engine.reconcile().redelivered == []  # their jobs are still there
+    async_engine.redis.flushall()
+    assert sorted(async_engine.reconcile().redelivered) == sorted(ids)
+    assert async_engine.reconcile().redelivered == []  # delivered once, not again
+    work(async_engine)
+    assert {async_engine.get_workflow(w).status for w in ids} == {S.COMPLETED}
+
+
+def test_reconcile_leaves_recently_queued_workflows_alone() -> None:
+    engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://")
+    engine.register_handler("double", double)
+    wid = create(engine)
+    engine.enqueue_execution(wid)
+    engine.redis.flushall()
+    assert engine.reconcile().redelivered == []  # inside the grace period an enqueue may be in flight
+
+
+# -- configuration -------------------------------------------------------------------
+def test_from_env_reads_the_documented_variables() -> None:
+    engine = WorkflowEngine.from_env(
+        {
+            "WORKFLOW_ENGINE_DATABASE_URL": "sqlite:///:memory:",
+            "REDIS_URL": "fakeredis://",
+            "WORKFLOW_ENGINE_QUEUE": "wf2",
+            "WORKFLOW_ENGINE_HEARTBEAT_INTERVAL": "2",
+            "WORKFLOW_ENGINE_STALE_AFTER": "9",
+        }
+    )
+    assert (engine.queue_name, engine.heartbeat_interval, engine.stale_after) == ("wf2", 2.0, 9.0)
+    assert isinstance(engine.redis, fakeredis.FakeRedis)
+
+
+def test_from_env_refuses_timings_that_are_not_numbers() -> None:
+    with pytest.raises(ConfigurationError, match="WORKFLOW_ENGINE_STALE_AFTER must be a number"):
+        WorkflowEngine.from_env({"WORKFLOW_ENGINE_STALE_AFTER": "soon"})
+    with pytest.raises(ConfigurationError, match="at least twice heartbeat_interval"):
+        WorkflowEngine(
+            database_url="sqlite:///:memory:", redis_url="fakeredis://", heartbeat_interval=5, stale_after=6
+        )

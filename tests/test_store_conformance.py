@@ -1,0 +1,283 @@
+"""The store contract. Every store must pass every test here: SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from workflow_engine.models import Workflow, utcnow
+from workflow_engine.status import WorkflowStatus
+from workflow_engine.stores import Store, open_store
+from workflow_engine.stores.base import NewEvent
+
+S = WorkflowStatus
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    s = open_store(database_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def new(type_id: str = "t", *, agent: str | None = "a", key: str | None = None, **inputs: object) -> Workflow:
+    now = utcnow()
+    return Workflow(
+        id=uuid.uuid4().hex,
+        workflow_type_id=type_id,
+        status=S.PENDING,
+        created_by_agent=agent,
+        inputs=dict(inputs),
+        idempotency_key=key,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def queued(store: Store, wf: Workflow, job_id: str = "job-1") -> Workflow:
+    out = store.compare_and_set(
+        wf.id,
+        expected_status=S.PENDING,
+        changes={"status": S.QUEUED, "job_id": job_id, "updated_at": utcnow()},
+        event=NewEvent(S.PENDING, S.QUEUED),
+    )
+    assert out is not None
+    return out
+
+
+def test_a_workflow_reads_back_exactly_as_it_was_inserted(store: Store) -> None:
+    wf = new(nested={"list": [1, 2.5, None, "é"], "flag": True}, quote='it\'s "quoted"')
+    wf = wf.model_copy(update={"calculated_savings": {"weekly": 12.5}})
+    [(stored, created)] = store.insert([wf])
+    assert created and stored == wf
+    assert store.get(wf.id) == wf
+
+
+def test_getting_a_missing_id_returns_none(store: Store) -> None:
+    assert store.get("missing") is None
+    assert store.events("missing") == []
+
+
+def test_insert_records_a_creation_event(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    [event] = store.events(wf.id)
+    assert (event.from_status, event.to_status, event.at) == (None, S.PENDING, wf.updated_at)
+
+
+def test_a_taken_idempotency_key_returns_the_existing_workflow(store: Store) -> None:
+    first = new(key="order-42", v=1)
+    store.insert([first])
+    [(existing, created)] = store.insert([new(key="order-42", v=2)])
+    assert not created and existing == first
+    assert len(store.events(first.id)) == 1
+
+
+def test_compare_and_set_applies_only_when_the_status_still_matches(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    moved = queued(store, wf)
+    assert moved.status is S.QUEUED and moved.job_id == "job-1"
+    again = store.compare_and_set(
+        wf.id,
+        expected_status=S.PENDING,
+        changes={"status": S.CANCELLED, "updated_at": utcnow()},
+        event=NewEvent(S.PENDING, S.CANCELLED),
+    )
+    assert again is None
+    assert [e.to_status for e in store.events(wf.id)] == [S.PENDING, S.QUEUED]  # no event for the loser
+
+
+def test_compare_and_set_can_require_a_job_id_or_its_absence(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    queued(store, wf, "job-1")
+    change = {"job_id": "job-2", "updated_at": utcnow()}
+    assert (
+        store.compare_and_set(
+            wf.id, expected_status=S.QUEUED, changes=change, event=None, expected_job_id="other"
+        )
+        is None
+    )
+    assert (
+        store.compare_and_set(
+            wf.id, expected_status=S.QUEUED, changes=change, event=None, expected_job_id=None
+        )
+        is None
+    )
+    done = store.compare_and_set(
+        wf.id,
+        expected_status=S.QUEUED,
+        changes={**change, "job_id": None},
+        event=None,
+        expected_job_id="job-1",
+    )
+    assert done is not None and done.job_id is None
+    assert (
+        store.compare_and_set(
+            wf.id, expected_status=S.QUEUED, changes=change, event=None, expected_job_id=None
+        )
+        is not None
+    )
+
+
+def test_compare_and_set_refuses_columns_that_never_change(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    with pytest.raises(ValueError, match="not updatable"):
+        store.compare_and_set(wf.id, expected_status=S.PENDING, changes={"inputs": {}}, event=None)
+
+
+def test_only_the_job_that_carries_a_workflow_can_claim_it_and_only_once(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    queued(store, wf, "job-1")
+    assert store.claim(wf.id, job_id="stale-job", worker="w", now=utcnow()) is None
+    claimed = store.claim(wf.id, job_id="job-1", worker="w1", now=utcnow())
+    assert claimed is not None
+    assert (claimed.status, claimed.attempts, claimed.worker) == (S.RUNNING, 1, "w1")
+    assert claimed.started_at is not None and claimed.heartbeat_at is not None
+    assert store.claim(wf.id, job_id="job-1", worker="w2", now=utcnow()) is None
+    assert store.events(wf.id)[-1].detail == "claimed by w1"
+
+
+def test_concurrent_claims_from_many_connections_have_exactly_one_winner(database_url: str) -> None:
+    stores = [open_store(database_url) for _ in range(6)]
+    wf = new()
+    stores[0].insert([wf])
+    queued(stores[0], wf, "job-1")
+    barrier = threading.Barrier(len(stores))
+    wins: list[Workflow] = []
+
+    def claim(s: Store) -> None:
+        barrier.wait()
+        got = s.claim(wf.id, job_id="job-1", worker="w", now=utcnow())
+        if got is not None:
+            wins.append(got)
+
+    threads = [threading.Thread(target=claim, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert len(wins) == 1
+
+
+def test_a_heartbeat_reports_ownership_and_a_cancel_request(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    queued(store, wf, "job-1")
+    store.claim(wf.id, job_id="job-1", worker="w", now=utcnow())
+    later = utcnow() + timedelta(seconds=1)
+    beat = store.heartbeat(wf.id, job_id="job-1", now=later)
+    assert beat.owned and not beat.cancel_requested
+    got = store.get(wf.id)
+    assert got is not None and got.heartbeat_at == later
+    assert not store.heartbeat(wf.id, job_id="another-job", now=later).owned
+    store.compare_and_set(
+        wf.id, expected_status=S.RUNNING, changes={"cancel_requested_at": later}, event=None
+    )
+    assert store.heartbeat(wf.id, job_id="job-1", now=later).cancel_requested
+
+
+def test_find_is_newest_first_filtered_and_paged_by_cursor(store: Store) -> None:
+    workflows = []
+    base = utcnow()
+    for i in range(6):
+        wf = new("a" if i % 2 else "b", agent=f"agent{i % 3}")
+        at = base + timedelta(milliseconds=i)
+        workflows.append(wf.model_copy(update={"created_at": at, "updated_at": at}))
+    store.insert(workflows)
+    newest_first = [w.id for w in reversed(workflows)]
+    assert [w.id for w in store.find(limit=10, filters={})] == newest_first
+    assert [w.id for w in store.find(limit=10, filters={"workflow_type_id": "a"})] == newest_first[0::2]
+    assert [w.id for w in store.find(limit=10, filters={"created_by_agent": "agent0"})] == [
+        workflows[3].id,
+        workflows[0].id,
+    ]
+    assert store.find(limit=10, filters={"status": "completed"}) == []
+    page = store.find(limit=4, filters={})
+    rest = store.find(limit=4, filters={}, cursor=(page[-1].created_at, page[-1].id))
+    assert [w.id for w in page + rest] == newest_first
+
+
+def test_find_refuses_to_filter_on_other_columns(store: Store) -> None:
+    with pytest.raises(ValueError, match="cannot filter"):
+        store.find(limit=1, filters={"inputs": "x"})
+
+
+def test_stale_running_finds_workflows_whose_heartbeat_is_older_than_the_cutoff(store: Store) -> None:
+    fresh, stale = new(), new()
+    store.insert([fresh, stale])
+    for wf in (fresh, stale):
+        queued(store, wf, f"job-{wf.id}")
+    now = utcnow()
+    store.claim(fresh.id, job_id=f"job-{fresh.id}", worker="w", now=now)
+    store.claim(stale.id, job_id=f"job-{stale.id}", worker="w", now=now - timedelta(seconds=60))
+    found = store.stale_running(cutoff=now - timedelta(seconds=30), limit=10)
+    assert [w.id for w in found] == [stale.id]
+
+
+def test_deliverable_queued_finds_due_retries_and_long_queued_workflows(store: Store) -> None:
+    now = utcnow()
+    due, waiting, recent, old = new(), new(), new(), new()
+    store.insert([due, waiting, recent, old])
+    for wf, changes in (
+        (due, {"job_id": None, "run_after": now - timedelta(seconds=1)}),
+        (waiting, {"job_id": None, "run_after": now + timedelta(seconds=60)}),
+        (recent, {"job_id": "j-recent", "updated_at": now}),
+        (old, {"job_id": "j-old", "updated_at": now - timedelta(seconds=60)}),
+    ):
+        out = store.compare_and_set(
+            wf.id,
+            expected_status=S.PENDING,
+            changes={"status": S.QUEUED, "updated_at": now, **changes},
+            event=None,
+        )
+        assert out is not None
+    found = store.deliverable_queued(now=now, queued_before=now - timedelta(seconds=5), limit=10)
+    assert {w.id for w in found} == {due.id, old.id}
+
+
+def test_migrations_are_numbered_and_idempotent(store: Store) -> None:
+    assert store.migrate() == 1
+    assert store.migrate() == 1
+
+
+def test_concurrent_first_use_migrates_once(database_url: str) -> None:
+    stores = [open_store(database_url) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def use(s: Store) -> None:
+        barrier.wait()
+        try:
+            s.insert([new()])
+        except BaseException as exc:  # pragma: no cover - the assertion reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(stores[0].find(limit=100, filters={})) == 4
+    for s in stores:
+        s.close()
+
+
+def test_sql_metacharacters_in_every_field_are_stored_as_data(store: Store) -> None:
+    nasty = "'; DROP TABLE workflows; -- %s %(x)s :name ?"
+    wf = new(nasty, agent=nasty, key=nasty, **{nasty: nasty})
+    store.insert([wf])
+    assert store.get(wf.id) == wf
+    assert [w.id for w in store.find(limit=5, filters={"workflow_type_id": nasty})] == [wf.id]
