@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "apps"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import PG_ADMIN_URL, RedisServer, service_unavailable  # noqa: E402
+from support import PG_ADMIN_URL, RedisServer, service_unavailable
 
 
 @pytest.fixture
