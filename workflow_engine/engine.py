@@ -548,8 +548,16 @@ class WorkflowEngine:
         - a ``queued`` workflow whose RQ job is gone (Redis flushed or restarted) is delivered again;
         - a retry whose delay has passed is delivered.
 
-        Every change is a compare-and-set, so two reconcilers never both act on one workflow.
+        Every change is a compare-and-set, so two reconcilers never both act on one workflow;
+        on PostgreSQL they also take turns under an advisory lock (a pass that finds the lock
+        taken does nothing and reports nothing).
         """
+        with self.store.exclusive("workflow_engine.reconcile") as mine:
+            if not mine:
+                return ReconcileReport()
+            return self._reconcile(batch_size)
+
+    def _reconcile(self, batch_size: int) -> ReconcileReport:
         report: dict[str, list[str]] = {
             "requeued_stale": [],
             "failed_stale": [],

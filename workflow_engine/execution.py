@@ -54,7 +54,7 @@ def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
         found = _ENGINES.get(engine_key)
         if found is None:
             raise WorkflowEngineError(
-                f"the in-process engine {engine_key!r} that enqueued this job no longer exists in this process"
+                f"the in-process engine {engine_key!r} that enqueued this job no longer exists"
             )
         return found
     with _engine_lock:

@@ -13,16 +13,19 @@ and how its driver encodes JSON and timestamps.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from ..errors import StoreUnavailable
 from ..models import Workflow, WorkflowEvent, utcnow
 from ..status import WorkflowStatus
 from . import queries as q
+
+T = TypeVar("T")
 
 #: Pass as ``expected_job_id`` to put no condition on the job id.
 ANY_JOB: Any = False
@@ -96,6 +99,15 @@ class Store(abc.ABC):
     def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime) -> Heartbeat:
         """Stamp ``heartbeat_at`` if ``job_id`` still runs the workflow."""
 
+    def exclusive(self, name: str) -> AbstractContextManager[bool]:
+        """Try to take a lock named ``name`` across processes; yield whether it was taken.
+
+        Reconcile uses it so that reconcilers on many machines take turns instead of
+        racing. It is an optimisation: every change is a compare-and-set anyway. The
+        default (SQLite, one machine) takes no lock.
+        """
+        return nullcontext(True)
+
     # -- reading ----------------------------------------------------------
     @abc.abstractmethod
     def get(self, workflow_id: str) -> Workflow | None: ...
@@ -132,6 +144,17 @@ class SQLStore(Store):
     """The contract written once over named SQL. Subclasses supply the driver."""
 
     dialect: str
+    #: Retry a compare-and-set or a read once when the connection failed (e.g. a terminated backend).
+    #: Safe because a compare-and-set that did commit fails its second try instead of applying twice.
+    retry_unavailable: bool = False
+
+    def _once_more(self, op: Callable[[], T]) -> T:
+        if not self.retry_unavailable:
+            return op()
+        try:
+            return op()
+        except StoreUnavailable:
+            return op()
 
     # -- the driver hooks -------------------------------------------------
     @abc.abstractmethod
@@ -226,52 +249,66 @@ class SQLStore(Store):
         expected_job_id: str | bool | None = ANY_JOB,
         heartbeat_before: datetime | None = None,
     ) -> Workflow | None:
-        job_cond: str | bool | None = (
-            False if expected_job_id is ANY_JOB else (None if expected_job_id is None else True)
-        )
-        sql = self.sql(q.update_sql(changes, job_id=job_cond, heartbeat_before=heartbeat_before is not None))
-        params = {f"set_{k}": v for k, v in self.encode(changes).items()}
-        params["id"] = workflow_id
-        params["expected_status"] = expected_status.value
-        if job_cond is True:
-            params["expected_job_id"] = expected_job_id
-        if heartbeat_before is not None:
-            params["heartbeat_before"] = self.encode_time(heartbeat_before)
-        with self.transaction() as tx:
-            rows = tx.fetch(sql, params)
-            if not rows:
-                return None
-            wf = self._workflow(rows[0])
-            if event is not None:
-                tx.fetch(self.sql(q.INSERT_EVENT), self._event_params(wf, event))
-        return wf
+        def op() -> Workflow | None:
+            job_cond: str | bool | None = (
+                False if expected_job_id is ANY_JOB else (None if expected_job_id is None else True)
+            )
+            sql = self.sql(
+                q.update_sql(changes, job_id=job_cond, heartbeat_before=heartbeat_before is not None)
+            )
+            params = {f"set_{k}": v for k, v in self.encode(changes).items()}
+            params["id"] = workflow_id
+            params["expected_status"] = expected_status.value
+            if job_cond is True:
+                params["expected_job_id"] = expected_job_id
+            if heartbeat_before is not None:
+                params["heartbeat_before"] = self.encode_time(heartbeat_before)
+            with self.transaction() as tx:
+                rows = tx.fetch(sql, params)
+                if not rows:
+                    return None
+                wf = self._workflow(rows[0])
+                if event is not None:
+                    tx.fetch(self.sql(q.INSERT_EVENT), self._event_params(wf, event))
+            return wf
+
+        return self._once_more(op)
 
     def claim(self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime) -> Workflow | None:
-        params = {"id": workflow_id, "job_id": job_id, "worker": worker, "now": self.encode_time(now)}
-        with self.transaction() as tx:
-            rows = tx.fetch(self.sql(q.CLAIM), params)
-            if not rows:
-                return None
-            wf = self._workflow(rows[0])
-            detail = f"claimed by {worker}" if worker else None
-            tx.fetch(
-                self.sql(q.INSERT_EVENT),
-                self._event_params(wf, NewEvent(WorkflowStatus.QUEUED, wf.status, detail)),
-            )
-        return wf
+        def op() -> Workflow | None:
+            params = {"id": workflow_id, "job_id": job_id, "worker": worker, "now": self.encode_time(now)}
+            with self.transaction() as tx:
+                rows = tx.fetch(self.sql(q.CLAIM), params)
+                if not rows:
+                    return None
+                wf = self._workflow(rows[0])
+                detail = f"claimed by {worker}" if worker else None
+                tx.fetch(
+                    self.sql(q.INSERT_EVENT),
+                    self._event_params(wf, NewEvent(WorkflowStatus.QUEUED, wf.status, detail)),
+                )
+            return wf
+
+        return self._once_more(op)
 
     def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime) -> Heartbeat:
-        params = {"id": workflow_id, "job_id": job_id, "now": self.encode_time(now)}
-        with self.transaction() as tx:
-            rows = tx.fetch(self.sql(q.HEARTBEAT), params)
-        if not rows:
-            return Heartbeat(owned=False, cancel_requested=False)
-        return Heartbeat(owned=True, cancel_requested=rows[0]["cancel_requested_at"] is not None)
+        def op() -> Heartbeat:
+            params = {"id": workflow_id, "job_id": job_id, "now": self.encode_time(now)}
+            with self.transaction() as tx:
+                rows = tx.fetch(self.sql(q.HEARTBEAT), params)
+            if not rows:
+                return Heartbeat(owned=False, cancel_requested=False)
+            return Heartbeat(owned=True, cancel_requested=rows[0]["cancel_requested_at"] is not None)
+
+        return self._once_more(op)
 
     def get(self, workflow_id: str) -> Workflow | None:
-        with self.transaction(write=False) as tx:
-            rows = tx.fetch(self.sql(q.GET_WORKFLOW), {"id": workflow_id})
-        return self._workflow(rows[0]) if rows else None
+        def op() -> Workflow | None:
+            with self.transaction(write=False) as tx:
+                rows = tx.fetch(self.sql(q.GET_WORKFLOW), {"id": workflow_id})
+            return self._workflow(rows[0]) if rows else None
+
+        return self._once_more(op)
 
     def find(
         self,
@@ -280,34 +317,48 @@ class SQLStore(Store):
         filters: Mapping[str, str],
         cursor: tuple[datetime, str] | None = None,
     ) -> list[Workflow]:
-        params: dict[str, Any] = dict(filters)
-        params["limit"] = limit
-        if cursor is not None:
-            params["cursor_at"] = self.encode_time(cursor[0])
-            params["cursor_id"] = cursor[1]
-        with self.transaction(write=False) as tx:
-            rows = tx.fetch(self.sql(q.list_sql(filters, cursor=cursor is not None)), params)
-        return [self._workflow(r) for r in rows]
+        def op() -> list[Workflow]:
+            params: dict[str, Any] = dict(filters)
+            params["limit"] = limit
+            if cursor is not None:
+                params["cursor_at"] = self.encode_time(cursor[0])
+                params["cursor_id"] = cursor[1]
+            with self.transaction(write=False) as tx:
+                rows = tx.fetch(self.sql(q.list_sql(filters, cursor=cursor is not None)), params)
+            return [self._workflow(r) for r in rows]
+
+        return self._once_more(op)
 
     def events(self, workflow_id: str) -> list[WorkflowEvent]:
-        with self.transaction(write=False) as tx:
-            rows = tx.fetch(self.sql(q.GET_EVENTS), {"workflow_id": workflow_id})
-        return [WorkflowEvent.from_row(self.decode_row(r)) for r in rows]
+        def op() -> list[WorkflowEvent]:
+            with self.transaction(write=False) as tx:
+                rows = tx.fetch(self.sql(q.GET_EVENTS), {"workflow_id": workflow_id})
+            return [WorkflowEvent.from_row(self.decode_row(r)) for r in rows]
+
+        return self._once_more(op)
 
     def stale_running(self, *, cutoff: datetime, limit: int) -> list[Workflow]:
-        with self.transaction(write=False) as tx:
-            rows = tx.fetch(self.sql(q.STALE_RUNNING), {"cutoff": self.encode_time(cutoff), "limit": limit})
-        return [self._workflow(r) for r in rows]
+        def op() -> list[Workflow]:
+            with self.transaction(write=False) as tx:
+                rows = tx.fetch(
+                    self.sql(q.STALE_RUNNING), {"cutoff": self.encode_time(cutoff), "limit": limit}
+                )
+            return [self._workflow(r) for r in rows]
+
+        return self._once_more(op)
 
     def deliverable_queued(self, *, now: datetime, queued_before: datetime, limit: int) -> list[Workflow]:
-        params = {
-            "now": self.encode_time(now),
-            "queued_before": self.encode_time(queued_before),
-            "limit": limit,
-        }
-        with self.transaction(write=False) as tx:
-            rows = tx.fetch(self.sql(q.DELIVERABLE_QUEUED), params)
-        return [self._workflow(r) for r in rows]
+        def op() -> list[Workflow]:
+            params = {
+                "now": self.encode_time(now),
+                "queued_before": self.encode_time(queued_before),
+                "limit": limit,
+            }
+            with self.transaction(write=False) as tx:
+                rows = tx.fetch(self.sql(q.DELIVERABLE_QUEUED), params)
+            return [self._workflow(r) for r in rows]
+
+        return self._once_more(op)
 
     def _apply_migrations(self, tx: Tx, current: int) -> int:
         version = current

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import threading
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from ..errors import MissingDependency, StoreError, StoreUnavailable
 from . import queries as q
@@ -49,6 +50,7 @@ class _PgTx:
 
 class PostgresStore(SQLStore):
     dialect = "postgres"
+    retry_unavailable = True
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
         self.url = url
@@ -81,6 +83,8 @@ class PostgresStore(SQLStore):
                     max_size=self.pool_size,
                     kwargs={"row_factory": dict_row, "connect_timeout": max(1, int(self.connect_timeout))},
                     timeout=self.connect_timeout,
+                    # A connection whose backend was terminated is replaced at checkout, not handed out.
+                    check=ConnectionPool.check_connection,
                     open=False,
                     name="workflow_engine",
                 )
@@ -116,6 +120,25 @@ class PostgresStore(SQLStore):
             if type(exc).__module__.startswith("psycopg_pool"):
                 raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
             raise
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A session advisory lock, held on one pooled connection for the duration of the block."""
+        pool = self._get_pool()
+        key = zlib.crc32(name.encode()) & 0x7FFFFFFF
+        try:
+            with pool.connection() as conn:
+                conn.autocommit = True
+                got = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (key,)).fetchone()
+                held = bool(got is not None and cast(dict[str, Any], got)["ok"])
+                try:
+                    yield held
+                finally:
+                    if held:
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    conn.autocommit = False
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
 
     def migrate(self) -> int:
         pool = self._get_pool()
