@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 import fakeredis
 import pytest
 import rq
-import we_test_handlers
 
 from workflow_engine import (
     InvalidTransition,
@@ -25,6 +24,8 @@ from workflow_engine import (
 from workflow_engine import engine as engine_module
 from workflow_engine.errors import ConfigurationError, InvalidInput
 from workflow_engine.models import utcnow
+
+import we_test_handlers
 
 S = WorkflowStatus
 

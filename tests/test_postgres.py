@@ -1,0 +1,193 @@
+"""PostgreSQL-specific behaviour: many processes and machines against one database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from workflow_engine import StoreUnavailable, WorkflowEngine, WorkflowStatus
+from workflow_engine.errors import MissingDependency
+from workflow_engine.stores import open_store
+
+from support import APPS, RedisServer, free_port, start_worker, successes, wait_for
+
+S = WorkflowStatus
+
+
+def test_a_missing_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(sys.modules):
+        if name == "psycopg" or name.startswith(("psycopg.", "workflow_engine.stores.postgres")):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(MissingDependency, match=r'pip install "workflow_engine\[postgres\]"'):
+        open_store("postgresql://postgres@127.0.0.1:5432/test")
+
+
+def test_an_unreachable_server_raises_store_unavailable_quickly_without_the_password() -> None:
+    url = f"postgresql://app:s3cret@127.0.0.1:{free_port()}/db"
+    store = open_store(url, connect_timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="cannot connect to PostgreSQL") as info:
+        store.get("x")
+    assert time.monotonic() - start < 5
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_terminated_backend_is_replaced_and_the_next_call_succeeds(pg_url: str) -> None:
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
+    wid = engine.create_workflow(workflow_type_id="t")
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert engine.get_workflow(wid).status is S.PENDING
+    assert engine.update_status(wid, "cancelled").status is S.CANCELLED
+    engine.close()
+
+
+def test_reconcilers_take_turns_under_an_advisory_lock(pg_url: str) -> None:
+    first, second = open_store(pg_url), open_store(pg_url)
+    with first.exclusive("workflow_engine.reconcile") as mine:
+        assert mine
+        with second.exclusive("workflow_engine.reconcile") as theirs:
+            assert not theirs
+    with second.exclusive("workflow_engine.reconcile") as theirs:
+        assert theirs
+    first.close()
+    second.close()
+
+
+def test_json_columns_are_jsonb(pg_url: str) -> None:
+    open_store(pg_url).migrate()
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'workflows' AND column_name IN ('inputs', 'result', 'calculated_savings')"
+        ).fetchall()
+    assert sorted(rows) == [("calculated_savings", "jsonb"), ("inputs", "jsonb"), ("result", "jsonb")]
+
+
+_CREATOR = """
+import json, sys
+from workflow_engine import WorkflowEngine
+engine = WorkflowEngine(database_url=sys.argv[1], redis_url="fakeredis://")
+ids = [engine.create_workflow(workflow_type_id="t", inputs={"i": i}, idempotency_key=f"key-{i % 50}")
+       for i in range(int(sys.argv[2]))]
+print(json.dumps(ids))
+"""
+
+
+@pytest.mark.slow
+def test_four_processes_creating_with_shared_idempotency_keys_make_no_duplicates(pg_url: str) -> None:
+    open_store(pg_url).migrate()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CREATOR, pg_url, "100"], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    per_process = [json.loads(out) for out, _ in outputs]
+    # every process got the same id for the same key
+    for i in range(100):
+        assert len({ids[i] for ids in per_process}) == 1
+    with psycopg.connect(pg_url) as conn:
+        count = conn.execute("SELECT count(*) FROM workflows").fetchone()
+    assert count == (50,)
+
+
+@pytest.mark.slow
+def test_many_workers_and_two_reconcilers_on_one_database_complete_every_workflow_once(
+    pg_url: str, redis_server: RedisServer, effects: Path, tmp_path: Path
+) -> None:
+    engine = WorkflowEngine(database_url=pg_url, redis_url=redis_server.url)
+    engine.register_handler("ok", "we_test_handlers:record_success")
+    engine.register_handler("flaky", "we_test_handlers:flaky", max_retries=3, retry_backoff=0)
+    ids = []
+    for i in range(1000):
+        kind = "flaky" if i % 10 == 0 else "ok"
+        wid = engine.create_workflow(workflow_type_id=kind, inputs={"fail_times": 1, "i": i})
+        engine.enqueue_execution(wid)
+        ids.append(wid)
+    common = {"redis_url": redis_server.url, "database_url": pg_url, "effects": effects}
+    workers = [start_worker(tmp_path, worker_class=c, **common) for c in ("fork", "fork", "simple", "simple")]
+    reconcilers = [
+        subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "workflow-engine"),
+                "reconcile",
+                "--every",
+                "0.5",
+                "--database-url",
+                pg_url,
+                "--redis-url",
+                redis_server.url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for w in workers:
+            assert w.wait(240) == 0, w.output()[-3000:]
+    finally:
+        for w in workers:
+            w.stop()
+        for r in reconcilers:
+            r.kill()
+            r.wait(10)
+    statuses = {engine.get_workflow(w).status for w in ids}
+    assert statuses == {S.COMPLETED}
+    assert [successes(effects, w) for w in ids] == [1] * len(ids)
+    assert all("database is locked" not in w.output() for w in workers)
+    engine.close()
+
+
+@pytest.mark.slow
+def test_a_worker_whose_connection_is_terminated_mid_run_still_completes_the_workflow(
+    pg_url: str, redis_server: RedisServer, effects: Path, tmp_path: Path
+) -> None:
+    engine = WorkflowEngine(
+        database_url=pg_url, redis_url=redis_server.url, heartbeat_interval=0.5, stale_after=2
+    )
+    engine.register_handler("sleepy", "we_test_handlers:sleepy", max_retries=2, retry_backoff=0)
+    wid = engine.create_workflow(workflow_type_id="sleepy", inputs={"seconds": 2})
+    engine.enqueue_execution(wid)
+    worker = start_worker(
+        tmp_path,
+        redis_url=redis_server.url,
+        database_url=pg_url,
+        effects=effects,
+        worker_class="simple",
+        burst=False,
+        extra_env={"WORKFLOW_ENGINE_HEARTBEAT_INTERVAL": "0.5", "WORKFLOW_ENGINE_STALE_AFTER": "2"},
+    )
+    try:
+        wait_for(lambda: engine.get_workflow(wid).status is S.RUNNING, timeout=30, what="the workflow to run")
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        engine.store.close()
+
+        def finished() -> bool:
+            engine.reconcile()
+            return engine.get_workflow(wid).status is S.COMPLETED
+
+        wait_for(finished, timeout=60, interval=0.5, what="the workflow to complete")
+    finally:
+        worker.stop()
+    assert successes(effects, wid) == 1
+    engine.close()
+
+
+assert APPS.exists()
