@@ -390,7 +390,16 @@ def test_cancelling_a_running_workflow_records_the_request_for_the_handler(
     wid = create(async_engine)
     async_engine.enqueue_execution(wid)
     wf = async_engine.get_workflow(wid)
-    assert async_engine.store.claim(wid, job_id=wf.job_id or "", worker="w1", now=utcnow()) is not None
+    assert (
+        async_engine.store.claim(
+            wid,
+            job_id=wf.job_id or "",
+            worker="w1",
+            now=utcnow(),
+            lease_until=async_engine.lease_from(utcnow()),
+        )
+        is not None
+    )
     marked = async_engine.cancel(wid)
     assert marked.status is S.RUNNING and marked.cancel_requested_at is not None
     assert async_engine.get_events(wid)[-1].detail == "cancel requested"
@@ -518,14 +527,14 @@ def test_enqueue_with_redis_down_fails_fast_and_leaves_the_workflow_queued() -> 
 
 # -- reconcile -----------------------------------------------------------------------
 def make_stale(engine: WorkflowEngine, wid: str) -> Workflow:
-    """Claim the workflow as a worker would, then age its heartbeat past stale_after."""
+    """Claim the workflow as a worker would, then let its lease expire without a heartbeat."""
     wf = engine.get_workflow(wid)
-    claimed = engine.store.claim(wid, job_id=wf.job_id or "", worker="dead-worker", now=utcnow())
-    assert claimed is not None
     old = utcnow() - timedelta(seconds=engine.stale_after + 1)
-    aged = engine.store.compare_and_set(
-        wid, expected_status=S.RUNNING, changes={"heartbeat_at": old, "updated_at": old}, event=None
+    claimed = engine.store.claim(
+        wid, job_id=wf.job_id or "", worker="dead-worker", now=old, lease_until=engine.lease_from(old)
     )
+    assert claimed is not None
+    aged = engine.get_workflow(wid)
     assert aged is not None
     return aged
 
@@ -564,7 +573,7 @@ def test_reconcile_cancels_a_stale_workflow_whose_cancel_was_requested(async_eng
     async_engine.store.compare_and_set(
         wid,
         expected_status=S.RUNNING,
-        changes={"heartbeat_at": utcnow() - timedelta(seconds=60)},
+        changes={"lease_until": utcnow() - timedelta(seconds=60)},
         event=None,
     )
     assert async_engine.reconcile().cancelled_stale == [wid]

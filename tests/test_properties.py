@@ -136,12 +136,11 @@ class EngineStateMachine(RuleBasedStateMachine):
         wf = self.engine.get_workflow(wid)
         if wf.status is not S.QUEUED or wf.job_id is None:
             return
-        claimed = self.engine.store.claim(wid, job_id=wf.job_id, worker="doomed", now=utcnow())
-        assert claimed is not None
         old = utcnow() - timedelta(seconds=self.engine.stale_after + 1)
-        self.engine.store.compare_and_set(
-            wid, expected_status=S.RUNNING, changes={"heartbeat_at": old}, event=None
+        claimed = self.engine.store.claim(
+            wid, job_id=wf.job_id, worker="doomed", now=old, lease_until=self.engine.lease_from(old)
         )
+        assert claimed is not None
 
     @rule()
     def reconcile(self) -> None:

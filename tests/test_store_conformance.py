@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -38,6 +38,10 @@ def new(type_id: str = "t", *, agent: str | None = "a", key: str | None = None, 
         created_at=now,
         updated_at=now,
     )
+
+
+def lease(seconds: float = 30) -> datetime:
+    return utcnow() + timedelta(seconds=seconds)
 
 
 def queued(store: Store, wf: Workflow, job_id: str = "job-1") -> Workflow:
@@ -138,12 +142,12 @@ def test_only_the_job_that_carries_a_workflow_can_claim_it_and_only_once(store: 
     wf = new()
     store.insert([wf])
     queued(store, wf, "job-1")
-    assert store.claim(wf.id, job_id="stale-job", worker="w", now=utcnow()) is None
-    claimed = store.claim(wf.id, job_id="job-1", worker="w1", now=utcnow())
+    assert store.claim(wf.id, job_id="stale-job", worker="w", now=utcnow(), lease_until=lease()) is None
+    claimed = store.claim(wf.id, job_id="job-1", worker="w1", now=utcnow(), lease_until=lease())
     assert claimed is not None
     assert (claimed.status, claimed.attempts, claimed.worker) == (S.RUNNING, 1, "w1")
     assert claimed.started_at is not None and claimed.heartbeat_at is not None
-    assert store.claim(wf.id, job_id="job-1", worker="w2", now=utcnow()) is None
+    assert store.claim(wf.id, job_id="job-1", worker="w2", now=utcnow(), lease_until=lease()) is None
     assert store.events(wf.id)[-1].detail == "claimed by w1"
 
 
@@ -157,7 +161,7 @@ def test_concurrent_claims_from_many_connections_have_exactly_one_winner(databas
 
     def claim(s: Store) -> None:
         barrier.wait()
-        got = s.claim(wf.id, job_id="job-1", worker="w", now=utcnow())
+        got = s.claim(wf.id, job_id="job-1", worker="w", now=utcnow(), lease_until=lease())
         if got is not None:
             wins.append(got)
 
@@ -175,17 +179,17 @@ def test_a_heartbeat_reports_ownership_and_a_cancel_request(store: Store) -> Non
     wf = new()
     store.insert([wf])
     queued(store, wf, "job-1")
-    store.claim(wf.id, job_id="job-1", worker="w", now=utcnow())
+    store.claim(wf.id, job_id="job-1", worker="w", now=utcnow(), lease_until=lease())
     later = utcnow() + timedelta(seconds=1)
-    beat = store.heartbeat(wf.id, job_id="job-1", now=later)
+    beat = store.heartbeat(wf.id, job_id="job-1", now=later, lease_until=later + timedelta(seconds=30))
     assert beat.owned and not beat.cancel_requested
     got = store.get(wf.id)
-    assert got is not None and got.heartbeat_at == later
-    assert not store.heartbeat(wf.id, job_id="another-job", now=later).owned
+    assert got is not None and got.heartbeat_at == later and got.lease_until == later + timedelta(seconds=30)
+    assert not store.heartbeat(wf.id, job_id="another-job", now=later, lease_until=later).owned
     store.compare_and_set(
         wf.id, expected_status=S.RUNNING, changes={"cancel_requested_at": later}, event=None
     )
-    assert store.heartbeat(wf.id, job_id="job-1", now=later).cancel_requested
+    assert store.heartbeat(wf.id, job_id="job-1", now=later, lease_until=later).cancel_requested
 
 
 def test_find_is_newest_first_filtered_and_paged_by_cursor(store: Store) -> None:
@@ -214,15 +218,23 @@ def test_find_refuses_to_filter_on_other_columns(store: Store) -> None:
         store.find(limit=1, filters={"inputs": "x"})
 
 
-def test_stale_running_finds_workflows_whose_heartbeat_is_older_than_the_cutoff(store: Store) -> None:
+def test_stale_running_finds_workflows_whose_lease_expired(store: Store) -> None:
     fresh, stale = new(), new()
     store.insert([fresh, stale])
     for wf in (fresh, stale):
         queued(store, wf, f"job-{wf.id}")
     now = utcnow()
-    store.claim(fresh.id, job_id=f"job-{fresh.id}", worker="w", now=now)
-    store.claim(stale.id, job_id=f"job-{stale.id}", worker="w", now=now - timedelta(seconds=60))
-    found = store.stale_running(cutoff=now - timedelta(seconds=30), limit=10)
+    store.claim(
+        fresh.id, job_id=f"job-{fresh.id}", worker="w", now=now, lease_until=now + timedelta(seconds=30)
+    )
+    store.claim(
+        stale.id,
+        job_id=f"job-{stale.id}",
+        worker="w",
+        now=now - timedelta(seconds=60),
+        lease_until=now - timedelta(seconds=30),
+    )
+    found = store.stale_running(now=now, limit=10)
     assert [w.id for w in found] == [stale.id]
 
 

@@ -101,6 +101,10 @@ class WorkflowEngine:
     def close(self) -> None:
         self.store.close()
 
+    def lease_from(self, now: datetime) -> datetime:
+        """Until when a heartbeat at ``now`` keeps a running workflow from being taken for lost."""
+        return now + timedelta(seconds=self.stale_after)
+
     @property
     def redis(self) -> Any:
         """The Redis connection RQ uses."""
@@ -308,7 +312,7 @@ class WorkflowEngine:
         *,
         detail: str | None,
         expected_job_id: str | bool | None = ANY_JOB,
-        heartbeat_before: datetime | None = None,
+        lease_expired_at: datetime | None = None,
         event: bool = True,
     ) -> Workflow | None:
         """Move ``wf`` to ``to`` if it is still as read. None if another process changed it first."""
@@ -323,7 +327,7 @@ class WorkflowEngine:
             changes=fields,
             event=NewEvent(wf.status, to, detail) if event else None,
             expected_job_id=expected_job_id,
-            heartbeat_before=heartbeat_before,
+            lease_expired_at=lease_expired_at,
         )
 
     def enqueue_execution(self, workflow_id: str) -> None:
@@ -466,7 +470,11 @@ class WorkflowEngine:
             if target in TERMINAL:
                 changes["finished_at"] = now
             if target is S.RUNNING:
-                changes.update(started_at=wf.started_at or now, heartbeat_at=now)
+                changes.update(
+                    started_at=wf.started_at or now,
+                    heartbeat_at=now,
+                    lease_until=self.lease_from(now),
+                )
             done = self._change(wf, target, changes, detail=detail or "status updated")
             if done is not None:
                 return done
@@ -487,7 +495,7 @@ class WorkflowEngine:
         error: str,
         traceback: str | None,
         transport: Transport | None = None,
-        heartbeat_before: datetime | None = None,
+        lease_expired_at: datetime | None = None,
     ) -> Workflow | None:
         """A running attempt failed: retry it, or fail the workflow.
 
@@ -503,7 +511,7 @@ class WorkflowEngine:
                 base,
                 detail=f"{fail_detail}; cancelled as requested",
                 expected_job_id=wf.job_id,
-                heartbeat_before=heartbeat_before,
+                lease_expired_at=lease_expired_at,
             )
         elif wf.attempts < wf.max_attempts:
             delay = self.retry_delay(wf) if self.is_async else 0.0
@@ -519,7 +527,7 @@ class WorkflowEngine:
                 base,
                 detail=detail,
                 expected_job_id=wf.job_id,
-                heartbeat_before=heartbeat_before,
+                lease_expired_at=lease_expired_at,
             )
             if new is not None and new.job_id is not None:
                 try:
@@ -534,7 +542,7 @@ class WorkflowEngine:
                 base,
                 detail=f"{fail_detail}; no retries left",
                 expected_job_id=wf.job_id,
-                heartbeat_before=heartbeat_before,
+                lease_expired_at=lease_expired_at,
             )
         if new is not None:
             log.warning("%s -> %s", fail_detail, new.status.value, extra=_log_extra(new))
@@ -543,7 +551,8 @@ class WorkflowEngine:
     def reconcile(self, *, batch_size: int = 500) -> ReconcileReport:
         """Recover from whatever Redis forgot and whatever workers died. Safe to run in many processes.
 
-        - a ``running`` workflow whose heartbeat is older than ``stale_after`` counts as a failed
+        - a ``running`` workflow whose lease expired (its worker stopped heartbeating for the
+          worker's ``stale_after``) counts as a failed
           attempt: it is requeued, or ``failed`` when it has no attempts left;
         - a ``queued`` workflow whose RQ job is gone (Redis flushed or restarted) is delivered again;
         - a retry whose delay has passed is delivered.
@@ -566,14 +575,14 @@ class WorkflowEngine:
             "undeliverable": [],
         }
         now = utcnow()
-        cutoff = now - timedelta(seconds=self.stale_after)
-        for wf in self.store.stale_running(cutoff=cutoff, limit=batch_size):
+        for wf in self.store.stale_running(now=now, limit=batch_size):
+            last = wf.heartbeat_at.isoformat(timespec="seconds") if wf.heartbeat_at else "never"
             new = self._attempt_failed(
                 wf,
-                error=f"worker lost: no heartbeat for {self.stale_after:g} s "
-                f"(worker {wf.worker or 'unknown'})",
+                error=f"worker lost: worker {wf.worker or 'unknown'} stopped heartbeating "
+                f"(last heartbeat {last}; its lease expired)",
                 traceback=None,
-                heartbeat_before=cutoff,
+                lease_expired_at=now,
             )
             if new is None:
                 continue

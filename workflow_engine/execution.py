@@ -66,6 +66,19 @@ def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
         return _worker_engine
 
 
+def preload() -> WorkflowEngine:
+    """Build this process's worker engine now and open its database, before a worker forks.
+
+    A forking ``rq worker`` imports the job's module in each work-horse; done once
+    in the parent instead, every horse inherits the loaded package and the engine
+    (connections are reopened per process). ``rq worker -c workflow_engine.rq_preload``
+    calls this.
+    """
+    engine = worker_engine()
+    engine.store.migrate()
+    return engine
+
+
 # -- the job -----------------------------------------------------------------
 def run_workflow(
     workflow_id: str, handler: str, job_id: str, engine_key: str | None = None
@@ -116,6 +129,8 @@ class _Attempt:
     job_id: str
     engine: WorkflowEngine
     cancel_requested: bool = False
+    #: Set when a heartbeat finds that another job now carries the workflow.
+    lost: bool = False
     last_beat: float = field(default_factory=time.monotonic)
 
 
@@ -125,15 +140,17 @@ _current: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
 
 
 def cancel_requested() -> bool:
-    """Inside a handler: True once ``engine.cancel()`` was asked for the running workflow.
+    """Inside a handler: True once the running attempt should stop.
 
-    A long handler should check it between steps and stop early (raise, or
-    return); the workflow then ends ``cancelled``.
+    That is when ``engine.cancel()`` was asked for the workflow, or when this
+    attempt lost the workflow (its lease expired and reconcile gave it to another
+    job). A long handler should check it between steps and stop early by
+    raising; the workflow then ends ``cancelled`` (or stays with its new owner).
     """
     attempt = _current.get()
     if attempt is None:
         return False
-    if attempt.cancel_requested:
+    if attempt.cancel_requested or attempt.lost:
         return True
     wf = attempt.engine.store.get(attempt.workflow_id)
     attempt.cancel_requested = bool(wf and wf.cancel_requested_at is not None)
@@ -150,7 +167,10 @@ def run_attempt(
     transport: Transport | None = None,
 ) -> str:
     """Claim the workflow for ``job_id``, run its handler, record the outcome; return the final status."""
-    wf = engine.store.claim(workflow_id, job_id=job_id, worker=worker, now=utcnow())
+    now = utcnow()
+    wf = engine.store.claim(
+        workflow_id, job_id=job_id, worker=worker, now=now, lease_until=engine.lease_from(now)
+    )
     if wf is None:
         current = engine.store.get(workflow_id)
         state = current.status.value if current else "missing"
@@ -266,6 +286,22 @@ class _Beater(threading.Thread):
         self.lock = threading.Lock()
         self.wake = threading.Event()
 
+    @staticmethod
+    def beat(attempt: _Attempt) -> None:
+        at = utcnow()
+        engine = attempt.engine
+        beat = engine.store.heartbeat(
+            attempt.workflow_id, job_id=attempt.job_id, now=at, lease_until=engine.lease_from(at)
+        )
+        attempt.cancel_requested = attempt.cancel_requested or beat.cancel_requested
+        if not beat.owned and not attempt.lost:
+            attempt.lost = True
+            log.warning(
+                "workflow %s was taken over by another job (this attempt's lease expired); "
+                "its result will be discarded, and cancel_requested() now returns True",
+                attempt.workflow_id,
+            )
+
     def run(self) -> None:  # pragma: no cover - timing-dependent, covered by the process tests
         while True:
             with self.lock:
@@ -278,10 +314,7 @@ class _Beater(threading.Thread):
                 if now >= due:
                     attempt.last_beat = now
                     try:
-                        beat = attempt.engine.store.heartbeat(
-                            attempt.workflow_id, job_id=attempt.job_id, now=utcnow()
-                        )
-                        attempt.cancel_requested = attempt.cancel_requested or beat.cancel_requested
+                        self.beat(attempt)
                     except Exception:
                         log.warning("heartbeat for %s failed", attempt.workflow_id, exc_info=True)
                     due = now + interval

@@ -83,6 +83,9 @@ class Workflow(BaseModel):
     #: The worker running (or that last ran) this workflow.
     worker: str | None = None
     heartbeat_at: datetime | None = None
+    #: A running workflow whose lease passes without a heartbeat is taken for lost by reconcile.
+    #: The worker sets it to its heartbeat time plus its own ``stale_after``.
+    lease_until: datetime | None = None
     #: A queued retry is not delivered before this time.
     run_after: datetime | None = None
     cancel_requested_at: datetime | None = None
@@ -93,6 +96,7 @@ class Workflow(BaseModel):
         "started_at",
         "finished_at",
         "heartbeat_at",
+        "lease_until",
         "run_after",
         "cancel_requested_at",
     )(_aware)

@@ -82,22 +82,24 @@ class Store(abc.ABC):
         changes: Mapping[str, Any],
         event: NewEvent | None,
         expected_job_id: str | bool | None = ANY_JOB,
-        heartbeat_before: datetime | None = None,
+        lease_expired_at: datetime | None = None,
     ) -> Workflow | None:
         """Apply ``changes`` and record ``event`` only if the row still has ``expected_status``
-        (and ``expected_job_id``, and a heartbeat older than ``heartbeat_before``).
+        (and ``expected_job_id``, and a lease that expired before ``lease_expired_at``).
 
         Return the updated workflow, or None if the row was not in that state.
         ``changes`` must include ``updated_at``; the event is stamped with it.
         """
 
     @abc.abstractmethod
-    def claim(self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime) -> Workflow | None:
+    def claim(
+        self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime, lease_until: datetime
+    ) -> Workflow | None:
         """queued -> running for the job that carries the workflow; count the attempt. None if lost."""
 
     @abc.abstractmethod
-    def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime) -> Heartbeat:
-        """Stamp ``heartbeat_at`` if ``job_id`` still runs the workflow."""
+    def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime, lease_until: datetime) -> Heartbeat:
+        """Stamp ``heartbeat_at`` and extend the lease if ``job_id`` still runs the workflow."""
 
     def exclusive(self, name: str) -> AbstractContextManager[bool]:
         """Try to take a lock named ``name`` across processes; yield whether it was taken.
@@ -126,8 +128,8 @@ class Store(abc.ABC):
     def events(self, workflow_id: str) -> list[WorkflowEvent]: ...
 
     @abc.abstractmethod
-    def stale_running(self, *, cutoff: datetime, limit: int) -> list[Workflow]:
-        """Running workflows whose heartbeat is older than ``cutoff``."""
+    def stale_running(self, *, now: datetime, limit: int) -> list[Workflow]:
+        """Running workflows whose lease expired before ``now``."""
 
     @abc.abstractmethod
     def deliverable_queued(self, *, now: datetime, queued_before: datetime, limit: int) -> list[Workflow]:
@@ -247,22 +249,20 @@ class SQLStore(Store):
         changes: Mapping[str, Any],
         event: NewEvent | None,
         expected_job_id: str | bool | None = ANY_JOB,
-        heartbeat_before: datetime | None = None,
+        lease_expired_at: datetime | None = None,
     ) -> Workflow | None:
         def op() -> Workflow | None:
             job_cond: str | bool | None = (
                 False if expected_job_id is ANY_JOB else (None if expected_job_id is None else True)
             )
-            sql = self.sql(
-                q.update_sql(changes, job_id=job_cond, heartbeat_before=heartbeat_before is not None)
-            )
+            sql = self.sql(q.update_sql(changes, job_id=job_cond, lease_expired=lease_expired_at is not None))
             params = {f"set_{k}": v for k, v in self.encode(changes).items()}
             params["id"] = workflow_id
             params["expected_status"] = expected_status.value
             if job_cond is True:
                 params["expected_job_id"] = expected_job_id
-            if heartbeat_before is not None:
-                params["heartbeat_before"] = self.encode_time(heartbeat_before)
+            if lease_expired_at is not None:
+                params["lease_expired_at"] = self.encode_time(lease_expired_at)
             with self.transaction() as tx:
                 rows = tx.fetch(sql, params)
                 if not rows:
@@ -274,9 +274,17 @@ class SQLStore(Store):
 
         return self._once_more(op)
 
-    def claim(self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime) -> Workflow | None:
+    def claim(
+        self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime, lease_until: datetime
+    ) -> Workflow | None:
         def op() -> Workflow | None:
-            params = {"id": workflow_id, "job_id": job_id, "worker": worker, "now": self.encode_time(now)}
+            params = {
+                "id": workflow_id,
+                "job_id": job_id,
+                "worker": worker,
+                "now": self.encode_time(now),
+                "lease_until": self.encode_time(lease_until),
+            }
             with self.transaction() as tx:
                 rows = tx.fetch(self.sql(q.CLAIM), params)
                 if not rows:
@@ -291,9 +299,14 @@ class SQLStore(Store):
 
         return self._once_more(op)
 
-    def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime) -> Heartbeat:
+    def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime, lease_until: datetime) -> Heartbeat:
         def op() -> Heartbeat:
-            params = {"id": workflow_id, "job_id": job_id, "now": self.encode_time(now)}
+            params = {
+                "id": workflow_id,
+                "job_id": job_id,
+                "now": self.encode_time(now),
+                "lease_until": self.encode_time(lease_until),
+            }
             with self.transaction() as tx:
                 rows = tx.fetch(self.sql(q.HEARTBEAT), params)
             if not rows:
@@ -337,12 +350,10 @@ class SQLStore(Store):
 
         return self._once_more(op)
 
-    def stale_running(self, *, cutoff: datetime, limit: int) -> list[Workflow]:
+    def stale_running(self, *, now: datetime, limit: int) -> list[Workflow]:
         def op() -> list[Workflow]:
             with self.transaction(write=False) as tx:
-                rows = tx.fetch(
-                    self.sql(q.STALE_RUNNING), {"cutoff": self.encode_time(cutoff), "limit": limit}
-                )
+                rows = tx.fetch(self.sql(q.STALE_RUNNING), {"now": self.encode_time(now), "limit": limit})
             return [self._workflow(r) for r in rows]
 
         return self._once_more(op)

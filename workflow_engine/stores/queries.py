@@ -37,6 +37,7 @@ WORKFLOW_COLUMNS: tuple[str, ...] = (
     "started_at",
     "finished_at",
     "heartbeat_at",
+    "lease_until",
     "run_after",
     "cancel_requested_at",
 )
@@ -48,6 +49,7 @@ TIME_COLUMNS = frozenset(
         "started_at",
         "finished_at",
         "heartbeat_at",
+        "lease_until",
         "run_after",
         "cancel_requested_at",
     }
@@ -85,22 +87,23 @@ GET_EVENTS = "SELECT * FROM workflow_events WHERE workflow_id = :workflow_id ORD
 CLAIM = """
 UPDATE workflows
    SET status = 'running', attempts = attempts + 1, worker = :worker,
-       started_at = COALESCE(started_at, :now), heartbeat_at = :now, updated_at = :now,
+       started_at = COALESCE(started_at, :now), heartbeat_at = :now, lease_until = :lease_until,
+       updated_at = :now,
        run_after = NULL
  WHERE id = :id AND status = 'queued' AND job_id = :job_id
 RETURNING *
 """
 
 HEARTBEAT = """
-UPDATE workflows SET heartbeat_at = :now
+UPDATE workflows SET heartbeat_at = :now, lease_until = :lease_until
  WHERE id = :id AND status = 'running' AND job_id = :job_id
 RETURNING cancel_requested_at
 """
 
 STALE_RUNNING = """
 SELECT * FROM workflows
- WHERE status = 'running' AND heartbeat_at < :cutoff
- ORDER BY heartbeat_at LIMIT :limit
+ WHERE status = 'running' AND lease_until < :now
+ ORDER BY lease_until LIMIT :limit
 """
 
 #: Queued workflows that may need a delivery: retries that came due (no job yet),
@@ -124,7 +127,7 @@ def to_pyformat(sql: str) -> str:
     return _PARAM.sub(r"%(\1)s", sql)
 
 
-def update_sql(columns: Iterable[str], *, job_id: str | bool | None, heartbeat_before: bool) -> str:
+def update_sql(columns: Iterable[str], *, job_id: str | bool | None, lease_expired: bool) -> str:
     """A compare-and-set UPDATE. ``columns`` must come from MUTABLE_COLUMNS.
 
     ``job_id``: False for no condition on it, None for "has no job", True for "equals :expected_job_id".
@@ -139,8 +142,8 @@ def update_sql(columns: Iterable[str], *, job_id: str | bool | None, heartbeat_b
         where += " AND job_id IS NULL"
     elif job_id is True:
         where += " AND job_id = :expected_job_id"
-    if heartbeat_before:
-        where += " AND heartbeat_at < :heartbeat_before"
+    if lease_expired:
+        where += " AND lease_until < :lease_expired_at"
     return f"UPDATE workflows SET {sets} WHERE {where} RETURNING *"
 
 

@@ -26,6 +26,7 @@ CREATE TABLE workflows (
     started_at          TEXT,
     finished_at         TEXT,
     heartbeat_at        TEXT,
+    lease_until         TEXT,
     run_after           TEXT,
     cancel_requested_at TEXT
 );
@@ -33,6 +34,7 @@ CREATE INDEX workflows_status_created ON workflows (status, created_at);
 CREATE INDEX workflows_type_created ON workflows (workflow_type_id, created_at);
 CREATE INDEX workflows_agent_created ON workflows (created_by_agent, created_at);
 CREATE INDEX workflows_created ON workflows (created_at);
+CREATE INDEX workflows_running_lease ON workflows (lease_until) WHERE status = 'running';
 CREATE UNIQUE INDEX workflows_idempotency_key ON workflows (idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 CREATE TABLE workflow_events (

@@ -1,0 +1,329 @@
+"""Integration tests with real processes: stock `rq worker`s, concurrent writers, the demo command.
+
+Every test runs its own redis-server and a SQLite file in ``tmp_path``. The test
+process registers handlers by import path only (``we_test_handlers:...``), so it
+never needs the handler functions: the worker processes import them through
+``rq worker --path tests/apps``. Tests count what handlers actually did (the
+lines they append to ``$WE_TEST_EFFECTS/<workflow id>``), not only statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workflow_engine.engine import WorkflowEngine
+from workflow_engine.models import WorkflowEvent
+from workflow_engine.status import WorkflowStatus
+
+from support import APPS, BIN, RedisServer, Worker, effects_of, start_worker, successes
+
+S = WorkflowStatus
+HANDLERS = "we_test_handlers"
+N_WORKFLOWS = 100
+WORKER_TIMEOUT = 60.0
+
+
+# -- helpers -----------------------------------------------------------------
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'workflows.db'}"
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any WORKFLOW_ENGINE_* / RQ_* setting that could leak in."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("WORKFLOW_ENGINE_", "RQ_"))}
+
+
+def transitions(events: list[WorkflowEvent]) -> list[tuple[str | None, str]]:
+    return [(e.from_status.value if e.from_status else None, e.to_status.value) for e in events]
+
+
+@pytest.fixture
+def engine(tmp_path: Path, redis_server: RedisServer) -> Iterator[WorkflowEngine]:
+    """The web-process side: an engine on a SQLite file and the private Redis, handlers by path only."""
+    eng = WorkflowEngine(database_url=sqlite_url(tmp_path), redis_url=redis_server.url)
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
+def submit_many(engine: WorkflowEngine, type_id: str, n: int) -> list[str]:
+    ids = [engine.create_workflow(workflow_type_id=type_id, inputs={"n": i}) for i in range(n)]
+    for workflow_id in ids:
+        engine.enqueue_execution(workflow_id)
+    return ids
+
+
+def run_burst_workers(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    effects: Path,
+    worker_classes: list[str],
+    names: list[str] | None = None,
+) -> list[Worker]:
+    """Start one stock burst `rq worker workflows` per class, wait for every one to exit 0, stop them all."""
+    workers: list[Worker] = []
+    try:
+        for i, worker_class in enumerate(worker_classes):
+            workers.append(
+                start_worker(
+                    tmp_path,
+                    redis_url=redis_server.url,
+                    database_url=sqlite_url(tmp_path),
+                    effects=effects,
+                    kind="rq",
+                    worker_class=worker_class,
+                    extra_args=["--name", names[i]] if names else None,
+                )
+            )
+        for worker in workers:
+            code = worker.wait(WORKER_TIMEOUT)
+            assert code == 0, f"burst worker exited with {code}:\n{worker.output()[-4000:]}"
+    finally:
+        for worker in workers:
+            worker.stop()
+    return workers
+
+
+def assert_each_completed_exactly_once(engine: WorkflowEngine, effects: Path, ids: list[str]) -> None:
+    statuses = {wid: engine.get_workflow(wid).status.value for wid in ids}
+    not_completed = {wid: status for wid, status in statuses.items() if status != "completed"}
+    assert not not_completed, f"{len(not_completed)} workflows did not complete: {not_completed}"
+    wrong = {wid: effects_of(effects, wid) for wid in ids if successes(effects, wid) != 1}
+    assert not wrong, f"{len(wrong)} workflows did not run their handler exactly once: {wrong}"
+
+
+# -- many workflows through stock workers -------------------------------------
+@pytest.mark.slow
+@pytest.mark.services
+def test_two_forking_workers_run_each_of_100_workflows_exactly_once(
+    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
+) -> None:
+    engine.register_handler("echo", f"{HANDLERS}:record_success")
+    ids = submit_many(engine, "echo", N_WORKFLOWS)
+
+    run_burst_workers(tmp_path, redis_server, effects, ["fork", "fork"])
+
+    assert_each_completed_exactly_once(engine, effects, ids)
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_two_simple_workers_run_each_of_100_workflows_exactly_once(
+    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
+) -> None:
+    engine.register_handler("echo", f"{HANDLERS}:record_success")
+    ids = submit_many(engine, "echo", N_WORKFLOWS)
+
+    run_burst_workers(tmp_path, redis_server, effects, ["simple", "simple"])
+
+    assert_each_completed_exactly_once(engine, effects, ids)
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_a_forking_and_a_simple_worker_run_each_workflow_once_and_record_who_ran_it(
+    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
+) -> None:
+    engine.register_handler("echo", f"{HANDLERS}:record_success")
+    ids = submit_many(engine, "echo", N_WORKFLOWS)
+    names = ["we-test-fork-worker", "we-test-simple-worker"]
+
+    run_burst_workers(tmp_path, redis_server, effects, ["fork", "simple"], names=names)
+
+    assert_each_completed_exactly_once(engine, effects, ids)
+    for wid in ids:
+        events = engine.get_events(wid)
+        assert transitions(events) == [
+            (None, "pending"),
+            ("pending", "queued"),
+            ("queued", "running"),
+            ("running", "completed"),
+        ], f"workflow {wid}: {[e.to_dict() for e in events]}"
+        running = events[2]
+        wf = engine.get_workflow(wid)
+        assert wf.worker in names, f"workflow {wid} ran on {wf.worker!r}"
+        assert running.detail is not None and wf.worker in running.detail, running.to_dict()
+        assert running.attempt == 1 and wf.attempts == 1
+
+
+# -- failures ----------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.services
+def test_a_handler_the_worker_cannot_import_fails_the_workflow_with_a_message_saying_how_to_register_it(
+    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
+) -> None:
+    # A missing function in an importable module, and a module that does not exist at all.
+    engine.register_handler("missing_function", f"{HANDLERS}:does_not_exist", max_retries=3)
+    engine.register_handler("missing_module", "we_no_such_module:handler", max_retries=3)
+    ids = {type_id: submit_many(engine, type_id, 1)[0] for type_id in ("missing_function", "missing_module")}
+
+    run_burst_workers(tmp_path, redis_server, effects, ["fork"])
+
+    for type_id, wid in ids.items():
+        wf = engine.get_workflow(wid)
+        assert wf.status is S.FAILED, f"{type_id}: {wf.status.value} ({wf.error})"
+        assert wf.error is not None
+        assert repr(type_id) in wf.error, wf.error
+        assert "register_handler" in wf.error, wf.error
+        assert "--path" in wf.error, wf.error  # says where the worker must be able to import it from
+        assert wf.attempts == 1, "retrying cannot fix a missing handler"
+        assert wf.finished_at is not None
+        assert transitions(engine.get_events(wid))[-1] == ("running", "failed")
+        assert effects_of(effects, wid) == []
+    assert engine.list_workflows(status="running") == []
+    assert engine.list_workflows(status="queued") == []
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_a_handler_that_always_raises_fails_after_one_plus_max_retries_attempts_on_a_stock_worker(
+    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
+) -> None:
+    engine.register_handler("doomed", f"{HANDLERS}:always_fail", max_retries=2, retry_backoff=0)
+    [wid] = submit_many(engine, "doomed", 1)
+
+    run_burst_workers(tmp_path, redis_server, effects, ["fork"])
+
+    wf = engine.get_workflow(wid)
+    assert wf.status is S.FAILED, f"{wf.status.value}: {wf.error}"
+    assert wf.attempts == 3
+    assert wf.error is not None and "ValueError: this handler always fails" in wf.error
+    assert wf.traceback is not None and "always_fail" in wf.traceback
+    failures = [line for line in effects_of(effects, wid) if line.split()[0] == "failure"]
+    assert [line.split()[1] for line in failures] == ["1", "2", "3"], failures
+    events = engine.get_events(wid)
+    failure_events = [e for e in events if e.from_status is S.RUNNING and "failed" in (e.detail or "")]
+    assert [(e.to_status, e.attempt) for e in failure_events] == [
+        (S.QUEUED, 1),
+        (S.QUEUED, 2),
+        (S.FAILED, 3),
+    ], [e.to_dict() for e in events]
+    assert transitions(events) == [
+        (None, "pending"),
+        ("pending", "queued"),
+        ("queued", "running"),
+        ("running", "queued"),
+        ("queued", "running"),
+        ("running", "queued"),
+        ("queued", "running"),
+        ("running", "failed"),
+    ]
+
+
+# -- several processes writing one SQLite file --------------------------------
+WRITER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from workflow_engine.engine import WorkflowEngine
+
+    database_url, redis_url, go_file, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    engine = WorkflowEngine(database_url=database_url, redis_url=redis_url)
+    engine.register_handler("written", "we_test_handlers:record_success")
+    while not os.path.exists(go_file):  # start together, so that the writes really contend
+        time.sleep(0.005)
+    created, cancelled = [], []
+    for i in range(n):
+        wid = engine.create_workflow(workflow_type_id="written", inputs={"pid": os.getpid(), "i": i})
+        engine.enqueue_execution(wid)
+        created.append(wid)
+        if i % 3 == 0:
+            engine.update_status(wid, "cancelled")
+            cancelled.append(wid)
+    engine.close()
+    print(json.dumps({"created": created, "cancelled": cancelled}))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_four_processes_writing_one_sqlite_file_never_hit_database_is_locked_and_lose_no_row_or_event(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    processes, per_process = 4, 100
+    database_url = sqlite_url(tmp_path)
+    go_file = tmp_path / "go"
+    env = clean_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(APPS), env.get("PYTHONPATH", "")) if p)
+    command = [sys.executable, "-c", WRITER_SCRIPT, database_url, redis_server.url, str(go_file)]
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(processes):
+            procs.append(
+                subprocess.Popen(
+                    [*command, str(per_process)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+            )
+        go_file.touch()
+        outputs = [proc.communicate(timeout=WORKER_TIMEOUT) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert "database is locked" not in err, err[-4000:]
+        assert proc.returncode == 0, err[-4000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    created = [wid for r in results for wid in r["created"]]
+    cancelled = {wid for r in results for wid in r["cancelled"]}
+    assert len(created) == len(set(created)) == processes * per_process
+    assert len(cancelled) == processes * len(range(0, per_process, 3))
+
+    reader = WorkflowEngine(database_url=database_url, redis_url=redis_server.url)
+    try:
+        stored = reader.list_workflows(limit=10_000)
+        assert sorted(wf.id for wf in stored) == sorted(created)
+        assert sum(1 for wf in stored if wf.status is S.CANCELLED) == len(cancelled)
+        assert sum(1 for wf in stored if wf.status is S.QUEUED) == len(created) - len(cancelled)
+        for wid in created:
+            expected = [(None, "pending"), ("pending", "queued")]
+            if wid in cancelled:
+                expected.append(("queued", "cancelled"))
+            assert transitions(reader.get_events(wid)) == expected, wid
+        # Every workflow left queued really has its job waiting in Redis.
+        queued = [wf for wf in stored if wf.status is S.QUEUED]
+        job_ids = [wf.job_id for wf in queued if wf.job_id is not None]
+        assert len(job_ids) == len(queued)
+        assert reader.transport.live_jobs(job_ids) == set(job_ids)
+    finally:
+        reader.close()
+
+
+# -- the demo ----------------------------------------------------------------
+@pytest.mark.slow
+def test_the_demo_command_runs_in_an_empty_directory_and_leaves_a_sqlite_file_there(tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    env = clean_env()
+    env.pop("REDIS_URL", None)
+    proc = subprocess.run(
+        [str(BIN / "workflow-engine"), "demo"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WORKER_TIMEOUT,
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "completed" in proc.stdout, proc.stdout
+    database = folder / "workflow_engine_demo.db"
+    assert database.is_file(), sorted(p.name for p in folder.iterdir())
+    assert database.read_bytes()[:16] == b"SQLite format 3\x00"
+    assert str(database) in proc.stdout

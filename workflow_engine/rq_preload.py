@@ -1,0 +1,15 @@
+"""Preload workflow_engine in a stock forking ``rq worker`` before it forks.
+
+    rq worker workflows -c workflow_engine.rq_preload --url redis://… --path /srv/app
+
+RQ imports this "settings" module in the worker's parent process. It defines no
+settings (RQ reads only UPPERCASE names); importing it builds the worker engine
+from ``WORKFLOW_ENGINE_DATABASE_URL`` and opens the database, so each work-horse
+starts with the package loaded instead of importing it again (about 60 ms a job).
+"""
+
+from __future__ import annotations
+
+from .execution import preload
+
+preload()
