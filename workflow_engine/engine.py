@@ -409,9 +409,11 @@ class WorkflowEngine:
 
         A ``pending`` or ``queued`` workflow becomes ``cancelled`` and its handler
         never runs. For a ``running`` one the request is recorded (the handler
-        can see it with :func:`workflow_engine.execution.cancel_requested`) and
-        a forking worker is told to kill its work-horse; it becomes
-        ``cancelled`` when its attempt ends.
+        sees it through :func:`workflow_engine.cancel_requested`) and a forking
+        worker is told to kill its work-horse. It becomes ``cancelled`` when its
+        attempt ends by being killed or by raising; it is never retried. A
+        handler that returns normally anyway (a ``SimpleWorker`` cannot be
+        interrupted) ends ``completed``, since its work was done.
         """
         detail = f"cancelled: {reason}" if reason else "cancelled"
         for _ in range(_RACE_RETRIES):
