@@ -626,3 +626,55 @@ def test_from_env_refuses_timings_that_are_not_numbers() -> None:
         WorkflowEngine(
             database_url="sqlite:///:memory:", redis_url="fakeredis://", heartbeat_interval=5, stale_after=6
         )
+
+
+def test_reconcile_walks_a_backlog_longer_than_one_batch(
+    async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "REDELIVERY_GRACE", timedelta(0))
+    async_engine.register_handler("double", double)
+    ids = [create(async_engine) for _ in range(12)]
+    for wid in ids:
+        async_engine.enqueue_execution(wid)
+    async_engine.redis.flushall()
+    report = async_engine.reconcile(batch_size=5)
+    assert sorted(report.redelivered) == sorted(ids)
+
+
+def test_reconcile_redelivers_a_job_a_worker_took_but_never_claimed(
+    async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async_engine.register_handler("double", double)
+    wid = create(async_engine)
+    async_engine.enqueue_execution(wid)
+    wf = async_engine.get_workflow(wid)
+    # a worker popped the job, marked it started in Redis, and died before claiming the workflow
+    async_engine.redis.hset(rq.job.Job.key_for(wf.job_id or ""), "status", "started")
+    monkeypatch.setattr(engine_module, "REDELIVERY_GRACE", timedelta(0))
+    assert async_engine.reconcile().redelivered == []  # it may be claiming right now
+    old = utcnow() - timedelta(seconds=async_engine.stale_after + 1)
+    async_engine.store.compare_and_set(wid, expected_status=S.QUEUED, changes={"updated_at": old}, event=None)
+    assert async_engine.reconcile().redelivered == [wid]
+    assert "never claimed" in (async_engine.get_events(wid)[-1].detail or "")
+
+
+def test_a_worker_crash_is_retried_at_once_without_backoff(async_engine: WorkflowEngine) -> None:
+    async_engine.register_handler("double", double, max_retries=1, retry_backoff=60)
+    wid = create(async_engine)
+    async_engine.enqueue_execution(wid)
+    make_stale(async_engine, wid)
+    assert async_engine.reconcile().requeued_stale == [wid]
+    wf = async_engine.get_workflow(wid)
+    assert wf.run_after is None and wf.job_id is not None and async_engine.queue.count >= 1
+
+
+def test_sync_mode_with_a_real_redis_runs_on_this_engine(redis_server: object) -> None:
+    engine = WorkflowEngine(
+        database_url="sqlite:///:memory:",
+        redis_url=redis_server.url,  # type: ignore[attr-defined]
+        is_async=False,
+    )
+    engine.register_handler("double", double)
+    wid = create(engine, n=2)
+    engine.enqueue_execution(wid)
+    assert engine.get_workflow(wid).result == {"doubled": 4}

@@ -190,11 +190,14 @@ def reconcile(every: float | None, **options: Any) -> None:
       workflow-engine reconcile --every 10
     """
     engine = _make_engine(**options)
+    if every is None:
+        click.echo(json.dumps(engine.reconcile().to_dict()))
+        return
     while True:
-        report = engine.reconcile()
-        click.echo(json.dumps(report.to_dict()))
-        if every is None:
-            return
+        try:
+            click.echo(json.dumps(engine.reconcile().to_dict()))
+        except WorkflowEngineError as exc:  # the database or Redis is down: say so, try again
+            log.error("reconcile failed: %s; trying again in %s s", exc, every)
         time.sleep(every)
 
 
@@ -227,8 +230,23 @@ def reconcile_loop(engine: WorkflowEngine, every: float, stop: threading.Event) 
     help="Seconds between reconcile passes in this worker; 0 turns them off.",
 )
 @click.option("--name", default=None, help="Worker name (default: RQ's).")
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    default=["."],
+    show_default=True,
+    help="Put this directory first on the import path, so handlers in the app can be imported (repeatable).",
+)
 @_errors
-def worker(burst: bool, worker_class: str, reconcile_every: float, name: str | None, **options: Any) -> None:
+def worker(
+    burst: bool,
+    worker_class: str,
+    reconcile_every: float,
+    name: str | None,
+    paths: tuple[str, ...],
+    **options: Any,
+) -> None:
     """Run an RQ worker on the engine's queue that also reconciles periodically.
 
     \b
@@ -239,6 +257,8 @@ def worker(burst: bool, worker_class: str, reconcile_every: float, name: str | N
 
     from .execution import set_worker_engine
 
+    for path in reversed(paths):
+        sys.path.insert(0, os.path.abspath(path))
     engine = _make_engine(**options)
     set_worker_engine(engine)
     stop = threading.Event()
@@ -352,7 +372,7 @@ _simple_command(
 )
 _simple_command(
     "cancel",
-    "Cancel a workflow (a running one is stopped).\n\n\b\nExample:\n  workflow-engine cancel 3f2a…",
+    "Cancel a workflow (a running one is asked to stop).\n\n\b\nExample:\n  workflow-engine cancel 3f2a…",
     lambda e, w: e.cancel(w),
 )
 

@@ -23,7 +23,7 @@ from .models import ReconcileReport, Workflow, WorkflowEvent, to_json, utcnow
 from .status import TERMINAL, WorkflowStatus, can_transition
 from .stores import Store, open_store
 from .stores.base import ANY_JOB, NewEvent
-from .transport import Transport, connect, new_job_id
+from .transport import LIVE_JOB_STATUSES, Transport, connect, new_job_id
 
 log = logging.getLogger("workflow_engine")
 S = WorkflowStatus
@@ -36,6 +36,8 @@ REDELIVERY_GRACE = timedelta(seconds=5)
 #: The longest delay between two attempts.
 MAX_RETRY_DELAY = 3600.0
 _RACE_RETRIES = 5
+#: One reconcile pass looks at most at this many batches of each kind.
+MAX_RECONCILE_BATCHES = 200
 
 
 def _log_extra(wf: Workflow) -> dict[str, Any]:
@@ -74,7 +76,8 @@ class WorkflowEngine:
         self.stale_after = float(stale_after)
         self.store: Store = store if store is not None else open_store(database_url)
         connection = redis_connection if redis_connection is not None else connect(redis_url)
-        in_process = type(connection).__module__.startswith("fakeredis")
+        # Only this process can run the jobs: with fakeredis, or in sync mode (RQ runs them inline).
+        in_process = not is_async or type(connection).__module__.startswith("fakeredis")
         self.transport = Transport(connection, queue_name, is_async=is_async, in_process=in_process)
         self._handlers: dict[str, HandlerSpec] = {}
         self.key = uuid.uuid4().hex
@@ -264,7 +267,7 @@ class WorkflowEngine:
     def get_workflow(self, workflow_id: str) -> Workflow:
         """The workflow with that id; WorkflowNotFound if there is none."""
         if not isinstance(workflow_id, str):
-            raise WorkflowNotFound(repr(workflow_id))
+            raise WorkflowNotFound(str(workflow_id))
         wf = self.store.get(workflow_id)
         if wf is None:
             raise WorkflowNotFound(workflow_id)
@@ -498,6 +501,7 @@ class WorkflowEngine:
         traceback: str | None,
         transport: Transport | None = None,
         lease_expired_at: datetime | None = None,
+        immediate: bool = False,
     ) -> Workflow | None:
         """A running attempt failed: retry it, or fail the workflow.
 
@@ -516,7 +520,7 @@ class WorkflowEngine:
                 lease_expired_at=lease_expired_at,
             )
         elif wf.attempts < wf.max_attempts:
-            delay = self.retry_delay(wf) if self.is_async else 0.0
+            delay = self.retry_delay(wf) if self.is_async and not immediate else 0.0
             if delay > 0:
                 base.update(job_id=None, run_after=now + timedelta(seconds=delay))
                 detail = f"{fail_detail}; retry in {delay:.1f} s"
@@ -577,42 +581,62 @@ class WorkflowEngine:
             "undeliverable": [],
         }
         now = utcnow()
-        for wf in self.store.stale_running(now=now, limit=batch_size):
-            last = wf.heartbeat_at.isoformat(timespec="seconds") if wf.heartbeat_at else "never"
-            new = self._attempt_failed(
-                wf,
-                error=f"worker lost: worker {wf.worker or 'unknown'} stopped heartbeating "
-                f"(last heartbeat {last}; its lease expired)",
-                traceback=None,
-                lease_expired_at=now,
+        for _ in range(MAX_RECONCILE_BATCHES):
+            stale = self.store.stale_running(now=now, limit=batch_size)
+            for wf in stale:
+                last = wf.heartbeat_at.isoformat(timespec="seconds") if wf.heartbeat_at else "never"
+                new = self._attempt_failed(
+                    wf,
+                    error=f"worker lost: worker {wf.worker or 'unknown'} stopped heartbeating "
+                    f"(last heartbeat {last}; its lease expired)",
+                    traceback=None,
+                    lease_expired_at=now,
+                    immediate=True,  # a crash is not a handler error: no backoff, keep the recovery bound
+                )
+                if new is not None:
+                    key = {
+                        S.QUEUED: "requeued_stale",
+                        S.FAILED: "failed_stale",
+                        S.CANCELLED: "cancelled_stale",
+                    }
+                    report[key[new.status]].append(new.id)
+            if len(stale) < batch_size:
+                break
+        after: tuple[datetime, str] | None = None
+        for _ in range(MAX_RECONCILE_BATCHES):
+            candidates = self.store.deliverable_queued(
+                now=now, queued_before=now - REDELIVERY_GRACE, limit=batch_size, after=after
             )
-            if new is None:
-                continue
-            key = {S.QUEUED: "requeued_stale", S.FAILED: "failed_stale", S.CANCELLED: "cancelled_stale"}
-            report[key[new.status]].append(new.id)
-        candidates = self.store.deliverable_queued(
-            now=now, queued_before=now - REDELIVERY_GRACE, limit=batch_size
-        )
-        with_job = [wf.job_id for wf in candidates if wf.job_id is not None]
-        try:
-            live = self.transport.live_jobs(with_job)
-        except QueueUnavailable:
-            report["undeliverable"].extend(wf.id for wf in candidates)
-            return ReconcileReport(**report)
-        for wf in candidates:
-            if wf.job_id is not None and wf.job_id in live:
-                continue
-            why = "retry due" if wf.job_id is None else "job missing from Redis"
-            changes = {"job_id": new_job_id(wf.id), "run_after": None}
-            new = self._change(wf, S.QUEUED, changes, detail=f"redelivered: {why}", expected_job_id=wf.job_id)
-            if new is None:
-                continue
+            if not candidates:
+                break
+            after = (candidates[-1].created_at, candidates[-1].id)
             try:
-                self._deliver(new)
+                statuses = self.transport.job_statuses([wf.job_id for wf in candidates if wf.job_id])
             except QueueUnavailable:
-                report["undeliverable"].append(new.id)
-                continue
-            report["redelivered"].append(new.id)
+                report["undeliverable"].extend(wf.id for wf in candidates)
+                break
+            started_before = now - timedelta(seconds=self.stale_after)
+            for wf in candidates:
+                status = statuses.get(wf.job_id) if wf.job_id else None
+                if status in LIVE_JOB_STATUSES and not (
+                    status == b"started" and wf.updated_at < started_before
+                ):
+                    continue  # waiting in the queue, or being picked up right now
+                why = "retry due" if wf.job_id is None else f"job {'never claimed' if status else 'missing'}"
+                changes = {"job_id": new_job_id(wf.id), "run_after": None}
+                new = self._change(
+                    wf, S.QUEUED, changes, detail=f"redelivered: {why}", expected_job_id=wf.job_id
+                )
+                if new is None:
+                    continue
+                try:
+                    self._deliver(new)
+                except QueueUnavailable:
+                    report["undeliverable"].append(new.id)
+                    continue
+                report["redelivered"].append(new.id)
+            if len(candidates) < batch_size:
+                break
         result = ReconcileReport(**report)
         if result.total:
             log.info("reconcile: %s", result.to_dict())

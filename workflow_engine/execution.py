@@ -114,10 +114,9 @@ def on_job_stopped(job: Any, connection: Any, *args: Any, **kwargs: Any) -> None
     wf = engine.store.get(workflow_id)
     if wf is None or wf.status is not S.RUNNING or wf.job_id != job_id:
         return
-    reason = "cancelled as requested" if wf.cancel_requested_at else "stopped"
     engine._attempt_failed(
         wf.model_copy(update={"cancel_requested_at": wf.cancel_requested_at or utcnow()}),
-        error=f"work-horse stopped by request; {reason}",
+        error="work-horse stopped by request",
         traceback=None,
     )
 

@@ -26,7 +26,8 @@ TIMEOUT_GRACE = 15
 #: RQ job statuses that mean "this job will still run, or is running".
 LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled"})
 
-_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: Any Redis failure (down, READONLY replica, OOM, a broken reply) means the queue is unavailable.
+_REDIS_ERRORS = (redis.exceptions.RedisError,)
 
 
 def new_job_id(workflow_id: str) -> str:
@@ -98,10 +99,10 @@ class Transport:
                 "engine.reconcile() will deliver it once Redis is back"
             ) from exc
 
-    def live_jobs(self, job_ids: Sequence[str]) -> set[str]:
-        """The subset of ``job_ids`` whose RQ job still exists and will run or is running."""
+    def job_statuses(self, job_ids: Sequence[str]) -> dict[str, bytes | None]:
+        """Each job's RQ status (``b"queued"``, ``b"started"``, …), or None when Redis has no such job."""
         if not job_ids:
-            return set()
+            return {}
         try:
             with self.connection.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
@@ -109,7 +110,11 @@ class Transport:
                 statuses = pipe.execute()
         except _REDIS_ERRORS as exc:
             raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
-        return {jid for jid, st in zip(job_ids, statuses, strict=True) if st in LIVE_JOB_STATUSES}
+        return dict(zip(job_ids, statuses, strict=True))
+
+    def live_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """The subset of ``job_ids`` whose RQ job still exists and will run or is running."""
+        return {jid for jid, st in self.job_statuses(job_ids).items() if st in LIVE_JOB_STATUSES}
 
     def stop(self, job_id: str) -> bool:
         """Ask the forking worker running ``job_id`` to kill its work-horse. False if it is not running."""

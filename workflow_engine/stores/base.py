@@ -132,8 +132,16 @@ class Store(abc.ABC):
         """Running workflows whose lease expired before ``now``."""
 
     @abc.abstractmethod
-    def deliverable_queued(self, *, now: datetime, queued_before: datetime, limit: int) -> list[Workflow]:
-        """Queued workflows with no job whose retry is due, and those queued before ``queued_before``."""
+    def deliverable_queued(
+        self,
+        *,
+        now: datetime,
+        queued_before: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[Workflow]:
+        """Queued workflows with no job whose retry is due, and those queued before ``queued_before``;
+        oldest first, after the (created_at, id) cursor ``after``."""
 
 
 class Tx(Protocol):
@@ -358,15 +366,25 @@ class SQLStore(Store):
 
         return self._once_more(op)
 
-    def deliverable_queued(self, *, now: datetime, queued_before: datetime, limit: int) -> list[Workflow]:
+    def deliverable_queued(
+        self,
+        *,
+        now: datetime,
+        queued_before: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[Workflow]:
         def op() -> list[Workflow]:
             params = {
                 "now": self.encode_time(now),
                 "queued_before": self.encode_time(queued_before),
                 "limit": limit,
             }
+            if after is not None:
+                params.update(after_at=self.encode_time(after[0]), after_id=after[1])
+            sql = q.DELIVERABLE_QUEUED.format(after=q.DELIVERABLE_AFTER if after is not None else "")
             with self.transaction(write=False) as tx:
-                rows = tx.fetch(self.sql(q.DELIVERABLE_QUEUED), params)
+                rows = tx.fetch(self.sql(sql), params)
             return [self._workflow(r) for r in rows]
 
         return self._once_more(op)

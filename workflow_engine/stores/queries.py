@@ -113,8 +113,11 @@ SELECT * FROM workflows
  WHERE status = 'queued'
    AND ((job_id IS NULL AND (run_after IS NULL OR run_after <= :now))
         OR (job_id IS NOT NULL AND updated_at < :queued_before))
- ORDER BY created_at LIMIT :limit
+   {after}
+ ORDER BY created_at, id LIMIT :limit
 """
+#: Keyset paging for DELIVERABLE_QUEUED, so a long backlog is walked to its end.
+DELIVERABLE_AFTER = "AND (created_at > :after_at OR (created_at = :after_at AND id > :after_id))"
 
 SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) AS version FROM schema_version"
 RECORD_VERSION = "INSERT INTO schema_version (version, applied_at) VALUES (:version, :applied_at)"
