@@ -35,7 +35,7 @@ def test_engine_options_show_their_environment_variables() -> None:
 
 
 def test_migrate_reports_the_schema_version(db: str) -> None:
-    assert run("migrate", "--database-url", db) == (0, "schema version 1\n")
+    assert run("migrate", "--database-url", db) == (0, "schema version 2\n")
 
 
 def test_list_and_show_read_the_database(db: str) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from workflow_engine import InvalidTransition, Workflow, WorkflowEngine, WorkflowStatus
+from workflow_engine.errors import DuplicateVote
 from workflow_engine.models import utcnow
 from workflow_engine.status import TERMINAL, TRANSITIONS
 from workflow_engine.stores import open_store
@@ -84,6 +85,7 @@ class EngineStateMachine(RuleBasedStateMachine):
         super().__init__()
         self.engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://")
         self.engine.register_handler("t", "state_machine_handlers:maybe_fail", max_retries=1, retry_backoff=0)
+        self.engine.configure_council("c1", members=["ana", "bo", "cy"], quorum=2)
         self.known: dict[str, WorkflowStatus] = {}
         self.revived: set[str] = set()  # workflows a call was allowed to move out of a terminal state
 
@@ -96,12 +98,29 @@ class EngineStateMachine(RuleBasedStateMachine):
         self.known[wid] = S.PENDING
         return wid
 
+    @rule(target=ids, fail=st.booleans())
+    def create_awaiting_approval(self, fail: bool) -> str:
+        wid = self.engine.create_workflow(
+            workflow_type_id="t", inputs={"fail": fail}, assigned_council_id="c1", requires_approval=True
+        )
+        self.known[wid] = S.AWAITING_APPROVAL
+        return wid
+
+    @rule(wid=ids, voter=st.sampled_from(["ana", "bo", "cy"]), approve=st.booleans(), change=st.booleans())
+    def vote(self, wid: str, voter: str, approve: bool, change: bool) -> None:
+        try:
+            self.engine.vote(wid, voter_id=voter, approve=approve, change=change)
+        except InvalidTransition:
+            assert self.engine.get_workflow(wid).status is not S.AWAITING_APPROVAL
+        except DuplicateVote:
+            assert not change
+
     @rule(wid=ids)
     def enqueue(self, wid: str) -> None:
         try:
             self.engine.enqueue_execution(wid)
         except InvalidTransition:
-            assert self.engine.get_workflow(wid).status in (S.RUNNING, *TERMINAL)
+            assert self.engine.get_workflow(wid).status in (S.RUNNING, S.AWAITING_APPROVAL, *TERMINAL)
 
     @rule(wid=ids, reason=st.none() | st.just("test"))
     def cancel(self, wid: str, reason: str | None) -> None:
@@ -155,7 +174,7 @@ class EngineStateMachine(RuleBasedStateMachine):
         for wid in self.known:
             wf = self.engine.get_workflow(wid)
             events = self.engine.get_events(wid)
-            assert (events[0].from_status, events[0].to_status) == (None, S.PENDING)
+            assert events[0].from_status is None and events[0].to_status in (S.PENDING, S.AWAITING_APPROVAL)
             for before, after in itertools.pairwise(events):
                 assert after.from_status == before.to_status, (before, after)
                 if after.from_status != after.to_status:

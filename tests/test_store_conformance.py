@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from workflow_engine.models import Workflow, utcnow
+from workflow_engine.models import Council, Vote, Workflow, utcnow
 from workflow_engine.status import WorkflowStatus
 from workflow_engine.stores import Store, open_store
 from workflow_engine.stores.base import NewEvent
@@ -260,8 +260,10 @@ def test_deliverable_queued_finds_due_retries_and_long_queued_workflows(store: S
 
 
 def test_migrations_are_numbered_and_idempotent(store: Store) -> None:
-    assert store.migrate() == 1
-    assert store.migrate() == 1
+    latest = max(n for n, _ in store.migration_scripts())  # type: ignore[attr-defined]
+    assert latest >= 2
+    assert store.migrate() == latest
+    assert store.migrate() == latest
 
 
 def test_concurrent_first_use_migrates_once(database_url: str) -> None:
@@ -293,3 +295,38 @@ def test_sql_metacharacters_in_every_field_are_stored_as_data(store: Store) -> N
     store.insert([wf])
     assert store.get(wf.id) == wf
     assert [w.id for w in store.find(limit=5, filters={"workflow_type_id": nasty})] == [wf.id]
+
+
+def test_a_council_is_saved_replaced_and_read_back(store: Store) -> None:
+    council = Council(id="c1", members=["ana", "bo"], quorum=1, updated_at=utcnow())
+    assert store.save_council(council) == council
+    bigger = council.model_copy(update={"members": ["ana", "bo", "cy"], "quorum": 2})
+    store.save_council(bigger)
+    assert store.get_council("c1") == bigger
+    assert store.get_council("nope") is None
+
+
+def test_votes_are_recorded_once_per_voter_only_while_awaiting_approval(store: Store) -> None:
+    wf = new().model_copy(update={"status": S.AWAITING_APPROVAL})
+    store.insert([wf])
+    vote = Vote(workflow_id=wf.id, voter_id="ana", approve=True, comment="ok", at=utcnow())
+    assert store.record_vote(vote, change=False, detail="vote: ana approves") == "recorded"
+    assert (
+        store.record_vote(vote.model_copy(update={"approve": False}), change=False, detail="x") == "duplicate"
+    )
+    changed = vote.model_copy(update={"approve": False})
+    assert store.record_vote(changed, change=True, detail="vote: ana rejects (changed)") == "recorded"
+    assert store.votes(wf.id) == [changed]
+    assert [e.detail for e in store.events(wf.id)][1:] == [
+        "vote: ana approves",
+        "vote: ana rejects (changed)",
+    ]
+    store.compare_and_set(
+        wf.id, expected_status=S.AWAITING_APPROVAL, changes={"status": S.REJECTED}, event=None
+    )
+    late = Vote(workflow_id=wf.id, voter_id="bo", approve=True, at=utcnow())
+    assert store.record_vote(late, change=False, detail="x") == "rejected"
+    assert (
+        store.record_vote(late.model_copy(update={"workflow_id": "missing"}), change=False, detail="x")
+        == "missing"
+    )

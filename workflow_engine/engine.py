@@ -17,9 +17,18 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from . import config
-from .errors import InvalidInput, InvalidTransition, QueueUnavailable, UnknownWorkflowType, WorkflowNotFound
+from .errors import (
+    DuplicateVote,
+    InvalidInput,
+    InvalidTransition,
+    InvalidVote,
+    NotACouncilMember,
+    QueueUnavailable,
+    UnknownWorkflowType,
+    WorkflowNotFound,
+)
 from .handlers import HandlerFunc, HandlerSpec, import_handler, path_of, validate_type_id
-from .models import ReconcileReport, Workflow, WorkflowEvent, to_json, utcnow
+from .models import Council, ReconcileReport, Tally, Vote, Workflow, WorkflowEvent, to_json, utcnow
 from .status import TERMINAL, WorkflowStatus, can_transition
 from .stores import Store, open_store
 from .stores.base import ANY_JOB, NewEvent
@@ -187,8 +196,13 @@ class WorkflowEngine:
         calculated_savings: Mapping[str, Any] | None = None,
         assigned_council_id: str | None = None,
         idempotency_key: str | None = None,
+        requires_approval: bool = False,
     ) -> str:
         """Record a new ``pending`` workflow and return its id.
+
+        With ``requires_approval=True`` it starts ``awaiting_approval`` instead, and
+        runs only once its council (``assigned_council_id``, set up with
+        :meth:`configure_council`) approves it by :meth:`vote`.
 
         With ``idempotency_key``, a second call with the same key returns the
         first workflow's id and changes nothing.
@@ -201,6 +215,19 @@ class WorkflowEngine:
             assigned_council_id=assigned_council_id,
             idempotency_key=idempotency_key,
         )
+        if not isinstance(requires_approval, bool):
+            raise InvalidInput(f"requires_approval must be true or false, got {requires_approval!r}")
+        if requires_approval:
+            if assigned_council_id is None:
+                raise InvalidInput("requires_approval needs an assigned_council_id")
+            if self.store.get_council(assigned_council_id) is None:
+                raise InvalidInput(
+                    f"council {assigned_council_id!r} is not configured; "
+                    "call engine.configure_council() first"
+                )
+            if wf.handler is None:
+                raise UnknownWorkflowType(workflow_type_id, "a workflow awaiting approval must be runnable")
+            wf = wf.model_copy(update={"status": S.AWAITING_APPROVAL})
         [(stored, created)] = self.store.insert([wf])
         if created:
             log.info("workflow created", extra=_log_extra(stored))
@@ -353,6 +380,8 @@ class WorkflowEngine:
             elif wf.status is not S.PENDING:
                 hint = {
                     S.RUNNING: "it is already running",
+                    S.AWAITING_APPROVAL: "it is awaiting its council's approval (engine.vote)",
+                    S.REJECTED: "its council rejected it",
                     S.COMPLETED: "a completed workflow never runs again",
                 }.get(wf.status, "use engine.requeue() to run a failed or cancelled workflow again")
                 raise InvalidTransition(wf.id, wf.status.value, S.QUEUED.value, hint)
@@ -421,7 +450,7 @@ class WorkflowEngine:
         detail = f"cancelled: {reason}" if reason else "cancelled"
         for _ in range(_RACE_RETRIES):
             wf = self.get_workflow(workflow_id)
-            if wf.status in (S.PENDING, S.QUEUED):
+            if wf.status in (S.PENDING, S.QUEUED, S.AWAITING_APPROVAL):
                 now = utcnow()
                 done = self._change(wf, S.CANCELLED, {"finished_at": now, "updated_at": now}, detail=detail)
                 if done is not None:
@@ -484,6 +513,112 @@ class WorkflowEngine:
             if done is not None:
                 return done
         raise InvalidTransition(workflow_id, None, target.value, "it kept changing while being updated")
+
+    # -- council approval --------------------------------------------------
+    def configure_council(self, council_id: str, *, members: list[str], quorum: int) -> Council:
+        """Create or replace a council.
+
+        ``quorum`` approvals approve a workflow; ``quorum`` rejections reject it.
+        """
+        if not isinstance(council_id, str) or not council_id.strip():
+            raise InvalidInput("council_id must be a non-empty string")
+        if (
+            not isinstance(members, (list, tuple))
+            or not members
+            or not all(isinstance(m, str) and m.strip() for m in members)
+        ):
+            raise InvalidInput("members must be a non-empty list of non-empty strings")
+        if len(set(members)) != len(members):
+            raise InvalidInput("members must not repeat")
+        if isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= len(members):
+            raise InvalidInput(f"quorum must be an integer from 1 to {len(members)} (the number of members)")
+        return self.store.save_council(
+            Council(id=council_id, members=list(members), quorum=quorum, updated_at=utcnow())
+        )
+
+    def get_council(self, council_id: str) -> Council | None:
+        return self.store.get_council(council_id)
+
+    def vote(
+        self,
+        workflow_id: str,
+        *,
+        voter_id: str,
+        approve: bool,
+        comment: str | None = None,
+        change: bool = False,
+    ) -> Tally:
+        """Cast a council member's vote on a workflow awaiting approval, and return the tally.
+
+        The vote that reaches the quorum decides: approval queues the workflow and
+        enqueues it (a compare-and-set, so two deciding votes at once enqueue it once);
+        rejection makes it ``rejected``. Raises NotACouncilMember, DuplicateVote (unless
+        ``change=True``), or InvalidTransition when the workflow is not awaiting approval.
+        """
+        if not isinstance(voter_id, str) or not voter_id.strip():
+            raise InvalidInput("voter_id must be a non-empty string")
+        if not isinstance(approve, bool):
+            raise InvalidInput(f"approve must be true or false, got {approve!r}")
+        if comment is not None and not isinstance(comment, str):
+            raise InvalidInput("comment must be a string or None")
+        wf = self.get_workflow(workflow_id)
+        council = self.store.get_council(wf.assigned_council_id) if wf.assigned_council_id else None
+        if wf.status is not S.AWAITING_APPROVAL:
+            raise InvalidTransition(
+                wf.id,
+                wf.status.value,
+                S.AWAITING_APPROVAL.value,
+                "votes are taken only while it awaits approval",
+            )
+        if council is None:
+            raise InvalidVote(f"workflow {wf.id!r} has no configured council to vote")
+        if voter_id not in council.members:
+            raise NotACouncilMember(f"{voter_id!r} is not a member of council {council.id!r}")
+        verb = "approves" if approve else "rejects"
+        detail = (
+            f"vote: {voter_id} {verb}"
+            + (" (changed)" if change else "")
+            + (f": {comment}" if comment else "")
+        )
+        vote = Vote(workflow_id=wf.id, voter_id=voter_id, approve=approve, comment=comment, at=utcnow())
+        outcome = self.store.record_vote(vote, change=change, detail=detail)
+        if outcome == "duplicate":
+            raise DuplicateVote(
+                f"{voter_id!r} has already voted on workflow {wf.id!r}; pass change=True to change the vote"
+            )
+        if outcome != "recorded":
+            raise InvalidTransition(
+                wf.id, outcome, S.AWAITING_APPROVAL.value, "votes are taken only while it awaits approval"
+            )
+        return self._decide(wf.id, council)
+
+    def _decide(self, workflow_id: str, council: Council) -> Tally:
+        votes = [v for v in self.store.votes(workflow_id) if v.voter_id in council.members]
+        approvals = sum(v.approve for v in votes)
+        rejections = len(votes) - approvals
+        wf = self.get_workflow(workflow_id)
+        if wf.status is S.AWAITING_APPROVAL and approvals >= council.quorum:
+            try:
+                self._queue(wf, detail=f"approved by council {council.id} ({approvals} of {council.quorum})")
+            except QueueUnavailable:
+                log.warning("approved, but Redis is down; reconcile will deliver it", extra=_log_extra(wf))
+        elif wf.status is S.AWAITING_APPROVAL and rejections >= council.quorum:
+            now = utcnow()
+            self._change(
+                wf,
+                S.REJECTED,
+                {"finished_at": now, "updated_at": now},
+                detail=f"rejected by council {council.id} ({rejections} of {council.quorum})",
+            )
+        return Tally(
+            workflow_id=workflow_id,
+            council_id=council.id,
+            status=self.get_workflow(workflow_id).status,
+            quorum=council.quorum,
+            approvals=approvals,
+            rejections=rejections,
+            votes=votes,
+        )
 
     # -- failures and recovery ---------------------------------------------
     def retry_delay(self, wf: Workflow) -> float:

@@ -76,6 +76,18 @@ class UnknownWorkflowType(WorkflowEngineError, LookupError):
         self.workflow_type_id = workflow_type_id
 
 
+class InvalidVote(WorkflowEngineError, ValueError):
+    """The vote is not allowed."""
+
+
+class NotACouncilMember(InvalidVote):
+    """Only members of the workflow's council may vote on it."""
+
+
+class DuplicateVote(InvalidVote):
+    """This voter has already voted on this workflow; pass change=True to change the vote."""
+
+
 class StoreError(WorkflowEngineError):
     """The database failed."""
 

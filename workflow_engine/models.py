@@ -173,3 +173,53 @@ class ReconcileReport(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class Council(BaseModel):
+    """A group whose members vote on workflows assigned to it; ``quorum`` votes either way decide."""
+
+    model_config = _FROZEN
+
+    id: str
+    members: list[str]
+    quorum: int
+    updated_at: datetime
+
+    _check_at = field_validator("updated_at")(_aware)
+
+
+class Vote(BaseModel):
+    """One council member's vote on one workflow."""
+
+    model_config = _FROZEN
+
+    workflow_id: str
+    voter_id: str
+    approve: bool
+    comment: str | None = None
+    at: datetime
+
+    _check_at = field_validator("at")(_aware)
+
+
+class Tally(BaseModel):
+    """Where a vote stands after a ballot: the counts, the votes, and the workflow's status."""
+
+    model_config = _FROZEN
+
+    workflow_id: str
+    council_id: str
+    status: WorkflowStatus
+    quorum: int
+    approvals: int
+    rejections: int
+    votes: list[Vote]
+
+    @property
+    def decided(self) -> bool:
+        return self.status is not WorkflowStatus.AWAITING_APPROVAL
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["decided"] = self.decided
+        return data

@@ -12,6 +12,8 @@ class WorkflowStatus(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    AWAITING_APPROVAL = "awaiting_approval"
+    REJECTED = "rejected"
 
     def __str__(self) -> str:
         return self.value
@@ -42,10 +44,13 @@ TRANSITIONS: dict[WorkflowStatus, frozenset[WorkflowStatus]] = {
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset({S.QUEUED}),
     S.CANCELLED: frozenset({S.QUEUED}),
+    # the council approval gate
+    S.AWAITING_APPROVAL: frozenset({S.QUEUED, S.REJECTED, S.CANCELLED}),
+    S.REJECTED: frozenset(),
 }
 
 #: A workflow in one of these has finished; only ``requeue`` moves it on.
-TERMINAL: frozenset[WorkflowStatus] = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED})
+TERMINAL: frozenset[WorkflowStatus] = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.REJECTED})
 #: A workflow in one of these is on its way through a worker.
 ACTIVE: frozenset[WorkflowStatus] = frozenset({S.QUEUED, S.RUNNING})
 

@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any, Protocol, TypeVar
 
 from ..errors import StoreUnavailable
-from ..models import Workflow, WorkflowEvent, utcnow
+from ..models import Council, Vote, Workflow, WorkflowEvent, utcnow
 from ..status import WorkflowStatus
 from . import queries as q
 
@@ -100,6 +100,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime, lease_until: datetime) -> Heartbeat:
         """Stamp ``heartbeat_at`` and extend the lease if ``job_id`` still runs the workflow."""
+
+    # -- councils ---------------------------------------------------------
+    @abc.abstractmethod
+    def save_council(self, council: Council) -> Council:
+        """Create or replace a council."""
+
+    @abc.abstractmethod
+    def get_council(self, council_id: str) -> Council | None: ...
+
+    @abc.abstractmethod
+    def record_vote(self, vote: Vote, *, change: bool, detail: str) -> str:
+        """Record ``vote`` and its event in one transaction, only while the workflow awaits approval.
+
+        Returns ``"recorded"``, ``"duplicate"`` (the voter already voted and ``change`` is false)
+        or the workflow's status when it is not awaiting approval (``"missing"`` if there is none).
+        """
+
+    @abc.abstractmethod
+    def votes(self, workflow_id: str) -> list[Vote]: ...
 
     def exclusive(self, name: str) -> AbstractContextManager[bool]:
         """Try to take a lock named ``name`` across processes; yield whether it was taken.
@@ -187,6 +206,13 @@ class SQLStore(Store):
     @abc.abstractmethod
     def sql(self, text: str) -> str:
         """Adapt named SQL to the driver's parameter style."""
+
+    @abc.abstractmethod
+    def decode_json(self, value: Any) -> Any:
+        """A JSON column's value as the driver returned it, decoded."""
+
+    #: Appended to a SELECT that must lock the row it reads, where the database can.
+    row_lock: str = ""
 
     # -- shared ----------------------------------------------------------
     def encode(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -388,6 +414,52 @@ class SQLStore(Store):
             return [self._workflow(r) for r in rows]
 
         return self._once_more(op)
+
+    def save_council(self, council: Council) -> Council:
+        params = self.encode(council.model_dump())
+        params["members"] = self.encode_json(council.members)
+        with self.transaction() as tx:
+            [row] = tx.fetch(self.sql(q.SAVE_COUNCIL), params)
+        return self._council(row)
+
+    def get_council(self, council_id: str) -> Council | None:
+        with self.transaction(write=False) as tx:
+            rows = tx.fetch(self.sql(q.GET_COUNCIL), {"id": council_id})
+        return self._council(rows[0]) if rows else None
+
+    def _council(self, row: Mapping[str, Any]) -> Council:
+        data = self.decode_row(row)
+        data["members"] = self.decode_json(row["members"])
+        return Council.model_validate(data)
+
+    def record_vote(self, vote: Vote, *, change: bool, detail: str) -> str:
+        params = self.encode(vote.model_dump())
+        with self.transaction() as tx:
+            found = tx.fetch(
+                self.sql(q.VOTE_STATUS.format(lock=self.row_lock)), {"workflow_id": vote.workflow_id}
+            )
+            if not found:
+                return "missing"
+            status = str(found[0]["status"])
+            if status != WorkflowStatus.AWAITING_APPROVAL.value:
+                return status
+            if not tx.fetch(self.sql(q.CHANGE_VOTE if change else q.INSERT_VOTE), params):
+                return "duplicate"
+            event = {
+                "workflow_id": vote.workflow_id,
+                "from_status": status,
+                "to_status": status,
+                "at": vote.at,
+                "detail": detail,
+                "attempt": found[0]["attempts"],
+            }
+            tx.fetch(self.sql(q.INSERT_EVENT), self.encode(event))
+        return "recorded"
+
+    def votes(self, workflow_id: str) -> list[Vote]:
+        with self.transaction(write=False) as tx:
+            rows = tx.fetch(self.sql(q.GET_VOTES), {"workflow_id": workflow_id})
+        return [Vote.model_validate(self.decode_row(r)) for r in rows]
 
     def _apply_migrations(self, tx: Tx, current: int) -> int:
         version = current

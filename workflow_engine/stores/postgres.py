@@ -51,6 +51,7 @@ class _PgTx:
 class PostgresStore(SQLStore):
     dialect = "postgres"
     retry_unavailable = True
+    row_lock = "FOR UPDATE"
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
         self.url = url
@@ -168,6 +169,9 @@ class PostgresStore(SQLStore):
         if cached is None:
             cached = _SQL_CACHE[text] = q.to_pyformat(text)
         return cached
+
+    def decode_json(self, value: Any) -> Any:
+        return value
 
     def encode_json(self, value: Any) -> Any:
         return Jsonb(value, dumps=_dumps)

@@ -119,6 +119,30 @@ SELECT * FROM workflows
 #: Keyset paging for DELIVERABLE_QUEUED, so a long backlog is walked to its end.
 DELIVERABLE_AFTER = "AND (created_at > :after_at OR (created_at = :after_at AND id > :after_id))"
 
+SAVE_COUNCIL = """
+INSERT INTO councils (id, members, quorum, updated_at) VALUES (:id, :members, :quorum, :updated_at)
+ON CONFLICT (id) DO UPDATE SET members = excluded.members, quorum = excluded.quorum,
+                               updated_at = excluded.updated_at
+RETURNING *
+"""
+GET_COUNCIL = "SELECT * FROM councils WHERE id = :id"
+#: The workflow's status, read inside the vote's transaction ({lock} locks the row where the store can).
+VOTE_STATUS = "SELECT status, attempts FROM workflows WHERE id = :workflow_id {lock}"
+INSERT_VOTE = """
+INSERT INTO workflow_votes (workflow_id, voter_id, approve, comment, at)
+VALUES (:workflow_id, :voter_id, :approve, :comment, :at)
+ON CONFLICT (workflow_id, voter_id) DO NOTHING
+RETURNING voter_id
+"""
+CHANGE_VOTE = """
+INSERT INTO workflow_votes (workflow_id, voter_id, approve, comment, at)
+VALUES (:workflow_id, :voter_id, :approve, :comment, :at)
+ON CONFLICT (workflow_id, voter_id) DO UPDATE SET approve = excluded.approve, comment = excluded.comment,
+                                                  at = excluded.at
+RETURNING voter_id
+"""
+GET_VOTES = "SELECT * FROM workflow_votes WHERE workflow_id = :workflow_id ORDER BY at, voter_id"
+
 SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) AS version FROM schema_version"
 RECORD_VERSION = "INSERT INTO schema_version (version, applied_at) VALUES (:version, :applied_at)"
 

@@ -142,6 +142,9 @@ class SQLiteStore(SQLStore):
     def sql(self, text: str) -> str:
         return text
 
+    def decode_json(self, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
     def encode_json(self, value: Any) -> Any:
         return json.dumps(value, separators=(",", ":"))
 

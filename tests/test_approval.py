@@ -1,0 +1,169 @@
+"""The council approval gate: a workflow that requires approval runs only once its council decides."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workflow_engine import InvalidTransition, Workflow, WorkflowEngine, WorkflowStatus
+from workflow_engine.errors import DuplicateVote, InvalidInput, NotACouncilMember, UnknownWorkflowType
+
+S = WorkflowStatus
+
+
+def run_it(wf: Workflow) -> str:
+    return "ran"
+
+
+@pytest.fixture
+def engine(workflow_engine: WorkflowEngine) -> WorkflowEngine:
+    workflow_engine.register_handler("site", run_it)
+    workflow_engine.configure_council("c1", members=["ana", "bo", "cy"], quorum=2)
+    return workflow_engine
+
+
+def gated(engine: WorkflowEngine) -> str:
+    return engine.create_workflow(workflow_type_id="site", assigned_council_id="c1", requires_approval=True)
+
+
+def test_a_workflow_requiring_approval_waits_and_cannot_be_enqueued(engine: WorkflowEngine) -> None:
+    wid = gated(engine)
+    assert engine.get_workflow(wid).status is S.AWAITING_APPROVAL
+    with pytest.raises(InvalidTransition, match="awaiting its council's approval"):
+        engine.enqueue_execution(wid)
+
+
+def test_the_quorum_of_approvals_queues_and_runs_it(engine: WorkflowEngine) -> None:
+    wid = gated(engine)
+    tally = engine.vote(wid, voter_id="ana", approve=True, comment="looks good")
+    assert (tally.approvals, tally.rejections, tally.status, tally.decided) == (
+        1,
+        0,
+        S.AWAITING_APPROVAL,
+        False,
+    )
+    tally = engine.vote(wid, voter_id="bo", approve=True)
+    assert tally.approvals == 2 and tally.decided
+    wf = engine.get_workflow(wid)
+    assert (wf.status, wf.result) == (S.COMPLETED, "ran")  # in-process: ran when approved
+    details = [e.detail or "" for e in engine.get_events(wid)]
+    assert "vote: ana approves: looks good" in details and "vote: bo approves" in details
+    assert any(d.startswith("approved by council c1") for d in details)
+
+
+def test_the_quorum_of_rejections_rejects_it_for_good(engine: WorkflowEngine) -> None:
+    wid = gated(engine)
+    engine.vote(wid, voter_id="ana", approve=False)
+    tally = engine.vote(wid, voter_id="cy", approve=False)
+    assert tally.status is S.REJECTED and tally.rejections == 2
+    with pytest.raises(InvalidTransition):
+        engine.requeue(wid)
+    with pytest.raises(InvalidTransition, match="votes are taken only while it awaits approval"):
+        engine.vote(wid, voter_id="bo", approve=True)
+
+
+def test_each_member_votes_once_unless_the_vote_is_explicitly_changed(engine: WorkflowEngine) -> None:
+    wid = gated(engine)
+    engine.vote(wid, voter_id="ana", approve=False)
+    with pytest.raises(DuplicateVote, match="change=True"):
+        engine.vote(wid, voter_id="ana", approve=True)
+    tally = engine.vote(wid, voter_id="ana", approve=True, change=True)
+    assert (tally.approvals, tally.rejections) == (1, 0)
+
+
+def test_a_voter_who_is_not_a_member_is_refused(engine: WorkflowEngine) -> None:
+    wid = gated(engine)
+    with pytest.raises(NotACouncilMember, match="'mallory' is not a member of council 'c1'"):
+        engine.vote(wid, voter_id="mallory", approve=True)
+    assert engine.vote(wid, voter_id="ana", approve=True).votes[0].voter_id == "ana"
+
+
+def test_a_workflow_that_does_not_await_approval_takes_no_votes(engine: WorkflowEngine) -> None:
+    wid = engine.create_workflow(workflow_type_id="site")
+    with pytest.raises(InvalidTransition):
+        engine.vote(wid, voter_id="ana", approve=True)
+
+
+def test_approval_needs_a_configured_council_and_a_handler(engine: WorkflowEngine) -> None:
+    with pytest.raises(InvalidInput, match="needs an assigned_council_id"):
+        engine.create_workflow(workflow_type_id="site", requires_approval=True)
+    with pytest.raises(InvalidInput, match="'nope' is not configured"):
+        engine.create_workflow(workflow_type_id="site", assigned_council_id="nope", requires_approval=True)
+    with pytest.raises(UnknownWorkflowType):
+        engine.create_workflow(workflow_type_id="other", assigned_council_id="c1", requires_approval=True)
+
+
+@pytest.mark.parametrize(
+    ("members", "quorum", "message"),
+    [
+        ([], 1, "non-empty list"),
+        (["a", "a"], 1, "must not repeat"),
+        (["a", "b"], 3, "from 1 to 2"),
+        (["a"], 0, "from 1 to 1"),
+    ],
+)
+def test_a_council_is_validated(
+    engine: WorkflowEngine, members: list[str], quorum: int, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        engine.configure_council("c2", members=members, quorum=quorum)
+
+
+def test_a_waiting_workflow_can_be_cancelled(engine: WorkflowEngine) -> None:
+    wid = gated(engine)
+    assert engine.cancel(wid).status is S.CANCELLED
+
+
+_VOTER = """
+import sys
+from workflow_engine import WorkflowEngine
+engine = WorkflowEngine(database_url=sys.argv[1], redis_url=sys.argv[2])
+engine.register_handler("site", "we_test_handlers:record_success")
+open(sys.argv[4], "w").close()
+import os, time
+while not os.path.exists(sys.argv[5]):
+    time.sleep(0.001)
+from workflow_engine import InvalidTransition
+try:
+    print(engine.vote(sys.argv[3], voter_id=sys.argv[6], approve=True).status.value)
+except InvalidTransition:
+    print("late")  # the other vote decided first: a vote on a decided workflow is refused
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_casting_the_deciding_vote_at_once_enqueue_it_once(
+    database_url: str, redis_server: object, tmp_path: Path
+) -> None:
+    redis_url = redis_server.url  # type: ignore[attr-defined]
+    engine = WorkflowEngine(database_url=database_url, redis_url=redis_url)
+    engine.register_handler("site", "we_test_handlers:record_success")
+    engine.configure_council("c1", members=["ana", "bo", "cy"], quorum=2)
+    for attempt in range(5):
+        wid = gated(engine)
+        engine.vote(wid, voter_id="ana", approve=True)
+        go = tmp_path / f"go-{attempt}"
+        procs = []
+        for voter in ("bo", "cy"):
+            ready = tmp_path / f"ready-{attempt}-{voter}"
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _VOTER, database_url, redis_url, wid, str(ready), str(go), voter],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env={"PYTHONPATH": str(Path(__file__).parent / "apps"), "PATH": "/usr/bin:/bin"},
+                )
+            )
+            while not ready.exists() and procs[-1].poll() is None:
+                pass
+        go.touch()
+        outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0]
+        assert "queued" in outs and set(outs) <= {"queued", "late"}
+        assert engine.queue.count == attempt + 1  # exactly one job per approved workflow
+        approvals = [e for e in engine.get_events(wid) if (e.detail or "").startswith("approved")]
+        assert len(approvals) == 1
+    engine.close()
