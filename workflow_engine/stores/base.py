@@ -48,6 +48,18 @@ class Heartbeat:
     cancel_requested: bool
 
 
+@dataclass(frozen=True)
+class StatsRows:
+    """Aggregates computed in SQL; the engine shapes them into ``engine.stats()``."""
+
+    counts: list[tuple[str, str, int]]  # (workflow_type_id, status, count)
+    durations: dict[str, tuple[float, float]]  # workflow_type_id -> (p50, p95) in seconds
+    oldest_queued: datetime | None
+    running: int
+    finished_recently: int
+    savings: dict[str, float]
+
+
 class Store(abc.ABC):
     """What the engine needs from a database. Every method is atomic."""
 
@@ -100,6 +112,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime, lease_until: datetime) -> Heartbeat:
         """Stamp ``heartbeat_at`` and extend the lease if ``job_id`` still runs the workflow."""
+
+    @abc.abstractmethod
+    def stats(self, *, since: datetime | None, recent: datetime) -> StatsRows:
+        """Counts by type and status, durations, savings (for workflows created since ``since``),
+        and the present: running, oldest queued, finished after ``recent``."""
 
     # -- councils ---------------------------------------------------------
     @abc.abstractmethod
@@ -213,6 +230,10 @@ class SQLStore(Store):
 
     #: Appended to a SELECT that must lock the row it reads, where the database can.
     row_lock: str = ""
+    #: A workflow's duration in seconds, in this dialect.
+    duration_sql: str
+    #: Sum of every numeric top-level field of calculated_savings, by key; ``{since}`` as in STATS_COUNTS.
+    savings_sql: str
 
     # -- shared ----------------------------------------------------------
     def encode(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -414,6 +435,33 @@ class SQLStore(Store):
             return [self._workflow(r) for r in rows]
 
         return self._once_more(op)
+
+    def stats(self, *, since: datetime | None, recent: datetime) -> StatsRows:
+        params: dict[str, Any] = {"recent": self.encode_time(recent)}
+        cond = ""
+        if since is not None:
+            params["since"] = self.encode_time(since)
+            cond = "AND created_at >= :since"
+        with self.transaction(write=False) as tx:
+            counts = tx.fetch(self.sql(q.STATS_COUNTS.format(since=cond)), params)
+            ranked = tx.fetch(
+                self.sql(q.STATS_DURATIONS.format(since=cond, duration=self.duration_sql)), params
+            )
+            oldest = tx.fetch(self.sql(q.STATS_OLDEST_QUEUED), {})[0]["oldest"]
+            running = tx.fetch(self.sql(q.STATS_RUNNING), {})[0]["n"]
+            finished = tx.fetch(self.sql(q.STATS_FINISHED_SINCE), params)[0]["n"]
+            savings = tx.fetch(self.sql(self.savings_sql.format(since=cond)), params)
+        durations: dict[str, list[float]] = {}
+        for row in sorted(ranked, key=lambda r: (r["workflow_type_id"], r["rn"])):
+            durations.setdefault(row["workflow_type_id"], []).append(float(row["dur"]))
+        return StatsRows(
+            counts=[(r["workflow_type_id"], r["status"], int(r["n"])) for r in counts],
+            durations={t: (v[0], v[-1]) for t, v in durations.items()},
+            oldest_queued=self.decode_row({"at": oldest})["at"] if oldest is not None else None,
+            running=int(running),
+            finished_recently=int(finished),
+            savings={r["key"]: float(r["total"]) for r in savings},
+        )
 
     def save_council(self, council: Council) -> Council:
         params = self.encode(council.model_dump())

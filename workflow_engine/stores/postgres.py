@@ -52,6 +52,13 @@ class PostgresStore(SQLStore):
     dialect = "postgres"
     retry_unavailable = True
     row_lock = "FOR UPDATE"
+    duration_sql = "EXTRACT(EPOCH FROM (finished_at - started_at))"
+    savings_sql = """
+SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
+  FROM workflows AS w, jsonb_each(w.calculated_savings) AS j
+ WHERE w.calculated_savings IS NOT NULL AND jsonb_typeof(j.value) = 'number' {since}
+ GROUP BY j.key
+"""
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
         self.url = url

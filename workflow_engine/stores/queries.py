@@ -143,6 +143,33 @@ RETURNING voter_id
 """
 GET_VOTES = "SELECT * FROM workflow_votes WHERE workflow_id = :workflow_id ORDER BY at, voter_id"
 
+# -- statistics ({since} is "" or "AND created_at >= :since") ------------------------------
+STATS_COUNTS = """
+SELECT workflow_type_id, status, COUNT(*) AS n FROM workflows WHERE 1 = 1 {since}
+GROUP BY workflow_type_id, status
+"""
+#: Nearest-rank p50 and p95 of completed workflows' durations, per type.
+STATS_DURATIONS = """
+SELECT workflow_type_id, rn, n, dur FROM (
+    SELECT workflow_type_id, {duration} AS dur,
+           ROW_NUMBER() OVER (PARTITION BY workflow_type_id ORDER BY {duration}) AS rn,
+           COUNT(*) OVER (PARTITION BY workflow_type_id) AS n
+      FROM workflows
+     WHERE status = 'completed' AND started_at IS NOT NULL AND finished_at IS NOT NULL {since}
+) ranked
+WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100
+"""
+#: The oldest queued workflow that is due (a retry waiting for its delay counts from its due time).
+STATS_OLDEST_QUEUED = """
+SELECT MIN(CASE WHEN run_after IS NOT NULL AND run_after > updated_at THEN run_after ELSE updated_at END)
+       AS oldest
+  FROM workflows WHERE status = 'queued'
+"""
+STATS_RUNNING = "SELECT COUNT(*) AS n FROM workflows WHERE status = 'running'"
+STATS_FINISHED_SINCE = """
+SELECT COUNT(*) AS n FROM workflows WHERE finished_at >= :recent AND status IN ('completed', 'failed')
+"""
+
 SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) AS version FROM schema_version"
 RECORD_VERSION = "INSERT INTO schema_version (version, applied_at) VALUES (:version, :applied_at)"
 

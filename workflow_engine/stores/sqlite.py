@@ -38,6 +38,13 @@ class _SQLiteTx:
 
 class SQLiteStore(SQLStore):
     dialect = "sqlite"
+    duration_sql = "(julianday(finished_at) - julianday(started_at)) * 86400.0"
+    savings_sql = """
+SELECT j.key AS key, SUM(j.value) AS total
+  FROM workflows AS w, json_each(w.calculated_savings) AS j
+ WHERE w.calculated_savings IS NOT NULL AND j.type IN ('integer', 'real') {since}
+ GROUP BY j.key
+"""
 
     def __init__(self, path: str, *, url: str | None = None, busy_timeout: float = 30.0) -> None:
         self.path = path

@@ -1,4 +1,5 @@
--- 0002: councils that approve workflows before they run, and their votes.
+-- 0002: councils that approve workflows before they run, and their votes;
+-- an index for the statistics of recently finished workflows.
 CREATE TABLE councils (
     id         TEXT PRIMARY KEY,
     members    JSONB NOT NULL,
@@ -14,3 +15,5 @@ CREATE TABLE workflow_votes (
     at          TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (workflow_id, voter_id)
 );
+
+CREATE INDEX workflows_finished ON workflows (finished_at);

@@ -1,0 +1,96 @@
+"""engine.stats(), checked against a hand-computed fixture on every store."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from workflow_engine import WorkflowEngine, WorkflowStatus
+from workflow_engine.errors import InvalidInput
+from workflow_engine.models import utcnow
+
+S = WorkflowStatus
+
+
+def finish(engine: WorkflowEngine, wid: str, status: WorkflowStatus, seconds: float, ago: float = 60) -> None:
+    """Give a workflow a status and a duration, as if a worker had run it."""
+    end = utcnow() - timedelta(seconds=ago)
+    done = engine.store.compare_and_set(
+        wid,
+        expected_status=S.PENDING,
+        changes={
+            "status": status,
+            "started_at": end - timedelta(seconds=seconds),
+            "finished_at": end,
+            "updated_at": end,
+        },
+        event=None,
+    )
+    assert done is not None
+
+
+@pytest.fixture
+def engine(database_url: str) -> WorkflowEngine:
+    e = WorkflowEngine(database_url=database_url, redis_url="fakeredis://")
+    e.register_handler("site", "we_test_handlers:noop")
+    return e
+
+
+def test_stats_match_a_hand_computed_fixture(engine: WorkflowEngine) -> None:
+    site = [
+        engine.create_workflow(
+            workflow_type_id="site", calculated_savings={"weekly": 10, "yearly": 520.5, "n": "x"}
+        )
+        for _ in range(4)
+    ]
+    report = engine.create_workflow(
+        workflow_type_id="report", calculated_savings={"weekly": 2.5, "flag": True}
+    )
+    engine.create_workflow(workflow_type_id="report")  # pending, no savings
+    for wid, seconds in zip(site[:3], (1.0, 2.0, 10.0), strict=True):
+        finish(engine, wid, S.COMPLETED, seconds)
+    finish(engine, report, S.FAILED, 3.0, ago=3600)  # finished an hour ago: not in the throughput window
+    engine.enqueue_execution(site[3])
+
+    stats = engine.stats()
+    assert stats["total"] == 6
+    assert stats["by_status"] == {
+        "pending": 1,
+        "queued": 1,
+        "running": 0,
+        "completed": 3,
+        "failed": 1,
+        "cancelled": 0,
+        "awaiting_approval": 0,
+        "rejected": 0,
+    }
+    s = stats["by_type"]["site"]
+    assert (s["total"], s["by_status"]["completed"], s["by_status"]["queued"]) == (4, 3, 1)
+    assert s["success_rate"] == 1.0
+    assert s["duration_p50_s"] == pytest.approx(2.0, abs=0.01)  # nearest rank: the 2nd of 3
+    assert s["duration_p95_s"] == pytest.approx(10.0, abs=0.01)  # the 3rd of 3
+    r = stats["by_type"]["report"]
+    assert (r["success_rate"], r["duration_p50_s"]) == (0.0, None)
+    assert stats["calculated_savings"] == {"weekly": pytest.approx(42.5), "yearly": pytest.approx(2082.0)}
+    assert stats["queue_depth"] == 1
+    assert stats["running"] == 0
+    assert stats["throughput_per_min"] == pytest.approx(3 / 15)
+    assert 0 <= stats["oldest_queued_age_s"] < 5
+
+
+def test_stats_since_counts_only_newer_workflows(engine: WorkflowEngine) -> None:
+    engine.create_workflow(workflow_type_id="site", calculated_savings={"weekly": 1})
+    cut = utcnow()
+    engine.create_workflow(workflow_type_id="site", calculated_savings={"weekly": 5})
+    stats = engine.stats(since=cut)
+    assert stats["total"] == 1 and stats["calculated_savings"] == {"weekly": 5.0}
+    with pytest.raises(InvalidInput):
+        engine.stats(since=cut.replace(tzinfo=None))
+
+
+def test_stats_of_an_empty_database_has_every_key(engine: WorkflowEngine) -> None:
+    stats = engine.stats()
+    assert stats["total"] == 0 and set(stats["by_status"].values()) == {0}
+    assert stats["by_type"] == {} and stats["calculated_savings"] == {}
+    assert stats["oldest_queued_age_s"] is None
