@@ -678,3 +678,21 @@ def test_sync_mode_with_a_real_redis_runs_on_this_engine(redis_server: object) -
     wid = create(engine, n=2)
     engine.enqueue_execution(wid)
     assert engine.get_workflow(wid).result == {"doubled": 4}
+
+
+def test_listeners_see_every_status_change_the_engine_makes(workflow_engine: WorkflowEngine) -> None:
+    seen: list[tuple[str | None, str]] = []
+
+    def listener(wf: Workflow, before: WorkflowStatus | None) -> None:
+        seen.append((before.value if before else None, wf.status.value))
+
+    def broken(wf: Workflow, before: WorkflowStatus | None) -> None:
+        raise RuntimeError("a broken listener must not break the engine")
+
+    workflow_engine.add_listener(listener)
+    workflow_engine.add_listener(broken)
+    workflow_engine.register_handler("double", double)
+    wid = create(workflow_engine)
+    workflow_engine.enqueue_execution(wid)
+    assert seen == [(None, "pending"), ("pending", "queued"), ("queued", "running"), ("running", "completed")]
+    assert workflow_engine.get_workflow(wid).status is S.COMPLETED

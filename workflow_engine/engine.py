@@ -37,6 +37,7 @@ from .transport import LIVE_JOB_STATUSES, Transport, connect, new_job_id
 log = logging.getLogger("workflow_engine")
 S = WorkflowStatus
 F = TypeVar("F", bound=Callable[..., Any])
+Listener = Callable[[Workflow, "WorkflowStatus | None"], None]
 
 #: Engines alive in this process, by key, so an in-process job can find the engine that enqueued it.
 _ENGINES: weakref.WeakValueDictionary[str, WorkflowEngine] = weakref.WeakValueDictionary()
@@ -91,6 +92,7 @@ class WorkflowEngine:
         in_process = not is_async or type(connection).__module__.startswith("fakeredis")
         self.transport = Transport(connection, queue_name, is_async=is_async, in_process=in_process)
         self._handlers: dict[str, HandlerSpec] = {}
+        self._listeners: list[Listener] = []
         self.key = uuid.uuid4().hex
         _ENGINES[self.key] = self
 
@@ -233,6 +235,7 @@ class WorkflowEngine:
         [(stored, created)] = self.store.insert([wf])
         if created:
             log.info("workflow created", extra=_log_extra(stored))
+            self.notify(stored, None)
         return stored.id
 
     def _new_workflow(
@@ -353,7 +356,7 @@ class WorkflowEngine:
         fields = dict(changes)
         fields["status"] = to
         fields.setdefault("updated_at", utcnow())
-        return self.store.compare_and_set(
+        new = self.store.compare_and_set(
             wf.id,
             expected_status=wf.status,
             changes=fields,
@@ -361,6 +364,26 @@ class WorkflowEngine:
             expected_job_id=expected_job_id,
             lease_expired_at=lease_expired_at,
         )
+        if new is not None and event:
+            self.notify(new, wf.status)
+        return new
+
+    # -- listeners ---------------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(workflow, from_status)`` after every status change this engine makes.
+
+        ``from_status`` is None for a new workflow. Listeners run in the process that
+        made the change (a web process, a worker, a work-horse); an exception in one is
+        logged and never fails the change. Metrics use this.
+        """
+        self._listeners.append(listener)
+
+    def notify(self, workflow: Workflow, from_status: WorkflowStatus | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(workflow, from_status)
+            except Exception:
+                log.exception("workflow listener %r failed", listener, extra=_log_extra(workflow))
 
     def enqueue_execution(self, workflow_id: str) -> None:
         """Mark the workflow ``queued`` in the database, then put its job on the RQ queue.

@@ -177,6 +177,7 @@ def run_attempt(
         return f"skipped ({state})"
     extra = {"workflow_id": wf.id, "workflow_type_id": wf.workflow_type_id, "attempt": wf.attempts}
     log.info("attempt %d started", wf.attempts, extra=extra)
+    engine.notify(wf, S.QUEUED)
     path = handler or wf.handler
     try:
         if not path:
