@@ -1,0 +1,214 @@
+"""What the benchmark scripts share: a private redis-server, worker subprocesses, a scratch PG database.
+
+Everything started here is stopped by its own PID (or, for a worker, by its own session id).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+QUEUE = "workflows"
+
+
+class BenchFailure(Exception):
+    """Something did not run as it must (a workflow not completed, a worker that failed)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise BenchFailure(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class RedisServer:
+    """A private redis-server on a free port in ``folder``: no persistence, stopped by PID."""
+
+    def __init__(self, folder: Path) -> None:
+        self.binary = shutil.which("redis-server")
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        if self.binary is None:
+            raise BenchFailure("redis-server is not on the PATH (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+                "--logfile",
+                str(self.folder / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self.ping, timeout=10, what=f"redis-server on port {self.port}")
+
+    def ping(self) -> bool:
+        import redis
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchFailure(f"redis-server exited with code {self.proc.returncode}")
+        try:
+            return bool(redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2).ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    def flushall(self) -> None:
+        import redis
+
+        redis.Redis(host="127.0.0.1", port=self.port).flushall()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+class Worker:
+    """A worker subprocess in its own session, so that it can be killed together with its work-horse."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, cmd: Sequence[str]) -> None:
+        self.proc = proc
+        self.log = log
+        self.cmd = list(cmd)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_session()
+            raise BenchFailure(f"worker did not exit within {timeout:g} s\n{self.tail()}") from None
+
+    def session_pids(self) -> list[int]:
+        sid = self.proc.pid
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getsid(int(entry.name)) == sid:
+                        pids.append(int(entry.name))
+                except (ProcessLookupError, PermissionError):
+                    continue
+        return pids
+
+    def kill_session(self) -> None:
+        """``kill -9`` every process in the worker's session: the worker and its work-horse.
+
+        Killing the process group would miss the work-horse, which RQ moves to a group of its own.
+        """
+        for pid in self.session_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.kill_session()
+
+    def tail(self, lines: int = 30) -> str:
+        if not self.log.exists():
+            return "(no worker output)"
+        text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        return f"$ {' '.join(self.cmd)}\n" + "\n".join(text)
+
+
+def worker_env(
+    database_url: str | None, redis_url: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WORKFLOW_ENGINE_", "RQ_"))}
+    if database_url is not None:
+        env["WORKFLOW_ENGINE_DATABASE_URL"] = database_url
+    env["WORKFLOW_ENGINE_REDIS_URL"] = redis_url
+    env["WORKFLOW_ENGINE_QUEUE"] = QUEUE
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra or {})
+    return env
+
+
+def rq_worker_cmd(
+    redis_url: str, worker_class: str, *, burst: bool = True, name: str | None = None
+) -> list[str]:
+    """The stock command: ``rq worker workflows --url … --path benchmarks [-w rq.SimpleWorker] [--burst]``."""
+    cmd = [str(BIN / "rq"), "worker", QUEUE, "--url", redis_url, "--path", str(HERE)]
+    if worker_class == "simple":
+        cmd += ["-w", "rq.SimpleWorker"]
+    if burst:
+        cmd.append("--burst")
+    if name:
+        cmd += ["--name", name]
+    return cmd
+
+
+def start(cmd: Sequence[str], env: dict[str, str], log_dir: Path) -> Worker:
+    log = log_dir / f"worker-{uuid.uuid4().hex[:8]}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Worker(proc, log, cmd)
+
+
+# -- PostgreSQL ----------------------------------------------------------------
+def _with_dbname(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+
+
+@contextmanager
+def scratch_postgres(admin_url: str) -> Iterator[str]:
+    """A fresh database on the server of ``admin_url``, dropped on exit. Yields its URL."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise BenchFailure('PostgreSQL needs psycopg: pip install "workflow_engine[postgres]"') from exc
+    name = f"we_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_dbname(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
