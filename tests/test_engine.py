@@ -696,3 +696,46 @@ def test_listeners_see_every_status_change_the_engine_makes(workflow_engine: Wor
     workflow_engine.enqueue_execution(wid)
     assert seen == [(None, "pending"), ("pending", "queued"), ("queued", "running"), ("running", "completed")]
     assert workflow_engine.get_workflow(wid).status is S.COMPLETED
+
+
+# -- bulk ----------------------------------------------------------------------------
+def test_create_workflows_and_enqueue_many_use_one_transaction_and_one_pipeline(
+    async_engine: WorkflowEngine,
+) -> None:
+    async_engine.register_handler("double", double)
+    ids = async_engine.create_workflows(
+        [{"workflow_type_id": "double", "inputs": {"n": i}, "created_by_agent": "bulk"} for i in range(50)]
+    )
+    assert len(set(ids)) == 50
+    async_engine.enqueue_many(ids + ids[:5])  # duplicates and already queued ones are fine
+    async_engine.enqueue_many(ids)
+    assert async_engine.queue.count == 50
+    work(async_engine)
+    assert {async_engine.get_workflow(w).result["doubled"] for w in ids} == {2 * i for i in range(50)}
+
+
+def test_bulk_calls_validate_everything_before_writing_anything(async_engine: WorkflowEngine) -> None:
+    async_engine.register_handler("double", double)
+    with pytest.raises(InvalidInput, match="item 1 must be"):
+        async_engine.create_workflows([{"workflow_type_id": "double"}, "nope"])  # type: ignore[list-item]
+    with pytest.raises(InvalidInput, match="unknown arguments: colour"):
+        async_engine.create_workflows([{"workflow_type_id": "double", "colour": "red"}])
+    with pytest.raises(InvalidInput, match="inputs must be JSON"):
+        async_engine.create_workflows(
+            [{"workflow_type_id": "double"}, {"workflow_type_id": "d", "inputs": {"x": {1}}}]
+        )
+    assert row_count(async_engine) == 0
+    good = create(async_engine)
+    with pytest.raises(WorkflowNotFound):
+        async_engine.enqueue_many([good, "missing"])
+    other = create(async_engine, "nobody")
+    with pytest.raises(UnknownWorkflowType):
+        async_engine.enqueue_many([good, other])
+    assert async_engine.get_workflow(good).status is S.PENDING and async_engine.queue.count == 0
+
+
+def test_enqueue_many_in_process_runs_every_workflow(workflow_engine: WorkflowEngine) -> None:
+    workflow_engine.register_handler("double", double)
+    ids = workflow_engine.create_workflows([{"workflow_type_id": "double", "inputs": {"n": 1}}] * 3)
+    workflow_engine.enqueue_many(ids)
+    assert {workflow_engine.get_workflow(w).status for w in ids} == {S.COMPLETED}

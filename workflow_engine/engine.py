@@ -12,7 +12,7 @@ import logging
 import random
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from .handlers import HandlerFunc, HandlerSpec, import_handler, path_of, validat
 from .models import Council, ReconcileReport, Tally, Vote, Workflow, WorkflowEvent, to_json, utcnow
 from .status import TERMINAL, WorkflowStatus, can_transition
 from .stores import Store, open_store
-from .stores.base import ANY_JOB, NewEvent
+from .stores.base import ANY_JOB, Change, NewEvent
 from .transport import LIVE_JOB_STATUSES, Transport, connect, new_job_id
 
 log = logging.getLogger("workflow_engine")
@@ -46,6 +46,19 @@ REDELIVERY_GRACE = timedelta(seconds=5)
 #: The longest delay between two attempts.
 MAX_RETRY_DELAY = 3600.0
 _RACE_RETRIES = 5
+#: How many just-created workflows an engine remembers (see ``_remember``).
+_RECENT_SIZE = 1024
+_CREATE_ARGUMENTS = frozenset(
+    {
+        "workflow_type_id",
+        "created_by_agent",
+        "inputs",
+        "calculated_savings",
+        "assigned_council_id",
+        "idempotency_key",
+        "requires_approval",
+    }
+)
 #: The window of ``stats()["throughput_per_min"]``.
 STATS_WINDOW_MINUTES = 15
 #: One reconcile pass looks at most at this many batches of each kind.
@@ -93,6 +106,7 @@ class WorkflowEngine:
         self.transport = Transport(connection, queue_name, is_async=is_async, in_process=in_process)
         self._handlers: dict[str, HandlerSpec] = {}
         self._listeners: list[Listener] = []
+        self._recent: dict[str, Workflow] = {}
         self.key = uuid.uuid4().hex
         _ENGINES[self.key] = self
 
@@ -218,7 +232,69 @@ class WorkflowEngine:
             calculated_savings=calculated_savings,
             assigned_council_id=assigned_council_id,
             idempotency_key=idempotency_key,
+            requires_approval=requires_approval,
         )
+        [(stored, created)] = self.store.insert([wf])
+        if created:
+            log.info("workflow created", extra=_log_extra(stored))
+            self.notify(stored, None)
+            self._remember(stored)
+        return stored.id
+
+    def create_workflows(self, workflows: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Create many workflows in one transaction; return their ids in order.
+
+        Each mapping holds ``create_workflow``'s keyword arguments. Every one is
+        validated before anything is written: one bad item writes nothing.
+        """
+        built = []
+        for i, item in enumerate(workflows):
+            if not isinstance(item, Mapping):
+                raise InvalidInput(f"item {i} must be a mapping of create_workflow arguments")
+            unknown = set(item) - _CREATE_ARGUMENTS
+            if unknown:
+                raise InvalidInput(f"item {i} has unknown arguments: {', '.join(sorted(map(str, unknown)))}")
+            if "workflow_type_id" not in item:
+                raise InvalidInput(f"item {i} needs a workflow_type_id")
+            arguments: dict[str, Any] = {k: item[k] for k in _CREATE_ARGUMENTS if k in item}
+            built.append(self._new_workflow(**arguments))
+        ids = []
+        for stored, created in self.store.insert(built):
+            if created:
+                self.notify(stored, None)
+                self._remember(stored)
+            ids.append(stored.id)
+        return ids
+
+    def _remember(self, wf: Workflow) -> None:
+        """Keep a just-created workflow, so that enqueueing it next needs no read.
+
+        Only a hint: enqueueing still compare-and-sets on its status and job id.
+        """
+        self._recent[wf.id] = wf
+        if len(self._recent) > _RECENT_SIZE:
+            self._recent.pop(next(iter(self._recent)), None)
+
+    def _new_workflow(
+        self,
+        *,
+        workflow_type_id: str,
+        created_by_agent: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        calculated_savings: Mapping[str, Any] | None = None,
+        assigned_council_id: str | None = None,
+        idempotency_key: str | None = None,
+        requires_approval: bool | None = False,
+    ) -> Workflow:
+        wf = self._build_workflow(
+            workflow_type_id=workflow_type_id,
+            created_by_agent=created_by_agent,
+            inputs=inputs,
+            calculated_savings=calculated_savings,
+            assigned_council_id=assigned_council_id,
+            idempotency_key=idempotency_key,
+        )
+        requires_approval = bool(requires_approval) if requires_approval is None else requires_approval
         if not isinstance(requires_approval, bool):
             raise InvalidInput(f"requires_approval must be true or false, got {requires_approval!r}")
         if requires_approval:
@@ -232,13 +308,9 @@ class WorkflowEngine:
             if wf.handler is None:
                 raise UnknownWorkflowType(workflow_type_id, "a workflow awaiting approval must be runnable")
             wf = wf.model_copy(update={"status": S.AWAITING_APPROVAL})
-        [(stored, created)] = self.store.insert([wf])
-        if created:
-            log.info("workflow created", extra=_log_extra(stored))
-            self.notify(stored, None)
-        return stored.id
+        return wf
 
-    def _new_workflow(
+    def _build_workflow(
         self,
         *,
         workflow_type_id: str,
@@ -351,22 +423,45 @@ class WorkflowEngine:
         event: bool = True,
     ) -> Workflow | None:
         """Move ``wf`` to ``to`` if it is still as read. None if another process changed it first."""
+        change = self._transition(
+            wf,
+            to,
+            changes,
+            detail=detail,
+            expected_job_id=expected_job_id,
+            lease_expired_at=lease_expired_at,
+            event=event,
+        )
+        [new] = self.store.apply([change])
+        if new is not None and event:
+            self.notify(new, wf.status)
+        return new
+
+    @staticmethod
+    def _transition(
+        wf: Workflow,
+        to: WorkflowStatus,
+        changes: Mapping[str, Any],
+        *,
+        detail: str | None,
+        expected_job_id: str | bool | None = ANY_JOB,
+        lease_expired_at: datetime | None = None,
+        event: bool = True,
+    ) -> Change:
+        """The compare-and-set that moves ``wf`` to ``to``: checked against the table, stamped."""
         if not can_transition(wf.status, to):
             raise InvalidTransition(wf.id, wf.status.value, to.value)
         fields = dict(changes)
         fields["status"] = to
         fields.setdefault("updated_at", utcnow())
-        new = self.store.compare_and_set(
+        return Change(
             wf.id,
-            expected_status=wf.status,
-            changes=fields,
-            event=NewEvent(wf.status, to, detail) if event else None,
-            expected_job_id=expected_job_id,
-            lease_expired_at=lease_expired_at,
+            wf.status,
+            fields,
+            NewEvent(wf.status, to, detail) if event else None,
+            expected_job_id,
+            lease_expired_at,
         )
-        if new is not None and event:
-            self.notify(new, wf.status)
-        return new
 
     # -- listeners ---------------------------------------------------------
     def add_listener(self, listener: Listener) -> None:
@@ -395,6 +490,9 @@ class WorkflowEngine:
         QueueUnavailable if Redis is down: the workflow then stays queued and
         :meth:`reconcile` delivers it later.
         """
+        recent = self._recent.pop(workflow_id, None)
+        if recent is not None and recent.status is S.PENDING and self._queue(recent, detail="enqueued"):
+            return  # the workflow was as this engine created it: no read needed
         for _ in range(_RACE_RETRIES):
             wf = self.get_workflow(workflow_id)
             if wf.status is S.QUEUED:
@@ -431,6 +529,15 @@ class WorkflowEngine:
 
     def _queue(self, wf: Workflow, *, detail: str, reset: bool = False) -> bool:
         """pending/failed/cancelled/queued -> queued with a new job, then deliver. False if we lost a race."""
+        [queued] = self.store.apply([self._queue_change(wf, detail=detail, reset=reset)])
+        if queued is None:
+            return False
+        self.notify(queued, wf.status)
+        log.info("workflow %s", detail, extra=_log_extra(queued))
+        self._deliver(queued)
+        return True
+
+    def _queue_change(self, wf: Workflow, *, detail: str, reset: bool = False) -> Change:
         spec = self._handlers.get(wf.workflow_type_id)
         if spec is None and wf.handler is None:
             raise UnknownWorkflowType(wf.workflow_type_id)
@@ -449,12 +556,37 @@ class WorkflowEngine:
             )
         if reset:
             changes.update(finished_at=None)
-        queued = self._change(wf, S.QUEUED, changes, detail=detail, expected_job_id=wf.job_id)
-        if queued is None:
-            return False
-        log.info("workflow %s", detail, extra=_log_extra(queued))
-        self._deliver(queued)
-        return True
+        return self._transition(wf, S.QUEUED, changes, detail=detail, expected_job_id=wf.job_id)
+
+    def enqueue_many(self, workflow_ids: Sequence[str]) -> None:
+        """Enqueue many pending workflows: one database transaction and one Redis pipeline.
+
+        Every id is checked first (WorkflowNotFound, UnknownWorkflowType, InvalidTransition),
+        so a bad one writes nothing. Already queued workflows are left alone. In sync mode
+        each runs before this returns, as with :meth:`enqueue_execution`.
+        """
+        ids = list(dict.fromkeys(workflow_ids))
+        found = self.store.get_many(ids)
+        for wid in ids:
+            wf = found.get(wid)
+            if wf is None:
+                raise WorkflowNotFound(wid)
+            if wf.status not in (S.PENDING, S.QUEUED):
+                raise InvalidTransition(
+                    wid, wf.status.value, S.QUEUED.value, "enqueue_many takes pending workflows"
+                )
+            if self._handlers.get(wf.workflow_type_id) is None and wf.handler is None:
+                raise UnknownWorkflowType(wf.workflow_type_id)
+        pending = [found[wid] for wid in ids if found[wid].status is S.PENDING]
+        if not self.is_async:
+            for wf in pending:
+                self.enqueue_execution(wf.id)
+            return
+        changes = [self._queue_change(wf, detail="enqueued") for wf in pending]
+        queued = [new for new in self.store.apply(changes) if new is not None]
+        for new in queued:
+            self.notify(new, S.PENDING)
+        self.transport.deliver_many(queued, engine_key=self.key if self.transport.in_process else None)
 
     def _deliver(self, wf: Workflow, transport: Transport | None = None) -> None:
         transport = transport or self.transport

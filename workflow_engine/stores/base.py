@@ -41,6 +41,20 @@ class NewEvent:
 
 
 @dataclass(frozen=True)
+class Change:
+    """One compare-and-set: apply ``changes`` (and record ``event``) only if the row is still as expected."""
+
+    workflow_id: str
+    expected_status: WorkflowStatus
+    changes: Mapping[str, Any]
+    event: NewEvent | None
+    #: ANY_JOB for no condition, None for "has no job", or the job id it must have.
+    expected_job_id: str | bool | None = False
+    #: Only if the workflow's lease expired before this time.
+    lease_expired_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """What a heartbeat found: whether this worker still owns the workflow, and whether a cancel was asked."""
 
@@ -86,6 +100,13 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def apply(self, changes: Sequence[Change]) -> list[Workflow | None]:
+        """Apply every compare-and-set in one transaction; each result is the updated workflow,
+        or None where the row was no longer as expected (that change alone is skipped).
+
+        Each change must set ``updated_at``; its event is stamped with it.
+        """
+
     def compare_and_set(
         self,
         workflow_id: str,
@@ -96,12 +117,9 @@ class Store(abc.ABC):
         expected_job_id: str | bool | None = ANY_JOB,
         lease_expired_at: datetime | None = None,
     ) -> Workflow | None:
-        """Apply ``changes`` and record ``event`` only if the row still has ``expected_status``
-        (and ``expected_job_id``, and a lease that expired before ``lease_expired_at``).
-
-        Return the updated workflow, or None if the row was not in that state.
-        ``changes`` must include ``updated_at``; the event is stamped with it.
-        """
+        """One :class:`Change`: the updated workflow, or None if the row was not as expected."""
+        change = Change(workflow_id, expected_status, changes, event, expected_job_id, lease_expired_at)
+        return self.apply([change])[0]
 
     @abc.abstractmethod
     def claim(
@@ -149,6 +167,10 @@ class Store(abc.ABC):
     # -- reading ----------------------------------------------------------
     @abc.abstractmethod
     def get(self, workflow_id: str) -> Workflow | None: ...
+
+    @abc.abstractmethod
+    def get_many(self, workflow_ids: Sequence[str]) -> dict[str, Workflow]:
+        """The workflows with these ids that exist, by id."""
 
     @abc.abstractmethod
     def find(
@@ -296,38 +318,37 @@ class SQLStore(Store):
                     out.append((self._workflow(existing[0]), False))
         return out
 
-    def compare_and_set(
-        self,
-        workflow_id: str,
-        *,
-        expected_status: WorkflowStatus,
-        changes: Mapping[str, Any],
-        event: NewEvent | None,
-        expected_job_id: str | bool | None = ANY_JOB,
-        lease_expired_at: datetime | None = None,
-    ) -> Workflow | None:
-        def op() -> Workflow | None:
-            job_cond: str | bool | None = (
-                False if expected_job_id is ANY_JOB else (None if expected_job_id is None else True)
-            )
-            sql = self.sql(q.update_sql(changes, job_id=job_cond, lease_expired=lease_expired_at is not None))
-            params = {f"set_{k}": v for k, v in self.encode(changes).items()}
-            params["id"] = workflow_id
-            params["expected_status"] = expected_status.value
-            if job_cond is True:
-                params["expected_job_id"] = expected_job_id
-            if lease_expired_at is not None:
-                params["lease_expired_at"] = self.encode_time(lease_expired_at)
+    def apply(self, changes: Sequence[Change]) -> list[Workflow | None]:
+        def op() -> list[Workflow | None]:
+            out: list[Workflow | None] = []
             with self.transaction() as tx:
-                rows = tx.fetch(sql, params)
-                if not rows:
-                    return None
-                wf = self._workflow(rows[0])
-                if event is not None:
-                    tx.fetch(self.sql(q.INSERT_EVENT), self._event_params(wf, event))
-            return wf
+                for change in changes:
+                    sql, params = self._update(change)
+                    rows = tx.fetch(sql, params)
+                    if not rows:
+                        out.append(None)
+                        continue
+                    wf = self._workflow(rows[0])
+                    if change.event is not None:
+                        tx.fetch(self.sql(q.INSERT_EVENT), self._event_params(wf, change.event))
+                    out.append(wf)
+            return out
 
         return self._once_more(op)
+
+    def _update(self, change: Change) -> tuple[str, dict[str, Any]]:
+        expected = change.expected_job_id
+        job_cond: str | bool | None = False if expected is ANY_JOB else (None if expected is None else True)
+        lease = change.lease_expired_at
+        sql = self.sql(q.update_sql(change.changes, job_id=job_cond, lease_expired=lease is not None))
+        params = {f"set_{k}": v for k, v in self.encode(change.changes).items()}
+        params["id"] = change.workflow_id
+        params["expected_status"] = change.expected_status.value
+        if job_cond is True:
+            params["expected_job_id"] = expected
+        if lease is not None:
+            params["lease_expired_at"] = self.encode_time(lease)
+        return sql, params
 
     def claim(
         self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime, lease_until: datetime
@@ -377,6 +398,17 @@ class SQLStore(Store):
             return self._workflow(rows[0]) if rows else None
 
         return self._once_more(op)
+
+    def get_many(self, workflow_ids: Sequence[str]) -> dict[str, Workflow]:
+        found: dict[str, Workflow] = {}
+        with self.transaction(write=False) as tx:
+            for chunk in iter_chunks(list(workflow_ids), 500):
+                names = [f"id{i}" for i in range(len(chunk))]
+                sql = q.GET_MANY.format(ids=", ".join(":" + n for n in names))
+                for row in tx.fetch(self.sql(sql), dict(zip(names, chunk, strict=True))):
+                    wf = self._workflow(row)
+                    found[wf.id] = wf
+        return found
 
     def find(
         self,

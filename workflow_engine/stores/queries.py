@@ -80,6 +80,8 @@ INSERT_EVENT = (
     f"VALUES ({', '.join(':' + c for c in EVENT_COLUMNS)})"
 )
 GET_WORKFLOW = "SELECT * FROM workflows WHERE id = :id"
+#: ``{ids}`` is a list of generated parameter names (:id0, :id1, …), never values.
+GET_MANY = "SELECT * FROM workflows WHERE id IN ({ids})"
 GET_BY_IDEMPOTENCY_KEY = "SELECT * FROM workflows WHERE idempotency_key = :idempotency_key"
 GET_EVENTS = "SELECT * FROM workflow_events WHERE workflow_id = :workflow_id ORDER BY id"
 
