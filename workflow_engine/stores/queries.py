@@ -211,6 +211,6 @@ def list_sql(filters: Iterable[str], *, cursor: bool) -> str:
             raise ValueError(f"cannot filter on {c!r}")
         conds.append(f"{c} = :{c}")
     if cursor:
-        conds.append("(created_at < :cursor_at OR (created_at = :cursor_at AND id < :cursor_id))")
+        conds.append("(created_at, id) < (:cursor_at, :cursor_id)")
     where = f" WHERE {' AND '.join(conds)}" if conds else ""
     return f"SELECT * FROM workflows{where} ORDER BY created_at DESC, id DESC LIMIT :limit"

@@ -28,10 +28,10 @@ CREATE TABLE workflows (
     run_after           TIMESTAMPTZ,
     cancel_requested_at TIMESTAMPTZ
 );
-CREATE INDEX workflows_status_created ON workflows (status, created_at);
-CREATE INDEX workflows_type_created ON workflows (workflow_type_id, created_at);
-CREATE INDEX workflows_agent_created ON workflows (created_by_agent, created_at);
-CREATE INDEX workflows_created ON workflows (created_at);
+CREATE INDEX workflows_status_created ON workflows (status, created_at, id);
+CREATE INDEX workflows_type_created ON workflows (workflow_type_id, created_at, id);
+CREATE INDEX workflows_agent_created ON workflows (created_by_agent, created_at, id);
+CREATE INDEX workflows_created ON workflows (created_at, id);
 CREATE INDEX workflows_running_lease ON workflows (lease_until) WHERE status = 'running';
 CREATE UNIQUE INDEX workflows_idempotency_key ON workflows (idempotency_key) WHERE idempotency_key IS NOT NULL;
 

@@ -1,0 +1,96 @@
+"""HTTP errors: one JSON shape, ``{"error": code, "message": text, "details": [...]}``.
+
+:func:`from_exception` maps the engine's exception tree (and werkzeug's HTTP
+errors) to a status code and an error code, once, for the API and the page alike.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from ...errors import (
+    DuplicateVote,
+    InvalidInput,
+    InvalidTransition,
+    InvalidVote,
+    NotACouncilMember,
+    QueueUnavailable,
+    StoreUnavailable,
+    UnknownWorkflowType,
+    WorkflowEngineError,
+    WorkflowNotFound,
+)
+
+
+class ApiError(Exception):
+    """An error response: its status, its code, a message, field details, and extra body fields."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {**self.extra, "error": self.code, "message": self.message, "details": self.details}
+
+
+#: Engine exceptions by status and error code; the first match (most specific first) wins.
+_ENGINE_ERRORS: list[tuple[type[WorkflowEngineError], int, str]] = [
+    (WorkflowNotFound, 404, "not_found"),
+    (InvalidTransition, 409, "invalid_transition"),
+    (DuplicateVote, 409, "duplicate_vote"),
+    (NotACouncilMember, 403, "not_a_council_member"),
+    (InvalidVote, 409, "invalid_vote"),
+    (UnknownWorkflowType, 409, "unknown_workflow_type"),
+    (InvalidInput, 400, "invalid_input"),
+    (QueueUnavailable, 503, "queue_unavailable"),
+    (StoreUnavailable, 503, "store_unavailable"),
+]
+
+
+def from_exception(exc: BaseException) -> ApiError | None:
+    """The error response for ``exc``, or None when it is not one the API answers for (a bug: 500)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, WorkflowEngineError):
+        for kind, status, code in _ENGINE_ERRORS:
+            if isinstance(exc, kind):
+                return ApiError(status, code, str(exc))
+        return None
+    if isinstance(exc, HTTPException) and exc.code is not None:
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return ApiError(exc.code, http_code(exc), exc.description or exc.name, headers=headers)
+    return None
+
+
+def http_code(exc: HTTPException) -> str:
+    """``"Request Entity Too Large"`` -> ``"request_entity_too_large"``."""
+    return re.sub(r"[^a-z0-9]+", "_", exc.name.lower()).strip("_")
+
+
+def field_errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
+    """pydantic's errors as JSON-safe details: ``{"loc": ["body", "inputs"], "msg": ..., "type": ...}``.
+
+    The offending input is left out: it may be large, or not JSON-serialisable.
+    """
+    return [
+        {"loc": [where, *(p if isinstance(p, int) else str(p) for p in e["loc"])], "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
