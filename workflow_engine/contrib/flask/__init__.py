@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .errors import ApiError
-from .extension import AuthHook, WorkflowEngineFlask
+from .extension import WorkflowEngineFlask
+from .state import AuthHook
 
 __all__ = ["ApiError", "AuthHook", "WorkflowEngineFlask"]

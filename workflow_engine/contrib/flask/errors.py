@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from flask import current_app, jsonify, request
+from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -91,6 +93,24 @@ def field_errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
     The offending input is left out: it may be large, or not JSON-serialisable.
     """
     return [
-        {"loc": [where, *(p if isinstance(p, int) else str(p) for p in e["loc"])], "msg": e["msg"], "type": e["type"]}
+        {
+            "loc": [where, *(p if isinstance(p, int) else str(p) for p in e["loc"])],
+            "msg": e["msg"],
+            "type": e["type"],
+        }
         for e in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
+
+
+def json_error(exc: Exception) -> ResponseReturnValue:
+    """The API's error handler: any exception as the JSON error shape (500 for a bug, logged)."""
+    error = from_exception(exc)
+    if error is None:
+        current_app.logger.exception(
+            "workflow_engine API: unexpected error on %s %s", request.method, request.path
+        )
+        error = ApiError(500, "internal_error", "the server failed; the error is in its log")
+    response = jsonify(error.body())
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response

@@ -1,0 +1,146 @@
+"""A small dashboard on workflow_engine, mirroring the app the library comes from.
+
+An agent's "execute" chat message creates a workflow with its calculated savings;
+the ops council approves it on the workflows page (or through the API); a worker
+runs it; the dashboard shows the totals.
+
+    python examples/flask_dashboard/app.py                                   # in-process queue
+    python examples/flask_dashboard/app.py --redis redis://localhost:6379/0  # real Redis + an rq worker
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from flask import Flask, jsonify, render_template
+from flask.typing import ResponseReturnValue
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from workflow_engine import WorkflowEngine
+from workflow_engine.contrib.flask import WorkflowEngineFlask
+
+HERE = Path(__file__).resolve().parent
+COUNCIL = "ops"
+COUNCIL_MEMBERS = ["ana", "bo", "cy"]
+HANDLERS = {
+    "website_creation": "dashboard_handlers:create_website",
+    "weekly_report": "dashboard_handlers:weekly_report",
+}
+
+
+class ChatMessage(BaseModel):
+    """A message to an agent; "execute" starts a workflow with these numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(max_length=2000)
+    workflow_type_id: Literal["website_creation", "weekly_report"] = "website_creation"
+    tasks_per_week: float = Field(10, ge=0, le=10_000)
+    minutes_per_task: float = Field(15, ge=0, le=24 * 60)
+    hourly_wage: float = Field(30, ge=0, le=10_000)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+def create_app(*, database_url: str, redis_url: str | None = None) -> Flask:
+    """The dashboard; with no ``redis_url`` the queue is in-process (an approved workflow runs at once)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))  # so that the in-process queue can import dashboard_handlers
+    if redis_url is None:
+        engine = WorkflowEngine(database_url=database_url, redis_url="fakeredis://", is_async=False)
+    else:
+        engine = WorkflowEngine(database_url=database_url, redis_url=redis_url)
+    for type_id, path in HANDLERS.items():
+        engine.register_handler(type_id, path, max_retries=2)
+    engine.configure_council(COUNCIL, members=COUNCIL_MEMBERS, quorum=2)
+
+    app = Flask(__name__, template_folder=str(HERE / "templates"))
+    WorkflowEngineFlask(app, engine, url_prefix="/api", ui=True)
+
+    @app.get("/")
+    def dashboard() -> ResponseReturnValue:
+        return render_template(
+            "dashboard.html",
+            stats=engine.stats(),
+            recent=engine.list_workflows(limit=8),
+            council=COUNCIL_MEMBERS,
+        )
+
+    @app.post("/api/agents/<agent_id>/chat")
+    def chat(agent_id: str) -> ResponseReturnValue:
+        from flask import request
+
+        try:
+            msg = ChatMessage.model_validate(request.get_json(silent=True))
+        except ValidationError as exc:
+            details = [
+                {"loc": ["body", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_url=False, include_input=False, include_context=False)
+            ]
+            return jsonify(error="validation_error", message="invalid chat message", details=details), 400
+        if "execute" not in msg.message.lower():
+            reply = "Tell me your numbers and say 'execute' to start the workflow."
+            return jsonify(reply=reply, workflow=None)
+        from dashboard_handlers import calculated_savings
+
+        savings = calculated_savings(msg.tasks_per_week, msg.minutes_per_task, msg.hourly_wage)
+        wid = engine.create_workflow(
+            workflow_type_id=msg.workflow_type_id,
+            created_by_agent=agent_id,
+            inputs=msg.inputs,
+            calculated_savings=savings,
+            assigned_council_id=COUNCIL,
+            requires_approval=True,
+        )
+        reply = (
+            f"Started {msg.workflow_type_id}: it saves {savings['hours_saved_per_week']:g} h a week "
+            f"(${savings['weekly_savings']:,.2f} a week, ${savings['yearly_savings']:,.2f} a year). "
+            f"It runs once 2 of {', '.join(COUNCIL_MEMBERS)} approve it."
+        )
+        return jsonify(reply=reply, workflow=engine.get_workflow(wid).to_dict()), 201
+
+    return app
+
+
+def start_worker(database_url: str, redis_url: str) -> subprocess.Popen[bytes]:
+    """A stock ``rq worker workflows`` for the dashboard, stopped when the app exits."""
+    rq = shutil.which(
+        "rq", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
+    if rq is None:
+        sys.exit("the rq command is not installed; pip install workflow_engine")
+    env = {**os.environ, "WORKFLOW_ENGINE_DATABASE_URL": database_url, "WORKFLOW_ENGINE_REDIS_URL": redis_url}
+    worker = subprocess.Popen([rq, "worker", "workflows", "--url", redis_url, "--path", str(HERE)], env=env)
+    atexit.register(worker.terminate)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that atexit stops the worker on a kill too
+    return worker
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--redis", metavar="URL", help="use this Redis and start an rq worker (default: in-process)"
+    )
+    parser.add_argument(
+        "--database", metavar="URL", default=f"sqlite:///{Path.cwd() / 'dashboard.db'}", help="database URL"
+    )
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    app = create_app(database_url=args.database, redis_url=args.redis)
+    if args.redis:
+        start_worker(args.database, args.redis)
+    print(f"dashboard: http://127.0.0.1:{args.port}/   workflows: http://127.0.0.1:{args.port}/workflows")
+    app.run(port=args.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

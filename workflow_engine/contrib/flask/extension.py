@@ -1,0 +1,105 @@
+"""``WorkflowEngineFlask``: the Flask extension that mounts the API (and, optionally, the page)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, request
+from werkzeug.exceptions import Forbidden, HTTPException
+
+from ...engine import WorkflowEngine
+from ...errors import ConfigurationError
+from . import api, ui
+from .errors import ApiError, json_error
+from .state import EXTENSION_KEY, AuthHook, State, state
+
+
+class WorkflowEngineFlask:
+    """REST endpoints for a :class:`~workflow_engine.WorkflowEngine`, as a Flask extension.
+
+    >>> WorkflowEngineFlask(app, engine, url_prefix="/api", ui=True)
+
+    or, with an app factory, ``ext = WorkflowEngineFlask(engine=engine)`` and later
+    ``ext.init_app(app)``. ``auth(request)`` runs before every request to these
+    endpoints (and the page) and raises to refuse it. ``ui=True`` also serves the
+    HTML page at ``/workflows``.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        engine: WorkflowEngine | None = None,
+        *,
+        url_prefix: str = "/api",
+        auth: AuthHook | None = None,
+        max_body_bytes: int = 1_000_000,
+        ui: bool = False,
+    ) -> None:
+        if not isinstance(url_prefix, str) or (url_prefix and not url_prefix.startswith("/")):
+            raise ConfigurationError(f"url_prefix must be empty or start with '/', got {url_prefix!r}")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+            raise ConfigurationError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
+        if auth is not None and not callable(auth):
+            raise ConfigurationError("auth must be a callable auth(request) -> None, or None")
+        self.engine = engine
+        self.url_prefix = url_prefix.rstrip("/")
+        self.auth = auth
+        self.max_body_bytes = max_body_bytes
+        self.ui = bool(ui)
+        if ui and self.url_prefix == "":
+            raise ConfigurationError("ui=True needs a url_prefix: the page and the API both use /workflows")
+        if app is not None:
+            self.init_app(app, engine)
+
+    def init_app(self, app: Flask, engine: WorkflowEngine | None = None) -> None:
+        """Register the endpoints on ``app``, backed by ``engine`` (or the one given to the constructor)."""
+        engine = engine if engine is not None else self.engine
+        if not isinstance(engine, WorkflowEngine):
+            raise ConfigurationError("WorkflowEngineFlask needs an engine: init_app(app, engine)")
+        if EXTENSION_KEY in app.extensions:
+            raise ConfigurationError("WorkflowEngineFlask is already registered on this app")
+        app.extensions[EXTENSION_KEY] = State(
+            engine=engine,
+            url_prefix=self.url_prefix,
+            auth=self.auth,
+            max_body_bytes=self.max_body_bytes,
+            ui=self.ui,
+        )
+        bp = api.blueprint(_before_request)
+        app.register_blueprint(bp, url_prefix=self.url_prefix or None)
+        engine.add_listener(api.note_created)
+        if self.ui:
+            page = ui.blueprint(_before_request)
+            app.register_blueprint(page, url_prefix="/workflows")
+        if self.url_prefix:
+            _json_for_routing_errors(app, self.url_prefix)
+
+
+def _before_request() -> None:
+    st = state()
+    request.max_content_length = st.max_body_bytes
+    if request.content_length is not None and request.content_length > st.max_body_bytes:
+        raise ApiError(
+            413,
+            "request_entity_too_large",
+            f"the body is {request.content_length} bytes; the limit is {st.max_body_bytes}",
+        )
+    if st.auth is not None:
+        try:
+            st.auth(request)
+        except PermissionError as exc:
+            raise Forbidden(str(exc) or None) from exc
+
+
+def _json_for_routing_errors(app: Flask, prefix: str) -> None:
+    """404 and 405 under the API prefix answer JSON too (they happen before any blueprint is chosen)."""
+    previous = app.error_handler_spec[None][None].get(HTTPException)  # chain to the app's own handler
+
+    def handle(exc: HTTPException) -> Any:
+        if request.blueprint is None and (request.path == prefix or request.path.startswith(prefix + "/")):
+            return json_error(exc)
+        if previous is not None:
+            return previous(exc)
+        return exc
+
+    app.register_error_handler(HTTPException, handle)
