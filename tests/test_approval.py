@@ -167,3 +167,11 @@ def test_two_processes_casting_the_deciding_vote_at_once_enqueue_it_once(
         approvals = [e for e in engine.get_events(wid) if (e.detail or "").startswith("approved")]
         assert len(approvals) == 1
     engine.close()
+
+
+def test_the_tally_can_be_read_without_voting(engine: WorkflowEngine) -> None:
+    wid = gated(engine)
+    engine.vote(wid, voter_id="ana", approve=False, comment="too expensive")
+    tally = engine.tally(wid)
+    assert (tally.approvals, tally.rejections, tally.status) == (0, 1, S.AWAITING_APPROVAL)
+    assert tally.votes[0].comment == "too expensive"

@@ -94,3 +94,9 @@ def test_stats_of_an_empty_database_has_every_key(engine: WorkflowEngine) -> Non
     assert stats["total"] == 0 and set(stats["by_status"].values()) == {0}
     assert stats["by_type"] == {} and stats["calculated_savings"] == {}
     assert stats["oldest_queued_age_s"] is None
+
+
+def test_huge_savings_are_summed_without_overflow(engine: WorkflowEngine) -> None:
+    for _ in range(3):
+        engine.create_workflow(workflow_type_id="site", calculated_savings={"big": 2**62})
+    assert engine.stats()["calculated_savings"]["big"] == pytest.approx(3 * 2.0**62)

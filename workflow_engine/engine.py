@@ -399,6 +399,8 @@ class WorkflowEngine:
             if value is not None:
                 if not isinstance(value, str):
                     raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
+                if "\x00" in value:
+                    raise InvalidInput(f"{name} must not contain NUL characters")
                 filters[name] = value
         cursor = (before.created_at, before.id) if before is not None else None
         return self.store.find(limit=limit, filters=filters, cursor=cursor)
@@ -765,6 +767,8 @@ class WorkflowEngine:
             raise InvalidInput(f"approve must be true or false, got {approve!r}")
         if comment is not None and not isinstance(comment, str):
             raise InvalidInput("comment must be a string or None")
+        if "\x00" in voter_id or (comment and "\x00" in comment):
+            raise InvalidInput("voter_id and comment must not contain NUL characters")
         wf = self.get_workflow(workflow_id)
         council = self.store.get_council(wf.assigned_council_id) if wf.assigned_council_id else None
         if wf.status is not S.AWAITING_APPROVAL:
@@ -795,6 +799,24 @@ class WorkflowEngine:
                 wf.id, outcome, S.AWAITING_APPROVAL.value, "votes are taken only while it awaits approval"
             )
         return self._decide(wf.id, council)
+
+    def tally(self, workflow_id: str) -> Tally:
+        """Where the vote on a workflow stands, without voting. InvalidVote if it has no council."""
+        wf = self.get_workflow(workflow_id)
+        council = self.store.get_council(wf.assigned_council_id) if wf.assigned_council_id else None
+        if council is None:
+            raise InvalidVote(f"workflow {wf.id!r} has no configured council")
+        votes = [v for v in self.store.votes(workflow_id) if v.voter_id in council.members]
+        approvals = sum(v.approve for v in votes)
+        return Tally(
+            workflow_id=wf.id,
+            council_id=council.id,
+            status=wf.status,
+            quorum=council.quorum,
+            approvals=approvals,
+            rejections=len(votes) - approvals,
+            votes=votes,
+        )
 
     def _decide(self, workflow_id: str, council: Council) -> Tally:
         votes = [v for v in self.store.votes(workflow_id) if v.voter_id in council.members]

@@ -40,7 +40,7 @@ class SQLiteStore(SQLStore):
     dialect = "sqlite"
     duration_sql = "(julianday(finished_at) - julianday(started_at)) * 86400.0"
     savings_sql = """
-SELECT j.key AS key, SUM(j.value) AS total
+SELECT j.key AS key, TOTAL(j.value) AS total
   FROM workflows AS w, json_each(w.calculated_savings) AS j
  WHERE w.calculated_savings IS NOT NULL AND j.type IN ('integer', 'real') {since}
  GROUP BY j.key
