@@ -20,8 +20,8 @@ from workflow_engine import (
     WorkflowEngineError,
     WorkflowNotFound,
     WorkflowStatus,
+    recovery,
 )
-from workflow_engine import engine as engine_module
 from workflow_engine.errors import ConfigurationError, InvalidInput
 from workflow_engine.models import utcnow
 
@@ -582,7 +582,7 @@ def test_reconcile_cancels_a_stale_workflow_whose_cancel_was_requested(async_eng
 def test_reconcile_redelivers_queued_workflows_that_redis_forgot(
     async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "REDELIVERY_GRACE", timedelta(0))
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
     async_engine.register_handler("double", double)
     ids = [create(async_engine) for _ in range(5)]
     for wid in ids:
@@ -631,7 +631,7 @@ def test_from_env_refuses_timings_that_are_not_numbers() -> None:
 def test_reconcile_walks_a_backlog_longer_than_one_batch(
     async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "REDELIVERY_GRACE", timedelta(0))
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
     async_engine.register_handler("double", double)
     ids = [create(async_engine) for _ in range(12)]
     for wid in ids:
@@ -650,7 +650,7 @@ def test_reconcile_redelivers_a_job_a_worker_took_but_never_claimed(
     wf = async_engine.get_workflow(wid)
     # a worker popped the job, marked it started in Redis, and died before claiming the workflow
     async_engine.redis.hset(rq.job.Job.key_for(wf.job_id or ""), "status", "started")
-    monkeypatch.setattr(engine_module, "REDELIVERY_GRACE", timedelta(0))
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
     assert async_engine.reconcile().redelivered == []  # it may be claiming right now
     old = utcnow() - timedelta(seconds=async_engine.stale_after + 1)
     async_engine.store.compare_and_set(wid, expected_status=S.QUEUED, changes={"updated_at": old}, event=None)

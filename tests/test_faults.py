@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from rq.registry import FailedJobRegistry
 
-from workflow_engine import engine as engine_module
+from workflow_engine import recovery
 from workflow_engine.engine import WorkflowEngine
 from workflow_engine.errors import QueueUnavailable
 from workflow_engine.execution import run_workflow
@@ -137,7 +137,7 @@ def h(tmp_path: Path, redis_server: RedisServer, effects: Path) -> Iterator[Harn
 @pytest.fixture
 def no_redelivery_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let reconcile redeliver a queued workflow at once instead of after REDELIVERY_GRACE (5 s)."""
-    monkeypatch.setattr(engine_module, "REDELIVERY_GRACE", timedelta(0))
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
 
 
 def process_alive(pid: int) -> bool:

@@ -8,31 +8,27 @@ apply it with a compare-and-set and record its event.
 
 from __future__ import annotations
 
+import json
 import logging
-import random
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from . import config
+from . import analytics, approval, config, recovery
 from .errors import (
-    DuplicateVote,
     InvalidInput,
     InvalidTransition,
-    InvalidVote,
-    NotACouncilMember,
-    QueueUnavailable,
     UnknownWorkflowType,
     WorkflowNotFound,
 )
 from .handlers import HandlerFunc, HandlerSpec, import_handler, path_of, validate_type_id
-from .models import Council, ReconcileReport, Tally, Vote, Workflow, WorkflowEvent, to_json, utcnow
+from .models import Council, ReconcileReport, Tally, Workflow, WorkflowEvent, log_extra, to_json, utcnow
 from .status import TERMINAL, WorkflowStatus, can_transition
 from .stores import Store, open_store
 from .stores.base import ANY_JOB, Change, NewEvent
-from .transport import LIVE_JOB_STATUSES, Transport, connect, new_job_id
+from .transport import Transport, connect, new_job_id
 
 log = logging.getLogger("workflow_engine")
 S = WorkflowStatus
@@ -41,10 +37,6 @@ Listener = Callable[[Workflow, "WorkflowStatus | None"], None]
 
 #: Engines alive in this process, by key, so an in-process job can find the engine that enqueued it.
 _ENGINES: weakref.WeakValueDictionary[str, WorkflowEngine] = weakref.WeakValueDictionary()
-#: A queued workflow whose job is not in Redis this long after it was queued is delivered again.
-REDELIVERY_GRACE = timedelta(seconds=5)
-#: The longest delay between two attempts.
-MAX_RETRY_DELAY = 3600.0
 _RACE_RETRIES = 5
 #: How many just-created workflows an engine remembers (see ``_remember``).
 _RECENT_SIZE = 1024
@@ -59,14 +51,6 @@ _CREATE_ARGUMENTS = frozenset(
         "requires_approval",
     }
 )
-#: The window of ``stats()["throughput_per_min"]``.
-STATS_WINDOW_MINUTES = 15
-#: One reconcile pass looks at most at this many batches of each kind.
-MAX_RECONCILE_BATCHES = 200
-
-
-def _log_extra(wf: Workflow) -> dict[str, Any]:
-    return {"workflow_id": wf.id, "workflow_type_id": wf.workflow_type_id, "attempt": wf.attempts}
 
 
 class WorkflowEngine:
@@ -236,7 +220,7 @@ class WorkflowEngine:
         )
         [(stored, created)] = self.store.insert([wf])
         if created:
-            log.info("workflow created", extra=_log_extra(stored))
+            log.info("workflow created", extra=log_extra(stored))
             self.notify(stored, None)
             self._remember(stored)
         return stored.id
@@ -286,40 +270,6 @@ class WorkflowEngine:
         idempotency_key: str | None = None,
         requires_approval: bool | None = False,
     ) -> Workflow:
-        wf = self._build_workflow(
-            workflow_type_id=workflow_type_id,
-            created_by_agent=created_by_agent,
-            inputs=inputs,
-            calculated_savings=calculated_savings,
-            assigned_council_id=assigned_council_id,
-            idempotency_key=idempotency_key,
-        )
-        requires_approval = bool(requires_approval) if requires_approval is None else requires_approval
-        if not isinstance(requires_approval, bool):
-            raise InvalidInput(f"requires_approval must be true or false, got {requires_approval!r}")
-        if requires_approval:
-            if assigned_council_id is None:
-                raise InvalidInput("requires_approval needs an assigned_council_id")
-            if self.store.get_council(assigned_council_id) is None:
-                raise InvalidInput(
-                    f"council {assigned_council_id!r} is not configured; "
-                    "call engine.configure_council() first"
-                )
-            if wf.handler is None:
-                raise UnknownWorkflowType(workflow_type_id, "a workflow awaiting approval must be runnable")
-            wf = wf.model_copy(update={"status": S.AWAITING_APPROVAL})
-        return wf
-
-    def _build_workflow(
-        self,
-        *,
-        workflow_type_id: str,
-        created_by_agent: str | None,
-        inputs: Mapping[str, Any] | None,
-        calculated_savings: Mapping[str, Any] | None,
-        assigned_council_id: str | None,
-        idempotency_key: str | None,
-    ) -> Workflow:
         validate_type_id(workflow_type_id)
         inputs = {} if inputs is None else inputs
         if not isinstance(inputs, Mapping):
@@ -341,8 +291,6 @@ class WorkflowEngine:
         if idempotency_key is not None and not idempotency_key:
             raise InvalidInput("idempotency_key must not be empty")
         # Round-trip through JSON so that what is stored is exactly what a reader gets back.
-        import json
-
         inputs_value = json.loads(to_json(dict(inputs), "inputs"))
         savings_value = (
             None
@@ -350,11 +298,24 @@ class WorkflowEngine:
             else json.loads(to_json(dict(calculated_savings), "calculated_savings"))
         )
         spec = self._handlers.get(workflow_type_id)
+        requires_approval = False if requires_approval is None else requires_approval
+        if not isinstance(requires_approval, bool):
+            raise InvalidInput(f"requires_approval must be true or false, got {requires_approval!r}")
+        if requires_approval:
+            if assigned_council_id is None:
+                raise InvalidInput("requires_approval needs an assigned_council_id")
+            if self.store.get_council(assigned_council_id) is None:
+                raise InvalidInput(
+                    f"council {assigned_council_id!r} is not configured; "
+                    "call engine.configure_council() first"
+                )
+            if spec is None:
+                raise UnknownWorkflowType(workflow_type_id, "a workflow awaiting approval must be runnable")
         now = utcnow()
         return Workflow(
             id=uuid.uuid4().hex,
             workflow_type_id=workflow_type_id,
-            status=S.PENDING,
+            status=S.AWAITING_APPROVAL if requires_approval else S.PENDING,
             created_by_agent=created_by_agent,
             inputs=inputs_value,
             calculated_savings=savings_value,
@@ -480,7 +441,7 @@ class WorkflowEngine:
             try:
                 listener(workflow, from_status)
             except Exception:
-                log.exception("workflow listener %r failed", listener, extra=_log_extra(workflow))
+                log.exception("workflow listener %r failed", listener, extra=log_extra(workflow))
 
     def enqueue_execution(self, workflow_id: str) -> None:
         """Mark the workflow ``queued`` in the database, then put its job on the RQ queue.
@@ -535,7 +496,7 @@ class WorkflowEngine:
         if queued is None:
             return False
         self.notify(queued, wf.status)
-        log.info("workflow %s", detail, extra=_log_extra(queued))
+        log.info("workflow %s", detail, extra=log_extra(queued))
         self._deliver(queued)
         return True
 
@@ -613,7 +574,7 @@ class WorkflowEngine:
                 now = utcnow()
                 done = self._change(wf, S.CANCELLED, {"finished_at": now, "updated_at": now}, detail=detail)
                 if done is not None:
-                    log.info("workflow cancelled", extra=_log_extra(done))
+                    log.info("workflow cancelled", extra=log_extra(done))
                     return done
             elif wf.status is S.RUNNING:
                 if wf.cancel_requested_at is not None:
@@ -631,7 +592,7 @@ class WorkflowEngine:
                 if marked is not None:
                     if marked.job_id:
                         self.transport.stop(marked.job_id)
-                    log.info("workflow cancel requested", extra=_log_extra(marked))
+                    log.info("workflow cancel requested", extra=log_extra(marked))
                     return self.get_workflow(workflow_id)
             else:
                 raise InvalidTransition(wf.id, wf.status.value, S.CANCELLED.value, "it has already finished")
@@ -675,7 +636,7 @@ class WorkflowEngine:
 
     # -- statistics --------------------------------------------------------
     def stats(self, since: datetime | None = None) -> dict[str, Any]:
-        """Analytics computed in SQL, as a JSON-safe dict.
+        """Analytics computed in SQL, as a JSON-safe dict (see :func:`analytics.compute_stats`).
 
         ``total``, ``by_status`` (every status, zeros included), ``by_type`` (counts by
         status, ``success_rate``, ``duration_p50_s``, ``duration_p95_s``) and
@@ -684,41 +645,7 @@ class WorkflowEngine:
         down), ``oldest_queued_age_s``, ``running`` and ``throughput_per_min`` (workflows
         finished over the last 15 minutes) describe the present.
         """
-        if since is not None and (not isinstance(since, datetime) or since.tzinfo is None):
-            raise InvalidInput("since must be a timezone-aware datetime or None")
-        now = utcnow()
-        rows = self.store.stats(since=since, recent=now - timedelta(minutes=STATS_WINDOW_MINUTES))
-        by_status = {status.value: 0 for status in WorkflowStatus}
-        by_type: dict[str, dict[str, Any]] = {}
-        for type_id, status, count in rows.counts:
-            by_status[status] = by_status.get(status, 0) + count
-            entry = by_type.setdefault(
-                type_id, {"total": 0, "by_status": {st.value: 0 for st in WorkflowStatus}}
-            )
-            entry["total"] += count
-            entry["by_status"][status] = entry["by_status"].get(status, 0) + count
-        for type_id, entry in by_type.items():
-            done, failed = entry["by_status"]["completed"], entry["by_status"]["failed"]
-            entry["success_rate"] = round(done / (done + failed), 4) if done + failed else None
-            p50, p95 = rows.durations.get(type_id, (None, None))
-            entry["duration_p50_s"], entry["duration_p95_s"] = p50, p95
-        try:
-            depth: int | None = self.transport.depth()
-        except QueueUnavailable:
-            depth = None
-        oldest = rows.oldest_queued
-        return {
-            "since": since.isoformat() if since else None,
-            "generated_at": now.isoformat(),
-            "total": sum(by_status.values()),
-            "by_status": by_status,
-            "by_type": dict(sorted(by_type.items())),
-            "queue_depth": depth,
-            "oldest_queued_age_s": round(max((now - oldest).total_seconds(), 0.0), 3) if oldest else None,
-            "running": rows.running,
-            "throughput_per_min": round(rows.finished_recently / STATS_WINDOW_MINUTES, 3),
-            "calculated_savings": dict(sorted(rows.savings.items())),
-        }
+        return analytics.compute_stats(self, since)
 
     # -- council approval --------------------------------------------------
     def configure_council(self, council_id: str, *, members: list[str], quorum: int) -> Council:
@@ -726,21 +653,7 @@ class WorkflowEngine:
 
         ``quorum`` approvals approve a workflow; ``quorum`` rejections reject it.
         """
-        if not isinstance(council_id, str) or not council_id.strip():
-            raise InvalidInput("council_id must be a non-empty string")
-        if (
-            not isinstance(members, (list, tuple))
-            or not members
-            or not all(isinstance(m, str) and m.strip() for m in members)
-        ):
-            raise InvalidInput("members must be a non-empty list of non-empty strings")
-        if len(set(members)) != len(members):
-            raise InvalidInput("members must not repeat")
-        if isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= len(members):
-            raise InvalidInput(f"quorum must be an integer from 1 to {len(members)} (the number of members)")
-        return self.store.save_council(
-            Council(id=council_id, members=list(members), quorum=quorum, updated_at=utcnow())
-        )
+        return approval.configure_council(self, council_id, members=members, quorum=quorum)
 
     def get_council(self, council_id: str) -> Council | None:
         return self.store.get_council(council_id)
@@ -761,167 +674,23 @@ class WorkflowEngine:
         rejection makes it ``rejected``. Raises NotACouncilMember, DuplicateVote (unless
         ``change=True``), or InvalidTransition when the workflow is not awaiting approval.
         """
-        if not isinstance(voter_id, str) or not voter_id.strip():
-            raise InvalidInput("voter_id must be a non-empty string")
-        if not isinstance(approve, bool):
-            raise InvalidInput(f"approve must be true or false, got {approve!r}")
-        if comment is not None and not isinstance(comment, str):
-            raise InvalidInput("comment must be a string or None")
-        if "\x00" in voter_id or (comment and "\x00" in comment):
-            raise InvalidInput("voter_id and comment must not contain NUL characters")
-        wf = self.get_workflow(workflow_id)
-        council = self.store.get_council(wf.assigned_council_id) if wf.assigned_council_id else None
-        if wf.status is not S.AWAITING_APPROVAL:
-            raise InvalidTransition(
-                wf.id,
-                wf.status.value,
-                S.AWAITING_APPROVAL.value,
-                "votes are taken only while it awaits approval",
-            )
-        if council is None:
-            raise InvalidVote(f"workflow {wf.id!r} has no configured council to vote")
-        if voter_id not in council.members:
-            raise NotACouncilMember(f"{voter_id!r} is not a member of council {council.id!r}")
-        verb = "approves" if approve else "rejects"
-        detail = (
-            f"vote: {voter_id} {verb}"
-            + (" (changed)" if change else "")
-            + (f": {comment}" if comment else "")
+        return approval.vote(
+            self, workflow_id, voter_id=voter_id, approve=approve, comment=comment, change=change
         )
-        vote = Vote(workflow_id=wf.id, voter_id=voter_id, approve=approve, comment=comment, at=utcnow())
-        outcome = self.store.record_vote(vote, change=change, detail=detail)
-        if outcome == "duplicate":
-            raise DuplicateVote(
-                f"{voter_id!r} has already voted on workflow {wf.id!r}; pass change=True to change the vote"
-            )
-        if outcome != "recorded":
-            raise InvalidTransition(
-                wf.id, outcome, S.AWAITING_APPROVAL.value, "votes are taken only while it awaits approval"
-            )
-        return self._decide(wf.id, council)
 
     def tally(self, workflow_id: str) -> Tally:
         """Where the vote on a workflow stands, without voting. InvalidVote if it has no council."""
-        wf = self.get_workflow(workflow_id)
-        council = self.store.get_council(wf.assigned_council_id) if wf.assigned_council_id else None
-        if council is None:
-            raise InvalidVote(f"workflow {wf.id!r} has no configured council")
-        votes = [v for v in self.store.votes(workflow_id) if v.voter_id in council.members]
-        approvals = sum(v.approve for v in votes)
-        return Tally(
-            workflow_id=wf.id,
-            council_id=council.id,
-            status=wf.status,
-            quorum=council.quorum,
-            approvals=approvals,
-            rejections=len(votes) - approvals,
-            votes=votes,
-        )
-
-    def _decide(self, workflow_id: str, council: Council) -> Tally:
-        votes = [v for v in self.store.votes(workflow_id) if v.voter_id in council.members]
-        approvals = sum(v.approve for v in votes)
-        rejections = len(votes) - approvals
-        wf = self.get_workflow(workflow_id)
-        if wf.status is S.AWAITING_APPROVAL and approvals >= council.quorum:
-            try:
-                self._queue(wf, detail=f"approved by council {council.id} ({approvals} of {council.quorum})")
-            except QueueUnavailable:
-                log.warning("approved, but Redis is down; reconcile will deliver it", extra=_log_extra(wf))
-        elif wf.status is S.AWAITING_APPROVAL and rejections >= council.quorum:
-            now = utcnow()
-            self._change(
-                wf,
-                S.REJECTED,
-                {"finished_at": now, "updated_at": now},
-                detail=f"rejected by council {council.id} ({rejections} of {council.quorum})",
-            )
-        return Tally(
-            workflow_id=workflow_id,
-            council_id=council.id,
-            status=self.get_workflow(workflow_id).status,
-            quorum=council.quorum,
-            approvals=approvals,
-            rejections=rejections,
-            votes=votes,
-        )
+        return approval.tally(self, workflow_id)
 
     # -- failures and recovery ---------------------------------------------
-    def retry_delay(self, wf: Workflow) -> float:
-        """Exponential backoff with jitter: base * 2**(attempt-1), then between half and all of that."""
-        if wf.retry_backoff <= 0:
-            return 0.0
-        delay = min(wf.retry_backoff * 2 ** max(wf.attempts - 1, 0), MAX_RETRY_DELAY)
-        return float(delay / 2 + random.uniform(0, delay / 2))
-
-    def _attempt_failed(
-        self,
-        wf: Workflow,
-        *,
-        error: str,
-        traceback: str | None,
-        transport: Transport | None = None,
-        lease_expired_at: datetime | None = None,
-        immediate: bool = False,
-    ) -> Workflow | None:
-        """A running attempt failed: retry it, or fail the workflow.
-
-        None if another process changed the workflow first."""
-        now = utcnow()
-        base: dict[str, Any] = {"error": error, "traceback": traceback, "updated_at": now}
-        fail_detail = f"attempt {wf.attempts} failed: {error}"
-        if wf.cancel_requested_at is not None:
-            base["finished_at"] = now
-            new = self._change(
-                wf,
-                S.CANCELLED,
-                base,
-                detail=f"{fail_detail}; cancelled as requested",
-                expected_job_id=wf.job_id,
-                lease_expired_at=lease_expired_at,
-            )
-        elif wf.attempts < wf.max_attempts:
-            delay = self.retry_delay(wf) if self.is_async and not immediate else 0.0
-            if delay > 0:
-                base.update(job_id=None, run_after=now + timedelta(seconds=delay))
-                detail = f"{fail_detail}; retry in {delay:.1f} s"
-            else:
-                base.update(job_id=new_job_id(wf.id), run_after=None)
-                detail = f"{fail_detail}; retrying now"
-            new = self._change(
-                wf,
-                S.QUEUED,
-                base,
-                detail=detail,
-                expected_job_id=wf.job_id,
-                lease_expired_at=lease_expired_at,
-            )
-            if new is not None and new.job_id is not None:
-                try:
-                    self._deliver(new, transport)
-                except QueueUnavailable:
-                    log.warning("retry not delivered, Redis is down; reconcile will", extra=_log_extra(new))
-        else:
-            base["finished_at"] = now
-            new = self._change(
-                wf,
-                S.FAILED,
-                base,
-                detail=f"{fail_detail}; no retries left",
-                expected_job_id=wf.job_id,
-                lease_expired_at=lease_expired_at,
-            )
-        if new is not None:
-            log.warning("%s -> %s", fail_detail, new.status.value, extra=_log_extra(new))
-        return new
-
     def reconcile(self, *, batch_size: int = 500) -> ReconcileReport:
         """Recover from whatever Redis forgot and whatever workers died. Safe to run in many processes.
 
         - a ``running`` workflow whose lease expired (its worker stopped heartbeating for the
-          worker's ``stale_after``) counts as a failed
-          attempt: it is requeued, or ``failed`` when it has no attempts left;
-        - a ``queued`` workflow whose RQ job is gone (Redis flushed or restarted) is delivered again;
+          worker's ``stale_after``) counts as a failed attempt: it is requeued at once, or
+          ``failed`` when it has no attempts left (``cancelled`` if a cancel was requested);
+        - a ``queued`` workflow whose RQ job is gone (Redis flushed or restarted), or was
+          taken by a worker that never claimed it, is delivered again;
         - a retry whose delay has passed is delivered.
 
         Every change is a compare-and-set, so two reconcilers never both act on one workflow;
@@ -931,74 +700,4 @@ class WorkflowEngine:
         with self.store.exclusive("workflow_engine.reconcile") as mine:
             if not mine:
                 return ReconcileReport()
-            return self._reconcile(batch_size)
-
-    def _reconcile(self, batch_size: int) -> ReconcileReport:
-        report: dict[str, list[str]] = {
-            "requeued_stale": [],
-            "failed_stale": [],
-            "cancelled_stale": [],
-            "redelivered": [],
-            "undeliverable": [],
-        }
-        now = utcnow()
-        for _ in range(MAX_RECONCILE_BATCHES):
-            stale = self.store.stale_running(now=now, limit=batch_size)
-            for wf in stale:
-                last = wf.heartbeat_at.isoformat(timespec="seconds") if wf.heartbeat_at else "never"
-                new = self._attempt_failed(
-                    wf,
-                    error=f"worker lost: worker {wf.worker or 'unknown'} stopped heartbeating "
-                    f"(last heartbeat {last}; its lease expired)",
-                    traceback=None,
-                    lease_expired_at=now,
-                    immediate=True,  # a crash is not a handler error: no backoff, keep the recovery bound
-                )
-                if new is not None:
-                    key = {
-                        S.QUEUED: "requeued_stale",
-                        S.FAILED: "failed_stale",
-                        S.CANCELLED: "cancelled_stale",
-                    }
-                    report[key[new.status]].append(new.id)
-            if len(stale) < batch_size:
-                break
-        after: tuple[datetime, str] | None = None
-        for _ in range(MAX_RECONCILE_BATCHES):
-            candidates = self.store.deliverable_queued(
-                now=now, queued_before=now - REDELIVERY_GRACE, limit=batch_size, after=after
-            )
-            if not candidates:
-                break
-            after = (candidates[-1].created_at, candidates[-1].id)
-            try:
-                statuses = self.transport.job_statuses([wf.job_id for wf in candidates if wf.job_id])
-            except QueueUnavailable:
-                report["undeliverable"].extend(wf.id for wf in candidates)
-                break
-            started_before = now - timedelta(seconds=self.stale_after)
-            for wf in candidates:
-                status = statuses.get(wf.job_id) if wf.job_id else None
-                if status in LIVE_JOB_STATUSES and not (
-                    status == b"started" and wf.updated_at < started_before
-                ):
-                    continue  # waiting in the queue, or being picked up right now
-                why = "retry due" if wf.job_id is None else f"job {'never claimed' if status else 'missing'}"
-                changes = {"job_id": new_job_id(wf.id), "run_after": None}
-                new = self._change(
-                    wf, S.QUEUED, changes, detail=f"redelivered: {why}", expected_job_id=wf.job_id
-                )
-                if new is None:
-                    continue
-                try:
-                    self._deliver(new)
-                except QueueUnavailable:
-                    report["undeliverable"].append(new.id)
-                    continue
-                report["redelivered"].append(new.id)
-            if len(candidates) < batch_size:
-                break
-        result = ReconcileReport(**report)
-        if result.total:
-            log.info("reconcile: %s", result.to_dict())
-        return result
+            return recovery.reconcile(self, batch_size)

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import recovery
 from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
 from .models import Workflow, to_json, utcnow
 from .status import WorkflowStatus
@@ -114,7 +115,8 @@ def on_job_stopped(job: Any, connection: Any, *args: Any, **kwargs: Any) -> None
     wf = engine.store.get(workflow_id)
     if wf is None or wf.status is not S.RUNNING or wf.job_id != job_id:
         return
-    engine._attempt_failed(
+    recovery.attempt_failed(
+        engine,
         wf.model_copy(update={"cancel_requested_at": wf.cancel_requested_at or utcnow()}),
         error="work-horse stopped by request",
         traceback=None,
@@ -236,7 +238,7 @@ def _failed(
     if current is None or current.status is not S.RUNNING or current.job_id != attempt.job_id:
         return current.status.value if current else "missing"
     try:
-        new = engine._attempt_failed(current, error=error, traceback=trace, transport=transport)
+        new = recovery.attempt_failed(engine, current, error=error, traceback=trace, transport=transport)
     except WorkflowEngineError:
         log.exception("could not record the failed attempt of %s; reconcile will recover it", wf.id)
         raise

@@ -29,6 +29,11 @@ def utcnow() -> datetime:
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+def log_extra(wf: Workflow) -> dict[str, Any]:
+    """The fields every log record about a workflow carries."""
+    return {"workflow_id": wf.id, "workflow_type_id": wf.workflow_type_id, "attempt": wf.attempts}
+
+
 def to_json(value: Any, what: str) -> str:
     """Serialise ``value`` as strict JSON, or raise InvalidInput naming ``what``."""
     try:

@@ -1,0 +1,147 @@
+"""The council approval gate: councils, votes, and the vote that decides."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .errors import (
+    DuplicateVote,
+    InvalidInput,
+    InvalidTransition,
+    InvalidVote,
+    NotACouncilMember,
+    QueueUnavailable,
+)
+from .models import Council, Tally, Vote, log_extra, utcnow
+from .status import WorkflowStatus
+
+if TYPE_CHECKING:
+    from .engine import WorkflowEngine
+
+log = logging.getLogger("workflow_engine")
+S = WorkflowStatus
+
+
+def configure_council(engine: WorkflowEngine, council_id: str, *, members: list[str], quorum: int) -> Council:
+    """Create or replace a council.
+
+    ``quorum`` approvals approve a workflow; ``quorum`` rejections reject it.
+    """
+    if not isinstance(council_id, str) or not council_id.strip():
+        raise InvalidInput("council_id must be a non-empty string")
+    if (
+        not isinstance(members, (list, tuple))
+        or not members
+        or not all(isinstance(m, str) and m.strip() for m in members)
+    ):
+        raise InvalidInput("members must be a non-empty list of non-empty strings")
+    if len(set(members)) != len(members):
+        raise InvalidInput("members must not repeat")
+    if isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= len(members):
+        raise InvalidInput(f"quorum must be an integer from 1 to {len(members)} (the number of members)")
+    return engine.store.save_council(
+        Council(id=council_id, members=list(members), quorum=quorum, updated_at=utcnow())
+    )
+
+
+def vote(
+    engine: WorkflowEngine,
+    workflow_id: str,
+    *,
+    voter_id: str,
+    approve: bool,
+    comment: str | None = None,
+    change: bool = False,
+) -> Tally:
+    """Cast a council member's vote on a workflow awaiting approval, and return the tally.
+
+    The vote that reaches the quorum decides: approval queues the workflow and
+    enqueues it (a compare-and-set, so two deciding votes at once enqueue it once);
+    rejection makes it ``rejected``. Raises NotACouncilMember, DuplicateVote (unless
+    ``change=True``), or InvalidTransition when the workflow is not awaiting approval.
+    """
+    if not isinstance(voter_id, str) or not voter_id.strip():
+        raise InvalidInput("voter_id must be a non-empty string")
+    if not isinstance(approve, bool):
+        raise InvalidInput(f"approve must be true or false, got {approve!r}")
+    if comment is not None and not isinstance(comment, str):
+        raise InvalidInput("comment must be a string or None")
+    if "\x00" in voter_id or (comment and "\x00" in comment):
+        raise InvalidInput("voter_id and comment must not contain NUL characters")
+    wf = engine.get_workflow(workflow_id)
+    council = engine.store.get_council(wf.assigned_council_id) if wf.assigned_council_id else None
+    if wf.status is not S.AWAITING_APPROVAL:
+        raise InvalidTransition(
+            wf.id,
+            wf.status.value,
+            S.AWAITING_APPROVAL.value,
+            "votes are taken only while it awaits approval",
+        )
+    if council is None:
+        raise InvalidVote(f"workflow {wf.id!r} has no configured council to vote")
+    if voter_id not in council.members:
+        raise NotACouncilMember(f"{voter_id!r} is not a member of council {council.id!r}")
+    verb = "approves" if approve else "rejects"
+    detail = (
+        f"vote: {voter_id} {verb}" + (" (changed)" if change else "") + (f": {comment}" if comment else "")
+    )
+    vote = Vote(workflow_id=wf.id, voter_id=voter_id, approve=approve, comment=comment, at=utcnow())
+    outcome = engine.store.record_vote(vote, change=change, detail=detail)
+    if outcome == "duplicate":
+        raise DuplicateVote(
+            f"{voter_id!r} has already voted on workflow {wf.id!r}; pass change=True to change the vote"
+        )
+    if outcome != "recorded":
+        raise InvalidTransition(
+            wf.id, outcome, S.AWAITING_APPROVAL.value, "votes are taken only while it awaits approval"
+        )
+    return decide(engine, wf.id, council)
+
+
+def tally(engine: WorkflowEngine, workflow_id: str) -> Tally:
+    """Where the vote on a workflow stands, without voting. InvalidVote if it has no council."""
+    wf = engine.get_workflow(workflow_id)
+    council = engine.store.get_council(wf.assigned_council_id) if wf.assigned_council_id else None
+    if council is None:
+        raise InvalidVote(f"workflow {wf.id!r} has no configured council")
+    votes = [v for v in engine.store.votes(workflow_id) if v.voter_id in council.members]
+    approvals = sum(v.approve for v in votes)
+    return Tally(
+        workflow_id=wf.id,
+        council_id=council.id,
+        status=wf.status,
+        quorum=council.quorum,
+        approvals=approvals,
+        rejections=len(votes) - approvals,
+        votes=votes,
+    )
+
+
+def decide(engine: WorkflowEngine, workflow_id: str, council: Council) -> Tally:
+    votes = [v for v in engine.store.votes(workflow_id) if v.voter_id in council.members]
+    approvals = sum(v.approve for v in votes)
+    rejections = len(votes) - approvals
+    wf = engine.get_workflow(workflow_id)
+    if wf.status is S.AWAITING_APPROVAL and approvals >= council.quorum:
+        try:
+            engine._queue(wf, detail=f"approved by council {council.id} ({approvals} of {council.quorum})")
+        except QueueUnavailable:
+            log.warning("approved, but Redis is down; reconcile will deliver it", extra=log_extra(wf))
+    elif wf.status is S.AWAITING_APPROVAL and rejections >= council.quorum:
+        now = utcnow()
+        engine._change(
+            wf,
+            S.REJECTED,
+            {"finished_at": now, "updated_at": now},
+            detail=f"rejected by council {council.id} ({rejections} of {council.quorum})",
+        )
+    return Tally(
+        workflow_id=workflow_id,
+        council_id=council.id,
+        status=engine.get_workflow(workflow_id).status,
+        quorum=council.quorum,
+        approvals=approvals,
+        rejections=rejections,
+        votes=votes,
+    )

@@ -1,0 +1,172 @@
+"""Failures and recovery: the retry policy, and reconcile.
+
+An attempt that fails (a handler error, a timeout, a worker that died) goes
+through :func:`attempt_failed`: retried now, retried later, cancelled as
+requested, or failed for good. :func:`reconcile` finds what Redis forgot and
+what dead workers left behind, using only the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .errors import QueueUnavailable
+from .models import ReconcileReport, Workflow, log_extra, utcnow
+from .status import WorkflowStatus
+from .transport import LIVE_JOB_STATUSES, Transport, new_job_id
+
+if TYPE_CHECKING:
+    from .engine import WorkflowEngine
+
+log = logging.getLogger("workflow_engine")
+S = WorkflowStatus
+
+#: A queued workflow whose job is not in Redis this long after it was queued is delivered again.
+REDELIVERY_GRACE = timedelta(seconds=5)
+#: The longest delay between two attempts.
+MAX_RETRY_DELAY = 3600.0
+#: One reconcile pass looks at most at this many batches of each kind.
+MAX_RECONCILE_BATCHES = 200
+
+
+def retry_delay(wf: Workflow) -> float:
+    """Exponential backoff with jitter: base * 2**(attempt-1), then between half and all of that."""
+    if wf.retry_backoff <= 0:
+        return 0.0
+    delay = min(wf.retry_backoff * 2 ** max(wf.attempts - 1, 0), MAX_RETRY_DELAY)
+    return float(delay / 2 + random.uniform(0, delay / 2))
+
+
+def attempt_failed(
+    engine: WorkflowEngine,
+    wf: Workflow,
+    *,
+    error: str,
+    traceback: str | None,
+    transport: Transport | None = None,
+    lease_expired_at: datetime | None = None,
+    immediate: bool = False,
+) -> Workflow | None:
+    """A running attempt failed: retry it, or fail the workflow.
+
+    None if another process changed the workflow first."""
+    now = utcnow()
+    base: dict[str, Any] = {"error": error, "traceback": traceback, "updated_at": now}
+    fail_detail = f"attempt {wf.attempts} failed: {error}"
+    if wf.cancel_requested_at is not None:
+        base["finished_at"] = now
+        new = engine._change(
+            wf,
+            S.CANCELLED,
+            base,
+            detail=f"{fail_detail}; cancelled as requested",
+            expected_job_id=wf.job_id,
+            lease_expired_at=lease_expired_at,
+        )
+    elif wf.attempts < wf.max_attempts:
+        delay = retry_delay(wf) if engine.is_async and not immediate else 0.0
+        if delay > 0:
+            base.update(job_id=None, run_after=now + timedelta(seconds=delay))
+            detail = f"{fail_detail}; retry in {delay:.1f} s"
+        else:
+            base.update(job_id=new_job_id(wf.id), run_after=None)
+            detail = f"{fail_detail}; retrying now"
+        new = engine._change(
+            wf,
+            S.QUEUED,
+            base,
+            detail=detail,
+            expected_job_id=wf.job_id,
+            lease_expired_at=lease_expired_at,
+        )
+        if new is not None and new.job_id is not None:
+            try:
+                engine._deliver(new, transport)
+            except QueueUnavailable:
+                log.warning("retry not delivered, Redis is down; reconcile will", extra=log_extra(new))
+    else:
+        base["finished_at"] = now
+        new = engine._change(
+            wf,
+            S.FAILED,
+            base,
+            detail=f"{fail_detail}; no retries left",
+            expected_job_id=wf.job_id,
+            lease_expired_at=lease_expired_at,
+        )
+    if new is not None:
+        log.warning("%s -> %s", fail_detail, new.status.value, extra=log_extra(new))
+    return new
+
+
+def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
+    report: dict[str, list[str]] = {
+        "requeued_stale": [],
+        "failed_stale": [],
+        "cancelled_stale": [],
+        "redelivered": [],
+        "undeliverable": [],
+    }
+    now = utcnow()
+    for _ in range(MAX_RECONCILE_BATCHES):
+        stale = engine.store.stale_running(now=now, limit=batch_size)
+        for wf in stale:
+            last = wf.heartbeat_at.isoformat(timespec="seconds") if wf.heartbeat_at else "never"
+            new = attempt_failed(
+                engine,
+                wf,
+                error=f"worker lost: worker {wf.worker or 'unknown'} stopped heartbeating "
+                f"(last heartbeat {last}; its lease expired)",
+                traceback=None,
+                lease_expired_at=now,
+                immediate=True,  # a crash is not a handler error: no backoff, keep the recovery bound
+            )
+            if new is not None:
+                key = {
+                    S.QUEUED: "requeued_stale",
+                    S.FAILED: "failed_stale",
+                    S.CANCELLED: "cancelled_stale",
+                }
+                report[key[new.status]].append(new.id)
+        if len(stale) < batch_size:
+            break
+    after: tuple[datetime, str] | None = None
+    for _ in range(MAX_RECONCILE_BATCHES):
+        candidates = engine.store.deliverable_queued(
+            now=now, queued_before=now - REDELIVERY_GRACE, limit=batch_size, after=after
+        )
+        if not candidates:
+            break
+        after = (candidates[-1].created_at, candidates[-1].id)
+        try:
+            statuses = engine.transport.job_statuses([wf.job_id for wf in candidates if wf.job_id])
+        except QueueUnavailable:
+            report["undeliverable"].extend(wf.id for wf in candidates)
+            break
+        started_before = now - timedelta(seconds=engine.stale_after)
+        for wf in candidates:
+            status = statuses.get(wf.job_id) if wf.job_id else None
+            if status in LIVE_JOB_STATUSES and not (status == b"started" and wf.updated_at < started_before):
+                continue  # waiting in the queue, or being picked up right now
+            why = "retry due" if wf.job_id is None else f"job {'never claimed' if status else 'missing'}"
+            changes = {"job_id": new_job_id(wf.id), "run_after": None}
+            new = engine._change(
+                wf, S.QUEUED, changes, detail=f"redelivered: {why}", expected_job_id=wf.job_id
+            )
+            if new is None:
+                continue
+            try:
+                engine._deliver(new)
+            except QueueUnavailable:
+                report["undeliverable"].append(new.id)
+                continue
+            report["redelivered"].append(new.id)
+        if len(candidates) < batch_size:
+            break
+    result = ReconcileReport(**report)
+    if result.total:
+        log.info("reconcile: %s", result.to_dict())
+    return result
