@@ -1,15 +1,31 @@
-"""The `workflow-engine` command line, through click's CliRunner."""
+"""The `workflow-engine` command line, through click's CliRunner, checked against the database."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
-from workflow_engine import WorkflowEngine
+from workflow_engine import WorkflowEngine, WorkflowStatus, display
 from workflow_engine.cli import main
+
+S = WorkflowStatus
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run(*args: str) -> Outcome:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return Outcome(result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.fixture
@@ -17,45 +33,280 @@ def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'cli.db'}"
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
+@pytest.fixture
+def engine(db: str) -> WorkflowEngine:
+    """An in-process engine on the same database file the commands use."""
+    e = WorkflowEngine(database_url=db, redis_url="fakeredis://", is_async=False)
+    e.register_handler("ok", "we_test_handlers:record_success", max_retries=0)
+    e.register_handler("bad", "we_test_handlers:always_fail", max_retries=0)
+    return e
 
 
+def on(db: str) -> list[str]:
+    return ["--database-url", db, "--redis-url", "fakeredis://"]
+
+
+def ran(engine: WorkflowEngine, workflow_type_id: str, **kwargs: object) -> str:
+    wid = engine.create_workflow(workflow_type_id=workflow_type_id, **kwargs)  # type: ignore[arg-type]
+    engine.enqueue_execution(wid)
+    return wid
+
+
+# -- help ----------------------------------------------------------------------------
 def test_every_command_has_help_with_an_example() -> None:
     for name, command in main.commands.items():  # type: ignore[attr-defined]
         assert command.help, name
-        code, out = run(name, "--help")
-        assert code == 0 and "Example" in out, name
+        out = run(name, "--help")
+        assert out.code == 0 and "Example" in out.stdout, name
 
 
-def test_engine_options_show_their_environment_variables() -> None:
-    _, out = run("list", "--help")
-    assert "WORKFLOW_ENGINE_DATABASE_URL" in out and "WORKFLOW_ENGINE_REDIS_URL" in out
+def test_every_option_with_an_environment_variable_shows_it_in_help() -> None:
+    commands: list[tuple[list[str], click.Command]] = [([], main)]
+    commands += [([name], cmd) for name, cmd in main.commands.items()]  # type: ignore[attr-defined]
+    seen = set()
+    for path, command in commands:
+        help_text = " ".join(run(*path, "--help").stdout.split())
+        for param in command.params:
+            if isinstance(param, click.Option) and param.envvar:
+                names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+                assert param.show_envvar, (path, param.name)
+                for env in names:
+                    assert env in help_text, (path, param.name, env)
+                    seen.add(env)
+    assert {
+        "WORKFLOW_ENGINE_DATABASE_URL",
+        "WORKFLOW_ENGINE_LOG_FORMAT",
+        "WORKFLOW_ENGINE_METRICS_PORT",
+    } <= seen
 
 
+# -- reading -------------------------------------------------------------------------
 def test_migrate_reports_the_schema_version(db: str) -> None:
-    assert run("migrate", "--database-url", db) == (0, "schema version 2\n")
+    out = run("migrate", "--database-url", db)
+    assert (out.code, out.stdout) == (0, "schema version 2\n")
 
 
-def test_list_and_show_read_the_database(db: str) -> None:
-    engine = WorkflowEngine(database_url=db, redis_url="fakeredis://")
-    wid = engine.create_workflow(workflow_type_id="report", created_by_agent="agent", inputs={"x": 1})
-    code, out = run("list", "--database-url", db, "--redis-url", "fakeredis://", "--json")
-    assert code == 0 and [w["id"] for w in json.loads(out)] == [wid]
-    code, out = run("show", wid, "--database-url", db, "--redis-url", "fakeredis://", "--json")
-    data = json.loads(out)
-    assert data["workflow"]["inputs"] == {"x": 1} and data["events"][0]["to_status"] == "pending"
-    code, out = run("cancel", wid, "--database-url", db, "--redis-url", "fakeredis://")
-    assert code == 0 and out.strip() == f"{wid}: cancelled"
+def test_list_json_matches_the_database_for_every_filter(engine: WorkflowEngine, db: str) -> None:
+    ran(engine, "ok", created_by_agent="crm")
+    ran(engine, "bad", created_by_agent="crm")
+    ran(engine, "bad", created_by_agent="sales")
+    engine.create_workflow(workflow_type_id="ok", created_by_agent="sales")
+    cases = [
+        ([], {}),
+        (["--status", "failed"], {"status": "failed"}),
+        (["--type", "ok"], {"workflow_type_id": "ok"}),
+        (["--agent", "sales"], {"created_by_agent": "sales"}),
+        (["--limit", "2"], {"limit": 2}),
+    ]
+    for args, filters in cases:
+        out = run("list", *on(db), "--json", *args)
+        assert out.code == 0, out.stderr
+        expected = [wf.to_dict() for wf in engine.list_workflows(**filters)]  # type: ignore[arg-type]
+        assert json.loads(out.stdout) == expected, args
+    assert len(json.loads(run("list", *on(db), "--json", "--status", "failed").stdout)) == 2
 
 
-def test_an_unknown_id_exits_1_with_a_one_line_error(db: str) -> None:
-    code, out = run("show", "nope", "--database-url", db, "--redis-url", "fakeredis://")
-    assert code == 1
-    assert out.strip() == "Error: no workflow with id 'nope'"
+def test_list_prints_plain_columns_when_not_a_terminal(engine: WorkflowEngine, db: str) -> None:
+    wid = ran(engine, "bad")
+    lines = run("list", *on(db)).stdout.splitlines()
+    assert lines[0].split() == ["id", "type", "status", "attempts", "created", "(UTC)", "error"]
+    assert lines[1].split()[:4] == [wid, "bad", "failed", "1"]
+    assert lines[1].endswith("ValueError: this handler always fails")
+
+
+def test_list_prints_a_table_on_a_terminal(
+    engine: WorkflowEngine, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wid = ran(engine, "ok")
+    monkeypatch.setattr(display, "is_tty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "120")
+    out = run("list", *on(db)).stdout
+    assert "─" * 20 in out  # rich's table rule under the header
+    [row] = [line for line in out.splitlines() if wid in line]
+    assert row.split()[:4] == [wid, "ok", "completed", "1"]
+    monkeypatch.setenv("COLUMNS", "60")
+    [row] = [line for line in run("list", *on(db)).stdout.splitlines() if wid[:8] in line]
+    assert row.split()[0] == wid  # narrow: other columns give way, the id is never cut
+
+
+def test_show_json_is_the_workflow_and_its_events_from_the_database(engine: WorkflowEngine, db: str) -> None:
+    wid = ran(engine, "bad", inputs={"x": 1})
+    out = run("show", wid, *on(db), "--json")
+    assert out.code == 0
+    data = json.loads(out.stdout)
+    assert data["workflow"] == engine.get_workflow(wid).to_dict()
+    assert data["events"] == [ev.to_dict() for ev in engine.get_events(wid)]
+    assert [ev["to_status"] for ev in data["events"]] == ["pending", "queued", "running", "failed"]
+
+
+def test_show_prints_the_record_the_traceback_and_the_timeline(engine: WorkflowEngine, db: str) -> None:
+    wid = ran(engine, "bad")
+    out = run("show", wid, *on(db)).stdout
+    assert f"id                   {wid}" in out.splitlines()
+    assert "ValueError: this handler always fails" in out
+    assert "traceback:\nTraceback (most recent call last):" in out
+    assert "running  failed   1        attempt 1 failed" in out
+
+
+def test_stats_json_is_engine_stats(engine: WorkflowEngine, db: str) -> None:
+    for _ in range(3):
+        ran(engine, "ok", calculated_savings={"hours": 1.5, "label": "x"})
+    ran(engine, "bad", calculated_savings={"hours": 2})
+    engine.create_workflow(workflow_type_id="ok")
+    out = run("stats", *on(db), "--json")
+    assert out.code == 0
+    data = json.loads(out.stdout)
+    expected = engine.stats()
+    for key in ("total", "by_status", "by_type", "running", "calculated_savings", "oldest_queued_age_s"):
+        assert data[key] == expected[key], key
+    assert data["total"] == 5 and data["by_status"]["completed"] == 3 and data["by_status"]["pending"] == 1
+    assert data["by_type"]["ok"]["success_rate"] == 1.0 and data["by_type"]["bad"]["success_rate"] == 0.0
+    assert data["calculated_savings"] == {"hours": 6.5}
+    assert data["throughput_per_min"] == pytest.approx(4 / 15, abs=0.001)
+    assert set(data) == {
+        "since",
+        "generated_at",
+        "total",
+        "by_status",
+        "by_type",
+        "queue_depth",
+        "oldest_queued_age_s",
+        "running",
+        "throughput_per_min",
+        "calculated_savings",
+    }
+
+
+def test_stats_prints_summary_statuses_types_and_savings(engine: WorkflowEngine, db: str) -> None:
+    ran(engine, "ok", calculated_savings={"hours": 1.5})
+    ran(engine, "bad")
+    out = run("stats", *on(db)).stdout
+    assert out.splitlines()[0].split() == ["total", "2"]
+    lines = [line.split() for line in out.splitlines()]
+    assert ["completed", "1"] in lines and ["failed", "1"] in lines and ["running", "0"] in lines
+    assert any(line[:5] == ["ok", "1", "1", "0", "100.0%"] for line in lines)
+    assert ["hours", "1.5"] in lines
+
+
+# -- errors --------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["show", "enqueue", "requeue", "cancel"])
+def test_an_unknown_id_exits_1_with_a_one_line_error(db: str, command: str) -> None:
+    out = run(command, "nope", *on(db))
+    assert out.code == 1
+    assert out.stderr.strip().splitlines() == ["Error: no workflow with id 'nope'"]
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_an_illegal_transition_exits_1_with_a_one_line_error(engine: WorkflowEngine, db: str) -> None:
+    wid = ran(engine, "ok")
+    out = run("cancel", wid, *on(db))
+    assert out.code == 1 and len(out.stderr.strip().splitlines()) == 1
+    assert "completed" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- changing ------------------------------------------------------------------------
+def test_enqueue_and_cancel_change_the_database_and_print_the_workflow(
+    engine: WorkflowEngine, db: str
+) -> None:
+    first = engine.create_workflow(workflow_type_id="ok")
+    second = engine.create_workflow(workflow_type_id="ok")
+    out = run("enqueue", first, *on(db), "--json")
+    assert out.code == 0 and json.loads(out.stdout)["status"] == "queued"
+    assert engine.get_workflow(first).status is S.QUEUED
+    out = run("cancel", second, *on(db))
+    assert (out.code, out.stdout) == (0, f"{second}: cancelled\n")
+    assert engine.get_workflow(second).status is S.CANCELLED
+
+
+def test_requeue_one_sends_a_failed_workflow_back_to_the_queue(engine: WorkflowEngine, db: str) -> None:
+    wid = ran(engine, "bad")
+    out = run("requeue", wid, *on(db), "--json")
+    assert out.code == 0 and json.loads(out.stdout) == engine.get_workflow(wid).to_dict()
+    assert engine.get_workflow(wid).status is S.QUEUED
+
+
+def test_requeue_all_failed_of_a_type_requeues_exactly_those(engine: WorkflowEngine, db: str) -> None:
+    bad = {ran(engine, "bad") for _ in range(3)}
+    ok = ran(engine, "ok")
+    other = engine.create_workflow(workflow_type_id="other")
+    engine.store.compare_and_set(
+        other, expected_status=S.PENDING, changes={"status": S.FAILED}, event=None
+    )  # failed, of another type
+    newest_first = [wf.id for wf in engine.list_workflows(status="failed", workflow_type_id="bad")]
+    out = run("requeue", "--all-failed", "--type", "bad", *on(db), "--json")
+    assert out.code == 0
+    assert json.loads(out.stdout) == {"requeued": newest_first, "errors": {}}
+    assert set(newest_first) == bad
+    assert {wid: engine.get_workflow(wid).status for wid in bad} == dict.fromkeys(bad, S.QUEUED)
+    assert engine.get_workflow(ok).status is S.COMPLETED
+    assert engine.get_workflow(other).status is S.FAILED
+
+
+def test_requeue_all_failed_reports_what_it_could_not_requeue_and_exits_1(
+    engine: WorkflowEngine, db: str
+) -> None:
+    good = ran(engine, "bad")
+    orphan = engine.create_workflow(workflow_type_id="nobody_handles_this")
+    engine.store.compare_and_set(orphan, expected_status=S.PENDING, changes={"status": S.FAILED}, event=None)
+    out = run("requeue", "--all-failed", *on(db))
+    assert out.code == 1
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "requeued 1 of 2 failed workflows"
+    assert lines[0].startswith(f"{orphan}: not requeued: ") and "nobody_handles_this" in lines[0]
+    assert engine.get_workflow(good).status is S.QUEUED
+
+
+def test_requeue_all_failed_shows_a_progress_bar_on_a_terminal(
+    engine: WorkflowEngine, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(2):
+        ran(engine, "bad")
+    monkeypatch.setattr(display, "stderr_is_tty", lambda: True)
+    out = run("requeue", "--all-failed", *on(db))
+    assert out.code == 0 and out.stdout == "requeued 2 of 2 failed workflows\n"
+    assert "requeueing" in out.stderr and "100%" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["some-id", "--all-failed"], ["some-id", "--type", "bad"]],
+    ids=["neither", "both", "type-without-all-failed"],
+)
+def test_requeue_takes_an_id_or_all_failed(db: str, args: list[str]) -> None:
+    out = run("requeue", *args, *on(db))
+    assert out.code == 2 and "Usage:" in out.stderr
+
+
+def test_demo_runs_three_workflows_in_process_and_prints_their_outcomes(tmp_path: Path) -> None:
+    out = run("demo", "--database", str(tmp_path / "demo.db"))
+    assert out.code == 0
+    rows = [line.split()[1:3] for line in out.stdout.splitlines() if line[:1].isalnum() and "_" in line]
+    assert ["website_creation", "completed"] in rows and ["import_contacts", "failed"] in rows
+    assert (tmp_path / "demo.db").exists()
 
 
 def test_reconcile_once_prints_its_report(db: str) -> None:
-    code, out = run("reconcile", "--database-url", db, "--redis-url", "fakeredis://")
-    assert code == 0 and json.loads(out)["redelivered"] == []
+    out = run("reconcile", *on(db))
+    assert out.code == 0 and json.loads(out.stdout)["redelivered"] == []
+
+
+# -- logs ----------------------------------------------------------------------------
+def test_log_format_json_writes_one_object_a_line_with_the_workflow_fields(
+    engine: WorkflowEngine, db: str
+) -> None:
+    wid = engine.create_workflow(workflow_type_id="ok")
+    out = run("--log-format", "json", "cancel", wid, *on(db))
+    assert out.code == 0 and out.stdout == f"{wid}: cancelled\n"
+    records = [json.loads(line) for line in out.stderr.splitlines()]
+    [cancelled] = [r for r in records if r["message"] == "workflow cancelled"]
+    assert cancelled["workflow_id"] == wid
+    assert cancelled["workflow_type_id"] == "ok"
+    assert cancelled["attempt"] == 0
+    assert cancelled["level"] == "INFO" and cancelled["logger"] == "workflow_engine"
+    assert cancelled["time"].endswith("+00:00")
+
+
+def test_log_level_hides_less_severe_records(engine: WorkflowEngine, db: str) -> None:
+    wid = engine.create_workflow(workflow_type_id="ok")
+    out = run("--log-level", "warning", "cancel", wid, *on(db))
+    assert out.code == 0 and out.stderr == ""

@@ -1,25 +1,37 @@
-"""The ``workflow-engine`` command line (click)."""
+"""The ``workflow-engine`` command line (click).
+
+Every command that reads data has ``--json`` (stable, documented in docs/cli.md);
+without it, output is a table on a terminal and plain columns elsewhere. A
+WorkflowEngineError (an unknown id, an illegal transition, an unreachable
+database) exits with status 1 and a one-line message, never a traceback.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import wraps
 from typing import Any, TypeVar
 
 import click
 
-from . import config
+from . import config, display, health, logs
 from .engine import WorkflowEngine
-from .errors import WorkflowEngineError
+from .errors import ConfigurationError, WorkflowEngineError
+from .models import Workflow
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("workflow_engine.cli")
+#: Page size when a command walks many workflows.
+_PAGE = 500
 
 
 def _engine_options(func: F) -> F:
@@ -74,6 +86,30 @@ def _timing_options(func: F) -> F:
     return func
 
 
+def _metrics_options(func: F) -> F:
+    func = click.option(
+        "--metrics-host",
+        envvar="WORKFLOW_ENGINE_METRICS_HOST",
+        show_envvar=True,
+        default="0.0.0.0",
+        show_default=True,
+        help="Address the metrics server listens on.",
+    )(func)
+    func = click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        envvar="WORKFLOW_ENGINE_METRICS_PORT",
+        show_envvar=True,
+        default=None,
+        help="Serve Prometheus metrics on this port at /metrics (needs the [metrics] extra).",
+    )(func)
+    return func
+
+
+def _json_option(what: str) -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON (see docs/cli.md).")
+
+
 def _errors(func: F) -> F:
     """Turn a WorkflowEngineError into a one-line message and exit code 1, never a traceback."""
 
@@ -91,17 +127,41 @@ def _make_engine(**options: Any) -> WorkflowEngine:
     return WorkflowEngine(**{k: v for k, v in options.items() if v is not None})
 
 
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="workflow_engine")
-def main() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    envvar="WORKFLOW_ENGINE_LOG_FORMAT",
+    show_envvar=True,
+    default="text",
+    show_default=True,
+    help="Logs on stderr as text, or as one JSON object a line (with workflow_id, workflow_type_id, "
+    "attempt).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    envvar="WORKFLOW_ENGINE_LOG_LEVEL",
+    show_envvar=True,
+    default="INFO",
+    show_default=True,
+    help="The least severe log records shown.",
+)
+def main(log_format: str, log_level: str) -> None:
     """Durable background workflows on RQ.
 
     \b
     Example:
       export WORKFLOW_ENGINE_DATABASE_URL=sqlite:///workflows.db
       workflow-engine list --status failed
+      workflow-engine --log-format json worker --metrics-port 9108
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_format, log_level)
 
 
 @main.command()
@@ -118,45 +178,54 @@ def demo(database: str) -> None:
     """
     from . import demo as handlers
 
-    logging.getLogger("workflow_engine").setLevel(logging.ERROR)
-    engine = WorkflowEngine(database_url=f"sqlite:///{database}", redis_url="fakeredis://", is_async=False)
-    engine.register_handler("website_creation", handlers.create_website)
-    engine.register_handler("weekly_report", handlers.weekly_report, max_retries=2)
-    engine.register_handler("import_contacts", handlers.import_contacts, max_retries=1)
-    savings = handlers.calculated_savings(tasks_per_week=10, minutes_per_task=30, hourly_wage=40)
-    ids = [
-        engine.create_workflow(
-            workflow_type_id="website_creation",
-            created_by_agent="content_creator_agent",
-            inputs={"business": "Ana's Bakery"},
-            calculated_savings=savings,
-        ),
-        engine.create_workflow(
-            workflow_type_id="weekly_report",
-            created_by_agent="analytics_agent",
-            inputs={"recipient": "owner@example.com"},
-            calculated_savings=savings,
-        ),
-        engine.create_workflow(
-            workflow_type_id="import_contacts",
-            created_by_agent="crm_agent",
-            inputs={"file": "contacts.xlsx"},
-        ),
-    ]
-    for wid in ids:
-        engine.enqueue_execution(wid)
-    click.echo(f"database: {os.path.abspath(database)} (in-process queue)\n")
-    click.echo(f"{'id':32}  {'type':16}  {'status':9}  {'attempts':8}  result / error")
-    for wid in ids:
-        wf = engine.get_workflow(wid)
-        outcome = json.dumps(wf.result) if wf.status.value == "completed" else wf.error
-        click.echo(f"{wf.id:32}  {wf.workflow_type_id:16}  {wf.status.value:9}  {wf.attempts:<8}  {outcome}")
-    click.echo("\nEvents of the retried workflow:")
-    for ev in engine.get_events(ids[1]):
-        click.echo(
-            f"  {ev.at:%H:%M:%S.%f}  {ev.from_status or '-':>9} -> {ev.to_status:9}  {ev.detail or ''}"
+    engine_log = logging.getLogger("workflow_engine")
+    level = engine_log.level
+    engine_log.setLevel(logging.ERROR)  # the demo prints its own account of what happened
+    try:
+        engine = WorkflowEngine(
+            database_url=f"sqlite:///{database}", redis_url="fakeredis://", is_async=False
         )
-    engine.close()
+        engine.register_handler("website_creation", handlers.create_website)
+        engine.register_handler("weekly_report", handlers.weekly_report, max_retries=2)
+        engine.register_handler("import_contacts", handlers.import_contacts, max_retries=1)
+        savings = handlers.calculated_savings(tasks_per_week=10, minutes_per_task=30, hourly_wage=40)
+        ids = [
+            engine.create_workflow(
+                workflow_type_id="website_creation",
+                created_by_agent="content_creator_agent",
+                inputs={"business": "Ana's Bakery"},
+                calculated_savings=savings,
+            ),
+            engine.create_workflow(
+                workflow_type_id="weekly_report",
+                created_by_agent="analytics_agent",
+                inputs={"recipient": "owner@example.com"},
+                calculated_savings=savings,
+            ),
+            engine.create_workflow(
+                workflow_type_id="import_contacts",
+                created_by_agent="crm_agent",
+                inputs={"file": "contacts.xlsx"},
+            ),
+        ]
+        for wid in ids:
+            engine.enqueue_execution(wid)
+        click.echo(f"database: {os.path.abspath(database)} (in-process queue)\n")
+        click.echo(f"{'id':32}  {'type':16}  {'status':9}  {'attempts':8}  result / error")
+        for wid in ids:
+            wf = engine.get_workflow(wid)
+            outcome = json.dumps(wf.result) if wf.status.value == "completed" else wf.error
+            click.echo(
+                f"{wf.id:32}  {wf.workflow_type_id:16}  {wf.status.value:9}  {wf.attempts:<8}  {outcome}"
+            )
+        click.echo("\nEvents of the retried workflow:")
+        for ev in engine.get_events(ids[1]):
+            click.echo(
+                f"  {ev.at:%H:%M:%S.%f}  {ev.from_status or '-':>9} -> {ev.to_status:9}  {ev.detail or ''}"
+            )
+        engine.close()
+    finally:
+        engine_log.setLevel(level)
 
 
 @main.command()
@@ -181,24 +250,31 @@ def migrate(database_url: str, redis_url: str, queue_name: str) -> None:
 @_engine_options
 @_timing_options
 @click.option("--every", type=float, default=None, help="Run forever, every SECONDS; without it, run once.")
+@_metrics_options
 @_errors
-def reconcile(every: float | None, **options: Any) -> None:
+def reconcile(every: float | None, metrics_port: int | None, metrics_host: str, **options: Any) -> None:
     """Recover stale running workflows, redeliver queued ones Redis forgot, deliver due retries.
+
+    Prints each pass's report as one line of JSON. With --metrics-port it also serves
+    the metrics, so that the gauges (live workers included) outlive every worker.
 
     \b
     Example:
-      workflow-engine reconcile --every 10
+      workflow-engine reconcile --every 10 --metrics-port 9100
     """
-    engine = _make_engine(**options)
-    if every is None:
-        click.echo(json.dumps(engine.reconcile().to_dict()))
-        return
-    while True:
-        try:
+    with ExitStack() as stack:
+        engine = _make_engine(**options)
+        if metrics_port is not None:
+            _serve_metrics(stack, engine, metrics_port, metrics_host, forking=False)
+        if every is None:
             click.echo(json.dumps(engine.reconcile().to_dict()))
-        except WorkflowEngineError as exc:  # the database or Redis is down: say so, try again
-            log.error("reconcile failed: %s; trying again in %s s", exc, every)
-        time.sleep(every)
+            return
+        while True:
+            try:
+                click.echo(json.dumps(engine.reconcile().to_dict()))
+            except WorkflowEngineError as exc:  # the database or Redis is down: say so, try again
+                log.error("reconcile failed: %s; trying again in %s s", exc, every)
+            time.sleep(every)
 
 
 def reconcile_loop(engine: WorkflowEngine, every: float, stop: threading.Event) -> None:
@@ -208,6 +284,32 @@ def reconcile_loop(engine: WorkflowEngine, every: float, stop: threading.Event) 
             engine.reconcile()
         except Exception:
             log.exception("reconcile failed; trying again in %s s", every)
+
+
+def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: str, *, forking: bool) -> None:
+    """Count the status changes this process makes, and serve the metrics on ``port``.
+
+    For a forking worker (``forking``), this must run before the first fork and before any
+    metric exists: it turns on prometheus_client's multiprocess mode, in
+    ``PROMETHEUS_MULTIPROC_DIR`` when that is set, else in a new temporary directory
+    removed when the worker stops, so that counts made in work-horses are kept.
+    """
+    from . import metrics
+
+    path = metrics.multiprocess_dir()
+    if forking:
+        if path is None:
+            path = tempfile.mkdtemp(prefix="workflow-engine-metrics-")
+            stack.callback(shutil.rmtree, path, ignore_errors=True)
+        metrics.enable_multiprocess(path)
+    metrics.instrument(engine)
+    try:
+        server = metrics.MetricsServer(engine, port=port, host=host)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    stack.callback(server.close)
+    where = f"counters in {path}" if path else "counters in this process"
+    log.info("serving /metrics on http://%s:%d/metrics (%s)", host, server.port, where)
 
 
 @main.command()
@@ -238,6 +340,7 @@ def reconcile_loop(engine: WorkflowEngine, every: float, stop: threading.Event) 
     show_default=True,
     help="Put this directory first on the import path, so handlers in the app can be imported (repeatable).",
 )
+@_metrics_options
 @_errors
 def worker(
     burst: bool,
@@ -245,13 +348,19 @@ def worker(
     reconcile_every: float,
     name: str | None,
     paths: tuple[str, ...],
+    metrics_port: int | None,
+    metrics_host: str,
     **options: Any,
 ) -> None:
     """Run an RQ worker on the engine's queue that also reconciles periodically.
 
+    With --metrics-port it serves Prometheus metrics, counted in every work-horse
+    (prometheus_client's multiprocess mode; see docs/operations.md).
+
     \b
     Example:
       WORKFLOW_ENGINE_DATABASE_URL=sqlite:////srv/app/workflows.db workflow-engine worker
+      workflow-engine worker --metrics-port 9108
     """
     from rq import SimpleWorker, Worker
 
@@ -259,30 +368,28 @@ def worker(
 
     for path in reversed(paths):
         sys.path.insert(0, os.path.abspath(path))
-    engine = _make_engine(**options)
-    set_worker_engine(engine)
-    stop = threading.Event()
-    if reconcile_every > 0:
-        engine.reconcile()
-        threading.Thread(
-            target=reconcile_loop,
-            args=(engine, reconcile_every, stop),
-            name="workflow-engine-reconcile",
-            daemon=True,
-        ).start()
-    cls = SimpleWorker if worker_class == "simple" else Worker
-    rq_worker = cls([engine.queue], connection=engine.redis, name=name)
-    try:
-        rq_worker.work(burst=burst, with_scheduler=False)
-    finally:
-        stop.set()
-        if burst and reconcile_every > 0:
+    with ExitStack() as stack:
+        engine = _make_engine(**options)
+        if metrics_port is not None:
+            _serve_metrics(stack, engine, metrics_port, metrics_host, forking=True)
+        set_worker_engine(engine)
+        stop = threading.Event()
+        if reconcile_every > 0:
             engine.reconcile()
-
-
-def _print_workflow(wf: Any) -> None:
-    for key, value in wf.to_dict().items():
-        click.echo(f"{key:20} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+            threading.Thread(
+                target=reconcile_loop,
+                args=(engine, reconcile_every, stop),
+                name="workflow-engine-reconcile",
+                daemon=True,
+            ).start()
+        cls = SimpleWorker if worker_class == "simple" else Worker
+        rq_worker = cls([engine.queue], connection=engine.redis, name=name)
+        try:
+            rq_worker.work(burst=burst, with_scheduler=False)
+        finally:
+            stop.set()
+            if burst and reconcile_every > 0:
+                engine.reconcile()
 
 
 @main.command(name="list")
@@ -291,7 +398,7 @@ def _print_workflow(wf: Any) -> None:
 @click.option("--type", "workflow_type_id", default=None, help="Only this workflow type.")
 @click.option("--agent", "created_by_agent", default=None, help="Only workflows created by this agent.")
 @click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of workflows.")
+@_json_option("an array of workflows")
 @_errors
 def list_(
     status: str | None,
@@ -312,20 +419,15 @@ def list_(
         limit=limit, status=status, workflow_type_id=workflow_type_id, created_by_agent=created_by_agent
     )
     if as_json:
-        click.echo(json.dumps([wf.to_dict() for wf in rows], indent=2))
+        _echo_json([wf.to_dict() for wf in rows])
         return
-    click.echo(f"{'id':32}  {'type':20}  {'status':9}  {'attempts':8}  created_at")
-    for wf in rows:
-        click.echo(
-            f"{wf.id:32}  {wf.workflow_type_id[:20]:20}  {wf.status.value:9}  {wf.attempts:<8}  "
-            f"{wf.created_at.isoformat(timespec='seconds')}"
-        )
+    display.workflows(rows)
 
 
 @main.command()
 @_engine_options
 @click.argument("workflow_id")
-@click.option("--json", "as_json", is_flag=True, help="Print {workflow, events} as JSON.")
+@_json_option("{workflow, events}")
 @_errors
 def show(workflow_id: str, as_json: bool, **options: Any) -> None:
     """Show one workflow and its event timeline.
@@ -338,43 +440,170 @@ def show(workflow_id: str, as_json: bool, **options: Any) -> None:
     wf = engine.get_workflow(workflow_id)
     events = engine.get_events(workflow_id)
     if as_json:
-        click.echo(json.dumps({"workflow": wf.to_dict(), "events": [e.to_dict() for e in events]}, indent=2))
+        _echo_json({"workflow": wf.to_dict(), "events": [e.to_dict() for e in events]})
         return
-    _print_workflow(wf)
-    click.echo("\nevents:")
-    for ev in events:
-        click.echo(
-            f"  {ev.at.isoformat(timespec='milliseconds')}  {ev.from_status or '-':>9} -> "
-            f"{ev.to_status:9}  {ev.detail or ''}"
-        )
+    display.workflow(wf, events)
 
 
-def _simple_command(name: str, doc: str, action: Callable[[WorkflowEngine, str], Any]) -> None:
+@main.command()
+@_engine_options
+@_json_option("engine.stats()")
+@_errors
+def stats(as_json: bool, **options: Any) -> None:
+    """Counts by status and type, success rates, durations, queue depth, throughput, savings.
+
+    \b
+    Example:
+      workflow-engine stats
+      workflow-engine stats --json | jq .by_status.failed
+    """
+    engine = _make_engine(**options)
+    report = engine.stats()
+    if as_json:
+        _echo_json(report)
+        return
+    display.stats(report)
+
+
+@main.command(name="health")
+@_engine_options
+@click.option(
+    "--max-queued-age",
+    type=click.FloatRange(min=0),
+    default=health.DEFAULT_MAX_QUEUED_AGE,
+    show_default=True,
+    help="Fail when the oldest queued workflow has waited longer, in seconds.",
+)
+@click.option(
+    "--max-failure-rate",
+    type=click.FloatRange(0, 1),
+    default=health.DEFAULT_MAX_FAILURE_RATE,
+    show_default=True,
+    help="Fail when a larger share (0 to 1) of recent finished workflows failed.",
+)
+@click.option(
+    "--window",
+    type=click.FloatRange(min=1),
+    default=health.DEFAULT_WINDOW,
+    show_default=True,
+    help="Seconds back that count as recent, for the failure rate.",
+)
+@_json_option("{healthy, failing, checks}")
+@_errors
+def health_(
+    max_queued_age: float, max_failure_rate: float, window: float, as_json: bool, **options: Any
+) -> None:
+    """Check the database, Redis, live workers, queue age and failure rate; exit 1 if any fails.
+
+    One line per check; a failing one names the figure behind it.
+
+    \b
+    Example:
+      workflow-engine health --max-queued-age 120 || page-the-on-call
+    """
+    engine = _make_engine(**options)
+    report = health.check_health(
+        engine, max_queued_age=max_queued_age, max_failure_rate=max_failure_rate, window=window
+    )
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        display.health(report)
+    if not report.healthy:
+        sys.exit(1)
+
+
+def _action_command(name: str, doc: str, action: Callable[[WorkflowEngine, str], Any]) -> None:
     @main.command(name=name, help=doc)
     @_engine_options
     @click.argument("workflow_id")
+    @_json_option("the workflow")
     @_errors
-    def command(workflow_id: str, **options: Any) -> None:
+    def command(workflow_id: str, as_json: bool, **options: Any) -> None:
         engine = _make_engine(**options)
         action(engine, workflow_id)
-        click.echo(f"{workflow_id}: {engine.get_workflow(workflow_id).status.value}")
+        _print_outcome(engine.get_workflow(workflow_id), as_json)
 
 
-_simple_command(
+def _print_outcome(wf: Workflow, as_json: bool) -> None:
+    if as_json:
+        _echo_json(wf.to_dict())
+    else:
+        click.echo(f"{wf.id}: {wf.status.value}")
+
+
+_action_command(
     "enqueue",
     "Queue a pending workflow for execution.\n\n\b\nExample:\n  workflow-engine enqueue 3f2a…",
     lambda e, w: e.enqueue_execution(w),
 )
-_simple_command(
-    "requeue",
-    "Run a failed or cancelled workflow again.\n\n\b\nExample:\n  workflow-engine requeue 3f2a…",
-    lambda e, w: e.requeue(w),
-)
-_simple_command(
+_action_command(
     "cancel",
     "Cancel a workflow (a running one is asked to stop).\n\n\b\nExample:\n  workflow-engine cancel 3f2a…",
     lambda e, w: e.cancel(w),
 )
+
+
+@main.command()
+@_engine_options
+@click.argument("workflow_id", required=False)
+@click.option("--all-failed", is_flag=True, help="Requeue every failed workflow (of --type, if given).")
+@click.option("--type", "workflow_type_id", default=None, help="With --all-failed: only this workflow type.")
+@_json_option("the workflow, or {requeued, errors} with --all-failed,")
+@_errors
+def requeue(
+    workflow_id: str | None, all_failed: bool, workflow_type_id: str | None, as_json: bool, **options: Any
+) -> None:
+    """Run a failed or cancelled workflow again, or every failed one, with a fresh retry budget.
+
+    With --all-failed it shows a progress bar on a terminal, and exits 1 if any
+    workflow could not be requeued.
+
+    \b
+    Example:
+      workflow-engine requeue 3f2a…
+      workflow-engine requeue --all-failed --type weekly_report
+    """
+    if (workflow_id is None) == (not all_failed):
+        raise click.UsageError("give a WORKFLOW_ID or --all-failed, not both")
+    if workflow_type_id is not None and not all_failed:
+        raise click.UsageError("--type goes with --all-failed")
+    engine = _make_engine(**options)
+    if workflow_id is not None:
+        _print_outcome(engine.requeue(workflow_id), as_json)
+        return
+    ids = _failed_ids(engine, workflow_type_id)
+    requeued: list[str] = []
+    errors: dict[str, str] = {}
+    for wid in display.progress(ids, "requeueing"):
+        try:
+            engine.requeue(wid)
+        except WorkflowEngineError as exc:
+            errors[wid] = str(exc)
+        else:
+            requeued.append(wid)
+    if as_json:
+        _echo_json({"requeued": requeued, "errors": errors})
+    else:
+        for wid, message in errors.items():
+            click.echo(f"{wid}: not requeued: {message}")
+        click.echo(f"requeued {len(requeued)} of {len(ids)} failed workflows")
+    if errors:
+        sys.exit(1)
+
+
+def _failed_ids(engine: WorkflowEngine, workflow_type_id: str | None) -> list[str]:
+    """Every failed workflow's id, newest first, read before any is requeued (one may fail again)."""
+    ids: list[str] = []
+    before: Workflow | None = None
+    while True:
+        page = engine.list_workflows(
+            limit=_PAGE, status="failed", workflow_type_id=workflow_type_id, before=before
+        )
+        ids.extend(wf.id for wf in page)
+        if len(page) < _PAGE:
+            return ids
+        before = page[-1]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,141 @@
+"""The documentation keeps up with the code: every command, option and metric is documented,
+and the alert rules and the dashboard only use metrics that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+from workflow_engine import WorkflowEngine, metrics
+from workflow_engine.cli import main
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+#: Documented once, in cli.md's "Common options" section, for every command that takes them.
+COMMON = {"--database-url", "--redis-url", "--queue", "--heartbeat-interval", "--stale-after", "--help"}
+
+
+def commands() -> dict[str, click.Command]:
+    return dict(main.commands)  # type: ignore[attr-defined]
+
+
+def sections(markdown: str) -> dict[str, str]:
+    """Each `## heading` of a Markdown file, with its text up to the next one."""
+    parts = re.split(r"^## +(.+)$", markdown, flags=re.MULTILINE)
+    return {title.strip(): body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+@pytest.fixture(scope="module")
+def cli_md() -> str:
+    return (DOCS / "cli.md").read_text()
+
+
+def exposed_metrics(tmp_path: Path) -> set[str]:
+    """Every metric name a scrape can show, as written in PromQL (counters with ``_total``)."""
+    engine = WorkflowEngine(database_url=f"sqlite:///{tmp_path / 'docs.db'}", redis_url="fakeredis://")
+    names = set()
+    for family in metrics.make_registry(engine, metrics.Instruments()).collect():
+        names.add(family.name + "_total" if family.type == "counter" else family.name)
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(commands()))
+def test_every_command_has_help_text(name: str) -> None:
+    command = commands()[name]
+    assert command.help and command.get_short_help_str().strip(), f"{name} has no help text"
+
+
+@pytest.mark.parametrize("name", sorted(commands()))
+def test_every_command_is_documented_in_cli_md_with_each_of_its_options(name: str, cli_md: str) -> None:
+    documented = sections(cli_md)
+    assert name in documented, f"docs/cli.md has no '## {name}' section"
+    assert f"[`{name}`](#{name})" in cli_md, f"{name} is missing from docs/cli.md's table of commands"
+    own = documented[name] + documented.get("Common options", "")
+    for param in commands()[name].params:
+        if isinstance(param, click.Option):
+            for option in param.opts:
+                if option.startswith("--") and option not in COMMON:
+                    assert option in own, f"docs/cli.md does not document `{name} {option}`"
+
+
+def test_the_root_options_are_documented_in_cli_md(cli_md: str) -> None:
+    for param in main.params:
+        for option in param.opts:
+            if option.startswith("--") and option != "--help":
+                assert option in cli_md, option
+
+
+def test_every_metric_is_documented_in_operations_md(tmp_path: Path) -> None:
+    operations = (DOCS / "operations.md").read_text()
+    names = exposed_metrics(tmp_path)
+    assert {
+        "workflow_engine_workflows_created_total",
+        "workflow_engine_workflows_finished_total",
+        "workflow_engine_attempts_failed_total",
+        "workflow_engine_workflow_duration_seconds",
+        "workflow_engine_queue_wait_seconds",
+        "workflow_engine_workflows",
+        "workflow_engine_queue_depth",
+        "workflow_engine_oldest_queued_age_seconds",
+    } <= names
+    for name in names:
+        assert f"`{name}`" in operations, f"{name} is not documented in docs/operations.md"
+
+
+def referenced_metrics(text: str) -> set[str]:
+    return {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"\bworkflow_engine_\w+", text)}
+
+
+def test_the_alert_rules_cover_the_four_conditions_with_metrics_that_exist(tmp_path: Path) -> None:
+    text = (DOCS / "alerts.yml").read_text()
+    rules = {r["alert"]: r for group in yaml.safe_load(text)["groups"] for r in group["rules"]}
+    assert "workflow_engine_workers" in rules["WorkflowEngineNoLiveWorkers"]["expr"]
+    assert "> 300" in rules["WorkflowEngineQueuedTooLong"]["expr"]
+    assert "> 0.10" in rules["WorkflowEngineHighFailureRate"]["expr"]
+    assert "workflow_engine_workflows_stale" in rules["WorkflowEngineStuckRunning"]["expr"]
+    assert all(r["annotations"]["summary"] and r["labels"]["severity"] for r in rules.values())
+    assert referenced_metrics(text) <= exposed_metrics(tmp_path)
+    promtool = shutil.which("promtool")
+    if promtool:  # Prometheus's own check of the rules, where it is installed
+        done = subprocess.run([promtool, "check", "rules", str(DOCS / "alerts.yml")], capture_output=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_grafana_dashboard_is_json_whose_queries_use_metrics_that_exist(tmp_path: Path) -> None:
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 10 and dashboard["uid"] == "workflow-engine"
+    used = referenced_metrics("\n".join(exprs))
+    assert used <= exposed_metrics(tmp_path)
+    wanted = {"workflow_engine_workers", "workflow_engine_workflows_stale", "workflow_engine_queue_depth"}
+    assert wanted <= used
+
+
+def test_operations_md_covers_units_redis_backups_upgrades_and_shows_a_real_session() -> None:
+    operations = (DOCS / "operations.md").read_text()
+    for needle in (
+        "workflow-engine-worker@.service",
+        "workflow-engine-reconciler.service",
+        "appendonly yes",
+        "appendfsync everysec",
+        "source.backup(target)",
+        "pg_dump",
+        "pg_restore",
+        "workflow-engine migrate",
+        "PROMETHEUS_MULTIPROC_DIR",
+        "(alerts.yml)",
+        "(grafana-dashboard.json)",
+        "(operations-session.txt)",
+    ):
+        assert needle in operations, needle
+    session = (DOCS / "operations-session.txt").read_text()
+    for command in ("workflow-engine list", "workflow-engine show", "workflow-engine stats"):
+        assert f"$ {command}" in session, command
+    assert "UNHEALTHY" in session and "\nhealthy\n" in session
+    assert "curl -s http://127.0.0.1:9108/metrics" in session

@@ -1,0 +1,186 @@
+"""`workflow-engine health`: exit 0 only when the database, Redis, a live worker, the queue and the
+failure rate are all fine; one line per check, naming what failed and the figure behind it."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import subprocess
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from workflow_engine import WorkflowEngine, WorkflowStatus
+from workflow_engine.cli import main
+from workflow_engine.health import check_health
+from workflow_engine.models import utcnow
+
+from support import BIN, RedisServer, free_port, start_worker, wait_for
+
+S = WorkflowStatus
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> RedisServer:
+    """The private redis-server, minus the client socket its start-up ping leaves in a reference cycle.
+
+    (support.RedisServer.ping() does not close its client; a later garbage collection would
+    report the socket as a ResourceWarning in whichever test it happens.)
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    return redis_server
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'health.db'}"
+
+
+def health(*args: str) -> tuple[int, dict[str, str]]:
+    """Exit code, and each check's line by check name."""
+    result = CliRunner().invoke(main, ["health", *args], catch_exceptions=False)
+    lines = result.stdout.splitlines()
+    checks = {line.split()[1]: line for line in lines[:-1]}
+    assert list(checks) == ["database", "redis", "workers", "queue_age", "failure_rate"], lines
+    return result.exit_code, checks
+
+
+@pytest.mark.services
+def test_health_exits_1_and_names_redis_when_redis_is_down(db: str, redis: RedisServer) -> None:
+    redis.stop()
+    code, checks = health("--database-url", db, "--redis-url", redis.url)
+    assert code == 1
+    assert checks["redis"].startswith("FAIL  redis         unreachable: ")
+    assert "Connection refused" in checks["redis"]
+    assert checks["workers"].startswith("skip  workers       unknown: Redis is unreachable")
+    assert checks["database"].startswith("ok    database")
+
+
+@pytest.mark.services
+def test_health_exits_1_when_no_worker_is_alive(db: str, redis: RedisServer) -> None:
+    result = CliRunner().invoke(main, ["health", "--database-url", db, "--redis-url", redis.url])
+    assert result.exit_code == 1
+    assert "FAIL  workers       0 live workers on queue 'workflows'" in result.stdout
+    assert result.stdout.splitlines()[-1] == "UNHEALTHY: workers"
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_health_exits_0_with_a_live_workflow_engine_worker_run_as_a_real_subprocess(
+    tmp_path: Path, db: str, redis: RedisServer
+) -> None:
+    worker = start_worker(
+        tmp_path,
+        redis_url=redis.url,
+        database_url=db,
+        kind="engine",
+        burst=False,
+        extra_args=["--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1"],
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_ENGINE_")}
+    env.update(WORKFLOW_ENGINE_DATABASE_URL=db, WORKFLOW_ENGINE_REDIS_URL=redis.url)
+
+    def run_health() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "workflow-engine"), "health", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        wait_for(lambda: run_health().returncode == 0, 60, 0.2, "a healthy report:\n" + worker.output())
+        done = run_health()
+        report = json.loads(done.stdout)
+        assert done.returncode == 0 and report["healthy"] is True and report["failing"] == []
+        by_name = {c["name"]: c for c in report["checks"]}
+        assert set(by_name) == {"database", "redis", "workers", "queue_age", "failure_rate"}
+        assert by_name["workers"]["value"] == 1 and by_name["workers"]["status"] == "ok"
+        # the worker made itself a multiprocess directory for the metrics, and removes it on a warm stop
+        found = re.search(r"counters in (\S+)\)", worker.output())
+        assert found is not None, worker.output()
+        assert Path(found.group(1)).is_dir()
+        worker.terminate()
+        assert worker.wait(30) == 0, worker.output()
+        assert not Path(found.group(1)).exists()
+        code, checks = health("--database-url", db, "--redis-url", redis.url)
+        assert code == 1 and checks["workers"].startswith("FAIL")
+    finally:
+        worker.stop()
+
+
+# -- thresholds, in one process ------------------------------------------------------
+@pytest.fixture
+def engine(db: str) -> WorkflowEngine:
+    e = WorkflowEngine(database_url=db, redis_url="fakeredis://", is_async=False)
+    e.register_handler("ok", "we_test_handlers:record_success", max_retries=0)
+    e.register_handler("bad", "we_test_handlers:always_fail", max_retries=0)
+    return e
+
+
+def test_health_names_the_failure_rate_and_its_figure_above_the_threshold(
+    engine: WorkflowEngine, db: str
+) -> None:
+    for type_id in ("ok", "ok", "ok", "bad"):
+        engine.enqueue_execution(engine.create_workflow(workflow_type_id=type_id))
+    code, checks = health("--database-url", db, "--redis-url", "fakeredis://", "--max-failure-rate", "0.2")
+    assert code == 1
+    assert checks["failure_rate"] == (
+        "FAIL  failure_rate  25.0% failed: 1 of 4 finished workflows created in the last 900 s (max 20.0%)"
+    )
+    _, checks = health("--database-url", db, "--redis-url", "fakeredis://", "--max-failure-rate", "0.25")
+    assert checks["failure_rate"].startswith("ok    failure_rate  25.0% failed")
+
+
+def test_health_names_a_queued_workflow_older_than_the_threshold(engine: WorkflowEngine, db: str) -> None:
+    wid = engine.create_workflow(workflow_type_id="ok")
+    an_hour_ago = utcnow() - timedelta(hours=1)
+    engine.store.compare_and_set(
+        wid, expected_status=S.PENDING, changes={"status": S.QUEUED, "updated_at": an_hour_ago}, event=None
+    )
+    code, checks = health("--database-url", db, "--redis-url", "fakeredis://", "--max-queued-age", "300")
+    assert code == 1
+    assert re.fullmatch(
+        r"FAIL  queue_age     oldest queued workflow is 360\d\.\d s old \(max 300 s\)", checks["queue_age"]
+    )
+
+
+def test_health_json_lists_every_check_with_its_figure_and_threshold(engine: WorkflowEngine, db: str) -> None:
+    engine.enqueue_execution(engine.create_workflow(workflow_type_id="bad"))
+    result = CliRunner().invoke(
+        main, ["health", "--database-url", db, "--redis-url", "fakeredis://", "--json"]
+    )
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["healthy"] is False and report["failing"] == ["workers", "failure_rate"]
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert by_name["failure_rate"] == {
+        "name": "failure_rate",
+        "status": "fail",
+        "detail": "100.0% failed: 1 of 1 finished workflows created in the last 900 s (max 10.0%)",
+        "value": 1.0,
+        "threshold": 0.1,
+    }
+    assert by_name["queue_age"]["status"] == "ok" and by_name["queue_age"]["value"] == 0
+
+
+def test_an_unreachable_database_fails_its_check_and_skips_those_that_need_it(tmp_path: Path) -> None:
+    engine = WorkflowEngine(database_url=f"sqlite:///{tmp_path / 'no' / 'such.db'}", redis_url="fakeredis://")
+    report = check_health(engine)
+    status = {c.name: c.status for c in report.checks}
+    assert status == {
+        "database": "fail",
+        "redis": "ok",
+        "workers": "fail",
+        "queue_age": "skip",
+        "failure_rate": "skip",
+    }
+    assert not report.healthy and report.failing == ["database", "workers"]

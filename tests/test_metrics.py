@@ -1,0 +1,263 @@
+"""Prometheus metrics: counters fed by the engine's listener, gauges read from the database.
+
+The process test runs a real forking ``workflow-engine worker --metrics-port`` and checks
+that counts made in work-horses that exited are all there.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from workflow_engine import WorkflowEngine, WorkflowStatus, metrics
+from workflow_engine.models import utcnow
+
+from support import APPS, RedisServer, free_port, start_worker, wait_for
+
+S = WorkflowStatus
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, by (name, labels)."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def scrape_registry(engine: WorkflowEngine, instruments: metrics.Instruments) -> Samples:
+    from prometheus_client import generate_latest
+
+    return parse(generate_latest(metrics.make_registry(engine, instruments)).decode())
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> RedisServer:
+    """The private redis-server, minus the client socket its start-up ping leaves in a reference cycle.
+
+    (support.RedisServer.ping() does not close its client; a later garbage collection would
+    report the socket as a ResourceWarning in whichever test it happens.)
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    return redis_server
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[WorkflowEngine]:
+    e = WorkflowEngine(
+        database_url=f"sqlite:///{tmp_path / 'm.db'}", redis_url="fakeredis://", is_async=False
+    )
+    e.register_handler("ok", "we_test_handlers:record_success", max_retries=0)
+    e.register_handler("bad", "we_test_handlers:always_fail", max_retries=0)
+    e.register_handler("flaky", "we_test_handlers:flaky", max_retries=2, retry_backoff=0)
+    yield e
+    e.close()
+
+
+# -- in one process --------------------------------------------------------------------
+def test_the_listener_counts_creations_finishes_failed_attempts_and_observes_durations(
+    engine: WorkflowEngine,
+) -> None:
+    inst = metrics.instrument(engine, metrics.Instruments())
+    for _ in range(3):
+        engine.enqueue_execution(engine.create_workflow(workflow_type_id="ok"))
+    engine.enqueue_execution(engine.create_workflow(workflow_type_id="bad"))
+    engine.enqueue_execution(engine.create_workflow(workflow_type_id="flaky", inputs={"fail_times": 2}))
+    engine.cancel(engine.create_workflow(workflow_type_id="ok"))
+    engine.create_workflow(workflow_type_id="ok")  # stays pending
+
+    m = scrape_registry(engine, inst)
+    assert value(m, "workflow_engine_workflows_created_total", type="ok") == 5
+    assert value(m, "workflow_engine_workflows_created_total", type="bad") == 1
+    assert value(m, "workflow_engine_workflows_finished_total", type="ok", status="completed") == 3
+    assert value(m, "workflow_engine_workflows_finished_total", type="ok", status="cancelled") == 1
+    assert value(m, "workflow_engine_workflows_finished_total", type="bad", status="failed") == 1
+    assert value(m, "workflow_engine_workflows_finished_total", type="flaky", status="completed") == 1
+    assert value(m, "workflow_engine_attempts_failed_total", type="bad") == 1
+    assert value(m, "workflow_engine_attempts_failed_total", type="flaky") == 2  # two retries
+    assert value(m, "workflow_engine_attempts_failed_total", type="ok") is None
+    assert value(m, "workflow_engine_workflow_duration_seconds_count", type="ok") == 3
+    assert value(m, "workflow_engine_workflow_duration_seconds_count", type="bad") == 1
+    assert value(m, "workflow_engine_queue_wait_seconds_count") == 3 + 1 + 3  # one per claim
+    # the gauges, from the database
+    assert value(m, "workflow_engine_workflows", status="completed") == 4
+    assert value(m, "workflow_engine_workflows", status="failed") == 1
+    assert value(m, "workflow_engine_workflows", status="cancelled") == 1
+    assert value(m, "workflow_engine_workflows", status="pending") == 1
+    assert value(m, "workflow_engine_workflows", status="rejected") == 0
+    assert value(m, "workflow_engine_queue_depth") == 0
+    assert value(m, "workflow_engine_oldest_queued_age_seconds") == 0
+    assert value(m, "workflow_engine_workflows_stale") == 0
+    assert value(m, "workflow_engine_workers") == 0
+    assert value(m, "workflow_engine_database_up") == 1
+    assert value(m, "workflow_engine_redis_up") == 1
+
+
+def test_instrumenting_an_engine_twice_counts_once(engine: WorkflowEngine) -> None:
+    inst = metrics.Instruments()
+    metrics.instrument(engine, inst)
+    metrics.instrument(engine, inst)
+    engine.create_workflow(workflow_type_id="ok")
+    assert value(scrape_registry(engine, inst), "workflow_engine_workflows_created_total", type="ok") == 1
+
+
+def test_the_gauges_count_a_running_workflow_whose_lease_expired_as_stale(engine: WorkflowEngine) -> None:
+    wid = engine.create_workflow(workflow_type_id="ok")
+    past = utcnow() - timedelta(minutes=5)
+    engine.store.compare_and_set(
+        wid,
+        expected_status=S.PENDING,
+        changes={"status": S.RUNNING, "started_at": past, "lease_until": past},
+        event=None,
+    )
+    m = scrape_registry(engine, metrics.Instruments())
+    assert value(m, "workflow_engine_workflows_stale") == 1
+    assert value(m, "workflow_engine_workflows", status="running") == 1
+
+
+def test_a_queued_workflow_sets_the_oldest_queued_age(tmp_path: Path) -> None:
+    e = WorkflowEngine(database_url=f"sqlite:///{tmp_path / 'q.db'}", redis_url="fakeredis://")
+    e.register_handler("ok", "we_test_handlers:noop")
+    e.enqueue_execution(e.create_workflow(workflow_type_id="ok"))  # async: waits on the fake queue
+    m = scrape_registry(e, metrics.Instruments())
+    assert value(m, "workflow_engine_queue_depth") == 1
+    assert value(m, "workflow_engine_workflows", status="queued") == 1
+    age = value(m, "workflow_engine_oldest_queued_age_seconds")
+    assert age is not None and 0 <= age < 5
+
+
+def test_an_unreachable_database_is_a_gauge_not_a_failed_scrape(tmp_path: Path) -> None:
+    e = WorkflowEngine(database_url=f"sqlite:///{tmp_path / 'missing' / 'x.db'}", redis_url="fakeredis://")
+    m = scrape_registry(e, metrics.Instruments())
+    assert value(m, "workflow_engine_database_up") == 0
+    assert value(m, "workflow_engine_workflows", status="pending") is None
+    assert value(m, "workflow_engine_redis_up") == 1
+
+
+def test_make_wsgi_app_serves_the_metrics_for_a_web_process(engine: WorkflowEngine) -> None:
+    app = metrics.make_wsgi_app(engine)
+    engine.create_workflow(workflow_type_id="ok")
+    started: list[Any] = []
+    body = b"".join(
+        app(
+            {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
+            lambda status, headers, exc_info=None: started.append((status, headers)),  # type: ignore[arg-type,return-value]
+        )
+    )
+    assert started[0][0] == "200 OK"
+    m = parse(body.decode())
+    assert value(m, "workflow_engine_workflows", status="pending") == 1
+    created = value(m, "workflow_engine_workflows_created_total", type="ok")
+    assert created is not None and created >= 1  # this process's default instruments
+
+
+# -- a real forking worker -------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.services
+def test_a_forking_worker_serves_exact_counts_of_20_workflows_of_which_5_fail(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    port = free_port()
+    worker = start_worker(
+        tmp_path,
+        redis_url=redis.url,
+        database_url=db,
+        kind="engine",
+        burst=False,
+        extra_args=["--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+        extra_env={"PROMETHEUS_MULTIPROC_DIR": str(shared)},
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape() -> Samples | None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return parse(response.read().decode())
+        except OSError:
+            return None
+
+    try:
+        wait_for(
+            lambda: (scrape() or {}).get(("workflow_engine_workers", frozenset())) == 1, 60, 0.1, "worker"
+        )
+        env = dict(os.environ)
+        env.update(
+            WORKFLOW_ENGINE_DATABASE_URL=db,
+            WORKFLOW_ENGINE_REDIS_URL=redis.url,
+            PROMETHEUS_MULTIPROC_DIR=str(shared),
+            PYTHONPATH=str(APPS),
+        )
+        subprocess.run(
+            [sys.executable, "-m", "we_metrics_producer", "15", "5"], env=env, check=True, timeout=60
+        )
+
+        def all_finished() -> bool:
+            m = scrape() or {}
+            return (
+                sum(v for (name, _), v in m.items() if name == "workflow_engine_workflows_finished_total")
+                == 20
+            )
+
+        wait_for(all_finished, 60, 0.2, "20 finished workflows in /metrics:\n" + worker.output())
+        m = scrape()
+        assert m is not None
+        # counters, summed over the producer, the worker and its work-horses
+        assert value(m, "workflow_engine_workflows_created_total", type="ok") == 15
+        assert value(m, "workflow_engine_workflows_created_total", type="bad") == 5
+        assert value(m, "workflow_engine_workflows_finished_total", type="ok", status="completed") == 15
+        assert value(m, "workflow_engine_workflows_finished_total", type="bad", status="failed") == 5
+        assert value(m, "workflow_engine_attempts_failed_total", type="bad") == 5
+        assert value(m, "workflow_engine_attempts_failed_total", type="ok") is None
+        assert value(m, "workflow_engine_workflow_duration_seconds_count", type="ok") == 15
+        assert value(m, "workflow_engine_workflow_duration_seconds_count", type="bad") == 5
+        assert value(m, "workflow_engine_queue_wait_seconds_count") == 20
+        # gauges, from the database and Redis at scrape time
+        by_status = {
+            dict(labels)["status"]: v
+            for (name, labels), v in m.items()
+            if name == "workflow_engine_workflows"
+        }
+        assert by_status == {
+            "pending": 0,
+            "queued": 0,
+            "running": 0,
+            "completed": 15,
+            "failed": 5,
+            "cancelled": 0,
+            "awaiting_approval": 0,
+            "rejected": 0,
+        }
+        assert value(m, "workflow_engine_queue_depth") == 0
+        assert value(m, "workflow_engine_oldest_queued_age_seconds") == 0
+        assert value(m, "workflow_engine_workflows_stale") == 0
+        assert value(m, "workflow_engine_workers") == 1
+        assert value(m, "workflow_engine_database_up") == 1
+        # 20 work-horses took turns on one set of files, instead of leaving a file each
+        counter_files = sorted(p.name for p in shared.glob("counter_*.db"))
+        assert len(counter_files) <= 3 and any(n.endswith("_horse.db") for n in counter_files), counter_files
+        worker.terminate()
+        assert worker.wait(30) == 0, worker.output()
+    finally:
+        worker.stop()

@@ -1,0 +1,89 @@
+"""Log output for the ``workflow-engine`` commands: plain text, or one JSON object a line.
+
+The engine logs with the stdlib (the ``workflow_engine`` logger and its children) and
+puts ``workflow_id``, ``workflow_type_id`` and ``attempt`` on every record about one
+workflow, as ``extra`` fields. The JSON format keeps them as top-level keys, so a log
+pipeline can filter on a workflow without parsing messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: The attributes every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``time``, ``level``, ``logger``, ``message``, then the extras.
+
+    ``workflow_id``, ``workflow_type_id`` and ``attempt`` appear when the record has them;
+    other ``extra`` fields too, when JSON can hold them (else as their ``repr``). An
+    exception's traceback is in ``exception``.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
+                out[key] = value if _json_safe(value) else repr(value)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (click's test runner swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure(log_format: str = "text", level: str | int = "INFO") -> logging.Handler:
+    """Send log records to stderr in ``log_format`` (``text`` or ``json``), at ``level`` and above.
+
+    Replaces the handler a previous call installed, and leaves every other handler alone.
+    """
+    if log_format not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {log_format!r}")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_workflow_engine", False)]:
+        root.removeHandler(old)
+    handler = _StderrHandler()
+    handler._workflow_engine = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler

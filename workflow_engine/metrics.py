@@ -1,0 +1,331 @@
+"""Prometheus metrics (``pip install "workflow_engine[metrics]"``).
+
+Two sources, each used where it is exact:
+
+- **Events** (counters and histograms): an engine listener counts every status change
+  the engine makes in its process. A forking worker changes statuses in work-horses
+  that exit after one job, so the worker runs prometheus_client's *multiprocess mode*:
+  every process writes its counts into files under ``PROMETHEUS_MULTIPROC_DIR``, and a
+  scrape sums the files, those of exited work-horses included.
+- **State** (gauges): a collector reads the database (and Redis) at scrape time, so
+  ``workflow_engine_workflows{status}``, the queue depth and the oldest queued age are
+  true whichever process changed what, stock ``rq worker`` processes included.
+
+``workflow-engine worker --metrics-port 9108`` serves both; a web process mounts the
+same with :func:`make_wsgi_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigurationError
+from .models import Workflow, utcnow
+from .status import TERMINAL, WorkflowStatus
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
+
+    from .engine import WorkflowEngine
+
+log = logging.getLogger("workflow_engine.metrics")
+S = WorkflowStatus
+
+#: The environment variable that turns prometheus_client's multiprocess mode on.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Seconds, for workflows that take from a fraction of a second to an hour.
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+#: Seconds between a workflow becoming due in the queue and a worker claiming it.
+QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+#: The stale-running gauge counts at most this many workflows.
+STALE_LIMIT = 10_000
+
+#: Held around every update, and taken before a fork (see below).
+_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):  # pragma: no branch
+    # prometheus_client's multiprocess values share one lock; a work-horse forked while another
+    # thread (the reconcile thread) held it would deadlock on its first update. Our updates all
+    # run under _LOCK, so holding _LOCK across fork() means that lock is free in the child.
+    os.register_at_fork(before=_LOCK.acquire, after_in_parent=_LOCK.release, after_in_child=_LOCK.release)
+
+
+def _require() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError(
+            'metrics need prometheus_client: pip install "workflow_engine[metrics]"'
+        ) from exc
+
+
+class Instruments:
+    """The counters and histograms, fed by :meth:`record` (an engine listener).
+
+    Not registered in any registry: :func:`make_registry` exposes them, or, in
+    multiprocess mode, the files they write.
+    """
+
+    def __init__(self) -> None:
+        _require()
+        from prometheus_client import Counter, Histogram
+
+        self.created = Counter(
+            "workflow_engine_workflows_created", "Workflows created.", ["type"], registry=None
+        )
+        self.finished = Counter(
+            "workflow_engine_workflows_finished",
+            "Workflows that reached a terminal status (completed, failed, cancelled, rejected).",
+            ["type", "status"],
+            registry=None,
+        )
+        self.attempts_failed = Counter(
+            "workflow_engine_attempts_failed",
+            "Attempts that failed: retried, or the workflow failed (a lost worker counts).",
+            ["type"],
+            registry=None,
+        )
+        self.duration = Histogram(
+            "workflow_engine_workflow_duration_seconds",
+            "From the first attempt's start to the end, of workflows that completed or failed.",
+            ["type"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        )
+        self.queue_wait = Histogram(
+            "workflow_engine_queue_wait_seconds",
+            "From a workflow being queued (or its retry coming due) to a worker claiming it.",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=None,
+        )
+        self._engines: weakref.WeakSet[WorkflowEngine] = weakref.WeakSet()
+
+    def collectors(self) -> list[Collector]:
+        return [self.created, self.finished, self.attempts_failed, self.duration, self.queue_wait]
+
+    def instrument(self, engine: WorkflowEngine) -> None:
+        """Count the status changes ``engine`` makes (once, however often this is called)."""
+        if engine in self._engines:
+            return
+        self._engines.add(engine)
+        ref = weakref.ref(engine)
+        engine.add_listener(lambda wf, from_status: self.record(wf, from_status, engine=ref()))
+
+    def record(
+        self, wf: Workflow, from_status: WorkflowStatus | None, *, engine: WorkflowEngine | None = None
+    ) -> None:
+        """Count one status change: ``from_status`` (None for a new workflow) to ``wf.status``."""
+        kind, to = wf.workflow_type_id, wf.status
+        wait = None
+        if from_status is S.QUEUED and to is S.RUNNING and engine is not None:
+            wait = _queue_wait(engine, wf)  # a database read: outside the lock
+        with _LOCK:
+            if from_status is None:
+                self.created.labels(kind).inc()
+            if from_status is S.RUNNING and to in (S.QUEUED, S.FAILED):
+                self.attempts_failed.labels(kind).inc()
+            if to in TERMINAL and from_status is not to:
+                self.finished.labels(kind, to.value).inc()
+                if to in (S.COMPLETED, S.FAILED) and wf.started_at and wf.finished_at:
+                    seconds = (wf.finished_at - wf.started_at).total_seconds()
+                    self.duration.labels(kind).observe(max(seconds, 0.0))
+            if wait is not None:
+                self.queue_wait.observe(wait)
+
+
+def _queue_wait(engine: WorkflowEngine, claimed: Workflow) -> float | None:
+    """Seconds from the last time the workflow became queued (or was redelivered) to its claim."""
+    try:
+        events = engine.store.events(claimed.id)
+    except Exception:
+        log.warning("could not read the events of %s for the queue wait", claimed.id, exc_info=True)
+        return None
+    queued_at = [ev.at for ev in events if ev.to_status is S.QUEUED and ev.at <= claimed.updated_at]
+    if not queued_at:
+        return None
+    return max((claimed.updated_at - queued_at[-1]).total_seconds(), 0.0)
+
+
+_DEFAULT: Instruments | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_instruments() -> Instruments:
+    """This process's instruments, created on first use."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = Instruments()
+        return _DEFAULT
+
+
+def instrument(engine: WorkflowEngine, instruments: Instruments | None = None) -> Instruments:
+    """Count the status changes ``engine`` makes in this process; return the instruments."""
+    chosen = instruments or default_instruments()
+    chosen.instrument(engine)
+    return chosen
+
+
+# -- multiprocess mode ---------------------------------------------------------------
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory, when ``PROMETHEUS_MULTIPROC_DIR`` is set."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def enable_multiprocess(path: str) -> None:
+    """Make this process, and the work-horses it forks, count into files under ``path``.
+
+    Call it before the first instrument is created (``workflow-engine worker`` does).
+    Each process writes its own files; the work-horses of this process take turns on
+    one set of files (``<pid>_horse``), since a forking worker runs one at a time, so
+    the directory does not grow by a file per job.
+    """
+    _require()
+    if _DEFAULT is not None:
+        raise ConfigurationError(
+            "enable_multiprocess() must be called before the first instrument is created"
+        )
+    if not os.path.isdir(path):
+        raise ConfigurationError(f"{MULTIPROC_ENV} {path!r} is not a directory")
+    from prometheus_client import values
+
+    os.environ[MULTIPROC_ENV] = path
+    parent = os.getpid()
+
+    def identifier() -> str:
+        pid = os.getpid()
+        if pid == parent:
+            return str(pid)
+        # A work-horse of this worker; anything it forks in turn gets its own files.
+        return f"{parent}_horse" if os.getppid() == parent else str(pid)
+
+    values.ValueClass = values.MultiProcessValue(process_identifier=identifier)  # type: ignore[no-untyped-call]
+
+
+# -- exposition ----------------------------------------------------------------------
+class DatabaseCollector:
+    """Gauges read from the database and Redis at scrape time, so they hold across processes."""
+
+    def __init__(self, engine: WorkflowEngine) -> None:
+        self.engine = engine
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not touch the database
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        engine = self.engine
+        try:
+            stats = engine.stats()
+            stale = len(engine.store.stale_running(now=utcnow(), limit=STALE_LIMIT))
+        except Exception as exc:
+            log.warning("metrics: cannot read the database: %s", exc)
+            stats = None
+        yield gauge(
+            "workflow_engine_database_up",
+            "1 when this scrape could read the database, else 0.",
+            1 if stats is not None else 0,
+        )
+        if stats is not None:
+            workflows = GaugeMetricFamily(
+                "workflow_engine_workflows", "Workflows in the database, by status.", labels=["status"]
+            )
+            for status, count in stats["by_status"].items():
+                workflows.add_metric([status], count)
+            yield workflows
+            yield gauge(
+                "workflow_engine_oldest_queued_age_seconds",
+                "Age of the oldest queued workflow that is due (0 when none is queued).",
+                stats["oldest_queued_age_s"] or 0.0,
+            )
+            yield gauge(
+                "workflow_engine_workflows_stale",
+                "Running workflows whose lease expired: their worker stopped heartbeating.",
+                stale,
+            )
+            if stats["queue_depth"] is not None:
+                yield gauge(
+                    "workflow_engine_queue_depth",
+                    "Jobs waiting on the RQ queue.",
+                    stats["queue_depth"],
+                )
+        workers = _live_workers(engine)
+        yield gauge(
+            "workflow_engine_redis_up",
+            "1 when this scrape could reach Redis, else 0.",
+            int(workers is not None),
+        )
+        if workers is not None:
+            yield gauge("workflow_engine_workers", "Live RQ workers listening on the queue.", workers)
+
+
+def _live_workers(engine: WorkflowEngine) -> int | None:
+    """How many RQ workers are registered on the engine's queue; None if Redis cannot tell."""
+    from rq import Worker
+
+    try:
+        return len(Worker.all(queue=engine.queue))
+    except Exception as exc:
+        log.warning("metrics: cannot reach Redis: %s", exc)
+        return None
+
+
+def make_registry(engine: WorkflowEngine, instruments: Instruments | None = None) -> CollectorRegistry:
+    """A registry with the counters (from the multiprocess files when in that mode) and the gauges."""
+    _require()
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    path = multiprocess_dir()
+    if path is not None and instruments is None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    else:
+        for collector in (instruments or default_instruments()).collectors():
+            registry.register(collector)
+    registry.register(DatabaseCollector(engine))
+    return registry
+
+
+def make_wsgi_app(engine: WorkflowEngine) -> WSGIApplication:
+    """A WSGI app serving ``/metrics`` for ``engine``, to mount in a web process.
+
+    It also counts the workflows this process creates and changes. Under a
+    multi-process server (gunicorn), set ``PROMETHEUS_MULTIPROC_DIR`` for every
+    process before it starts, as prometheus_client documents.
+    """
+    instrument(engine)
+    from prometheus_client import make_wsgi_app as prometheus_app
+
+    app: WSGIApplication = prometheus_app(make_registry(engine))
+    return app
+
+
+class MetricsServer:
+    """``/metrics`` over HTTP in a background thread of this process."""
+
+    def __init__(self, engine: WorkflowEngine, *, port: int, host: str = "0.0.0.0") -> None:
+        _require()
+        from prometheus_client import start_http_server
+
+        server, thread = start_http_server(port, addr=host, registry=make_registry(engine))
+        self._server: Any = server
+        self._thread = thread
+        self.port = int(server.server_port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
