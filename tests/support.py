@@ -87,10 +87,13 @@ class RedisServer:
     def ping(self) -> bool:
         import redis
 
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
+            return bool(client.ping())
         except redis.exceptions.ConnectionError:
             return False
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -101,7 +104,8 @@ class RedisServer:
     def flushall(self) -> None:
         import redis
 
-        redis.Redis(port=self.port).flushall()
+        with redis.Redis(port=self.port) as client:
+            client.flushall()
 
 
 class Worker:

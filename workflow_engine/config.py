@@ -28,6 +28,11 @@ ENVIRONMENT: dict[str, str] = {
     f"(default {DEFAULT_HEARTBEAT_INTERVAL:g})",
     "WORKFLOW_ENGINE_STALE_AFTER": "seconds without a heartbeat before reconcile recovers a running workflow "
     f"(default {DEFAULT_STALE_AFTER:g})",
+    # read by the CLI only
+    "WORKFLOW_ENGINE_LOG_FORMAT": "CLI log format: text or json (default text)",
+    "WORKFLOW_ENGINE_LOG_LEVEL": "CLI log level (default INFO)",
+    "WORKFLOW_ENGINE_METRICS_PORT": "port for /metrics of `workflow-engine worker` and `reconcile` (default: none)",
+    "WORKFLOW_ENGINE_METRICS_HOST": "address /metrics listens on (default 0.0.0.0)",
 }
 
 
