@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
-from .models import Workflow, to_json, utcnow
+from .models import log_extra, Workflow, to_json, utcnow
 from .status import WorkflowStatus
 
 if TYPE_CHECKING:
@@ -175,9 +175,15 @@ def run_attempt(
     if wf is None:
         current = engine.store.get(workflow_id)
         state = current.status.value if current else "missing"
-        log.info("job %s skipped: workflow %s is %s or carried by another job", job_id, workflow_id, state)
+        log.info(
+            "job %s skipped: workflow %s is %s or carried by another job",
+            job_id,
+            workflow_id,
+            state,
+            extra=log_extra(current) if current else {"workflow_id": workflow_id},
+        )
         return f"skipped ({state})"
-    extra = {"workflow_id": wf.id, "workflow_type_id": wf.workflow_type_id, "attempt": wf.attempts}
+    extra = log_extra(wf)
     log.info("attempt %d started", wf.attempts, extra=extra)
     engine.notify(wf, S.QUEUED)
     path = handler or wf.handler
@@ -302,6 +308,7 @@ class _Beater(threading.Thread):
                 "workflow %s was taken over by another job (this attempt's lease expired); "
                 "its result will be discarded, and cancel_requested() now returns True",
                 attempt.workflow_id,
+                extra={"workflow_id": attempt.workflow_id},
             )
 
     def run(self) -> None:  # pragma: no cover - timing-dependent, covered by the process tests
