@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
-from .models import log_extra, Workflow, to_json, utcnow
+from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
 
 if TYPE_CHECKING:
