@@ -1,8 +1,9 @@
-"""workflow_engine against raw RQ, side by side in one run.
+"""workflow_engine against raw RQ, side by side in one run, plus queries and recovery.
 
-    python benchmarks/bench.py                        # the default suite, N=2000, 3 rounds
+    python benchmarks/bench.py                        # the default suite: N=2000, 3 rounds, 100k and 1M rows
     python benchmarks/bench.py --n 200 --rounds 1     # the CI smoke run: checks that everything works
-    python benchmarks/bench.py --only api,inprocess
+    python benchmarks/bench.py --only api,bulk,inprocess
+    python benchmarks/bench.py --only queries --rows 100000,1000000
     python benchmarks/bench.py --postgres-url postgresql://postgres@127.0.0.1:5432/postgres
 
 Every comparison runs A (workflow_engine) and B (raw RQ) in the same run,
@@ -11,6 +12,9 @@ the rounds. A private redis-server is started on a free port and stopped by
 PID at the end. The exit code is non-zero if anything did not run as it
 must (a workflow not completed, a job failed, a worker that failed); no
 timing is ever asserted.
+
+A run with --n below 1000 is a smoke run: the queries use tables of 2,000
+rows (unless --rows says otherwise) and recovery uses its fast setting.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,14 +39,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_jobs
+import bench_queries
 import harness
+import recovery
 from harness import QUEUE, BenchFailure, RedisServer
 
 from workflow_engine import WorkflowEngine
 
 TYPE = "bench_noop"
 HANDLER_PATH = "bench_jobs:noop_workflow"
-SECTIONS = ("inprocess", "api", "e2e", "postgres")
+SECTIONS = ("inprocess", "api", "bulk", "e2e", "postgres", "queries", "recovery")
+#: Below this --n a run is a smoke run: small tables for the queries, the fast recovery setting.
+SMOKE_BELOW = 1000
+FULL_ROWS = (100_000, 1_000_000)
+SMOKE_ROWS = (2_000,)
+LABEL = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
 def say(message: str) -> None:
@@ -53,6 +65,7 @@ class Row:
     measure: str
     unit_a: str
     unit_b: str
+    key: str = ""
     a: list[float] = field(default_factory=list)
     b: list[float] = field(default_factory=list)
 
@@ -64,6 +77,10 @@ class Row:
     def median_b(self) -> float:
         return statistics.median(self.b)
 
+    @property
+    def ratio(self) -> float:
+        return self.median_a / self.median_b
+
 
 def compare(
     measure: str,
@@ -72,9 +89,10 @@ def compare(
     run_b: Callable[[], float],
     unit_a: str,
     unit_b: str,
+    key: str = "",
 ) -> Row:
     """Run A and B ``rounds`` times each, alternating which goes first (ABBA…); keep every rate."""
-    row = Row(measure, unit_a, unit_b)
+    row = Row(measure, unit_a, unit_b, key)
     for r in range(rounds):
         pair = [(run_a, row.a), (run_b, row.b)]
         for run, into in pair if r % 2 == 0 else reversed(pair):
@@ -89,13 +107,31 @@ def compare(
 class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path, redis: RedisServer) -> None:
         self.n: int = args.n
-        self.fork_n: int = args.fork_n if args.fork_n is not None else max(args.n // 20, 10)
+        self.fork_n: int = args.fork_n if args.fork_n is not None else max(args.n // 40, 10)
         self.rounds: int = args.rounds
+        self.batch: int = args.batch
+        self.smoke: bool = args.n < SMOKE_BELOW
+        self.rows_list: list[int] = args.rows
+        self.recovery_setting = recovery.FAST if args.recovery == "fast" else recovery.DEFAULT
+        self.recovery_rounds: int = args.recovery_rounds
         self.postgres_url: str | None = args.postgres_url
         self.tmp = tmp
         self.redis = redis
         self.rows: list[Row] = []
+        self.queries: list[bench_queries.QueryResult] = []
+        self.recoveries: list[recovery.Result] = []
         self.notes: list[str] = []
+        self.timings: list[tuple[str, float]] = []
+
+    @contextmanager
+    def section(self, title: str) -> Iterator[None]:
+        say(title)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings.append((title, time.perf_counter() - start))
+            say(f"  ({title}: {self.timings[-1][1]:.0f} s)")
 
     # -- databases ---------------------------------------------------------
     @contextmanager
@@ -112,6 +148,9 @@ class Bench:
             assert self.postgres_url is not None
             with harness.scratch_postgres(self.postgres_url) as url:
                 yield url
+
+    def backends(self) -> list[str]:
+        return ["sqlite"] + (["postgres"] if self.postgres_url else [])
 
     @staticmethod
     def check_completed(engine: WorkflowEngine, n: int, status: str = "completed") -> None:
@@ -131,6 +170,20 @@ class Bench:
             failed = engine.list_workflows(limit=1, status="failed")
             why = f"; a failed one says: {failed[0].error}" if failed else ""
             raise BenchFailure(f"{found} of {n} workflows are {status}; by status: {others}{why}")
+
+    def api_engine(self, url: str) -> WorkflowEngine:
+        """An engine on a fresh database and the private Redis, its SQLite file checked to be in WAL mode."""
+        engine = WorkflowEngine(database_url=url, redis_url=self.redis.url, queue_name=QUEUE)
+        engine.register_handler(TYPE, HANDLER_PATH)
+        engine.store.migrate()
+        if url.startswith("sqlite:///"):
+            check = sqlite3.connect(url[len("sqlite:///") :])
+            mode = check.execute("PRAGMA journal_mode").fetchone()[0]
+            check.close()
+            if mode != "wal":
+                raise BenchFailure(f"the SQLite file is in journal_mode={mode}, not WAL")
+        engine.transport.ping()
+        return engine
 
     # -- a. in-process -----------------------------------------------------
     def inprocess(self) -> None:
@@ -173,29 +226,26 @@ class Bench:
                 rq_run,
                 "wf/s",
                 "jobs/s",
+                key="inprocess",
             )
         )
 
     # -- b. API side -------------------------------------------------------
-    def api(self) -> None:
+    def raw_queue(self):  # type: ignore[no-untyped-def]
         import redis as redis_lib
         from rq import Queue
 
+        queue = Queue(QUEUE, connection=redis_lib.Redis.from_url(self.redis.url))
+        queue.connection.ping()
+        return queue
+
+    def api(self, backend: str) -> None:
         n = self.n
 
         def engine_run(n: int = n) -> float:
             self.redis.flushall()
-            with self.database("sqlite") as url:
-                engine = WorkflowEngine(database_url=url, redis_url=self.redis.url, queue_name=QUEUE)
-                engine.register_handler(TYPE, HANDLER_PATH)
-                engine.store.migrate()
-                path = url[len("sqlite:///") :]
-                check = sqlite3.connect(path)
-                mode = check.execute("PRAGMA journal_mode").fetchone()[0]
-                check.close()
-                if mode != "wal":
-                    raise BenchFailure(f"the SQLite file is in journal_mode={mode}, not WAL")
-                engine.transport.ping()
+            with self.database(backend) as url:
+                engine = self.api_engine(url)
                 start = time.perf_counter()
                 for _ in range(n):
                     engine.enqueue_execution(engine.create_workflow(workflow_type_id=TYPE))
@@ -208,8 +258,7 @@ class Bench:
 
         def rq_run(n: int = n) -> float:
             self.redis.flushall()
-            queue = Queue(QUEUE, connection=redis_lib.Redis.from_url(self.redis.url))
-            queue.connection.ping()
+            queue = self.raw_queue()
             start = time.perf_counter()
             for _ in range(n):
                 queue.enqueue(bench_jobs.noop)
@@ -220,14 +269,65 @@ class Bench:
 
         engine_run(20)  # warm up
         rq_run(20)
+        what = "SQLite WAL" if backend == "sqlite" else "PostgreSQL"
         self.rows.append(
             compare(
-                f"API: create_workflow+enqueue_execution vs Queue.enqueue, N={n} (real Redis, SQLite WAL)",
+                f"API: create_workflow+enqueue_execution vs Queue.enqueue, N={n} (real Redis, {what})",
                 self.rounds,
                 engine_run,
                 rq_run,
                 "wf/s",
                 "jobs/s",
+                key=f"api-{backend}",
+            )
+        )
+        self.redis.flushall()
+
+    def bulk(self, backend: str) -> None:
+        """``create_workflows`` + ``enqueue_many`` in batches against raw ``Queue.enqueue_many``."""
+        from rq import Queue
+
+        n, batch = self.n, self.batch
+        items = [{"workflow_type_id": TYPE}] * batch
+
+        def engine_run(n: int = n) -> float:
+            self.redis.flushall()
+            with self.database(backend) as url:
+                engine = self.api_engine(url)
+                start = time.perf_counter()
+                for done in range(0, n, batch):
+                    engine.enqueue_many(engine.create_workflows(items[: min(batch, n - done)]))
+                elapsed = time.perf_counter() - start
+                self.check_completed(engine, n, status="queued")
+                if engine.transport.depth() != n:
+                    raise BenchFailure(f"{engine.transport.depth()} jobs on the queue, expected {n}")
+                engine.close()
+            return n / elapsed
+
+        def rq_run(n: int = n) -> float:
+            self.redis.flushall()
+            queue = self.raw_queue()
+            start = time.perf_counter()
+            for done in range(0, n, batch):
+                queue.enqueue_many([Queue.prepare_data(bench_jobs.noop) for _ in range(min(batch, n - done))])
+            elapsed = time.perf_counter() - start
+            if queue.count != n:
+                raise BenchFailure(f"{queue.count} jobs on the queue, expected {n}")
+            return n / elapsed
+
+        engine_run(min(n, batch))  # warm up
+        rq_run(min(n, batch))
+        what = "SQLite WAL" if backend == "sqlite" else "PostgreSQL"
+        self.rows.append(
+            compare(
+                f"bulk: create_workflows+enqueue_many vs Queue.enqueue_many, batches of {batch}, N={n} "
+                f"(real Redis, {what})",
+                self.rounds,
+                engine_run,
+                rq_run,
+                "wf/s",
+                "jobs/s",
+                key=f"bulk-{backend}",
             )
         )
         self.redis.flushall()
@@ -255,13 +355,13 @@ class Bench:
         return elapsed
 
     def e2e(self, backend: str) -> None:
-        import redis as redis_lib
         from rq import Queue
 
-        label = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
+        label = LABEL[backend]
         configs: list[tuple[str, int, int, tuple[str, ...]]] = [
             ("simple", 1, self.n, ()),
             ("simple", 2, self.n, ()),
+            ("simple", 4, self.n, ()),
             ("fork", 1, self.fork_n, ()),
             ("fork", 2, self.fork_n, ()),
         ]
@@ -281,8 +381,10 @@ class Bench:
                 with self.database(backend) as url:
                     engine = WorkflowEngine(database_url=url, redis_url=self.redis.url, queue_name=QUEUE)
                     engine.register_handler(TYPE, HANDLER_PATH)
-                    for _ in range(n):
-                        engine.enqueue_execution(engine.create_workflow(workflow_type_id=TYPE))
+                    for done in range(0, n, self.batch):
+                        engine.enqueue_many(
+                            engine.create_workflows([{"workflow_type_id": TYPE}] * min(self.batch, n - done))
+                        )
                     elapsed = self.run_workers(n, worker_class, procs, url, extra)
                     self.check_completed(engine, n)
                     engine.close()
@@ -290,7 +392,7 @@ class Bench:
 
             def rq_run(worker_class: str = worker_class, procs: int = procs, n: int = n) -> float:
                 self.redis.flushall()
-                queue = Queue(QUEUE, connection=redis_lib.Redis.from_url(self.redis.url))
+                queue = self.raw_queue()
                 queue.enqueue_many([Queue.prepare_data(bench_jobs.noop) for _ in range(n)])
                 elapsed = self.run_workers(n, worker_class, procs, None)
                 done, failed = queue.finished_job_registry.count, queue.failed_job_registry.count
@@ -310,6 +412,7 @@ class Bench:
                     rq_run,
                     "wf/s",
                     "jobs/s",
+                    key=f"e2e-{backend}-{worker_class}-{procs}{'-preload' if extra else ''}",
                 )
             )
         self.redis.flushall()
@@ -325,15 +428,183 @@ class Bench:
             "exit; every e2e time includes it once per process"
         )
 
+    # -- e. queries --------------------------------------------------------
+    def run_queries(self) -> None:
+        self.queries = bench_queries.run(
+            self.backends(),
+            self.rows_list,
+            tmp=self.tmp,
+            redis_url=self.redis.url,
+            postgres_url=self.postgres_url,
+            reps=100 * self.rounds,
+            stats_rounds=max(self.rounds, 3),
+        )
 
+    # -- f. recovery -------------------------------------------------------
+    def run_recovery(self) -> None:
+        setting = self.recovery_setting
+        for r in range(self.recovery_rounds):
+            result = recovery.measure(setting, self.redis, self.tmp)
+            self.recoveries.append(result)
+            say(
+                f"  [{setting.name}] round {r + 1}/{self.recovery_rounds}: requeued {result.seconds:.2f} s "
+                f"after the kill, running again after {result.rerun_seconds:.2f} s"
+            )
+        self.redis.flushall()
+
+
+# -- output ------------------------------------------------------------------
 def format_table(rows: list[Row]) -> str:
     lines = ["| measure | workflow_engine | raw RQ | ratio |", "|---|---|---|---|"]
     for row in rows:
         lines.append(
             f"| {row.measure} | {row.median_a:,.0f} {row.unit_a} | {row.median_b:,.0f} {row.unit_b} | "
-            f"{row.median_a / row.median_b:.2f} |"
+            f"{row.ratio:.2f} |"
         )
     return "\n".join(lines)
+
+
+def format_scaling(rows: list[Row]) -> str:
+    """SimpleWorker e2e by process count: SQLite against PostgreSQL (and raw RQ) from the rows above."""
+    by_key = {row.key: row for row in rows}
+    procs = [
+        p for p in (1, 2, 4) if f"e2e-sqlite-simple-{p}" in by_key or f"e2e-postgres-simple-{p}" in by_key
+    ]
+    if not procs:
+        return ""
+    lines = [
+        "| `rq worker -w rq.SimpleWorker` processes | SQLite wf/s | PostgreSQL wf/s "
+        "| raw RQ jobs/s (all its runs) |",
+        "|---|---|---|---|",
+    ]
+    for p in procs:
+        cells = []
+        raw = []
+        for backend in ("sqlite", "postgres"):
+            row = by_key.get(f"e2e-{backend}-simple-{p}")
+            cells.append(f"{row.median_a:,.0f}" if row else "not run")
+            if row:
+                raw.extend(row.b)
+        raw_cell = f"{statistics.median(raw):,.0f}" if raw else "not run"
+        lines.append(f"| {p} | {cells[0]} | {cells[1]} | {raw_cell} |")
+    return "\n".join(lines)
+
+
+def format_recovery(results: list[recovery.Result]) -> str:
+    if not results:
+        return ""
+    s = results[0].setting
+    low, high = s.stale_after - s.heartbeat_interval, s.stale_after + s.reconcile_every
+    seconds = [r.seconds for r in results]
+    rerun = [r.rerun_seconds for r in results]
+    lines = [
+        "| recovery setting | heartbeat | stale after | reconcile every | kill -9 → queued | expected window "
+        "| kill -9 → running again | rounds |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {s.name} | {s.heartbeat_interval:g} s | {s.stale_after:g} s | {s.reconcile_every:g} s | "
+        f"{statistics.median(seconds):.2f} s | {low:g}-{high:g} s | {statistics.median(rerun):.2f} s | "
+        f"{', '.join(f'{x:.2f}' for x in seconds)} s |",
+    ]
+    return "\n".join(lines)
+
+
+def targets(bench: Bench) -> list[tuple[str, str, str, str]]:
+    """(measure, target, result, met) for every target of the issue that this run measured."""
+    by_key = {row.key: row for row in bench.rows}
+    out: list[tuple[str, str, str, str]] = []
+
+    def ratio(key: str, what: str, goal: float) -> None:
+        row = by_key.get(key)
+        if row is not None:
+            out.append((what, f"≥ {goal:.2f}", f"{row.ratio:.2f}", "yes" if row.ratio >= goal else "**no**"))
+
+    for row in bench.rows:
+        if row.key.startswith("e2e-sqlite-"):
+            what = row.measure.split(": ", 1)[1].split(", N=")[0]
+            ratio(row.key, f"e2e ÷ raw RQ, SQLite, {what}", 0.85)
+    ratio("api-sqlite", "create_workflow+enqueue_execution ÷ Queue.enqueue (SQLite)", 0.75)
+    bulk = by_key.get("bulk-sqlite")
+    if bulk is not None:
+        met = "yes" if bulk.median_a >= 5000 else "**no**"
+        out.append(
+            ("bulk create_workflows+enqueue_many (SQLite)", "≥ 5,000 wf/s", f"{bulk.median_a:,.0f} wf/s", met)
+        )
+    ratio("inprocess", "in-process ÷ RQ's own sync mode", 1.0)
+    for backend in ("SQLite", "PostgreSQL"):
+        mine = [r for r in bench.queries if r.backend == backend]
+        if not mine:
+            continue
+        largest = max(mine, key=lambda r: r.rows)
+        worst = max(largest.queries, key=lambda x: bench_queries.percentile(x.samples, 50))
+        p50 = bench_queries.percentile(worst.samples, 50) * 1000
+        at = f"{largest.rows:,} rows" + ("" if largest.rows >= 1_000_000 else " (the target is at 1M)")
+        out.append(
+            (
+                f"`list_workflows` p50, worst filter/page, {backend}, {at}",
+                "≤ 2 ms",
+                f"{p50:.2f} ms ({worst.label})",
+                "yes" if p50 <= 2 else "**no**",
+            )
+        )
+        stats = statistics.median(largest.stats_seconds)
+        out.append(
+            (
+                f"`engine.stats()`, {backend}, {at}",
+                "< 1 s (issue 6)",
+                f"{stats:.2f} s",
+                "yes" if stats < 1 else "**no**",
+            )
+        )
+    if bench.recoveries:
+        s = bench.recoveries[0].setting
+        low, high = s.stale_after - s.heartbeat_interval, s.stale_after + s.reconcile_every
+        got = statistics.median(r.seconds for r in bench.recoveries)
+        out.append(
+            (
+                f"kill -9 → queued, {s.name} settings",
+                f"within {low:g}-{high:g} s",
+                f"{got:.2f} s",
+                "yes" if got <= high + 1 else "**no**",
+            )
+        )
+    return out
+
+
+def versions(postgres_url: str | None) -> str:
+    parts = [f"Python {platform.python_version()}", f"rq {version('rq')}", f"redis-py {version('redis')}"]
+    try:
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=False)
+        parts.append("redis-server " + out.stdout.split("v=")[1].split()[0])
+    except (OSError, IndexError):
+        pass
+    parts.append(f"SQLite {sqlite3.sqlite_version}")
+    if postgres_url:
+        try:
+            import psycopg
+
+            with psycopg.connect(postgres_url, connect_timeout=5) as conn:
+                row = conn.execute("SHOW server_version").fetchone()
+                parts.append(f"PostgreSQL {row[0] if row else '?'}")
+        except Exception:
+            pass
+    return ", ".join(parts)
+
+
+def load_average() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def parse_rows(text: str) -> list[int]:
+    try:
+        rows = [int(x.strip().replace("_", "")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rows takes comma-separated integers, got {text!r}") from None
+    if not rows or min(rows) < 2 * bench_queries.PAGE:
+        raise argparse.ArgumentTypeError(f"every --rows value must be at least {2 * bench_queries.PAGE}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,10 +616,29 @@ def main(argv: list[str] | None = None) -> int:
         "--fork-n",
         type=int,
         default=None,
-        help="workflows/jobs per forking-worker measurement (default N/20, at least 10): "
+        help="workflows/jobs per forking-worker measurement (default N/40, at least 10): "
         "a work-horse per job makes these slow",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per comparison; the median is reported")
+    parser.add_argument(
+        "--batch", type=int, default=500, help="batch size of the bulk API section (default 500)"
+    )
+    parser.add_argument(
+        "--rows",
+        type=parse_rows,
+        default=None,
+        help="comma-separated table sizes of the queries section (default 100000,1000000; "
+        "2000 in a smoke run). SQLite tables of 50,000 rows or more are cached under "
+        f"{bench_queries.CACHE}",
+    )
+    parser.add_argument(
+        "--recovery",
+        choices=("default", "fast"),
+        default=None,
+        help="recovery setting: default (heartbeat 5 s, stale after 30 s, reconcile every 10 s) or fast "
+        "(1 s, 5 s, 2 s). Default: default, or fast in a smoke run",
+    )
+    parser.add_argument("--recovery-rounds", type=int, default=1, help="kill -9 measurements (default 1)")
     parser.add_argument(
         "--only", default=None, help=f"comma-separated sections to run, from: {', '.join(SECTIONS)}"
     )
@@ -356,11 +646,22 @@ def main(argv: list[str] | None = None) -> int:
         "--postgres-url",
         default=None,
         help="admin URL of a PostgreSQL server (e.g. postgresql://postgres@127.0.0.1:5432/postgres):"
-        " also run the e2e section on a scratch database created and dropped there",
+        " also run the API, bulk, e2e and queries sections on scratch databases created and dropped there",
     )
     args = parser.parse_args(argv)
-    if args.n < 1 or args.rounds < 1 or (args.fork_n is not None and args.fork_n < 1):
-        parser.error("--n, --fork-n and --rounds must be at least 1")
+    if (
+        args.n < 1
+        or args.rounds < 1
+        or args.batch < 1
+        or args.recovery_rounds < 1
+        or (args.fork_n is not None and args.fork_n < 1)
+    ):
+        parser.error("--n, --fork-n, --rounds, --batch and --recovery-rounds must be at least 1")
+    smoke = args.n < SMOKE_BELOW
+    if args.rows is None:
+        args.rows = list(SMOKE_ROWS if smoke else FULL_ROWS)
+    if args.recovery is None:
+        args.recovery = "fast" if smoke else "default"
     only = set(SECTIONS) if args.only is None else {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SECTIONS)
     if unknown:
@@ -371,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         only.discard("postgres")
 
     started = time.perf_counter()
+    load_before = load_average()
     failure: BaseException | None = None
     with tempfile.TemporaryDirectory(prefix="we-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -380,19 +682,30 @@ def main(argv: list[str] | None = None) -> int:
             redis.start()
             say(f"private redis-server on port {redis.port} (pid {redis.proc.pid if redis.proc else '?'})")
             if "inprocess" in only:
-                say("a. in-process")
-                bench.inprocess()
+                with bench.section("a. in-process"):
+                    bench.inprocess()
             if "api" in only:
-                say("b. API")
-                bench.api()
+                for backend in bench.backends():
+                    with bench.section(f"b. API, {LABEL[backend]}"):
+                        bench.api(backend)
+            if "bulk" in only:
+                for backend in bench.backends():
+                    with bench.section(f"b. bulk API, {LABEL[backend]}"):
+                        bench.bulk(backend)
             if "e2e" in only or "postgres" in only:
                 bench.worker_startup()
             if "e2e" in only:
-                say("c. end to end, SQLite")
-                bench.e2e("sqlite")
+                with bench.section("c. end to end, SQLite"):
+                    bench.e2e("sqlite")
             if "postgres" in only:
-                say("d. end to end, PostgreSQL")
-                bench.e2e("postgres")
+                with bench.section("d. end to end, PostgreSQL"):
+                    bench.e2e("postgres")
+            if "queries" in only:
+                with bench.section(f"e. queries: {', '.join(f'{r:,}' for r in args.rows)} rows"):
+                    bench.run_queries()
+            if "recovery" in only:
+                with bench.section(f"f. recovery, {args.recovery} setting"):
+                    bench.run_recovery()
         except Exception as exc:
             failure = exc
         except KeyboardInterrupt:
@@ -402,17 +715,34 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nworkflow_engine vs raw RQ: N={args.n}, median of {args.rounds} round(s); "
-        f"rq {version('rq')}, redis-server private, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs; total {time.perf_counter() - started:.0f} s\n"
+        f"{versions(args.postgres_url)}; {os.cpu_count()} CPUs; load average {load_before} at the start, "
+        f"{load_average()} at the end; total {time.perf_counter() - started:.0f} s\n"
     )
     if bench.rows:
         print(format_table(bench.rows))
+        scaling = format_scaling(bench.rows)
+        if scaling:
+            print(f"\n{scaling}")
+    if bench.queries:
+        print(f"\n{bench_queries.format_tables(bench.queries)}")
+    if bench.recoveries:
+        print(f"\n{format_recovery(bench.recoveries)}")
+    goals = targets(bench)
+    if goals:
+        print("\n| target | goal | result | met |\n|---|---|---|---|")
+        for what, goal, result, met in goals:
+            print(f"| {what} | {goal} | {result} | {met} |")
+    if bench.rows:
         print("\nEvery round (workflow_engine / raw RQ):")
         for row in bench.rows:
             pairs = ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(row.a, row.b, strict=False))
             print(f"- {row.measure}: {pairs}")
     for note in bench.notes:
         print(f"\nNote: {note}")
+    if bench.timings:
+        print(
+            "\nTime per section: " + "; ".join(f"{title} {seconds:.0f} s" for title, seconds in bench.timings)
+        )
     if failure is not None:
         if isinstance(failure, BenchFailure):
             print(f"\nFAILED: {failure}", file=sys.stderr)

@@ -31,7 +31,7 @@ ENVIRONMENT: dict[str, str] = {
     # read by the CLI only
     "WORKFLOW_ENGINE_LOG_FORMAT": "CLI log format: text or json (default text)",
     "WORKFLOW_ENGINE_LOG_LEVEL": "CLI log level (default INFO)",
-    "WORKFLOW_ENGINE_METRICS_PORT": "port for /metrics of `workflow-engine worker` and `reconcile` ",
+    "WORKFLOW_ENGINE_METRICS_PORT": "port for /metrics of `workflow-engine worker` and `reconcile`",
     "WORKFLOW_ENGINE_METRICS_HOST": "address /metrics listens on (default 0.0.0.0)",
 }
 
