@@ -467,26 +467,24 @@ def format_table(rows: list[Row]) -> str:
 def format_scaling(rows: list[Row]) -> str:
     """SimpleWorker e2e by process count: SQLite against PostgreSQL (and raw RQ) from the rows above."""
     by_key = {row.key: row for row in rows}
-    procs = [
-        p for p in (1, 2, 4) if f"e2e-sqlite-simple-{p}" in by_key or f"e2e-postgres-simple-{p}" in by_key
-    ]
+    backends = [b for b in ("sqlite", "postgres") if any(k.startswith(f"e2e-{b}-simple-") for k in by_key)]
+    procs = [p for p in (1, 2, 4) if any(f"e2e-{b}-simple-{p}" in by_key for b in backends)]
     if not procs:
         return ""
+    header = " | ".join(f"{LABEL[b]} wf/s" for b in backends)
     lines = [
-        "| `rq worker -w rq.SimpleWorker` processes | SQLite wf/s | PostgreSQL wf/s "
-        "| raw RQ jobs/s (all its runs) |",
-        "|---|---|---|---|",
+        f"| `rq worker -w rq.SimpleWorker` processes | {header} | raw RQ jobs/s (all its runs) |",
+        "|---|" + "---|" * (len(backends) + 1),
     ]
     for p in procs:
-        cells = []
-        raw = []
-        for backend in ("sqlite", "postgres"):
+        cells, raw = [], []
+        for backend in backends:
             row = by_key.get(f"e2e-{backend}-simple-{p}")
             cells.append(f"{row.median_a:,.0f}" if row else "not run")
             if row:
                 raw.extend(row.b)
         raw_cell = f"{statistics.median(raw):,.0f}" if raw else "not run"
-        lines.append(f"| {p} | {cells[0]} | {cells[1]} | {raw_cell} |")
+        lines.append(f"| {p} | {' | '.join(cells)} | {raw_cell} |")
     return "\n".join(lines)
 
 
@@ -602,8 +600,8 @@ def parse_rows(text: str) -> list[int]:
         rows = [int(x.strip().replace("_", "")) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--rows takes comma-separated integers, got {text!r}") from None
-    if not rows or min(rows) < 2 * bench_queries.PAGE:
-        raise argparse.ArgumentTypeError(f"every --rows value must be at least {2 * bench_queries.PAGE}")
+    if not rows or min(rows) < bench_queries.MIN_ROWS:
+        raise argparse.ArgumentTypeError(f"every --rows value must be at least {bench_queries.MIN_ROWS:,}")
     return rows
 
 
