@@ -23,6 +23,7 @@ def finish(engine: WorkflowEngine, wid: str, status: WorkflowStatus, seconds: fl
             "status": status,
             "started_at": end - timedelta(seconds=seconds),
             "finished_at": end,
+            "duration_s": seconds,
             "updated_at": end,
         },
         event=None,
@@ -77,6 +78,16 @@ def test_stats_match_a_hand_computed_fixture(engine: WorkflowEngine) -> None:
     assert stats["running"] == 0
     assert stats["throughput_per_min"] == pytest.approx(3 / 15)
     assert 0 <= stats["oldest_queued_age_s"] < 5
+
+
+def test_a_finished_workflow_records_its_duration(workflow_engine: WorkflowEngine) -> None:
+    workflow_engine.register_handler("site", "we_test_handlers:noop")
+    wid = workflow_engine.create_workflow(workflow_type_id="site")
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert wf.duration_s is not None and wf.started_at and wf.finished_at
+    assert wf.duration_s == pytest.approx((wf.finished_at - wf.started_at).total_seconds())
+    assert workflow_engine.stats()["by_type"]["site"]["duration_p50_s"] == pytest.approx(wf.duration_s)
 
 
 def test_stats_since_counts_only_newer_workflows(engine: WorkflowEngine) -> None:

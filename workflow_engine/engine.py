@@ -417,6 +417,9 @@ class WorkflowEngine:
         fields = dict(changes)
         fields["status"] = to
         fields.setdefault("updated_at", utcnow())
+        if "finished_at" in fields:  # the duration is stamped once, with the finish
+            finished, started = fields["finished_at"], fields.get("started_at", wf.started_at)
+            fields["duration_s"] = (finished - started).total_seconds() if finished and started else None
         return Change(
             wf.id,
             wf.status,

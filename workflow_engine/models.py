@@ -94,6 +94,8 @@ class Workflow(BaseModel):
     #: A queued retry is not delivered before this time.
     run_after: datetime | None = None
     cancel_requested_at: datetime | None = None
+    #: Seconds from the first start to the finish, stamped when the workflow finishes.
+    duration_s: float | None = None
 
     _check_times = field_validator(
         "created_at",

@@ -252,8 +252,6 @@ class SQLStore(Store):
 
     #: Appended to a SELECT that must lock the row it reads, where the database can.
     row_lock: str = ""
-    #: A workflow's duration in seconds, in this dialect.
-    duration_sql: str
     #: Sum of every numeric top-level field of calculated_savings, by key; ``{since}`` as in STATS_COUNTS.
     savings_sql: str
 
@@ -476,19 +474,28 @@ class SQLStore(Store):
             cond = "AND created_at >= :since"
         with self.transaction(write=False) as tx:
             counts = tx.fetch(self.sql(q.STATS_COUNTS.format(since=cond)), params)
-            ranked = tx.fetch(
-                self.sql(q.STATS_DURATIONS.format(since=cond, duration=self.duration_sql)), params
-            )
             oldest = tx.fetch(self.sql(q.STATS_OLDEST_QUEUED), {})[0]["oldest"]
             running = tx.fetch(self.sql(q.STATS_RUNNING), {})[0]["n"]
             finished = tx.fetch(self.sql(q.STATS_FINISHED_SINCE), params)[0]["n"]
             savings = tx.fetch(self.sql(self.savings_sql.format(since=cond)), params)
-        durations: dict[str, list[float]] = {}
-        for row in sorted(ranked, key=lambda r: (r["workflow_type_id"], r["rn"])):
-            durations.setdefault(row["workflow_type_id"], []).append(float(row["dur"]))
+            durations: dict[str, tuple[float, float]] = {}
+            for type_id, status, n in ((r["workflow_type_id"], r["status"], int(r["n"])) for r in counts):
+                if status != WorkflowStatus.COMPLETED.value or n == 0:
+                    continue
+                at = []
+                for pct in (50, 95):
+                    offset = (n * pct + 99) // 100 - 1  # nearest rank, counted from 0
+                    row = tx.fetch(
+                        self.sql(q.STATS_DURATION_AT.format(since=cond)),
+                        {**params, "workflow_type_id": type_id, "offset": offset},
+                    )
+                    if row and row[0]["duration_s"] is not None:
+                        at.append(float(row[0]["duration_s"]))
+                if len(at) == 2:
+                    durations[type_id] = (at[0], at[1])
         return StatsRows(
             counts=[(r["workflow_type_id"], r["status"], int(r["n"])) for r in counts],
-            durations={t: (v[0], v[-1]) for t, v in durations.items()},
+            durations=durations,
             oldest_queued=self.decode_row({"at": oldest})["at"] if oldest is not None else None,
             running=int(running),
             finished_recently=int(finished),

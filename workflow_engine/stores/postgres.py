@@ -52,7 +52,6 @@ class PostgresStore(SQLStore):
     dialect = "postgres"
     retry_unavailable = True
     row_lock = "FOR UPDATE"
-    duration_sql = "EXTRACT(EPOCH FROM (finished_at - started_at))"
     savings_sql = """
 SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
   FROM workflows AS w, jsonb_each(w.calculated_savings) AS j

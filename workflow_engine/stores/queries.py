@@ -40,6 +40,7 @@ WORKFLOW_COLUMNS: tuple[str, ...] = (
     "lease_until",
     "run_after",
     "cancel_requested_at",
+    "duration_s",
 )
 JSON_COLUMNS = frozenset({"inputs", "calculated_savings", "result"})
 TIME_COLUMNS = frozenset(
@@ -150,16 +151,12 @@ STATS_COUNTS = """
 SELECT workflow_type_id, status, COUNT(*) AS n FROM workflows WHERE 1 = 1 {since}
 GROUP BY workflow_type_id, status
 """
-#: Nearest-rank p50 and p95 of completed workflows' durations, per type.
-STATS_DURATIONS = """
-SELECT workflow_type_id, rn, n, dur FROM (
-    SELECT workflow_type_id, {duration} AS dur,
-           ROW_NUMBER() OVER (PARTITION BY workflow_type_id ORDER BY {duration}) AS rn,
-           COUNT(*) OVER (PARTITION BY workflow_type_id) AS n
-      FROM workflows
-     WHERE status = 'completed' AND started_at IS NOT NULL AND finished_at IS NOT NULL {since}
-) ranked
-WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100
+#: The completed duration at one rank of one type (nearest-rank percentiles), read from the
+#: (workflow_type_id, status, duration_s) index.
+STATS_DURATION_AT = """
+SELECT duration_s FROM workflows
+ WHERE workflow_type_id = :workflow_type_id AND status = 'completed' AND duration_s IS NOT NULL {since}
+ ORDER BY duration_s LIMIT 1 OFFSET :offset
 """
 #: The oldest queued workflow that is due (a retry waiting for its delay counts from its due time).
 STATS_OLDEST_QUEUED = """

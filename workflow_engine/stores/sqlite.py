@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,7 +39,6 @@ class _SQLiteTx:
 
 class SQLiteStore(SQLStore):
     dialect = "sqlite"
-    duration_sql = "(julianday(finished_at) - julianday(started_at)) * 86400.0"
     savings_sql = """
 SELECT j.key AS key, TOTAL(j.value) AS total
   FROM workflows AS w, json_each(w.calculated_savings) AS j
@@ -75,7 +75,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode = WAL")
+                self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
@@ -85,6 +85,19 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         if not self._migrated:
             self._migrate(self._db)
         return self._db
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL. Switching needs a moment alone with the file, and SQLite's busy timeout
+        does not cover it, so a first use racing another process's migration waits here."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         with self._lock:
