@@ -532,7 +532,11 @@ class WorkflowEngine:
         each runs before this returns, as with :meth:`enqueue_execution`.
         """
         ids = list(dict.fromkeys(workflow_ids))
-        found = self.store.get_many(ids)
+        # Workflows this engine just created need no read: the compare-and-set checks them anyway.
+        found = {wid: wf for wid in ids if (wf := self._recent.pop(wid, None)) is not None}
+        missing = [wid for wid in ids if wid not in found]
+        if missing:
+            found.update(self.store.get_many(missing))
         for wid in ids:
             wf = found.get(wid)
             if wf is None:
