@@ -299,14 +299,14 @@ class SQLStore(Store):
         self, workflows: Sequence[Workflow], event_detail: str | None = None
     ) -> list[tuple[Workflow, bool]]:
         out: list[tuple[Workflow, bool]] = []
-        insert_sql = self.sql(q.INSERT_WORKFLOW + " RETURNING *")
+        insert_sql = self.sql(q.INSERT_WORKFLOW + " RETURNING id")
         event_sql = self.sql(q.INSERT_EVENT)
         by_key_sql = self.sql(q.GET_BY_IDEMPOTENCY_KEY)
         with self.transaction() as tx:
             for wf in workflows:
                 rows = tx.fetch(insert_sql, self.encode(wf.model_dump()))
-                if rows:
-                    stored = self._workflow(rows[0])
+                if rows:  # inserted as given: no need to read it back
+                    stored = wf
                     tx.fetch(
                         event_sql, self._event_params(stored, NewEvent(None, stored.status, event_detail))
                     )
