@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import fakeredis
@@ -271,8 +272,14 @@ def test_enqueueing_a_running_or_completed_workflow_never_starts_a_second_run(
 
 # -- async mode over fakeredis, with a real SimpleWorker ---------------------------
 @pytest.fixture
-def async_engine() -> WorkflowEngine:
-    return WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://", is_async=True)
+def async_engine(database_url: str) -> Iterator[WorkflowEngine]:
+    """An engine with a real RQ queue on fakeredis, on every store: SQLite and PostgreSQL.
+
+    Claims, retries, cancellation and reconcile are specified here once for both.
+    """
+    engine = WorkflowEngine(database_url=database_url, redis_url="fakeredis://", is_async=True)
+    yield engine
+    engine.close()
 
 
 def work(engine: WorkflowEngine) -> None:
