@@ -17,15 +17,7 @@ STATS_WINDOW_MINUTES = 15
 
 
 def compute_stats(engine: WorkflowEngine, since: datetime | None = None) -> dict[str, Any]:
-    """Analytics computed in SQL, as a JSON-safe dict.
-
-    ``total``, ``by_status`` (every status, zeros included), ``by_type`` (counts by
-    status, ``success_rate``, ``duration_p50_s``, ``duration_p95_s``) and
-    ``calculated_savings`` (each numeric field summed) cover the workflows created
-    since ``since`` (all when None). ``queue_depth`` (from Redis; None when Redis is
-    down), ``oldest_queued_age_s``, ``running`` and ``throughput_per_min`` (workflows
-    finished over the last 15 minutes) describe the present.
-    """
+    """``engine.stats()``: shape the store's SQL aggregates into the documented dict."""
     if since is not None and (not isinstance(since, datetime) or since.tzinfo is None):
         raise InvalidInput("since must be a timezone-aware datetime or None")
     now = utcnow()

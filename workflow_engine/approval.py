@@ -54,13 +54,7 @@ def vote(
     comment: str | None = None,
     change: bool = False,
 ) -> Tally:
-    """Cast a council member's vote on a workflow awaiting approval, and return the tally.
-
-    The vote that reaches the quorum decides: approval queues the workflow and
-    enqueues it (a compare-and-set, so two deciding votes at once enqueue it once);
-    rejection makes it ``rejected``. Raises NotACouncilMember, DuplicateVote (unless
-    ``change=True``), or InvalidTransition when the workflow is not awaiting approval.
-    """
+    """``engine.vote()``: record the vote in one transaction, then let :func:`decide` act on it."""
     if not isinstance(voter_id, str) or not voter_id.strip():
         raise InvalidInput("voter_id must be a non-empty string")
     if not isinstance(approve, bool):
