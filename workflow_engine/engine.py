@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -91,6 +92,7 @@ class WorkflowEngine:
         self._handlers: dict[str, HandlerSpec] = {}
         self._listeners: list[Listener] = []
         self._recent: dict[str, Workflow] = {}
+        self._recent_lock = threading.Lock()
         self.key = uuid.uuid4().hex
         _ENGINES[self.key] = self
 
@@ -255,9 +257,10 @@ class WorkflowEngine:
 
         Only a hint: enqueueing still compare-and-sets on its status and job id.
         """
-        self._recent[wf.id] = wf
-        if len(self._recent) > _RECENT_SIZE:
-            self._recent.pop(next(iter(self._recent)), None)
+        with self._recent_lock:  # a web app's threads share one engine
+            self._recent[wf.id] = wf
+            if len(self._recent) > _RECENT_SIZE:
+                self._recent.pop(next(iter(self._recent)), None)
 
     def _new_workflow(
         self,
