@@ -96,6 +96,7 @@ def schema_key() -> str:
                 digest.update(entry.name.encode())
                 digest.update(entry.read_bytes())
     digest.update(",".join(q.WORKFLOW_COLUMNS).encode())
+    digest.update(b"rows v2: with duration_s")
     return digest.hexdigest()[:12]
 
 
@@ -158,7 +159,11 @@ def generate(rows: int, dialect: str) -> Iterator[tuple[Any, ...]]:
                 values["updated_at"] = iso(beat)
             else:
                 finished = started + timedelta(milliseconds=rng.randrange(10, 60_000))
-                values.update(finished_at=iso(finished), updated_at=iso(finished))
+                values.update(
+                    finished_at=iso(finished),
+                    updated_at=iso(finished),
+                    duration_s=(finished - started).total_seconds(),
+                )
         if status == "completed":
             values["result"] = json.dumps({"ok": True, "lines": rng.randrange(1, 50)})
             if rng.random() < 0.33:
@@ -370,6 +375,8 @@ def measure(
         total = int(stats["total"])
     if total != rows:
         raise BenchFailure(f"stats() counted {total:,} workflows, expected {rows:,}")
+    if not any(t["duration_p50_s"] is not None for t in stats["by_type"].values()):
+        raise BenchFailure("stats() found no durations: the percentiles were not measured")
     return QueryResult(backend, rows, how, queries, "; ".join(walk_notes), stats_seconds, offset_ms, total)
 
 
