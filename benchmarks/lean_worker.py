@@ -29,10 +29,10 @@ from rq.job import Job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import RedisServer  # noqa: E402
+from harness import RedisServer
 
-from workflow_engine import WorkflowEngine  # noqa: E402
-from workflow_engine.execution import run_attempt, set_worker_engine  # noqa: E402
+from workflow_engine import WorkflowEngine
+from workflow_engine.execution import run_attempt, set_worker_engine
 
 
 def fill(engine: WorkflowEngine, n: int) -> list[str]:
@@ -57,7 +57,9 @@ def lean(engine: WorkflowEngine) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -78,7 +80,8 @@ def main() -> int:
                 if name == "lean loop":
                     lean(engine)
                 else:
-                    rq.SimpleWorker([engine.queue], connection=engine.redis).work(burst=True, logging_level="WARNING")
+                    worker = rq.SimpleWorker([engine.queue], connection=engine.redis)
+                    worker.work(burst=True, logging_level="WARNING")
                 elapsed = time.perf_counter() - start
                 done = sum(1 for w in engine.list_workflows(limit=10_000) if w.status.value == "completed")
                 if done != len(ids):
