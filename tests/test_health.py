@@ -3,12 +3,10 @@ failure rate are all fine; one line per check, naming what failed and the figure
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
 import subprocess
-import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,19 +24,6 @@ S = WorkflowStatus
 
 
 @pytest.fixture
-def redis(redis_server: RedisServer) -> RedisServer:
-    """The private redis-server, minus the client socket its start-up ping leaves in a reference cycle.
-
-    (support.RedisServer.ping() does not close its client; a later garbage collection would
-    report the socket as a ResourceWarning in whichever test it happens.)
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-    return redis_server
-
-
-@pytest.fixture
 def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'health.db'}"
 
@@ -53,9 +38,9 @@ def health(*args: str) -> tuple[int, dict[str, str]]:
 
 
 @pytest.mark.services
-def test_health_exits_1_and_names_redis_when_redis_is_down(db: str, redis: RedisServer) -> None:
-    redis.stop()
-    code, checks = health("--database-url", db, "--redis-url", redis.url)
+def test_health_exits_1_and_names_redis_when_redis_is_down(db: str, redis_server: RedisServer) -> None:
+    redis_server.stop()
+    code, checks = health("--database-url", db, "--redis-url", redis_server.url)
     assert code == 1
     assert checks["redis"].startswith("FAIL  redis         unreachable: ")
     assert "Connection refused" in checks["redis"]
@@ -64,8 +49,8 @@ def test_health_exits_1_and_names_redis_when_redis_is_down(db: str, redis: Redis
 
 
 @pytest.mark.services
-def test_health_exits_1_when_no_worker_is_alive(db: str, redis: RedisServer) -> None:
-    result = CliRunner().invoke(main, ["health", "--database-url", db, "--redis-url", redis.url])
+def test_health_exits_1_when_no_worker_is_alive(db: str, redis_server: RedisServer) -> None:
+    result = CliRunner().invoke(main, ["health", "--database-url", db, "--redis-url", redis_server.url])
     assert result.exit_code == 1
     assert "FAIL  workers       0 live workers on queue 'workflows'" in result.stdout
     assert result.stdout.splitlines()[-1] == "UNHEALTHY: workers"
@@ -74,18 +59,18 @@ def test_health_exits_1_when_no_worker_is_alive(db: str, redis: RedisServer) -> 
 @pytest.mark.slow
 @pytest.mark.services
 def test_health_exits_0_with_a_live_workflow_engine_worker_run_as_a_real_subprocess(
-    tmp_path: Path, db: str, redis: RedisServer
+    tmp_path: Path, db: str, redis_server: RedisServer
 ) -> None:
     worker = start_worker(
         tmp_path,
-        redis_url=redis.url,
+        redis_url=redis_server.url,
         database_url=db,
         kind="engine",
         burst=False,
         extra_args=["--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1"],
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_ENGINE_")}
-    env.update(WORKFLOW_ENGINE_DATABASE_URL=db, WORKFLOW_ENGINE_REDIS_URL=redis.url)
+    env.update(WORKFLOW_ENGINE_DATABASE_URL=db, WORKFLOW_ENGINE_REDIS_URL=redis_server.url)
 
     def run_health() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -111,7 +96,7 @@ def test_health_exits_0_with_a_live_workflow_engine_worker_run_as_a_real_subproc
         worker.terminate()
         assert worker.wait(30) == 0, worker.output()
         assert not Path(found.group(1)).exists()
-        code, checks = health("--database-url", db, "--redis-url", redis.url)
+        code, checks = health("--database-url", db, "--redis-url", redis_server.url)
         assert code == 1 and checks["workers"].startswith("FAIL")
     finally:
         worker.stop()

@@ -6,12 +6,10 @@ that counts made in work-horses that exited are all there.
 
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -46,19 +44,6 @@ def scrape_registry(engine: WorkflowEngine, instruments: metrics.Instruments) ->
     from prometheus_client import generate_latest
 
     return parse(generate_latest(metrics.make_registry(engine, instruments)).decode())
-
-
-@pytest.fixture
-def redis(redis_server: RedisServer) -> RedisServer:
-    """The private redis-server, minus the client socket its start-up ping leaves in a reference cycle.
-
-    (support.RedisServer.ping() does not close its client; a later garbage collection would
-    report the socket as a ResourceWarning in whichever test it happens.)
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-    return redis_server
 
 
 @pytest.fixture
@@ -174,7 +159,7 @@ def test_make_wsgi_app_serves_the_metrics_for_a_web_process(engine: WorkflowEngi
 @pytest.mark.slow
 @pytest.mark.services
 def test_a_forking_worker_serves_exact_counts_of_20_workflows_of_which_5_fail(
-    tmp_path: Path, redis: RedisServer
+    tmp_path: Path, redis_server: RedisServer
 ) -> None:
     db = f"sqlite:///{tmp_path / 'w.db'}"
     shared = tmp_path / "prometheus"
@@ -182,7 +167,7 @@ def test_a_forking_worker_serves_exact_counts_of_20_workflows_of_which_5_fail(
     port = free_port()
     worker = start_worker(
         tmp_path,
-        redis_url=redis.url,
+        redis_url=redis_server.url,
         database_url=db,
         kind="engine",
         burst=False,
@@ -205,7 +190,7 @@ def test_a_forking_worker_serves_exact_counts_of_20_workflows_of_which_5_fail(
         env = dict(os.environ)
         env.update(
             WORKFLOW_ENGINE_DATABASE_URL=db,
-            WORKFLOW_ENGINE_REDIS_URL=redis.url,
+            WORKFLOW_ENGINE_REDIS_URL=redis_server.url,
             PROMETHEUS_MULTIPROC_DIR=str(shared),
             PYTHONPATH=str(APPS),
         )
