@@ -319,7 +319,7 @@ def test_a_duplicate_rq_job_for_a_workflow_runs_its_handler_once(
     async_engine.enqueue_execution(wid)
     wf = async_engine.get_workflow(wid)
     for _ in range(3):  # the same job pushed again, as RQ does when one id is enqueued twice
-        async_engine.transport.deliver(wf, wf.job_id or "", engine_key=async_engine.key)
+        async_engine.transport.deliver([wf], engine_key=async_engine.key)
     work(async_engine)
     from support import successes
 

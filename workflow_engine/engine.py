@@ -559,12 +559,13 @@ class WorkflowEngine:
         queued = [new for new in self.store.apply(changes) if new is not None]
         for new in queued:
             self.notify(new, S.PENDING)
-        self.transport.deliver_many(queued, engine_key=self.key if self.transport.in_process else None)
+        self._deliver(*queued)
 
-    def _deliver(self, wf: Workflow, transport: Transport | None = None) -> None:
+    def _deliver(self, *workflows: Workflow, transport: Transport | None = None) -> None:
+        """Put each workflow's job (its ``job_id``) on the queue, naming this engine when only
+        this process can run it."""
         transport = transport or self.transport
-        assert wf.job_id is not None
-        transport.deliver(wf, wf.job_id, engine_key=self.key if transport.in_process else None)
+        transport.deliver(workflows, engine_key=self.key if transport.in_process else None)
 
     def cancel(self, workflow_id: str, *, reason: str | None = None) -> Workflow:
         """Cancel a workflow.

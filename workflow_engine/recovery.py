@@ -84,7 +84,7 @@ def attempt_failed(
         )
         if new is not None and new.job_id is not None:
             try:
-                engine._deliver(new, transport)
+                engine._deliver(new, transport=transport)
             except QueueUnavailable:
                 log.warning("retry not delivered, Redis is down; reconcile will", extra=log_extra(new))
     else:

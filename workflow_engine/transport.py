@@ -78,12 +78,7 @@ class Transport:
         self.in_process = in_process
         self.queue = Queue(queue_name, connection=connection, is_async=is_async)
 
-    def deliver(self, workflow: Workflow, job_id: str, *, engine_key: str | None = None) -> None:
-        """Put one job for ``workflow`` on the queue. In sync mode this runs it before returning."""
-        assert workflow.job_id in (None, job_id)
-        self.deliver_many([workflow.model_copy(update={"job_id": job_id})], engine_key=engine_key)
-
-    def deliver_many(self, workflows: Sequence[Workflow], *, engine_key: str | None = None) -> None:
+    def deliver(self, workflows: Sequence[Workflow], *, engine_key: str | None = None) -> None:
         """Put a job for each workflow (carried by its ``job_id``) on the queue, in one round trip.
 
         In sync mode each job is performed before this returns, one by one.
