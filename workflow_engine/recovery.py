@@ -54,49 +54,36 @@ def attempt_failed(
 
     None if another process changed the workflow first."""
     now = utcnow()
-    base: dict[str, Any] = {"error": error, "traceback": traceback, "updated_at": now}
+    changes: dict[str, Any] = {"error": error, "traceback": traceback, "updated_at": now}
     fail_detail = f"attempt {wf.attempts} failed: {error}"
     if wf.cancel_requested_at is not None:
-        base["finished_at"] = now
-        new = engine._change(
-            wf,
-            S.CANCELLED,
-            base,
-            detail=f"{fail_detail}; cancelled as requested",
-            expected_job_id=wf.job_id,
-            lease_expired_at=lease_expired_at,
-        )
+        to, outcome = S.CANCELLED, "cancelled as requested"
+        changes["finished_at"] = now
     elif wf.attempts < wf.max_attempts:
+        to = S.QUEUED
         delay = retry_delay(wf) if engine.is_async and not immediate else 0.0
-        if delay > 0:
-            base.update(job_id=None, run_after=now + timedelta(seconds=delay))
-            detail = f"{fail_detail}; retry in {delay:.1f} s"
+        if delay > 0:  # no job until the delay has passed: reconcile delivers it
+            changes.update(job_id=None, run_after=now + timedelta(seconds=delay))
+            outcome = f"retry in {delay:.1f} s"
         else:
-            base.update(job_id=new_job_id(wf.id), run_after=None)
-            detail = f"{fail_detail}; retrying now"
-        new = engine._change(
-            wf,
-            S.QUEUED,
-            base,
-            detail=detail,
-            expected_job_id=wf.job_id,
-            lease_expired_at=lease_expired_at,
-        )
-        if new is not None and new.job_id is not None:
-            try:
-                engine._deliver(new, transport=transport)
-            except QueueUnavailable:
-                log.warning("retry not delivered, Redis is down; reconcile will", extra=log_extra(new))
+            changes.update(job_id=new_job_id(wf.id), run_after=None)
+            outcome = "retrying now"
     else:
-        base["finished_at"] = now
-        new = engine._change(
-            wf,
-            S.FAILED,
-            base,
-            detail=f"{fail_detail}; no retries left",
-            expected_job_id=wf.job_id,
-            lease_expired_at=lease_expired_at,
-        )
+        to, outcome = S.FAILED, "no retries left"
+        changes["finished_at"] = now
+    new = engine._change(
+        wf,
+        to,
+        changes,
+        detail=f"{fail_detail}; {outcome}",
+        expected_job_id=wf.job_id,
+        lease_expired_at=lease_expired_at,
+    )
+    if new is not None and new.status is S.QUEUED and new.job_id is not None:
+        try:
+            engine._deliver(new, transport=transport)
+        except QueueUnavailable:
+            log.warning("retry not delivered, Redis is down; reconcile will", extra=log_extra(new))
     if new is not None:
         log.warning("%s -> %s", fail_detail, new.status.value, extra=log_extra(new))
     return new
