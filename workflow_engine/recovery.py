@@ -28,6 +28,8 @@ S = WorkflowStatus
 REDELIVERY_GRACE = timedelta(seconds=5)
 #: The longest delay between two attempts.
 MAX_RETRY_DELAY = 3600.0
+#: Where a stale workflow's recovery is reported, by the status it ended in.
+_STALE_OUTCOME = {S.QUEUED: "requeued_stale", S.FAILED: "failed_stale", S.CANCELLED: "cancelled_stale"}
 #: One reconcile pass looks at most at this many batches of each kind.
 MAX_RECONCILE_BATCHES = 200
 
@@ -112,12 +114,7 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
                 immediate=True,  # a crash is not a handler error: no backoff, keep the recovery bound
             )
             if new is not None:
-                key = {
-                    S.QUEUED: "requeued_stale",
-                    S.FAILED: "failed_stale",
-                    S.CANCELLED: "cancelled_stale",
-                }
-                report[key[new.status]].append(new.id)
+                report[_STALE_OUTCOME[new.status]].append(new.id)
         if len(stale) < batch_size:
             break
     after: tuple[datetime, str] | None = None
@@ -134,23 +131,28 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
             report["undeliverable"].extend(wf.id for wf in candidates)
             break
         started_before = now - timedelta(seconds=engine.stale_after)
+        redeliveries = []
         for wf in candidates:
             status = statuses.get(wf.job_id) if wf.job_id else None
             if status in LIVE_JOB_STATUSES and not (status == b"started" and wf.updated_at < started_before):
                 continue  # waiting in the queue, or being picked up right now
             why = "retry due" if wf.job_id is None else f"job {'never claimed' if status else 'missing'}"
             changes = {"job_id": new_job_id(wf.id), "run_after": None}
-            new = engine._change(
-                wf, S.QUEUED, changes, detail=f"redelivered: {why}", expected_job_id=wf.job_id
+            redeliveries.append(
+                engine._transition(
+                    wf, S.QUEUED, changes, detail=f"redelivered: {why}", expected_job_id=wf.job_id
+                )
             )
-            if new is None:
-                continue
-            try:
-                engine._deliver(new)
-            except QueueUnavailable:
-                report["undeliverable"].append(new.id)
-                continue
-            report["redelivered"].append(new.id)
+        # One transaction and one Redis pipeline for the whole batch.
+        queued = [new for new in engine.store.apply(redeliveries) if new is not None]
+        for new in queued:
+            engine.notify(new, S.QUEUED)
+        try:
+            engine._deliver(*queued)
+        except QueueUnavailable:  # they stay queued in the database; the next pass tries again
+            report["undeliverable"].extend(new.id for new in queued)
+        else:
+            report["redelivered"].extend(new.id for new in queued)
         if len(candidates) < batch_size:
             break
     result = ReconcileReport(**report)

@@ -83,6 +83,8 @@ class Transport:
 
         In sync mode each job is performed before this returns, one by one.
         """
+        if not workflows:
+            return
         from .execution import on_job_stopped, run_workflow
 
         def options(wf: Workflow) -> dict[str, Any]:

@@ -317,6 +317,9 @@ class SQLStore(Store):
         return out
 
     def apply(self, changes: Sequence[Change]) -> list[Workflow | None]:
+        if not changes:
+            return []
+
         def op() -> list[Workflow | None]:
             out: list[Workflow | None] = []
             with self.transaction() as tx:
