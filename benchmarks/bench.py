@@ -240,6 +240,12 @@ class Bench:
         return queue
 
     def api(self, backend: str) -> None:
+        for fused in (False, True):
+            self.api_calls(backend, fused)
+
+    def api_calls(self, backend: str, fused: bool) -> None:
+        """Single calls: ``create_workflow`` then ``enqueue_execution`` (two commits), or the fused
+        ``create_workflow(enqueue=True)`` (one commit), against ``Queue.enqueue``."""
         n = self.n
 
         def engine_run(n: int = n) -> float:
@@ -247,8 +253,12 @@ class Bench:
             with self.database(backend) as url:
                 engine = self.api_engine(url)
                 start = time.perf_counter()
-                for _ in range(n):
-                    engine.enqueue_execution(engine.create_workflow(workflow_type_id=TYPE))
+                if fused:
+                    for _ in range(n):
+                        engine.create_workflow(workflow_type_id=TYPE, enqueue=True)
+                else:
+                    for _ in range(n):
+                        engine.enqueue_execution(engine.create_workflow(workflow_type_id=TYPE))
                 elapsed = time.perf_counter() - start
                 self.check_completed(engine, n, status="queued")
                 if engine.transport.depth() != n:
@@ -270,21 +280,27 @@ class Bench:
         engine_run(20)  # warm up
         rq_run(20)
         what = "SQLite WAL" if backend == "sqlite" else "PostgreSQL"
+        calls = "create_workflow(enqueue=True)" if fused else "create_workflow+enqueue_execution"
         self.rows.append(
             compare(
-                f"API: create_workflow+enqueue_execution vs Queue.enqueue, N={n} (real Redis, {what})",
+                f"API: {calls} vs Queue.enqueue, N={n} (real Redis, {what})",
                 self.rounds,
                 engine_run,
                 rq_run,
                 "wf/s",
                 "jobs/s",
-                key=f"api-{backend}",
+                key=f"api-{'fused-' if fused else ''}{backend}",
             )
         )
         self.redis.flushall()
 
     def bulk(self, backend: str) -> None:
-        """``create_workflows`` + ``enqueue_many`` in batches against raw ``Queue.enqueue_many``."""
+        for fused in (False, True):
+            self.bulk_calls(backend, fused)
+
+    def bulk_calls(self, backend: str, fused: bool) -> None:
+        """``create_workflows`` + ``enqueue_many`` (two transactions a batch), or the fused
+        ``create_workflows(..., enqueue=True)`` (one), in batches against raw ``Queue.enqueue_many``."""
         from rq import Queue
 
         n, batch = self.n, self.batch
@@ -296,7 +312,11 @@ class Bench:
                 engine = self.api_engine(url)
                 start = time.perf_counter()
                 for done in range(0, n, batch):
-                    engine.enqueue_many(engine.create_workflows(items[: min(batch, n - done)]))
+                    some = items[: min(batch, n - done)]
+                    if fused:
+                        engine.create_workflows(some, enqueue=True)
+                    else:
+                        engine.enqueue_many(engine.create_workflows(some))
                 elapsed = time.perf_counter() - start
                 self.check_completed(engine, n, status="queued")
                 if engine.transport.depth() != n:
@@ -318,16 +338,16 @@ class Bench:
         engine_run(min(n, batch))  # warm up
         rq_run(min(n, batch))
         what = "SQLite WAL" if backend == "sqlite" else "PostgreSQL"
+        calls = "create_workflows(enqueue=True)" if fused else "create_workflows+enqueue_many"
         self.rows.append(
             compare(
-                f"bulk: create_workflows+enqueue_many vs Queue.enqueue_many, batches of {batch}, N={n} "
-                f"(real Redis, {what})",
+                f"bulk: {calls} vs Queue.enqueue_many, batches of {batch}, N={n} (real Redis, {what})",
                 self.rounds,
                 engine_run,
                 rq_run,
                 "wf/s",
                 "jobs/s",
-                key=f"bulk-{backend}",
+                key=f"bulk-{'fused-' if fused else ''}{backend}",
             )
         )
         self.redis.flushall()
@@ -521,12 +541,15 @@ def targets(bench: Bench) -> list[tuple[str, str, str, str]]:
             what = row.measure.split(": ", 1)[1].split(", N=")[0]
             ratio(row.key, f"e2e ÷ raw RQ, SQLite, {what}", 0.85)
     ratio("api-sqlite", "create_workflow+enqueue_execution ÷ Queue.enqueue (SQLite)", 0.75)
-    bulk = by_key.get("bulk-sqlite")
-    if bulk is not None:
-        met = "yes" if bulk.median_a >= 5000 else "**no**"
-        out.append(
-            ("bulk create_workflows+enqueue_many (SQLite)", "≥ 5,000 wf/s", f"{bulk.median_a:,.0f} wf/s", met)
-        )
+    ratio("api-fused-sqlite", "create_workflow(enqueue=True) ÷ Queue.enqueue (SQLite)", 0.75)
+    for key, what in (
+        ("bulk-sqlite", "bulk create_workflows+enqueue_many (SQLite)"),
+        ("bulk-fused-sqlite", "bulk create_workflows(enqueue=True) (SQLite)"),
+    ):
+        bulk = by_key.get(key)
+        if bulk is not None:
+            met = "yes" if bulk.median_a >= 5000 else "**no**"
+            out.append((what, "≥ 5,000 wf/s", f"{bulk.median_a:,.0f} wf/s", met))
     ratio("inprocess", "in-process ÷ RQ's own sync mode", 1.0)
     for backend in ("SQLite", "PostgreSQL"):
         mine = [r for r in bench.queries if r.backend == backend]

@@ -746,3 +746,112 @@ def test_enqueue_many_in_process_runs_every_workflow(workflow_engine: WorkflowEn
     ids = workflow_engine.create_workflows([{"workflow_type_id": "double", "inputs": {"n": 1}}] * 3)
     workflow_engine.enqueue_many(ids)
     assert {workflow_engine.get_workflow(w).status for w in ids} == {S.COMPLETED}
+
+
+# -- creating and enqueueing in one call -----------------------------------------------
+def history(engine: WorkflowEngine, wid: str) -> list[tuple[str | None, str, str | None]]:
+    return [
+        (e.from_status.value if e.from_status else None, e.to_status.value, e.detail)
+        for e in engine.get_events(wid)
+    ]
+
+
+def test_create_with_enqueue_records_what_create_then_enqueue_records_in_one_transaction(
+    async_engine: WorkflowEngine,
+) -> None:
+    async_engine.register_handler("double", double)
+    two_calls = create(async_engine)
+    async_engine.enqueue_execution(two_calls)
+    one_call = async_engine.create_workflow(workflow_type_id="double", inputs={"n": 1}, enqueue=True)
+    a, b = async_engine.get_workflow(two_calls), async_engine.get_workflow(one_call)
+    assert b.status is S.QUEUED and b.job_id is not None
+    keep = ("status", "handler", "max_retries", "max_attempts", "retry_backoff", "timeout", "attempts")
+    assert {k: getattr(b, k) for k in keep} == {k: getattr(a, k) for k in keep}
+    assert history(async_engine, one_call) == history(async_engine, two_calls)
+    assert history(async_engine, one_call) == [(None, "pending", None), ("pending", "queued", "enqueued")]
+    assert async_engine.queue.count == 2
+    work(async_engine)
+    assert async_engine.get_workflow(one_call).result == {"doubled": 2}
+
+
+def test_create_with_enqueue_in_process_runs_the_workflow_before_returning(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    seen: list[tuple[str | None, str]] = []
+    workflow_engine.add_listener(
+        lambda wf, before: seen.append((before.value if before else None, wf.status.value))
+    )
+    workflow_engine.register_handler("double", double)
+    wid = workflow_engine.create_workflow(workflow_type_id="double", inputs={"n": 4}, enqueue=True)
+    assert workflow_engine.get_workflow(wid).result == {"doubled": 8}
+    assert seen == [(None, "pending"), ("pending", "queued"), ("queued", "running"), ("running", "completed")]
+
+
+def test_create_with_enqueue_refuses_what_enqueue_would_refuse_and_writes_nothing(
+    async_engine: WorkflowEngine,
+) -> None:
+    with pytest.raises(UnknownWorkflowType):
+        async_engine.create_workflow(workflow_type_id="nobody", enqueue=True)
+    async_engine.register_handler("double", double)
+    async_engine.configure_council("c1", members=["ana"], quorum=1)
+    with pytest.raises(InvalidInput, match="approval queues it"):
+        async_engine.create_workflow(
+            workflow_type_id="double", assigned_council_id="c1", requires_approval=True, enqueue=True
+        )
+    with pytest.raises(UnknownWorkflowType):  # one bad item: none is written
+        async_engine.create_workflows(
+            [{"workflow_type_id": "double"}, {"workflow_type_id": "x"}], enqueue=True
+        )
+    with pytest.raises(InvalidInput, match="enqueue must be true or false"):
+        async_engine.create_workflow(workflow_type_id="double", enqueue="yes")  # type: ignore[arg-type]
+    assert row_count(async_engine) == 0 and async_engine.queue.count == 0
+
+
+def test_create_with_enqueue_and_a_known_idempotency_key_changes_nothing(
+    async_engine: WorkflowEngine,
+) -> None:
+    async_engine.register_handler("double", double)
+    first = async_engine.create_workflow(workflow_type_id="double", idempotency_key="k", enqueue=True)
+    again = async_engine.create_workflow(workflow_type_id="double", idempotency_key="k", enqueue=True)
+    assert again == first and async_engine.queue.count == 1
+    held = async_engine.create_workflow(workflow_type_id="double", idempotency_key="held")
+    assert (
+        async_engine.create_workflow(workflow_type_id="double", idempotency_key="held", enqueue=True) == held
+    )
+    assert async_engine.get_workflow(held).status is S.PENDING  # the first call's choice stands
+    assert len(async_engine.get_events(first)) == 2
+
+
+def test_create_with_enqueue_and_redis_down_names_the_workflow_it_left_queued() -> None:
+    from support import free_port
+
+    engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    engine.register_handler("double", double)
+    with pytest.raises(QueueUnavailable, match="reconcile") as raised:
+        engine.create_workflow(workflow_type_id="double", enqueue=True)
+    [wid] = raised.value.workflow_ids
+    assert engine.get_workflow(wid).status is S.QUEUED  # durable; reconcile delivers it once Redis is back
+    with pytest.raises(QueueUnavailable) as bulk:
+        engine.create_workflows([{"workflow_type_id": "double"}] * 3, enqueue=True)
+    assert {engine.get_workflow(w).status for w in bulk.value.workflow_ids} == {S.QUEUED}
+    assert len(bulk.value.workflow_ids) == 3
+
+
+def test_create_workflows_with_enqueue_queues_every_new_one_in_one_delivery(
+    async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async_engine.register_handler("double", double)
+    existing = async_engine.create_workflow(workflow_type_id="double", idempotency_key="old")
+    deliveries: list[int] = []
+    deliver = async_engine.transport.deliver
+    monkeypatch.setattr(
+        async_engine.transport, "deliver", lambda wfs, **kw: (deliveries.append(len(wfs)), deliver(wfs, **kw))
+    )
+    items = [{"workflow_type_id": "double", "inputs": {"n": i}} for i in range(20)]
+    ids = async_engine.create_workflows(
+        [*items, {"workflow_type_id": "double", "idempotency_key": "old"}], enqueue=True
+    )
+    assert ids[-1] == existing and async_engine.get_workflow(existing).status is S.PENDING
+    assert async_engine.queue.count == 20 and deliveries == [20]
+    work(async_engine)
+    assert [async_engine.get_workflow(w).result for w in ids[:-1]] == [{"doubled": 2 * i} for i in range(20)]

@@ -75,6 +75,23 @@ def test_insert_records_a_creation_event(store: Store) -> None:
     assert (event.from_status, event.to_status, event.at) == (None, S.PENDING, wf.updated_at)
 
 
+def test_insert_records_the_history_it_is_given_in_the_same_transaction(store: Store) -> None:
+    wf = new().model_copy(update={"status": S.QUEUED, "job_id": "job-1"})
+    taken = new(key="k")
+    store.insert([taken])
+    history = [(NewEvent(None, S.PENDING), NewEvent(S.PENDING, S.QUEUED, "enqueued")), ()]
+    results = store.insert([wf, new(key="k")], history)
+    assert [created for _, created in results] == [True, False]
+    assert store.get(wf.id) == wf
+    assert [(e.from_status, e.to_status, e.detail) for e in store.events(wf.id)] == [
+        (None, S.PENDING, None),
+        (S.PENDING, S.QUEUED, "enqueued"),
+    ]
+    assert len(store.events(taken.id)) == 1  # an existing workflow gets no event
+    with pytest.raises(ValueError, match="one sequence of events per workflow"):
+        store.insert([new()], [])
+
+
 def test_a_taken_idempotency_key_returns_the_existing_workflow(store: Store) -> None:
     first = new(key="order-42", v=1)
     store.insert([first])

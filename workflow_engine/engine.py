@@ -201,15 +201,22 @@ class WorkflowEngine:
         assigned_council_id: str | None = None,
         idempotency_key: str | None = None,
         requires_approval: bool = False,
+        enqueue: bool = False,
     ) -> str:
         """Record a new ``pending`` workflow and return its id.
+
+        With ``enqueue=True`` it is recorded ``queued`` instead and its job put on
+        the queue: what :meth:`enqueue_execution` would do next, with both events
+        in the same transaction (one durable commit instead of two). If Redis is
+        down, QueueUnavailable names the workflow in ``workflow_ids``: it stays
+        queued, and :meth:`reconcile` delivers it.
 
         With ``requires_approval=True`` it starts ``awaiting_approval`` instead, and
         runs only once its council (``assigned_council_id``, set up with
         :meth:`configure_council`) approves it by :meth:`vote`.
 
         With ``idempotency_key``, a second call with the same key returns the
-        first workflow's id and changes nothing.
+        first workflow's id and changes nothing (it enqueues nothing either).
         """
         wf = self._new_workflow(
             workflow_type_id=workflow_type_id,
@@ -220,18 +227,16 @@ class WorkflowEngine:
             idempotency_key=idempotency_key,
             requires_approval=requires_approval,
         )
-        [(stored, created)] = self.store.insert([wf])
-        if created:
-            log.info("workflow created", extra=log_extra(stored))
-            self.notify(stored, None)
-            self._remember(stored)
-        return stored.id
+        [workflow_id] = self._create([wf], enqueue=enqueue)
+        return workflow_id
 
-    def create_workflows(self, workflows: Iterable[Mapping[str, Any]]) -> list[str]:
+    def create_workflows(self, workflows: Iterable[Mapping[str, Any]], *, enqueue: bool = False) -> list[str]:
         """Create many workflows in one transaction; return their ids in order.
 
         Each mapping holds ``create_workflow``'s keyword arguments. Every one is
-        validated before anything is written: one bad item writes nothing.
+        validated before anything is written: one bad item writes nothing. With
+        ``enqueue=True`` they are recorded ``queued`` in that transaction and their
+        jobs go to Redis in one pipeline, as :meth:`create_workflow` does with it.
         """
         built = []
         for i, item in enumerate(workflows):
@@ -244,12 +249,37 @@ class WorkflowEngine:
                 raise InvalidInput(f"item {i} needs a workflow_type_id")
             arguments: dict[str, Any] = {k: item[k] for k in _CREATE_ARGUMENTS if k in item}
             built.append(self._new_workflow(**arguments))
-        ids = []
-        for stored, created in self.store.insert(built):
-            if created:
-                self.notify(stored, None)
-                self._remember(stored)
+        return self._create(built, enqueue=enqueue)
+
+    def _create(self, built: Sequence[Workflow], *, enqueue: bool) -> list[str]:
+        """Insert validated new workflows; with ``enqueue``, already queued, then deliver them."""
+        if not isinstance(enqueue, bool):
+            raise InvalidInput(f"enqueue must be true or false, got {enqueue!r}")
+        rows, history = list(built), None
+        if enqueue:
+            history = []
+            for i, wf in enumerate(built):
+                if wf.status is not S.PENDING:
+                    raise InvalidInput(
+                        "a workflow that requires approval cannot be enqueued when it is created: "
+                        "its council's approval queues it"
+                    )
+                change = self._queue_change(wf, detail="enqueued")  # UnknownWorkflowType if no handler
+                rows[i] = wf.model_copy(update=change.changes)
+                history.append((NewEvent(None, S.PENDING), change.event or NewEvent(S.PENDING, S.QUEUED)))
+        ids, queued = [], []
+        for wf, (stored, created) in zip(built, self.store.insert(rows, history), strict=True):
             ids.append(stored.id)
+            if not created:
+                continue
+            log.info("workflow created", extra=log_extra(stored))
+            self.notify(wf, None)
+            if enqueue:
+                self.notify(stored, S.PENDING)
+                queued.append(stored)
+            else:
+                self._remember(stored)
+        self._deliver(*queued)
         return ids
 
     def _remember(self, wf: Workflow) -> None:

@@ -9,6 +9,8 @@ have one. Errors from sqlite3, psycopg and redis are wrapped with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class WorkflowEngineError(Exception):
     """workflow_engine failed."""
@@ -99,6 +101,11 @@ class StoreUnavailable(StoreError):
 class QueueUnavailable(WorkflowEngineError):
     """Redis cannot be reached. The workflow is recorded as queued and `engine.reconcile()` will deliver it
     once Redis is back."""
+
+    def __init__(self, message: str | None = None, *, workflow_ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        #: The workflows recorded ``queued`` whose jobs did not reach Redis; reconcile delivers them.
+        self.workflow_ids = tuple(workflow_ids)
 
 
 class HandlerTimeout(BaseException):

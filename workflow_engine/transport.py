@@ -7,6 +7,7 @@ inputs, results or credentials.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 from collections.abc import Sequence
@@ -76,7 +77,11 @@ class Transport:
         self.is_async = is_async
         #: True when only this process can run the jobs (fakeredis): the job may then name its engine.
         self.in_process = in_process
-        self.queue = Queue(queue_name, connection=connection, is_async=is_async)
+
+    @functools.cached_property
+    def queue(self) -> Queue:
+        """The RQ queue, built on first use: a work-horse builds a transport per job and rarely needs it."""
+        return Queue(self.queue_name, connection=self.connection, is_async=self.is_async)
 
     def deliver(self, workflows: Sequence[Workflow], *, engine_key: str | None = None) -> None:
         """Put a job for each workflow (carried by its ``job_id``) on the queue, in one round trip.
@@ -127,7 +132,8 @@ class Transport:
         except _REDIS_ERRORS as exc:
             raise QueueUnavailable(
                 f"Redis is unavailable ({exc}); {_which(workflows)} stays queued in the database and "
-                "engine.reconcile() will deliver it once Redis is back"
+                "engine.reconcile() will deliver it once Redis is back",
+                workflow_ids=[wf.id for wf in workflows],
             ) from exc
 
     def job_statuses(self, job_ids: Sequence[str]) -> dict[str, bytes | None]:

@@ -91,12 +91,14 @@ class Store(abc.ABC):
     # -- writing ----------------------------------------------------------
     @abc.abstractmethod
     def insert(
-        self, workflows: Sequence[Workflow], event_detail: str | None = None
+        self, workflows: Sequence[Workflow], history: Sequence[Sequence[NewEvent]] | None = None
     ) -> list[tuple[Workflow, bool]]:
-        """Insert workflows, each with its creation event, in one transaction.
+        """Insert workflows, each with its events, in one transaction.
 
-        A workflow whose ``idempotency_key`` is already taken is not inserted:
-        the existing workflow comes back instead, with ``False``.
+        ``history[i]`` holds the events recorded with ``workflows[i]``; by default
+        one, its creation (None to its status). A workflow whose ``idempotency_key``
+        is already taken is not inserted: the existing workflow comes back instead,
+        with ``False``, and no event is recorded for it.
         """
 
     @abc.abstractmethod
@@ -296,21 +298,21 @@ class SQLStore(Store):
         return sorted(scripts)
 
     def insert(
-        self, workflows: Sequence[Workflow], event_detail: str | None = None
+        self, workflows: Sequence[Workflow], history: Sequence[Sequence[NewEvent]] | None = None
     ) -> list[tuple[Workflow, bool]]:
+        if history is not None and len(history) != len(workflows):
+            raise ValueError("history needs one sequence of events per workflow")
         out: list[tuple[Workflow, bool]] = []
         insert_sql = self.sql(q.INSERT_WORKFLOW + " RETURNING id")
         event_sql = self.sql(q.INSERT_EVENT)
         by_key_sql = self.sql(q.GET_BY_IDEMPOTENCY_KEY)
         with self.transaction() as tx:
-            for wf in workflows:
+            for i, wf in enumerate(workflows):
                 rows = tx.fetch(insert_sql, self.encode(wf.model_dump()))
                 if rows:  # inserted as given: no need to read it back
-                    stored = wf
-                    tx.fetch(
-                        event_sql, self._event_params(stored, NewEvent(None, stored.status, event_detail))
-                    )
-                    out.append((stored, True))
+                    for event in history[i] if history is not None else (NewEvent(None, wf.status),):
+                        tx.fetch(event_sql, self._event_params(wf, event))
+                    out.append((wf, True))
                 else:
                     existing = tx.fetch(by_key_sql, {"idempotency_key": wf.idempotency_key})
                     out.append((self._workflow(existing[0]), False))

@@ -91,20 +91,20 @@ def create_workflow() -> ResponseReturnValue:
             assigned_council_id=body.assigned_council_id,
             idempotency_key=body.idempotency_key,
             requires_approval=body.requires_approval,
+            enqueue=body.enqueue and not body.requires_approval,  # one transaction, then Redis
         )
         created = workflow_id in (_created.get() or set())
     except UnknownWorkflowType as exc:
         raise _unknown_type(str(exc)) from None
+    except QueueUnavailable as exc:  # created and queued; reconcile delivers it once Redis is back
+        [workflow_id] = exc.workflow_ids
+        location = url_for(".action", workflow_id=workflow_id)
+        raise _queue_unavailable(workflow_id, "was created and is queued", location) from None
     finally:
         _created.reset(token)
     location = url_for(".action", workflow_id=workflow_id)
     if not created:  # an idempotent replay: the first workflow, unchanged
         return jsonify(eng.get_workflow(workflow_id).to_dict()), 200, {"Location": location}
-    if body.enqueue and not body.requires_approval:
-        try:
-            eng.enqueue_execution(workflow_id)
-        except QueueUnavailable:
-            raise _queue_unavailable(workflow_id, "was created and is queued", location) from None
     return jsonify(eng.get_workflow(workflow_id).to_dict()), 201, {"Location": location}
 
 
