@@ -288,6 +288,9 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
 class _Beater(threading.Thread):
     """One daemon thread per process that stamps every running attempt's heartbeat."""
 
+    #: The longest it sleeps between looks at its attempts, in seconds.
+    IDLE_WAIT = 1.0
+
     def __init__(self) -> None:
         super().__init__(name="workflow-engine-heartbeat", daemon=True)
         self.attempts: dict[int, _Attempt] = {}
@@ -316,7 +319,7 @@ class _Beater(threading.Thread):
             with self.lock:
                 attempts = list(self.attempts.values())
             now = time.monotonic()
-            wait = 1.0
+            wait = self.IDLE_WAIT
             for attempt in attempts:
                 interval = attempt.engine.heartbeat_interval
                 due = attempt.last_beat + interval
@@ -348,7 +351,8 @@ def _heartbeat(engine: WorkflowEngine, attempt: _Attempt) -> Iterator[None]:
     beater = _beater
     with beater.lock:
         beater.attempts[id(attempt)] = attempt
-    beater.wake.set()
+    if engine.heartbeat_interval < _Beater.IDLE_WAIT:
+        beater.wake.set()  # otherwise its next look, at most IDLE_WAIT away, is soon enough
     try:
         yield
     finally:

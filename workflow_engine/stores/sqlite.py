@@ -30,7 +30,7 @@ class _SQLiteTx:
         self.db = db
 
     def fetch(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        cursor = self.db.execute(sql, dict(params))
+        cursor = self.db.conn.execute(sql, params)  # sqlite3 itself: the hot path skips the wrapper
         if cursor.description is None:
             return []
         names = [d[0] for d in cursor.description]
