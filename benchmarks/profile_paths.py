@@ -7,8 +7,8 @@ Paths:
 
 - ``inprocess``: ``create_workflow`` + ``enqueue_execution`` with ``fakeredis://`` and
   ``is_async=False``, against RQ's own ``Queue(is_async=False)`` enqueue of a no-op;
-- ``api``: the same two calls over a real (private) Redis and a SQLite WAL file, against
-  ``Queue.enqueue``;
+- ``api``: the same two calls over a real (private) Redis and a SQLite WAL file, then the fused
+  ``create_workflow(enqueue=True)``, against ``Queue.enqueue``;
 - ``bulk``: ``create_workflows`` + ``enqueue_many`` in batches of 500, against
   ``Queue.enqueue_many`` of the same batches;
 - ``floor``: what the pieces cost bare, without the engine's Python: the two durable SQLite
@@ -280,6 +280,9 @@ def api(tmp: Path, redis: RedisServer, n: int, top: int, postgres_url: str | Non
         run_engine(engine, 20)
         with measuring(f"API: create_workflow + enqueue_execution (real Redis, {label})", n, top):
             run_engine(engine, n)
+        with measuring(f"API: create_workflow(enqueue=True) (real Redis, {label})", n, top):
+            for _ in range(n):
+                engine.create_workflow(workflow_type_id=TYPE, enqueue=True)
         engine.close()
     redis.flushall()
     queue = Queue(QUEUE, connection=redis_lib.Redis.from_url(redis.url))
