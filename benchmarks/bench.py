@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_jobs
 import bench_queries
 import harness
+import peers
 import recovery
 from harness import QUEUE, BenchFailure, RedisServer
 
@@ -48,7 +49,7 @@ from workflow_engine import WorkflowEngine
 
 TYPE = "bench_noop"
 HANDLER_PATH = "bench_jobs:noop_workflow"
-SECTIONS = ("inprocess", "api", "bulk", "e2e", "postgres", "queries", "recovery")
+SECTIONS = ("inprocess", "api", "bulk", "e2e", "postgres", "peers", "queries", "recovery")
 #: Below this --n a run is a smoke run: small tables for the queries, the fast recovery setting.
 SMOKE_BELOW = 1000
 FULL_ROWS = (100_000, 1_000_000)
@@ -120,6 +121,7 @@ class Bench:
         self.rows: list[Row] = []
         self.queries: list[bench_queries.QueryResult] = []
         self.recoveries: list[recovery.Result] = []
+        self.peers: list[peers.PeerResult] = []
         self.notes: list[str] = []
         self.timings: list[tuple[str, float]] = []
 
@@ -448,6 +450,11 @@ class Bench:
             "exit; every e2e time includes it once per process"
         )
 
+    # -- peers -------------------------------------------------------------
+    def run_peers(self) -> None:
+        """Celery, Dramatiq and Huey on the same N no-ops, in their own venv (benchmarks/peers.py)."""
+        self.peers = peers.run_peers(self.n, self.rounds, say)
+
     # -- e. queries --------------------------------------------------------
     def run_queries(self) -> None:
         self.queries = bench_queries.run(
@@ -505,6 +512,35 @@ def format_scaling(rows: list[Row]) -> str:
                 raw.extend(row.b)
         raw_cell = f"{statistics.median(raw):,.0f}" if raw else "not run"
         lines.append(f"| {p} | {' | '.join(cells)} | {raw_cell} |")
+    return "\n".join(lines)
+
+
+def format_peers(bench: Bench) -> str:
+    """The peers beside this run's end-to-end figures for one SimpleWorker process."""
+    by_key = {row.key: row for row in bench.rows}
+    ours = by_key.get("e2e-sqlite-simple-1")
+    lines = [
+        f"Peers on the same no-op, N={bench.n}, from worker start to the last task done "
+        "(benchmarks/peers.py, their own venv):",
+        "",
+        "| system | tasks/s | rounds | workflow_engine ÷ it | note |",
+        "|---|---|---|---|---|",
+    ]
+    if ours is not None:
+        lines.append(
+            f"| workflow_engine, `rq worker` SimpleWorker x1, SQLite (this run) | {ours.median_a:,.0f} | "
+            f"{', '.join(f'{a:,.0f}' for a in ours.a)} | 1.00 | durable: every status change committed |"
+        )
+        lines.append(
+            f"| raw RQ, `rq worker` SimpleWorker x1 (this run) | {ours.median_b:,.0f} | "
+            f"{', '.join(f'{b:,.0f}' for b in ours.b)} | {ours.ratio:.2f} | results in Redis |"
+        )
+    for res in bench.peers:
+        median = res.median
+        ratio = f"{ours.median_a / median:.2f}" if ours is not None and median else "—"
+        rates = ", ".join(f"{rate:,.0f}" for rate in res.rates) or "—"
+        shown = "—" if median is None else f"{median:,.0f}"
+        lines.append(f"| {res.name} | {shown} | {rates} | {ratio} | {res.note} |")
     return "\n".join(lines)
 
 
@@ -721,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
             if "postgres" in only:
                 with bench.section("d. end to end, PostgreSQL"):
                     bench.e2e("postgres")
+            if "peers" in only:
+                with bench.section("g. peers: Celery, Dramatiq, Huey"):
+                    bench.run_peers()
             if "queries" in only:
                 with bench.section(f"e. queries: {', '.join(f'{r:,}' for r in args.rows)} rows"):
                     bench.run_queries()
@@ -744,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
         scaling = format_scaling(bench.rows)
         if scaling:
             print(f"\n{scaling}")
+    if bench.peers:
+        print(f"\n{format_peers(bench)}")
     if bench.queries:
         print(f"\n{bench_queries.format_tables(bench.queries)}")
     if bench.recoveries:
