@@ -108,7 +108,8 @@ def compare(
 class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path, redis: RedisServer) -> None:
         self.n: int = args.n
-        self.fork_n: int = args.fork_n if args.fork_n is not None else max(args.n // 40, 10)
+        self.fork_n: int = args.fork_n if args.fork_n is not None else max(args.n // 80, 10)
+        self.simple_procs: list[int] = args.simple_procs
         self.rounds: int = args.rounds
         self.batch: int = args.batch
         self.smoke: bool = args.n < SMOKE_BELOW
@@ -381,9 +382,7 @@ class Bench:
 
         label = LABEL[backend]
         configs: list[tuple[str, int, int, tuple[str, ...]]] = [
-            ("simple", 1, self.n, ()),
-            ("simple", 2, self.n, ()),
-            ("simple", 4, self.n, ()),
+            *(("simple", procs, self.n, ()) for procs in self.simple_procs),
             ("fork", 1, self.fork_n, ()),
             ("fork", 2, self.fork_n, ()),
         ]
@@ -654,6 +653,17 @@ def load_average() -> str:
         return "?"
 
 
+def parse_procs(text: str) -> list[int]:
+    try:
+        procs = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        message = f"--simple-procs takes integers, such as 1,2,4; got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not procs or min(procs) < 1:
+        raise argparse.ArgumentTypeError("--simple-procs values must be at least 1")
+    return procs
+
+
 def parse_rows(text: str) -> list[int]:
     try:
         rows = [int(x.strip().replace("_", "")) for x in text.split(",") if x.strip()]
@@ -673,8 +683,14 @@ def main(argv: list[str] | None = None) -> int:
         "--fork-n",
         type=int,
         default=None,
-        help="workflows/jobs per forking-worker measurement (default N/40, at least 10): "
+        help="workflows/jobs per forking-worker measurement (default N/80, at least 10): "
         "a work-horse per job makes these slow",
+    )
+    parser.add_argument(
+        "--simple-procs",
+        type=parse_procs,
+        default=[1, 2],
+        help="SimpleWorker process counts of the e2e rows (default 1,2; the machine has 2 cores)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per comparison; the median is reported")
     parser.add_argument(
