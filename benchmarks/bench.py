@@ -653,6 +653,68 @@ def load_average() -> str:
         return "?"
 
 
+def cpu_check() -> str:
+    """How fast this machine runs plain Python right now: the best of 3 loops of 3M integer adds.
+
+    Only ratios are compared within a run; this tells runs on a throttled or busy machine apart.
+    """
+    best = float("inf")
+    for _ in range(3):
+        start, total = time.perf_counter(), 0
+        for i in range(3_000_000):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return f"3M Python integer adds in {best * 1000:.0f} ms"
+
+
+def io_check(tmp: Path, redis_url: str) -> str:
+    """What this machine's two kinds of round trip cost right now: a durable SQLite commit (WAL,
+    ``synchronous=NORMAL``, autocheckpoint on) and a Redis PING; medians and means of 2,000 each."""
+    import redis as redis_lib
+
+    db = sqlite3.connect(tmp / "io-check.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    commits = []
+    for i in range(2000):
+        start = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO t (v) VALUES (?)", (f"row {i}" * 20,))
+        db.execute("COMMIT")
+        commits.append(time.perf_counter() - start)
+    db.close()
+    client = redis_lib.Redis.from_url(redis_url)
+    pings = []
+    for _ in range(2000):
+        start = time.perf_counter()
+        client.ping()
+        pings.append(time.perf_counter() - start)
+    client.close()
+    return (
+        f"SQLite insert+commit {statistics.median(commits) * 1000:.3f} ms median, "
+        f"{statistics.mean(commits) * 1000:.3f} ms mean; "
+        f"Redis PING {statistics.median(pings) * 1000:.3f} ms median"
+    )
+
+
+def steal_percent(seconds: float = 1.0) -> str:
+    """CPU time the hypervisor took from this VM over ``seconds``, from /proc/stat (Linux only)."""
+    try:
+
+        def sample() -> list[int]:
+            with open("/proc/stat") as stat:
+                return [int(x) for x in stat.readline().split()[1:]]
+
+        before = sample()
+        time.sleep(seconds)
+        after = sample()
+    except (OSError, ValueError):
+        return "?"
+    delta = [b - a for a, b in zip(before, after, strict=False)]
+    return f"{100 * delta[7] / max(sum(delta), 1):.0f} %" if len(delta) > 7 else "?"
+
+
 def parse_procs(text: str) -> list[int]:
     try:
         procs = [int(x) for x in text.split(",") if x.strip()]
@@ -746,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     load_before = load_average()
+    speed = cpu_check()
     failure: BaseException | None = None
     with tempfile.TemporaryDirectory(prefix="we-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -754,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             redis.start()
             say(f"private redis-server on port {redis.port} (pid {redis.proc.pid if redis.proc else '?'})")
+            speed += "; " + io_check(tmp, redis.url)
             if "inprocess" in only:
                 with bench.section("a. in-process"):
                     bench.inprocess()
@@ -792,7 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nworkflow_engine vs raw RQ: N={args.n}, median of {args.rounds} round(s); "
         f"{versions(args.postgres_url)}; {os.cpu_count()} CPUs; load average {load_before} at the start, "
-        f"{load_average()} at the end; total {time.perf_counter() - started:.0f} s\n"
+        f"{load_average()} at the end; CPU check at the start: {speed}; CPU stolen by the hypervisor, "
+        f"1 s at the end: {steal_percent()}; total {time.perf_counter() - started:.0f} s\n"
     )
     if bench.rows:
         print(format_table(bench.rows))

@@ -30,9 +30,10 @@ Stage times come from thin wrappers around the named functions (a few microsecon
 from cProfile, whose overhead distorts fakeredis-heavy paths; ``--cprofile K`` also prints the
 top K functions by cumulative time for each path. Redis commands are counted where redis-py
 packs them, round trips where it sends them, SQL statements where the driver runs them
-(``sqlite_utils.Database.execute``, ``psycopg.Connection.execute``; BEGIN and COMMIT included
-for SQLite, not for PostgreSQL, where psycopg sends them itself), and transactions where a
-store opens one (a write is a durable commit: BEGIN IMMEDIATE … COMMIT in WAL on SQLite).
+(``sqlite_utils.Database.execute`` and the SQLite store's ``fetch``, ``psycopg.Connection.execute``;
+BEGIN and COMMIT included for SQLite, not for PostgreSQL, where psycopg sends them itself), and
+transactions where a store opens one (a write is a durable commit: BEGIN IMMEDIATE … COMMIT in WAL
+on SQLite).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def instrument() -> None:
 
     import workflow_engine.execution as execution
     from workflow_engine.stores.base import SQLStore
-    from workflow_engine.stores.sqlite import SQLiteStore
+    from workflow_engine.stores.sqlite import SQLiteStore, _SQLiteTx
     from workflow_engine.transport import Transport
 
     _wrap(WorkflowEngine, "create_workflow", "create_workflow")
@@ -134,7 +135,8 @@ def instrument() -> None:
     _wrap(execution, "_call_with_timeout", "  the handler")
     _count(redis.connection.PythonRespSerializer, "pack", "redis commands")
     _count(redis.connection.AbstractConnection, "send_packed_command", "redis round trips")
-    _count(sqlite_utils.Database, "execute", "SQL statements")
+    _count(sqlite_utils.Database, "execute", "SQL statements")  # BEGIN, COMMIT, the floor's statements
+    _count(_SQLiteTx, "fetch", "SQL statements")  # the store's statements, which go to sqlite3 directly
     _count_transactions(SQLiteStore)
     try:
         import psycopg
