@@ -275,6 +275,7 @@ class WorkflowEngine:
             log.info("workflow created", extra=log_extra(stored))
             self.notify(wf, None)
             if enqueue:
+                log.info("workflow enqueued", extra=log_extra(stored))
                 self.notify(stored, S.PENDING)
                 queued.append(stored)
             else:

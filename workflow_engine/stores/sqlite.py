@@ -30,7 +30,8 @@ class _SQLiteTx:
         self.db = db
 
     def fetch(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        cursor = self.db.conn.execute(sql, params)  # sqlite3 itself: the hot path skips the wrapper
+        # sqlite3 itself: the hot path skips sqlite-utils' wrapper. Named parameters must be a dict.
+        cursor = self.db.conn.execute(sql, params if isinstance(params, dict) else dict(params))
         if cursor.description is None:
             return []
         names = [d[0] for d in cursor.description]

@@ -97,6 +97,8 @@ def create_workflow() -> ResponseReturnValue:
     except UnknownWorkflowType as exc:
         raise _unknown_type(str(exc)) from None
     except QueueUnavailable as exc:  # created and queued; reconcile delivers it once Redis is back
+        if len(exc.workflow_ids) != 1:
+            raise
         [workflow_id] = exc.workflow_ids
         location = url_for(".action", workflow_id=workflow_id)
         raise _queue_unavailable(workflow_id, "was created and is queued", location) from None
