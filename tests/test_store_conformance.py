@@ -168,6 +168,38 @@ def test_only_the_job_that_carries_a_workflow_can_claim_it_and_only_once(store: 
     assert store.events(wf.id)[-1].detail == "claimed by w1"
 
 
+def test_each_change_records_one_event_stamped_with_the_new_row(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    queued(store, wf, "job-1")
+    claimed = store.claim(wf.id, job_id="job-1", worker="w1", now=utcnow(), lease_until=lease())
+    assert claimed is not None
+    done = store.compare_and_set(
+        wf.id,
+        expected_status=S.RUNNING,
+        changes={"status": S.COMPLETED, "updated_at": utcnow()},
+        event=NewEvent(S.RUNNING, S.COMPLETED, None),
+        expected_job_id="job-1",
+    )
+    assert done is not None
+    lost = store.compare_and_set(
+        wf.id,
+        expected_status=S.RUNNING,
+        changes={"updated_at": utcnow()},
+        event=NewEvent(S.RUNNING, S.FAILED),
+    )
+    assert lost is None  # not as expected: nothing changed, no event
+    events = store.events(wf.id)
+    assert [(e.from_status, e.to_status) for e in events] == [
+        (None, S.PENDING),
+        (S.PENDING, S.QUEUED),
+        (S.QUEUED, S.RUNNING),
+        (S.RUNNING, S.COMPLETED),
+    ]
+    assert (events[2].at, events[2].attempt, events[2].detail) == (claimed.updated_at, 1, "claimed by w1")
+    assert (events[3].at, events[3].attempt, events[3].detail) == (done.updated_at, 1, None)
+
+
 def test_concurrent_claims_from_many_connections_have_exactly_one_winner(database_url: str) -> None:
     stores = [open_store(database_url) for _ in range(6)]
     wf = new()

@@ -52,6 +52,7 @@ class PostgresStore(SQLStore):
     dialect = "postgres"
     retry_unavailable = True
     row_lock = "FOR UPDATE"
+    event_in_update = True
     savings_sql = """
 SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
   FROM workflows AS w, jsonb_each(w.calculated_savings) AS j

@@ -200,6 +200,20 @@ def update_sql(columns: Iterable[str], *, job_id: str | bool | None, lease_expir
     return f"UPDATE workflows SET {sets} WHERE {where} RETURNING *"
 
 
+def with_event(update: str) -> str:
+    """``update`` (an UPDATE … RETURNING *) that also records its event, in one statement.
+
+    For databases with data-modifying CTEs (PostgreSQL): the event takes the new row's
+    ``updated_at`` and ``attempts``, as the two-statement form does, and is written only if
+    the row was updated.
+    """
+    return (
+        f"WITH u AS ({update}), e AS (INSERT INTO workflow_events ({', '.join(EVENT_COLUMNS)}) "
+        "SELECT u.id, CAST(:event_from AS TEXT), CAST(:event_to AS TEXT), u.updated_at, "
+        "CAST(:event_detail AS TEXT), u.attempts FROM u) SELECT * FROM u"
+    )
+
+
 def list_sql(filters: Iterable[str], *, cursor: bool) -> str:
     """Newest first. ``filters`` must come from FILTER_COLUMNS."""
     conds = []
