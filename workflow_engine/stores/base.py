@@ -291,6 +291,14 @@ class SQLStore(Store):
             }
         )
 
+    def _events_params(self, wf: Workflow, events: Sequence[NewEvent]) -> dict[str, Any]:
+        """Parameters of ``queries.insert_events_sql(len(events))``: what differs is numbered."""
+        params: dict[str, Any] = {}
+        for k, event in enumerate(events):
+            for name, value in self._event_params(wf, event).items():
+                params[f"{name}_{k}" if name in ("from_status", "to_status", "detail") else name] = value
+        return params
+
     def migration_scripts(self) -> list[tuple[int, str]]:
         """(version, script) for every numbered migration of this dialect, in order."""
         folder = resources.files("workflow_engine.stores") / "migrations" / self.dialect
@@ -313,8 +321,11 @@ class SQLStore(Store):
             for i, wf in enumerate(workflows):
                 rows = tx.fetch(insert_sql, self.encode(wf.model_dump()))
                 if rows:  # inserted as given: no need to read it back
-                    for event in history[i] if history is not None else (NewEvent(None, wf.status),):
-                        tx.fetch(event_sql, self._event_params(wf, event))
+                    events = history[i] if history is not None else (NewEvent(None, wf.status),)
+                    if len(events) == 1:
+                        tx.fetch(event_sql, self._event_params(wf, events[0]))
+                    elif events:  # one statement for all: one round trip on a client-server database
+                        tx.fetch(self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events))
                     out.append((wf, True))
                 else:
                     existing = tx.fetch(by_key_sql, {"idempotency_key": wf.idempotency_key})

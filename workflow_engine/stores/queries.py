@@ -200,6 +200,15 @@ def update_sql(columns: Iterable[str], *, job_id: str | bool | None, lease_expir
     return f"UPDATE workflows SET {sets} WHERE {where} RETURNING *"
 
 
+def insert_events_sql(count: int) -> str:
+    """One INSERT of ``count`` events of one workflow: ``:workflow_id``, ``:at`` and ``:attempt`` are
+    shared, ``:from_status_<i>``, ``:to_status_<i>`` and ``:detail_<i>`` are each event's own."""
+    rows = ", ".join(
+        f"(:workflow_id, :from_status_{i}, :to_status_{i}, :at, :detail_{i}, :attempt)" for i in range(count)
+    )
+    return f"INSERT INTO workflow_events ({', '.join(EVENT_COLUMNS)}) VALUES {rows}"
+
+
 def with_event(update: str) -> str:
     """``update`` (an UPDATE … RETURNING *) that also records its event, in one statement.
 
