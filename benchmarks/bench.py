@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -242,115 +243,103 @@ class Bench:
         queue.connection.ping()
         return queue
 
-    def api(self, backend: str) -> None:
-        for fused in (False, True):
-            self.api_calls(backend, fused)
+    def queued_by_engine(self, backend: str, n: int, fill: Callable[[WorkflowEngine, int], None]) -> float:
+        """Workflows/s of ``fill(engine, n)`` on a fresh database, which must leave n jobs queued."""
+        self.redis.flushall()
+        with self.database(backend) as url:
+            engine = self.api_engine(url)
+            start = time.perf_counter()
+            fill(engine, n)
+            elapsed = time.perf_counter() - start
+            self.check_completed(engine, n, status="queued")
+            if engine.transport.depth() != n:
+                raise BenchFailure(f"{engine.transport.depth()} jobs on the queue, expected {n}")
+            engine.close()
+        return n / elapsed
 
-    def api_calls(self, backend: str, fused: bool) -> None:
+    def queued_by_rq(self, n: int, fill: Callable[[Any, int], None]) -> float:
+        """Jobs/s of ``fill(queue, n)`` on a raw RQ queue, checked to leave n jobs queued."""
+        self.redis.flushall()
+        queue = self.raw_queue()
+        start = time.perf_counter()
+        fill(queue, n)
+        elapsed = time.perf_counter() - start
+        if queue.count != n:
+            raise BenchFailure(f"{queue.count} jobs on the queue, expected {n}")
+        return n / elapsed
+
+    def api(self, backend: str) -> None:
         """Single calls: ``create_workflow`` then ``enqueue_execution`` (two commits), or the fused
         ``create_workflow(enqueue=True)`` (one commit), against ``Queue.enqueue``."""
-        n = self.n
 
-        def engine_run(n: int = n) -> float:
-            self.redis.flushall()
-            with self.database(backend) as url:
-                engine = self.api_engine(url)
-                start = time.perf_counter()
-                if fused:
-                    for _ in range(n):
-                        engine.create_workflow(workflow_type_id=TYPE, enqueue=True)
-                else:
-                    for _ in range(n):
-                        engine.enqueue_execution(engine.create_workflow(workflow_type_id=TYPE))
-                elapsed = time.perf_counter() - start
-                self.check_completed(engine, n, status="queued")
-                if engine.transport.depth() != n:
-                    raise BenchFailure(f"{engine.transport.depth()} jobs on the queue, expected {n}")
-                engine.close()
-            return n / elapsed
+        def two_calls(engine: WorkflowEngine, n: int) -> None:
+            for _ in range(n):
+                engine.enqueue_execution(engine.create_workflow(workflow_type_id=TYPE))
 
-        def rq_run(n: int = n) -> float:
-            self.redis.flushall()
-            queue = self.raw_queue()
-            start = time.perf_counter()
+        def fused(engine: WorkflowEngine, n: int) -> None:
+            for _ in range(n):
+                engine.create_workflow(workflow_type_id=TYPE, enqueue=True)
+
+        def raw(queue: Any, n: int) -> None:
             for _ in range(n):
                 queue.enqueue(bench_jobs.noop)
-            elapsed = time.perf_counter() - start
-            if queue.count != n:
-                raise BenchFailure(f"{queue.count} jobs on the queue, expected {n}")
-            return n / elapsed
 
-        engine_run(20)  # warm up
-        rq_run(20)
-        what = "SQLite WAL" if backend == "sqlite" else "PostgreSQL"
-        calls = "create_workflow(enqueue=True)" if fused else "create_workflow+enqueue_execution"
-        self.rows.append(
-            compare(
-                f"API: {calls} vs Queue.enqueue, N={n} (real Redis, {what})",
-                self.rounds,
-                engine_run,
-                rq_run,
-                "wf/s",
-                "jobs/s",
-                key=f"api-{'fused-' if fused else ''}{backend}",
-            )
-        )
-        self.redis.flushall()
+        for calls, fill, key in (
+            ("create_workflow+enqueue_execution", two_calls, "api"),
+            ("create_workflow(enqueue=True)", fused, "api-fused"),
+        ):
+            self.compare_queued(backend, f"API: {calls} vs Queue.enqueue", key, fill, raw, warm_up=20)
 
     def bulk(self, backend: str) -> None:
-        for fused in (False, True):
-            self.bulk_calls(backend, fused)
-
-    def bulk_calls(self, backend: str, fused: bool) -> None:
         """``create_workflows`` + ``enqueue_many`` (two transactions a batch), or the fused
         ``create_workflows(..., enqueue=True)`` (one), in batches against raw ``Queue.enqueue_many``."""
         from rq import Queue
 
-        n, batch = self.n, self.batch
+        batch = self.batch
         items = [{"workflow_type_id": TYPE}] * batch
 
-        def engine_run(n: int = n) -> float:
-            self.redis.flushall()
-            with self.database(backend) as url:
-                engine = self.api_engine(url)
-                start = time.perf_counter()
-                for done in range(0, n, batch):
-                    some = items[: min(batch, n - done)]
-                    if fused:
-                        engine.create_workflows(some, enqueue=True)
-                    else:
-                        engine.enqueue_many(engine.create_workflows(some))
-                elapsed = time.perf_counter() - start
-                self.check_completed(engine, n, status="queued")
-                if engine.transport.depth() != n:
-                    raise BenchFailure(f"{engine.transport.depth()} jobs on the queue, expected {n}")
-                engine.close()
-            return n / elapsed
+        def two_calls(engine: WorkflowEngine, n: int) -> None:
+            for done in range(0, n, batch):
+                engine.enqueue_many(engine.create_workflows(items[: min(batch, n - done)]))
 
-        def rq_run(n: int = n) -> float:
-            self.redis.flushall()
-            queue = self.raw_queue()
-            start = time.perf_counter()
+        def fused(engine: WorkflowEngine, n: int) -> None:
+            for done in range(0, n, batch):
+                engine.create_workflows(items[: min(batch, n - done)], enqueue=True)
+
+        def raw(queue: Any, n: int) -> None:
             for done in range(0, n, batch):
                 queue.enqueue_many([Queue.prepare_data(bench_jobs.noop) for _ in range(min(batch, n - done))])
-            elapsed = time.perf_counter() - start
-            if queue.count != n:
-                raise BenchFailure(f"{queue.count} jobs on the queue, expected {n}")
-            return n / elapsed
 
-        engine_run(min(n, batch))  # warm up
-        rq_run(min(n, batch))
+        for calls, fill, key in (
+            ("create_workflows+enqueue_many", two_calls, "bulk"),
+            ("create_workflows(enqueue=True)", fused, "bulk-fused"),
+        ):
+            measure = f"bulk: {calls} vs Queue.enqueue_many, batches of {batch}"
+            self.compare_queued(backend, measure, key, fill, raw, warm_up=min(self.n, batch))
+
+    def compare_queued(
+        self,
+        backend: str,
+        measure: str,
+        key: str,
+        fill: Callable[[WorkflowEngine, int], None],
+        raw: Callable[[Any, int], None],
+        *,
+        warm_up: int,
+    ) -> None:
+        """One API row: ``fill`` against ``raw``, after a warm-up of each (first-use imports and caches)."""
+        self.queued_by_engine(backend, warm_up, fill)
+        self.queued_by_rq(warm_up, raw)
         what = "SQLite WAL" if backend == "sqlite" else "PostgreSQL"
-        calls = "create_workflows(enqueue=True)" if fused else "create_workflows+enqueue_many"
         self.rows.append(
             compare(
-                f"bulk: {calls} vs Queue.enqueue_many, batches of {batch}, N={n} (real Redis, {what})",
+                f"{measure}, N={self.n} (real Redis, {what})",
                 self.rounds,
-                engine_run,
-                rq_run,
+                lambda: self.queued_by_engine(backend, self.n, fill),
+                lambda: self.queued_by_rq(self.n, raw),
                 "wf/s",
                 "jobs/s",
-                key=f"bulk-{'fused-' if fused else ''}{backend}",
+                key=f"{key}-{backend}",
             )
         )
         self.redis.flushall()
