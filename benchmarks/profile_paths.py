@@ -100,12 +100,15 @@ def _count(owner: Any, attr: str, label: str) -> None:
     setattr(owner, attr, counted)
 
 
-def _count_transactions(owner: Any) -> None:
+def _count_transactions(owner: Any, *, begin_commit: bool = False) -> None:
+    """Count the store's transactions; with ``begin_commit``, a write's BEGIN and COMMIT as statements."""
     original = owner.transaction
 
     @functools.wraps(original)
     def counted(self: Any, *, write: bool = True) -> Any:
         _counts["write transactions" if write else "read transactions"] += 1
+        if write and begin_commit:
+            _counts["SQL statements"] += 2
         return original(self, write=write)
 
     owner.transaction = counted
@@ -135,9 +138,9 @@ def instrument() -> None:
     _wrap(execution, "_call_with_timeout", "  the handler")
     _count(redis.connection.PythonRespSerializer, "pack", "redis commands")
     _count(redis.connection.AbstractConnection, "send_packed_command", "redis round trips")
-    _count(sqlite_utils.Database, "execute", "SQL statements")  # BEGIN, COMMIT, the floor's statements
+    _count(sqlite_utils.Database, "execute", "SQL statements")  # the floor's statements
     _count(_SQLiteTx, "fetch", "SQL statements")  # the store's statements, which go to sqlite3 directly
-    _count_transactions(SQLiteStore)
+    _count_transactions(SQLiteStore, begin_commit=True)  # its BEGIN IMMEDIATE and COMMIT, also sqlite3
     try:
         import psycopg
 
