@@ -4,11 +4,6 @@ WAL journal, ``synchronous=NORMAL``, a busy timeout, and ``BEGIN IMMEDIATE``
 for every write so that several worker processes writing one file wait for
 each other instead of failing with "database is locked". One connection per
 process (a forked work-horse opens its own), shared by threads under a lock.
-
-WAL checkpoints (copying the log back into the database file, with an fsync)
-run on a background thread of the process that opened the store, so that a
-commit does not pay for one: by default SQLite runs them inside the commit
-that crosses 1,000 pages, which made one commit in ~50 take 10 ms or more.
 """
 
 from __future__ import annotations
@@ -43,65 +38,8 @@ class _SQLiteTx:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-#: Held by a checkpointing thread while it is inside SQLite, and by ``os.fork()`` while it forks:
-#: a child forked while another thread held one of SQLite's own mutexes (its allocator's, say)
-#: would hang at its first SQLite call. A fork waits for a checkpoint in progress instead.
-_in_sqlite = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global _in_sqlite
-    _in_sqlite = threading.Lock()
-
-
-os.register_at_fork(
-    before=lambda: _in_sqlite.acquire(),
-    after_in_parent=lambda: _in_sqlite.release(),
-    after_in_child=_after_fork_in_child,
-)
-
-
-class _Checkpointer(threading.Thread):
-    """Checkpoints the WAL every ``interval`` seconds on a connection of its own, while writes come.
-
-    PASSIVE checkpoints never wait for, nor block, readers and writers. The thread
-    ends after ``idle_exit`` seconds without a write; the next write starts another.
-    """
-
-    def __init__(self, path: str, interval: float, idle_exit: float) -> None:
-        super().__init__(name=f"workflow-engine-sqlite-checkpoint {path}", daemon=True)
-        self.path, self.interval, self.idle_exit = path, interval, idle_exit
-        self.stopping = threading.Event()
-        self.last_write = time.monotonic()
-
-    def run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        try:
-            while not self.stopping.wait(self.interval):
-                idle = time.monotonic() - self.last_write
-                with _in_sqlite:
-                    try:
-                        conn = conn or sqlite3.connect(self.path, isolation_level=None)
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    except sqlite3.Error:  # busy or failing: the commits' own checkpoints remain
-                        pass
-                if idle > self.idle_exit:
-                    return
-        finally:
-            if conn is not None:
-                with _in_sqlite:
-                    conn.close()
-
-
 class SQLiteStore(SQLStore):
     dialect = "sqlite"
-    #: Seconds between background WAL checkpoints while this process writes.
-    checkpoint_interval = 0.5
-    #: Seconds without a write after which the checkpointing thread ends (the next write restarts it).
-    checkpoint_idle_exit = 30.0
-    #: WAL pages at which a commit checkpoints by itself: a backstop for when the background
-    #: thread falls behind, and the rule in a forked work-horse, which runs no thread.
-    foreground_checkpoint_pages = 20_000
     savings_sql = """
 SELECT j.key AS key, TOTAL(j.value) AS total
   FROM workflows AS w, json_each(w.calculated_savings) AS j
@@ -118,10 +56,6 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         self._db: sqlite_utils.Database | None = None
         self._pid = 0
         self._migrated = False
-        #: Only the process that built the store checkpoints in the background: a forked
-        #: work-horse lives for one job, too short for a thread to pay off.
-        self._owner_pid = os.getpid()
-        self._checkpointer: _Checkpointer | None = None
 
     # -- connection -------------------------------------------------------
     @property
@@ -145,8 +79,6 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                 self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            if os.getpid() == self._owner_pid and self.path != ":memory:":
-                conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.foreground_checkpoint_pages)}")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         self._db = sqlite_utils.Database(conn)
@@ -168,21 +100,8 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                     raise
                 time.sleep(0.01)
 
-    def _written(self) -> None:
-        """After a commit: make sure the background checkpointer runs, in the owning process."""
-        cp = self._checkpointer
-        if cp is not None and cp.is_alive() and not cp.stopping.is_set():
-            cp.last_write = time.monotonic()
-        elif os.getpid() == self._owner_pid and self.path != ":memory:":
-            self._checkpointer = _Checkpointer(self.path, self.checkpoint_interval, self.checkpoint_idle_exit)
-            self._checkpointer.start()
-
     def close(self) -> None:
         with self._lock:
-            cp, self._checkpointer = self._checkpointer, None
-            if cp is not None and os.getpid() == self._owner_pid:
-                cp.stopping.set()
-                cp.join()
             if self._db is not None and self._pid == os.getpid():
                 self._db.conn.close()
             self._db = None
@@ -193,7 +112,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             db = self._connect()
             try:
                 if write:
-                    conn = db.conn
+                    conn = db.conn  # sqlite3 itself, as in _SQLiteTx.fetch
                     conn.execute("BEGIN IMMEDIATE")
                     try:
                         yield _SQLiteTx(db)
@@ -201,7 +120,6 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                         conn.rollback()
                         raise
                     conn.execute("COMMIT")
-                    self._written()
                 else:
                     yield _SQLiteTx(db)
             except sqlite3.OperationalError as exc:
