@@ -4,6 +4,10 @@ WAL journal, ``synchronous=NORMAL``, a busy timeout, and ``BEGIN IMMEDIATE``
 for every write so that several worker processes writing one file wait for
 each other instead of failing with "database is locked". One connection per
 process (a forked work-horse opens its own), shared by threads under a lock.
+
+``os.fork()`` waits until no thread is inside one of this process's stores: a
+child forked while another thread was inside SQLite could inherit one of
+SQLite's own mutexes held, and hang at its first call.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,6 +43,37 @@ class _SQLiteTx:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+#: Every SQLite store of this process, and the locks a fork in progress holds.
+_stores: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_held_for_fork: list[threading.RLock] = []
+
+
+def _before_fork() -> None:
+    """Hold each store's lock across ``os.fork()``. Every SQLite call of a store runs under
+    its lock, so no other thread is inside SQLite when the process forks: a child forked
+    while another thread held one of SQLite's mutexes (its allocator's, say) would hang at
+    its first SQLite call. ``workflow-engine worker`` forks a work-horse per job while its
+    reconcile thread uses the store."""
+    for store in list(_stores):
+        lock = store._lock
+        lock.acquire()
+        _held_for_fork.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    _held_for_fork.clear()  # the child's stores make new locks (SQLiteStore._lock)
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
+
+
 class SQLiteStore(SQLStore):
     dialect = "sqlite"
     savings_sql = """
@@ -56,6 +92,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         self._db: sqlite_utils.Database | None = None
         self._pid = 0
         self._migrated = False
+        _stores.add(self)
 
     # -- connection -------------------------------------------------------
     @property
