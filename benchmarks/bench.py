@@ -62,6 +62,13 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+#: The key suffix of an e2e row whose workflow side runs with extra `rq worker` options.
+EXTRA_KEYS = {
+    ("-c", "workflow_engine.rq_preload"): "-preload",
+    ("-w", "workflow_engine.workers.SimpleWorkflowWorker"): "-onetrip",
+}
+
+
 @dataclass
 class Row:
     measure: str
@@ -379,6 +386,10 @@ class Bench:
             # The workflow side's forking worker preloads workflow_engine in its parent (RQ's -c settings
             # module), so that a work-horse does not import it per job; raw RQ runs the plain command.
             configs.append(("fork", 1, self.fork_n, ("-c", "workflow_engine.rq_preload")))
+        if importlib.util.find_spec("workflow_engine.workers") is not None:
+            # The workflow side's SimpleWorker with one-round-trip heartbeats (what `workflow-engine
+            # worker -w simple` runs), against raw RQ's stock SimpleWorker: beyond RQ's own ceiling.
+            configs.append(("simple", 1, self.n, ("-w", "workflow_engine.workers.SimpleWorkflowWorker")))
         for worker_class, procs, n, extra in configs:
 
             def engine_run(
@@ -422,7 +433,7 @@ class Bench:
                     rq_run,
                     "wf/s",
                     "jobs/s",
-                    key=f"e2e-{backend}-{worker_class}-{procs}{'-preload' if extra else ''}",
+                    key=f"e2e-{backend}-{worker_class}-{procs}{EXTRA_KEYS.get(extra, '')}",
                 )
             )
         self.redis.flushall()

@@ -322,7 +322,8 @@ def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: st
     type=click.Choice(["fork", "simple"]),
     default="fork",
     show_default=True,
-    help="fork: rq.Worker, a work-horse per job; simple: rq.SimpleWorker, jobs in this process.",
+    help="fork: rq.Worker, a work-horse per job; simple: rq.SimpleWorker, jobs in this process "
+    "(each with one-round-trip heartbeats: workflow_engine.workers).",
 )
 @click.option(
     "--reconcile-every",
@@ -362,9 +363,8 @@ def worker(
       WORKFLOW_ENGINE_DATABASE_URL=sqlite:////srv/app/workflows.db workflow-engine worker
       workflow-engine worker --metrics-port 9108
     """
-    from rq import SimpleWorker, Worker
-
     from .execution import set_worker_engine
+    from .workers import SimpleWorkflowWorker, WorkflowWorker
 
     for path in reversed(paths):
         sys.path.insert(0, os.path.abspath(path))
@@ -382,7 +382,7 @@ def worker(
                 name="workflow-engine-reconcile",
                 daemon=True,
             ).start()
-        cls = SimpleWorker if worker_class == "simple" else Worker
+        cls = SimpleWorkflowWorker if worker_class == "simple" else WorkflowWorker
         rq_worker = cls([engine.queue], connection=engine.redis, name=name)
         try:
             rq_worker.work(burst=burst, with_scheduler=False)
