@@ -1,4 +1,4 @@
-"""SQLite-specific behaviour: forking a process whose threads use the store."""
+"""SQLite-specific behaviour: forking a process whose threads use the store, and query plans."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from workflow_engine.models import Workflow, utcnow
 from workflow_engine.status import WorkflowStatus
+from workflow_engine.stores import queries as q
 from workflow_engine.stores.sqlite import SQLiteStore
 
 
@@ -81,3 +82,55 @@ def test_a_child_forked_while_another_thread_writes_never_hangs(store: SQLiteSto
         stop.set()
         thread.join()
     assert all(outcomes), f"{outcomes.count(False)} of {len(outcomes)} forked children hung"
+
+
+# -- query plans: what SQLite does without statistics, as on every embedded database ---------------
+def plan(store: SQLiteStore, sql: str, params: dict[str, object]) -> str:
+    with store.transaction(write=False) as tx:
+        rows = tx.fetch(f"EXPLAIN QUERY PLAN {sql}", params)
+    return " / ".join(str(r["detail"]) for r in rows)
+
+
+FILTERS = [
+    {},
+    {"status": "failed"},
+    {"workflow_type_id": "t"},
+    {"created_by_agent": "a"},
+    {"status": "failed", "workflow_type_id": "t"},
+    {"status": "failed", "created_by_agent": "a"},
+    {"workflow_type_id": "t", "created_by_agent": "a"},
+    {"status": "failed", "workflow_type_id": "t", "created_by_agent": "a"},
+]
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: "+".join(f) or "unfiltered")
+@pytest.mark.parametrize("cursor", [False, True], ids=["page 1", "deep page"])
+def test_every_listing_reads_one_index_in_order_and_never_sorts(
+    store: SQLiteStore, filters: dict[str, str], cursor: bool
+) -> None:
+    sql = q.list_sql(filters, cursor=cursor, index=store.list_index(filters))
+    params: dict[str, object] = {**filters, "limit": 50, "cursor_at": "2026-01-01", "cursor_id": "x"}
+    found = plan(store, sql, params)
+    assert "USING INDEX" in found and "TEMP B-TREE" not in found, found
+    if {"created_by_agent", "status"} <= set(filters):
+        assert "workflows_agent_status_created" in found, found
+    elif "created_by_agent" in filters:  # an agent's workflows are few: read them, not a whole type's
+        assert "workflows_agent_created" in found, found
+    elif {"status", "workflow_type_id"} <= set(filters):
+        assert "workflows_type_status_created" in found, found
+
+
+@pytest.mark.parametrize(
+    ("sql", "index"),
+    [
+        (q.STATS_DURATION_AT.format(since=""), "workflows_completed_duration"),
+        (q.STATS_FINISHED_SINCE, "workflows_finished"),
+        (q.STALE_RUNNING, "workflows_status_created"),
+        (q.STATS_RUNNING, "workflows_status_created"),
+    ],
+    ids=["duration percentile", "finished recently", "stale running", "running count"],
+)
+def test_statistics_and_reconcile_read_an_index(store: SQLiteStore, sql: str, index: str) -> None:
+    params = {"workflow_type_id": "t", "offset": 0, "recent": "2026", "now": "2026", "limit": 10}
+    found = plan(store, sql, params)
+    assert index in found and "SCAN workflows" not in found, found

@@ -262,6 +262,50 @@ def test_find_is_newest_first_filtered_and_paged_by_cursor(store: Store) -> None
     assert [w.id for w in page + rest] == newest_first
 
 
+def test_find_with_any_combination_of_filters_returns_exactly_the_matches_newest_first(store: Store) -> None:
+    base = utcnow()
+    workflows = []
+    for i in range(12):
+        wf = new(f"type{i % 2}", agent=f"agent{i % 3}" if i % 4 else None)
+        at = base + timedelta(milliseconds=i)
+        workflows.append(wf.model_copy(update={"created_at": at, "updated_at": at}))
+    store.insert(workflows)
+    for wf in workflows[::3]:
+        queued(store, wf)
+    current = {wf.id: wf for wf in store.get_many([w.id for w in workflows]).values()}
+    values = {
+        "status": ["pending", "queued"],
+        "workflow_type_id": ["type0", "type1"],
+        "created_by_agent": ["agent0", "agent1", "agent2"],
+    }
+    combos = [{}] + [{k: v} for k in values for v in values[k]]
+    combos += [
+        {"status": s, "workflow_type_id": t} for s in values["status"] for t in values["workflow_type_id"]
+    ]
+    combos += [
+        {"status": s, "created_by_agent": a} for s in values["status"] for a in values["created_by_agent"]
+    ]
+    combos += [
+        {"workflow_type_id": t, "created_by_agent": a, "status": "pending"}
+        for t in ("type0", "type1")
+        for a in ("agent1", "agent2")
+    ]
+    for filters in combos:
+        expected = [
+            w.id
+            for w in reversed(workflows)
+            if all(
+                (current[w.id].status.value if k == "status" else getattr(current[w.id], k)) == v
+                for k, v in filters.items()
+            )
+        ]
+        assert [w.id for w in store.find(limit=20, filters=filters)] == expected, filters
+        if len(expected) > 1:  # the second page starts after the first one's last row
+            first = store.find(limit=1, filters=filters)
+            after = store.find(limit=20, filters=filters, cursor=(first[0].created_at, first[0].id))
+            assert [w.id for w in after] == expected[1:], filters
+
+
 def test_find_refuses_to_filter_on_other_columns(store: Store) -> None:
     with pytest.raises(ValueError, match="cannot filter"):
         store.find(limit=1, filters={"inputs": "x"})

@@ -207,7 +207,10 @@ class Store(abc.ABC):
 class Tx(Protocol):
     """The one thing a SQLStore needs from a driver inside a transaction."""
 
-    def fetch(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]: ...
+    def fetch(self, sql: str, params: Mapping[str, Any], *, prepare: bool = True) -> list[dict[str, Any]]:
+        """Run ``sql``. ``prepare=False`` asks a server-side database to plan it for these very
+        values each time, instead of reusing a generic plan."""
+        ...
 
 
 class SQLStore(Store):
@@ -259,6 +262,10 @@ class SQLStore(Store):
     event_in_update: bool = False
     #: Sum of every numeric top-level field of calculated_savings, by key; ``{since}`` as in STATS_COUNTS.
     savings_sql: str
+
+    def list_index(self, filters: Mapping[str, str]) -> str | None:
+        """The index a listing with these filters must read, where the database needs telling."""
+        return None
 
     # -- shared ----------------------------------------------------------
     def encode(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -439,8 +446,10 @@ class SQLStore(Store):
             if cursor is not None:
                 params["cursor_at"] = self.encode_time(cursor[0])
                 params["cursor_id"] = cursor[1]
+            sql = q.list_sql(filters, cursor=cursor is not None, index=self.list_index(filters))
             with self.transaction(write=False) as tx:
-                rows = tx.fetch(self.sql(q.list_sql(filters, cursor=cursor is not None)), params)
+                # Planned for these values: which index is best depends on how common each one is.
+                rows = tx.fetch(self.sql(sql), params, prepare=False)
             return [self._workflow(r) for r in rows]
 
         return self._once_more(op)

@@ -41,8 +41,8 @@ class _PgTx:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
-    def fetch(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        cur = self.conn.execute(sql, params, prepare=True)
+    def fetch(self, sql: str, params: Mapping[str, Any], *, prepare: bool = True) -> list[dict[str, Any]]:
+        cur = self.conn.execute(sql, params, prepare=prepare)
         if cur.description is None:
             return []
         return list(cur.fetchall())

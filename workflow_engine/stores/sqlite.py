@@ -34,7 +34,7 @@ class _SQLiteTx:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
 
-    def fetch(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def fetch(self, sql: str, params: Mapping[str, Any], *, prepare: bool = True) -> list[dict[str, Any]]:
         # sqlite3 itself: the hot path skips sqlite-utils' wrapper. Named parameters must be a dict.
         cursor = self.db.conn.execute(sql, params if isinstance(params, dict) else dict(params))
         if cursor.description is None:
@@ -93,6 +93,14 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         self._pid = 0
         self._migrated = False
         _stores.add(self)
+
+    def list_index(self, filters: Mapping[str, str]) -> str | None:
+        # Without statistics (nobody runs ANALYZE on an embedded database) SQLite takes the index
+        # that matches the most filters, and with an agent among them may pick one that reads
+        # every workflow of a common type and status to find one agent's. An agent's are few.
+        if "created_by_agent" not in filters or len(filters) == 1:
+            return None
+        return "workflows_agent_status_created" if "status" in filters else "workflows_agent_created"
 
     # -- connection -------------------------------------------------------
     @property
@@ -190,7 +198,8 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         return version
 
     def run_script(self, tx: Tx, script: str) -> None:
-        # executescript() would COMMIT the open transaction, so run statement by statement.
+        # executescript() would COMMIT the open transaction, so run statement by statement
+        # (split on semicolons: a migration's comments must not contain one).
         for statement in script.split(";"):
             if statement.strip() and not all(
                 line.strip().startswith("--") or not line.strip() for line in statement.splitlines()
