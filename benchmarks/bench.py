@@ -386,9 +386,11 @@ class Bench:
             # The workflow side's forking worker preloads workflow_engine in its parent (RQ's -c settings
             # module), so that a work-horse does not import it per job; raw RQ runs the plain command.
             configs.append(("fork", 1, self.fork_n, ("-c", "workflow_engine.rq_preload")))
-        if importlib.util.find_spec("workflow_engine.workers") is not None:
+        if backend == "sqlite" and importlib.util.find_spec("workflow_engine.workers") is not None:
             # The workflow side's SimpleWorker with one-round-trip heartbeats (what `workflow-engine
             # worker -w simple` runs), against raw RQ's stock SimpleWorker: beyond RQ's own ceiling.
+            # SQLite only, to keep the suite under 10 minutes; on PostgreSQL the engine's own
+            # database round trips weigh more than the heartbeats' (docs/performance.md).
             configs.append(("simple", 1, self.n, ("-w", "workflow_engine.workers.SimpleWorkflowWorker")))
         for worker_class, procs, n, extra in configs:
 
