@@ -6,8 +6,8 @@
 -- workflows. Duration percentiles read a partial index of completed workflows.
 -- Rows with no finish time or no agent stay out of the indexes on those columns, and the lease
 -- index goes: reconcile finds the few running workflows through (status, created_at, id), and
--- a heartbeat now changes no indexed column. A status change writes about as many index
--- entries as before.
+-- a heartbeat now changes no indexed column. A status change of a workflow with no agent
+-- writes fewer index pages than before, and one with an agent a few more.
 DROP INDEX workflows_type_status_duration;
 CREATE INDEX workflows_type_status_created ON workflows (workflow_type_id, status, created_at, id);
 CREATE INDEX workflows_completed_duration ON workflows (workflow_type_id, duration_s)
