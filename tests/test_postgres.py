@@ -191,3 +191,42 @@ def test_a_worker_whose_connection_is_terminated_mid_run_still_completes_the_wor
 
 
 assert APPS.exists()
+
+
+def test_a_claim_and_a_completion_are_one_statement_each_without_begin_or_commit(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A compare-and-set carries its event in the same statement, and a lone statement runs in
+    autocommit: no BEGIN and COMMIT round trips. Read from libpq's own trace of what it sent."""
+    from psycopg import pq
+
+    from workflow_engine.models import utcnow
+
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
+    engine.register_handler("t", "workflow_engine.demo:create_website")
+    wid = engine.create_workflow(workflow_type_id="t", enqueue=True)
+    queued = engine.get_workflow(wid)
+    assert queued.status is S.QUEUED and queued.job_id is not None
+    pool = engine.store._get_pool()  # type: ignore[attr-defined]
+    pool.resize(1, 1)  # one connection, so that the trace sees every statement
+    with open(tmp_path / "libpq.trace", "w") as out:
+        with pool.connection() as conn:
+            conn.pgconn.trace(out.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        now = utcnow()
+        claimed = engine.store.claim(
+            wid, job_id=queued.job_id, worker="w", now=now, lease_until=engine.lease_from(now)
+        )
+        assert claimed is not None and claimed.status is S.RUNNING
+        done = engine._change(
+            claimed, S.COMPLETED, {"finished_at": utcnow()}, detail="done", expected_job_id=queued.job_id
+        )
+        assert done is not None and done.status is S.COMPLETED
+        with pool.connection() as conn:
+            conn.pgconn.untrace()
+    sent = (tmp_path / "libpq.trace").read_text()  # what went to the server (F) and came back (B)
+    assert sent.count("WITH u AS (UPDATE workflows") == 2, sent  # the claim, then the completion
+    assert sent.count("INSERT INTO workflow_events") == 2, sent  # each event inside its statement
+    assert "BEGIN" not in sent and "COMMIT" not in sent, sent
+    assert [e.to_status for e in engine.get_events(wid)][-2:] == [S.RUNNING, S.COMPLETED]
+    engine.close()

@@ -231,10 +231,12 @@ class SQLStore(Store):
 
     # -- the driver hooks -------------------------------------------------
     @abc.abstractmethod
-    def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]:
+    def transaction(self, *, write: bool = True, single: bool = False) -> AbstractContextManager[Tx]:
         """A transaction that commits on exit, rolls back on error, and wraps driver errors.
 
         ``write=False`` marks a read, which a store may run without taking a write lock.
+        ``single=True`` promises one statement: a store may send it without BEGIN and COMMIT,
+        since a database runs a lone statement atomically and commits it durably.
         """
 
     @abc.abstractmethod
@@ -343,8 +345,11 @@ class SQLStore(Store):
         if not changes:
             return []
 
+        # One change whose event goes in the same statement (or that has none) is one statement.
+        single = len(changes) == 1 and (self.event_in_update or changes[0].event is None)
+
         def op() -> list[Workflow | None]:
-            with self.transaction() as tx:
+            with self.transaction(single=single) as tx:
                 return [self._changed(tx, *self._update(change), change.event) for change in changes]
 
         return self._once_more(op)
@@ -393,7 +398,7 @@ class SQLStore(Store):
             event = NewEvent(
                 WorkflowStatus.QUEUED, WorkflowStatus.RUNNING, f"claimed by {worker}" if worker else None
             )
-            with self.transaction() as tx:
+            with self.transaction(single=self.event_in_update) as tx:
                 return self._changed(tx, q.CLAIM.strip(), params, event)
 
         return self._once_more(op)
@@ -406,7 +411,7 @@ class SQLStore(Store):
                 "now": self.encode_time(now),
                 "lease_until": self.encode_time(lease_until),
             }
-            with self.transaction() as tx:
+            with self.transaction(single=True) as tx:
                 rows = tx.fetch(self.sql(q.HEARTBEAT), params)
             if not rows:
                 return Heartbeat(owned=False, cancel_requested=False)
@@ -416,7 +421,7 @@ class SQLStore(Store):
 
     def get(self, workflow_id: str) -> Workflow | None:
         def op() -> Workflow | None:
-            with self.transaction(write=False) as tx:
+            with self.transaction(write=False, single=True) as tx:
                 rows = tx.fetch(self.sql(q.GET_WORKFLOW), {"id": workflow_id})
             return self._workflow(rows[0]) if rows else None
 
@@ -447,7 +452,7 @@ class SQLStore(Store):
                 params["cursor_at"] = self.encode_time(cursor[0])
                 params["cursor_id"] = cursor[1]
             sql = q.list_sql(filters, cursor=cursor is not None, index=self.list_index(filters))
-            with self.transaction(write=False) as tx:
+            with self.transaction(write=False, single=True) as tx:
                 # Planned for these values: which index is best depends on how common each one is.
                 rows = tx.fetch(self.sql(sql), params, prepare=False)
             return [self._workflow(r) for r in rows]
@@ -456,7 +461,7 @@ class SQLStore(Store):
 
     def events(self, workflow_id: str) -> list[WorkflowEvent]:
         def op() -> list[WorkflowEvent]:
-            with self.transaction(write=False) as tx:
+            with self.transaction(write=False, single=True) as tx:
                 rows = tx.fetch(self.sql(q.GET_EVENTS), {"workflow_id": workflow_id})
             return [WorkflowEvent.from_row(self.decode_row(r)) for r in rows]
 
@@ -464,7 +469,7 @@ class SQLStore(Store):
 
     def stale_running(self, *, now: datetime, limit: int) -> list[Workflow]:
         def op() -> list[Workflow]:
-            with self.transaction(write=False) as tx:
+            with self.transaction(write=False, single=True) as tx:
                 rows = tx.fetch(self.sql(q.STALE_RUNNING), {"now": self.encode_time(now), "limit": limit})
             return [self._workflow(r) for r in rows]
 
@@ -487,7 +492,7 @@ class SQLStore(Store):
             if after is not None:
                 params.update(after_at=self.encode_time(after[0]), after_id=after[1])
             sql = q.DELIVERABLE_QUEUED.format(after=q.DELIVERABLE_AFTER if after is not None else "")
-            with self.transaction(write=False) as tx:
+            with self.transaction(write=False, single=True) as tx:
                 rows = tx.fetch(self.sql(sql), params)
             return [self._workflow(r) for r in rows]
 
@@ -532,12 +537,12 @@ class SQLStore(Store):
     def save_council(self, council: Council) -> Council:
         params = self.encode(council.model_dump())
         params["members"] = self.encode_json(council.members)
-        with self.transaction() as tx:
+        with self.transaction(single=True) as tx:
             [row] = tx.fetch(self.sql(q.SAVE_COUNCIL), params)
         return self._council(row)
 
     def get_council(self, council_id: str) -> Council | None:
-        with self.transaction(write=False) as tx:
+        with self.transaction(write=False, single=True) as tx:
             rows = tx.fetch(self.sql(q.GET_COUNCIL), {"id": council_id})
         return self._council(rows[0]) if rows else None
 
@@ -571,7 +576,7 @@ class SQLStore(Store):
         return "recorded"
 
     def votes(self, workflow_id: str) -> list[Vote]:
-        with self.transaction(write=False) as tx:
+        with self.transaction(write=False, single=True) as tx:
             rows = tx.fetch(self.sql(q.GET_VOTES), {"workflow_id": workflow_id})
         return [Vote.model_validate(self.decode_row(r)) for r in rows]
 

@@ -89,7 +89,14 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                     self.url,
                     min_size=1,
                     max_size=self.pool_size,
-                    kwargs={"row_factory": dict_row, "connect_timeout": max(1, int(self.connect_timeout))},
+                    # Autocommit: a lone statement (a compare-and-set with its event, a read) is
+                    # sent without BEGIN and COMMIT, two round trips fewer; several run in
+                    # conn.transaction(). Nothing may turn it off on a pooled connection.
+                    kwargs={
+                        "row_factory": dict_row,
+                        "connect_timeout": max(1, int(self.connect_timeout)),
+                        "autocommit": True,
+                    },
                     timeout=self.connect_timeout,
                     # A connection whose backend was terminated is replaced at checkout, not handed out.
                     check=ConnectionPool.check_connection,
@@ -113,13 +120,17 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
             self._pool = None
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+    def transaction(self, *, write: bool = True, single: bool = False) -> Iterator[Tx]:
         pool = self._get_pool()
         if not self._migrated:
             self.migrate()
         try:
-            with pool.connection() as conn, conn.transaction():
-                yield _PgTx(conn)
+            with pool.connection() as conn:
+                if single:  # autocommit: the statement is its own transaction, one round trip
+                    yield _PgTx(conn)
+                else:
+                    with conn.transaction():  # BEGIN … COMMIT
+                        yield _PgTx(conn)
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
         except psycopg.Error as exc:
@@ -135,8 +146,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
         pool = self._get_pool()
         key = zlib.crc32(name.encode()) & 0x7FFFFFFF
         try:
-            with pool.connection() as conn:
-                conn.autocommit = True
+            with pool.connection() as conn:  # autocommit, as every pooled connection
                 got = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (key,)).fetchone()
                 held = bool(got is not None and cast(dict[str, Any], got)["ok"])
                 try:
@@ -144,7 +154,6 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 finally:
                     if held:
                         conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                    conn.autocommit = False
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
 

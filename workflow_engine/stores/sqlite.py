@@ -152,7 +152,10 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             self._db = None
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+    def transaction(self, *, write: bool = True, single: bool = False) -> Iterator[Tx]:
+        # Every write takes BEGIN IMMEDIATE, one statement or several: a lone statement would
+        # start as a reader, and SQLite fails its upgrade to writer at once if another process
+        # wrote in between, instead of waiting.
         with self._lock:
             db = self._connect()
             try:
