@@ -190,8 +190,6 @@ def test_a_worker_whose_connection_is_terminated_mid_run_still_completes_the_wor
     engine.close()
 
 
-assert APPS.exists()
-
 
 def test_a_claim_and_a_completion_are_one_statement_each_without_begin_or_commit(
     pg_url: str, tmp_path: Path
@@ -230,3 +228,6 @@ def test_a_claim_and_a_completion_are_one_statement_each_without_begin_or_commit
     assert "BEGIN" not in sent and "COMMIT" not in sent, sent
     assert [e.to_status for e in engine.get_events(wid)][-2:] == [S.RUNNING, S.COMPLETED]
     engine.close()
+
+
+assert APPS.exists()

@@ -1,7 +1,6 @@
 -- 0004: listing by two filters reads one index in order.
 -- Type and status read (workflow_type_id, status, created_at, id). With only the duration
--- index of 0003, the database sorted every
--- match.
+-- index of 0003, the database sorted every match.
 -- Agent and status read (created_by_agent, status, created_at, id), not all of the agent's
 -- workflows. Duration percentiles read a partial index of completed workflows.
 -- Rows with no finish time or no agent stay out of the indexes on those columns, and the lease
