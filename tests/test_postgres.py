@@ -190,7 +190,6 @@ def test_a_worker_whose_connection_is_terminated_mid_run_still_completes_the_wor
     engine.close()
 
 
-
 def test_a_claim_and_a_completion_are_one_statement_each_without_begin_or_commit(
     pg_url: str, tmp_path: Path
 ) -> None:
