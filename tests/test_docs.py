@@ -139,3 +139,20 @@ def test_operations_md_covers_units_redis_backups_upgrades_and_shows_a_real_sess
         assert f"$ {command}" in session, command
     assert "UNHEALTHY" in session and "\nhealthy\n" in session
     assert "curl -s http://127.0.0.1:9108/metrics" in session
+
+
+def test_the_concurrent_index_recipe_builds_what_migration_0004_creates() -> None:
+    """production.md's CREATE INDEX CONCURRENTLY statements are the migration's own, so that a
+    database prepared by hand migrates to the same indexes."""
+    from workflow_engine.stores.postgres import PostgresStore
+
+    def normalized(sql: str) -> list[str]:
+        body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+        found = [" ".join(st.split()) for st in body.split(";") if st.strip().startswith("CREATE INDEX")]
+        return sorted(st.replace(" CONCURRENTLY", "") for st in found)
+
+    [recipe] = re.findall(
+        r"```sql\n(CREATE INDEX CONCURRENTLY.*?)```", (DOCS / "production.md").read_text(), re.S
+    )
+    script = dict(PostgresStore("postgresql://unused").migration_scripts())[4]
+    assert normalized(recipe) == normalized(script)

@@ -113,9 +113,9 @@ def test_every_listing_reads_one_index_in_order_and_never_sorts(
     found = plan(store, sql, params)
     assert "USING INDEX" in found and "TEMP B-TREE" not in found, found
     if {"created_by_agent", "status"} <= set(filters):
-        assert "workflows_agent_status_created" in found, found
+        assert "workflows_with_agent_status_created" in found, found
     elif "created_by_agent" in filters:  # an agent's workflows are few: read them, not a whole type's
-        assert "workflows_agent_created" in found, found
+        assert "workflows_with_agent_created" in found, found
     elif {"status", "workflow_type_id"} <= set(filters):
         assert "workflows_type_status_created" in found, found
 
@@ -124,7 +124,7 @@ def test_every_listing_reads_one_index_in_order_and_never_sorts(
     ("sql", "index"),
     [
         (q.STATS_DURATION_AT.format(since=""), "workflows_completed_duration"),
-        (q.STATS_FINISHED_SINCE, "workflows_finished"),
+        (q.STATS_FINISHED_SINCE, "workflows_finished_at"),
         (q.STALE_RUNNING, "workflows_status_created"),
         (q.STATS_RUNNING, "workflows_status_created"),
     ],

@@ -359,6 +359,36 @@ def test_migrations_are_numbered_and_idempotent(store: Store) -> None:
     assert store.migrate() == latest
 
 
+def test_migration_0004_keeps_indexes_built_beforehand_and_migrates_the_rows_in_place(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator may build 0004's indexes before upgrading (on PostgreSQL with CREATE INDEX
+    CONCURRENTLY, so that writes never wait): the migration then keeps them and only drops the
+    old ones. Workflows written at version 3 read back the same at version 4."""
+    store = open_store(database_url)
+    scripts = store.migration_scripts()  # type: ignore[attr-defined]
+    monkeypatch.setattr(store, "migration_scripts", lambda: [(n, t) for n, t in scripts if n <= 3])
+    assert store.migrate() == 3
+    wf = new(agent="agent0")
+    store.insert([wf])
+    statements = [
+        "\n".join(line for line in chunk.splitlines() if not line.lstrip().startswith("--")).strip()
+        for chunk in dict(scripts)[4].split(";")
+    ]
+    creates = [st.replace(" IF NOT EXISTS", "") for st in statements if st.startswith("CREATE INDEX")]
+    assert len(creates) == 5
+    with store.transaction() as tx:  # type: ignore[attr-defined]
+        for statement in creates:  # built beforehand, as docs/production.md describes
+            tx.fetch(statement, {})
+    monkeypatch.setattr(store, "migration_scripts", lambda: scripts)
+    assert store.migrate() == 4
+    assert store.get(wf.id) == wf
+    assert [
+        w.id for w in store.find(limit=5, filters={"created_by_agent": "agent0", "status": "pending"})
+    ] == [wf.id]
+    store.close()
+
+
 def test_concurrent_first_use_migrates_once(database_url: str) -> None:
     stores = [open_store(database_url) for _ in range(4)]
     barrier = threading.Barrier(len(stores))

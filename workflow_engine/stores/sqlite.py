@@ -100,7 +100,9 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         # every workflow of a common type and status to find one agent's. An agent's are few.
         if "created_by_agent" not in filters or len(filters) == 1:
             return None
-        return "workflows_agent_status_created" if "status" in filters else "workflows_agent_created"
+        return (
+            "workflows_with_agent_status_created" if "status" in filters else "workflows_with_agent_created"
+        )
 
     # -- connection -------------------------------------------------------
     @property
