@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from workflow_engine import StoreUnavailable, WorkflowEngine, WorkflowStatus
-from workflow_engine.errors import MissingDependency
+from workflow_engine.errors import MissingDependency, StoreError
 from workflow_engine.stores import open_store
 
 from support import APPS, RedisServer, free_port, start_worker, successes, wait_for
@@ -227,6 +227,30 @@ def test_a_claim_and_a_completion_are_one_statement_each_without_begin_or_commit
     assert "BEGIN" not in sent and "COMMIT" not in sent, sent
     assert [e.to_status for e in engine.get_events(wid)][-2:] == [S.RUNNING, S.COMPLETED]
     engine.close()
+
+
+def test_migration_0004_refuses_an_invalid_index_left_by_a_failed_concurrent_build(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(pg_url)
+    scripts = store.migration_scripts()  # type: ignore[attr-defined]
+    monkeypatch.setattr(store, "migration_scripts", lambda: [(n, t) for n, t in scripts if n <= 3])
+    assert store.migrate() == 3
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://", store=store)
+    for _ in range(2):
+        engine.create_workflow(workflow_type_id="same")
+    with psycopg.connect(pg_url, autocommit=True) as admin:  # a build that fails halfway, on purpose
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            admin.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY workflows_finished_at ON workflows (workflow_type_id)"
+            )
+    monkeypatch.setattr(store, "migration_scripts", lambda: scripts)
+    with pytest.raises(StoreError, match="an index built beforehand is invalid"):
+        store.migrate()
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("DROP INDEX workflows_finished_at")
+    assert store.migrate() == 4
+    store.close()
 
 
 assert APPS.exists()

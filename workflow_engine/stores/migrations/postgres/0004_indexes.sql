@@ -9,7 +9,21 @@
 -- a workflow with no agent writes fewer index pages than before, and one with an agent a few
 -- more.
 -- Each index is created IF NOT EXISTS before the old ones are dropped, so that on a large
--- table they can be built beforehand with CREATE INDEX CONCURRENTLY (docs/production.md).
+-- table they can be built beforehand with CREATE INDEX CONCURRENTLY (docs/production.md). One
+-- such build that failed leaves an invalid index behind, which the migration refuses to keep.
+DO $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+         WHERE NOT i.indisvalid
+           AND c.relname IN ('workflows_type_status_created', 'workflows_completed_duration',
+                             'workflows_finished_at', 'workflows_with_agent_created',
+                             'workflows_with_agent_status_created')
+    ) THEN
+        RAISE EXCEPTION 'migration 0004: an index built beforehand is invalid (a CREATE INDEX CONCURRENTLY that failed); drop it, then build it again or let the migration build it';
+    END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS workflows_type_status_created
     ON workflows (workflow_type_id, status, created_at, id);
 CREATE INDEX IF NOT EXISTS workflows_completed_duration
