@@ -15,7 +15,7 @@ DO $$
 BEGIN
     IF EXISTS (
         SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
-         WHERE NOT i.indisvalid
+         WHERE i.indrelid = 'workflows'::regclass AND NOT i.indisvalid
            AND c.relname IN ('workflows_type_status_created', 'workflows_completed_duration',
                              'workflows_finished_at', 'workflows_with_agent_created',
                              'workflows_with_agent_status_created')
