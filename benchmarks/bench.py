@@ -62,11 +62,12 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+#: Extra `rq worker` options of the workflow side: its parent preloads the package, or it runs
+#: the one-round-trip heartbeat class.
+PRELOAD = ("-c", "workflow_engine.rq_preload")
+ONETRIP = ("-w", "workflow_engine.workers.SimpleWorkflowWorker")
 #: The key suffix of an e2e row whose workflow side runs with extra `rq worker` options.
-EXTRA_KEYS = {
-    ("-c", "workflow_engine.rq_preload"): "-preload",
-    ("-w", "workflow_engine.workers.SimpleWorkflowWorker"): "-onetrip",
-}
+EXTRA_KEYS = {PRELOAD: "-preload", ONETRIP: "-onetrip"}
 
 
 @dataclass
@@ -385,13 +386,13 @@ class Bench:
         if importlib.util.find_spec("workflow_engine.rq_preload") is not None:
             # The workflow side's forking worker preloads workflow_engine in its parent (RQ's -c settings
             # module), so that a work-horse does not import it per job; raw RQ runs the plain command.
-            configs.append(("fork", 1, self.fork_n, ("-c", "workflow_engine.rq_preload")))
+            configs.append(("fork", 1, self.fork_n, PRELOAD))
         if backend == "sqlite" and importlib.util.find_spec("workflow_engine.workers") is not None:
             # The workflow side's SimpleWorker with one-round-trip heartbeats (what `workflow-engine
             # worker -w simple` runs), against raw RQ's stock SimpleWorker: beyond RQ's own ceiling.
             # SQLite only, to keep the suite under 10 minutes; on PostgreSQL the engine's own
             # database round trips weigh more than the heartbeats' (docs/performance.md).
-            configs.append(("simple", 1, self.n, ("-w", "workflow_engine.workers.SimpleWorkflowWorker")))
+            configs.append(("simple", 1, self.n, ONETRIP))
         for worker_class, procs, n, extra in configs:
 
             def engine_run(
