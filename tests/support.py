@@ -188,3 +188,12 @@ def effects_of(folder: Path, workflow_id: str) -> list[str]:
 
 def successes(folder: Path, workflow_id: str) -> int:
     return sum(1 for line in effects_of(folder, workflow_id) if line.startswith("success"))
+
+
+def create_index_statements(sql: str) -> list[str]:
+    """The ``CREATE INDEX`` statements of a migration script or a docs block, comment lines left out."""
+    statements = [
+        "\n".join(line for line in chunk.splitlines() if not line.lstrip().startswith("--")).strip()
+        for chunk in sql.split(";")
+    ]
+    return [st for st in statements if st.startswith("CREATE INDEX")]

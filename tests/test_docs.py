@@ -16,6 +16,8 @@ import yaml
 from workflow_engine import WorkflowEngine, metrics
 from workflow_engine.cli import main
 
+from support import create_index_statements
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: Documented once, in cli.md's "Common options" section, for every command that takes them.
 COMMON = {"--database-url", "--redis-url", "--queue", "--heartbeat-interval", "--stale-after", "--help"}
@@ -147,9 +149,9 @@ def test_the_concurrent_index_recipe_builds_what_migration_0004_creates() -> Non
     from workflow_engine.stores.postgres import PostgresStore
 
     def normalized(sql: str) -> list[str]:
-        body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
-        found = [" ".join(st.split()) for st in body.split(";") if st.strip().startswith("CREATE INDEX")]
-        return sorted(st.replace(" CONCURRENTLY", "") for st in found)
+        return sorted(
+            " ".join(st.split()).replace(" CONCURRENTLY", "") for st in create_index_statements(sql)
+        )
 
     [recipe] = re.findall(
         r"```sql\n(CREATE INDEX CONCURRENTLY.*?)```", (DOCS / "production.md").read_text(), re.S

@@ -14,6 +14,8 @@ from workflow_engine.status import WorkflowStatus
 from workflow_engine.stores import Store, open_store
 from workflow_engine.stores.base import NewEvent
 
+from support import create_index_statements
+
 S = WorkflowStatus
 
 
@@ -371,11 +373,7 @@ def test_migration_0004_keeps_indexes_built_beforehand_and_migrates_the_rows_in_
     assert store.migrate() == 3
     wf = new(agent="agent0")
     store.insert([wf])
-    statements = [
-        "\n".join(line for line in chunk.splitlines() if not line.lstrip().startswith("--")).strip()
-        for chunk in dict(scripts)[4].split(";")
-    ]
-    creates = [st.replace(" IF NOT EXISTS", "") for st in statements if st.startswith("CREATE INDEX")]
+    creates = [st.replace(" IF NOT EXISTS", "") for st in create_index_statements(dict(scripts)[4])]
     assert len(creates) == 5
     with store.transaction() as tx:  # type: ignore[attr-defined]
         for statement in creates:  # built beforehand, as docs/production.md describes
