@@ -105,11 +105,11 @@ def _count_transactions(owner: Any, *, begin_commit: bool = False) -> None:
     original = owner.transaction
 
     @functools.wraps(original)
-    def counted(self: Any, *, write: bool = True) -> Any:
+    def counted(self: Any, *, write: bool = True, single: bool = False) -> Any:
         _counts["write transactions" if write else "read transactions"] += 1
         if write and begin_commit:
             _counts["SQL statements"] += 2
-        return original(self, write=write)
+        return original(self, write=write, single=single)
 
     owner.transaction = counted
 
