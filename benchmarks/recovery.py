@@ -24,9 +24,8 @@ and ``stale_after + reconcile_every`` after the kill. The script exits
 non-zero if the workflow is not requeued within that window plus a margin.
 
 It also reports when the second attempt started (the reconciler is a
-worker too): the requeued attempt waits for its retry delay (the handler's
-``retry_backoff``, 1 s by default, with jitter), and is then delivered to
-RQ by the next reconcile pass.
+worker too). A lost attempt is requeued with no backoff (a crash is not a
+handler error), and the same reconcile pass delivers its new job to RQ.
 """
 
 from __future__ import annotations

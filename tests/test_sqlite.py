@@ -134,3 +134,14 @@ def test_statistics_and_reconcile_read_an_index(store: SQLiteStore, sql: str, in
     params = {"workflow_type_id": "t", "offset": 0, "recent": "2026", "now": "2026", "limit": 10}
     found = plan(store, sql, params)
     assert index in found and "SCAN workflows" not in found, found
+
+
+def test_an_in_memory_database_closed_and_used_again_is_new_and_empty() -> None:
+    store = SQLiteStore(":memory:")
+    insert_one(store)
+    assert len(store.find(limit=10, filters={})) == 1
+    store.close()
+    assert store.find(limit=10, filters={}) == []  # a new database, with the schema, not "no such table"
+    insert_one(store)
+    assert len(store.find(limit=10, filters={})) == 1
+    store.close()

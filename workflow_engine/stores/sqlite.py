@@ -152,6 +152,8 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             if self._db is not None and self._pid == os.getpid():
                 self._db.conn.close()
             self._db = None
+            if self.path == ":memory:":
+                self._migrated = False  # the next connection is a new, empty database: give it the schema
 
     @contextmanager
     def transaction(self, *, write: bool = True, single: bool = False) -> Iterator[Tx]:
