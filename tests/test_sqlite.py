@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from workflow_engine.errors import HandlerTimeout
+from workflow_engine.execution import _call_with_timeout
 from workflow_engine.models import Workflow, utcnow
 from workflow_engine.status import WorkflowStatus
 from workflow_engine.stores import queries as q
@@ -145,3 +148,28 @@ def test_an_in_memory_database_closed_and_used_again_is_new_and_empty() -> None:
     insert_one(store)
     assert len(store.find(limit=10, filters={})) == 1
     store.close()
+
+
+def test_a_timeout_that_fires_while_a_write_waits_for_the_lock_leaves_no_transaction_open(
+    store: SQLiteStore,
+) -> None:
+    """A handler that writes through the engine can time out while its BEGIN IMMEDIATE waits for
+    another process's write lock: the SIGALRM exception is raised the moment BEGIN returns. The
+    transaction must be rolled back, or this process's one connection would hold the write lock
+    for good and lock out every writer, its own failure record and heartbeats included."""
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.4, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        with pytest.raises(HandlerTimeout):
+            _call_with_timeout(lambda wf: insert_one(store), None, 0.1)  # type: ignore[arg-type]
+    finally:
+        release.join()
+        other.close()
+    assert not store._connect().conn.in_transaction
+    insert_one(store)  # this process still writes
+    probe = sqlite3.connect(store.path, isolation_level=None, timeout=1)
+    probe.execute("BEGIN IMMEDIATE")  # and so does another one
+    probe.execute("ROLLBACK")
+    probe.close()

@@ -165,13 +165,17 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             try:
                 if write:
                     conn = db.conn  # sqlite3 itself, as in _SQLiteTx.fetch
-                    conn.execute("BEGIN IMMEDIATE")
                     try:
+                        # Inside the try: an exception raised right after BEGIN returns (a handler's
+                        # SIGALRM timeout while this waited for the lock) must not leave the
+                        # process's connection in a write transaction, locking out every writer.
+                        conn.execute("BEGIN IMMEDIATE")
                         yield _SQLiteTx(db)
+                        conn.execute("COMMIT")
                     except BaseException:
-                        conn.rollback()
+                        if conn.in_transaction:
+                            conn.rollback()
                         raise
-                    conn.execute("COMMIT")
                 else:
                     yield _SQLiteTx(db)
             except sqlite3.OperationalError as exc:
@@ -186,8 +190,8 @@ SELECT j.key AS key, TOTAL(j.value) AS total
 
     def _migrate(self, db: sqlite_utils.Database) -> int:
         try:
-            db.execute("BEGIN IMMEDIATE")
             try:
+                db.execute("BEGIN IMMEDIATE")
                 db.execute(
                     "CREATE TABLE IF NOT EXISTS schema_version "
                     "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
@@ -195,10 +199,11 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                 tx = _SQLiteTx(db)
                 current = int(tx.fetch(q.SCHEMA_VERSION, {})[0]["version"])
                 version = self._apply_migrations(tx, current)
+                db.execute("COMMIT")
             except BaseException:
-                db.conn.rollback()
+                if db.conn.in_transaction:
+                    db.conn.rollback()
                 raise
-            db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot migrate SQLite database {self.path!r}: {exc}") from exc
         self._migrated = True
