@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -27,6 +30,7 @@ from workflow_engine.errors import ConfigurationError, InvalidInput
 from workflow_engine.models import utcnow
 
 import we_test_handlers
+from support import wait_for
 
 S = WorkflowStatus
 
@@ -673,6 +677,36 @@ def test_a_worker_crash_is_retried_at_once_without_backoff(async_engine: Workflo
     assert async_engine.reconcile().requeued_stale == [wid]
     wf = async_engine.get_workflow(wid)
     assert wf.run_after is None and wf.job_id is not None and async_engine.queue.count >= 1
+
+
+def slow(wf: Workflow) -> dict[str, Any]:
+    time.sleep(float(wf.inputs["seconds"]))
+    return {"attempt": wf.attempts}
+
+
+def test_an_in_process_attempt_that_outlives_stale_after_is_not_taken_for_lost(tmp_path: Path) -> None:
+    """In-process mode heartbeats as a worker does: a reconcile while a long handler runs in a
+    request thread finds its lease renewed, and never runs the workflow a second time."""
+    engine = WorkflowEngine(
+        database_url=f"sqlite:///{tmp_path / 'w.db'}",
+        redis_url="fakeredis://",
+        is_async=False,
+        heartbeat_interval=0.1,
+        stale_after=0.3,
+    )
+    engine.register_handler("slow", slow, max_retries=3)
+    wid = engine.create_workflow(workflow_type_id="slow", inputs={"seconds": 0.9})
+    request = threading.Thread(target=engine.enqueue_execution, args=(wid,))
+    request.start()
+    wait_for(lambda: engine.get_workflow(wid).status is S.RUNNING, timeout=5, what="the attempt to start")
+    time.sleep(0.5)  # past stale_after: only heartbeats keep the lease alive
+    report = engine.reconcile()
+    request.join()
+    wf = engine.get_workflow(wid)
+    assert report.requeued_stale == [] and report.failed_stale == [] and report.cancelled_stale == []
+    assert (wf.status, wf.attempts, wf.result) == (S.COMPLETED, 1, {"attempt": 1})
+    assert wf.heartbeat_at is not None and wf.started_at is not None and wf.heartbeat_at > wf.started_at
+    engine.close()
 
 
 def test_sync_mode_with_a_real_redis_runs_on_this_engine(redis_server: object) -> None:

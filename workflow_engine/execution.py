@@ -342,9 +342,8 @@ _beater_pid = 0
 @contextmanager
 def _heartbeat(engine: WorkflowEngine, attempt: _Attempt) -> Iterator[None]:
     global _beater, _beater_pid
-    if not engine.is_async:
-        yield  # in-process: the caller's thread runs the handler to its end; nobody else can take it over
-        return
+    # In-process mode too: the claim gave the attempt a lease, and a reconcile (this engine's or
+    # another process's on the same database) takes an attempt whose lease ran out for lost.
     if _beater is None or _beater_pid != os.getpid() or not _beater.is_alive():
         _beater, _beater_pid = _Beater(), os.getpid()
         _beater.start()
