@@ -24,6 +24,7 @@ from workflow_engine import (
     WorkflowEngineError,
     WorkflowNotFound,
     WorkflowStatus,
+    execution,
     recovery,
 )
 from workflow_engine.errors import ConfigurationError, InvalidInput
@@ -588,6 +589,49 @@ def test_reconcile_cancels_a_stale_workflow_whose_cancel_was_requested(async_eng
         event=None,
     )
     assert async_engine.reconcile().cancelled_stale == [wid]
+
+
+def test_a_cancel_requested_while_a_failed_attempt_is_being_recorded_is_not_lost_to_a_retry(
+    async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker reads the row, then decides to retry. A cancel that lands in between still wins:
+    the attempt ends cancelled, never queued again with a new job."""
+    async_engine.register_handler("boom", boom, max_retries=3, retry_backoff=0)
+    wid = create(async_engine, "boom")
+    async_engine.enqueue_execution(wid)
+    job_id = async_engine.get_workflow(wid).job_id
+    record = recovery.attempt_failed
+
+    def cancel_first(engine: WorkflowEngine, wf: Workflow, **kwargs: Any) -> Workflow | None:
+        async_engine.cancel(wid, reason="user")  # another process, after the worker's read
+        return record(engine, wf, **kwargs)
+
+    monkeypatch.setattr(recovery, "attempt_failed", cancel_first)
+    status = execution.run_attempt(async_engine, wid, job_id=str(job_id), handler=None, worker="w1")
+    wf = async_engine.get_workflow(wid)
+    assert status == "cancelled" and wf.status is S.CANCELLED and wf.attempts == 1
+    assert [e.to_status for e in async_engine.get_events(wid)][-2:] == [S.RUNNING, S.CANCELLED]
+
+
+def test_a_cancel_requested_while_reconcile_recovers_a_stale_workflow_is_not_lost(
+    async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async_engine.register_handler("boom", boom, max_retries=3, retry_backoff=0)
+    wid = create(async_engine, "boom")
+    async_engine.enqueue_execution(wid)
+    make_stale(async_engine, wid)
+    stale_running = async_engine.store.stale_running
+
+    def cancel_after_read(**kwargs: Any) -> list[Workflow]:
+        rows = stale_running(**kwargs)
+        if rows:
+            async_engine.cancel(wid)  # after reconcile read the stale list
+        return rows
+
+    monkeypatch.setattr(async_engine.store, "stale_running", cancel_after_read)
+    report = async_engine.reconcile()
+    assert report.cancelled_stale == [wid] and report.requeued_stale == []
+    assert async_engine.get_workflow(wid).status is S.CANCELLED
 
 
 def test_reconcile_redelivers_queued_workflows_that_redis_forgot(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from workflow_engine.models import Council, Vote, Workflow, utcnow
 from workflow_engine.status import WorkflowStatus
 from workflow_engine.stores import Store, open_store
-from workflow_engine.stores.base import NewEvent
+from workflow_engine.stores.base import Change, NewEvent
 
 from support import create_index_statements
 
@@ -148,6 +149,24 @@ def test_compare_and_set_can_require_a_job_id_or_its_absence(store: Store) -> No
         )
         is not None
     )
+
+
+def test_a_change_can_require_that_no_cancel_was_requested(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    queued(store, wf, "job-1")
+    asked = store.compare_and_set(
+        wf.id,
+        expected_status=S.QUEUED,
+        changes={"cancel_requested_at": utcnow(), "updated_at": utcnow()},
+        event=None,
+    )
+    assert asked is not None
+    retry = Change(
+        wf.id, S.QUEUED, {"job_id": "job-2", "updated_at": utcnow()}, None, cancel_not_requested=True
+    )
+    assert store.apply([retry]) == [None]
+    assert store.apply([replace(retry, cancel_not_requested=False)])[0] is not None
 
 
 def test_compare_and_set_refuses_columns_that_never_change(store: Store) -> None:

@@ -418,6 +418,7 @@ class WorkflowEngine:
         expected_job_id: str | bool | None = ANY_JOB,
         lease_expired_at: datetime | None = None,
         event: bool = True,
+        cancel_not_requested: bool = False,
     ) -> Workflow | None:
         """Move ``wf`` to ``to`` if it is still as read. None if another process changed it first."""
         change = self._transition(
@@ -428,6 +429,7 @@ class WorkflowEngine:
             expected_job_id=expected_job_id,
             lease_expired_at=lease_expired_at,
             event=event,
+            cancel_not_requested=cancel_not_requested,
         )
         [new] = self.store.apply([change])
         if new is not None and event:
@@ -444,6 +446,7 @@ class WorkflowEngine:
         expected_job_id: str | bool | None = ANY_JOB,
         lease_expired_at: datetime | None = None,
         event: bool = True,
+        cancel_not_requested: bool = False,
     ) -> Change:
         """The compare-and-set that moves ``wf`` to ``to``: checked against the table, stamped."""
         if not can_transition(wf.status, to):
@@ -461,6 +464,7 @@ class WorkflowEngine:
             NewEvent(wf.status, to, detail) if event else None,
             expected_job_id,
             lease_expired_at,
+            cancel_not_requested,
         )
 
     # -- listeners ---------------------------------------------------------

@@ -80,7 +80,26 @@ def attempt_failed(
         detail=f"{fail_detail}; {outcome}",
         expected_job_id=wf.job_id,
         lease_expired_at=lease_expired_at,
+        cancel_not_requested=to is not S.CANCELLED,
     )
+    if new is None and to is not S.CANCELLED:
+        # A cancel request may have landed after ``wf`` was read: then the attempt ends cancelled.
+        current = engine.store.get(wf.id)
+        if (
+            current is not None
+            and current.status is S.RUNNING
+            and current.job_id == wf.job_id
+            and current.cancel_requested_at is not None
+        ):
+            return attempt_failed(
+                engine,
+                current,
+                error=error,
+                traceback=traceback,
+                transport=transport,
+                lease_expired_at=lease_expired_at,
+                immediate=immediate,
+            )
     if new is not None and new.status is S.QUEUED and new.job_id is not None:
         try:
             engine._deliver(new, transport=transport)

@@ -52,6 +52,9 @@ class Change:
     expected_job_id: str | bool | None = False
     #: Only if the workflow's lease expired before this time.
     lease_expired_at: datetime | None = None
+    #: Only if nobody asked to cancel it: a retry or a failure decided on a row read before a
+    #: cancel request must not overwrite that request.
+    cancel_not_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -374,7 +377,12 @@ class SQLStore(Store):
         expected = change.expected_job_id
         job_cond: str | bool | None = False if expected is ANY_JOB else (None if expected is None else True)
         lease = change.lease_expired_at
-        sql = q.update_sql(change.changes, job_id=job_cond, lease_expired=lease is not None)
+        sql = q.update_sql(
+            change.changes,
+            job_id=job_cond,
+            lease_expired=lease is not None,
+            cancel_not_requested=change.cancel_not_requested,
+        )
         params = {f"set_{k}": v for k, v in self.encode(change.changes).items()}
         params["id"] = change.workflow_id
         params["expected_status"] = change.expected_status.value

@@ -183,10 +183,17 @@ def to_pyformat(sql: str) -> str:
     return _PARAM.sub(r"%(\1)s", sql)
 
 
-def update_sql(columns: Iterable[str], *, job_id: str | bool | None, lease_expired: bool) -> str:
+def update_sql(
+    columns: Iterable[str],
+    *,
+    job_id: str | bool | None,
+    lease_expired: bool,
+    cancel_not_requested: bool = False,
+) -> str:
     """A compare-and-set UPDATE. ``columns`` must come from MUTABLE_COLUMNS.
 
     ``job_id``: False for no condition on it, None for "has no job", True for "equals :expected_job_id".
+    ``cancel_not_requested``: only if ``cancel_requested_at`` is NULL.
     """
     cols = list(columns)
     bad = set(cols) - MUTABLE_COLUMNS
@@ -200,6 +207,8 @@ def update_sql(columns: Iterable[str], *, job_id: str | bool | None, lease_expir
         where += " AND job_id = :expected_job_id"
     if lease_expired:
         where += " AND lease_until < :lease_expired_at"
+    if cancel_not_requested:
+        where += " AND cancel_requested_at IS NULL"
     return f"UPDATE workflows SET {sets} WHERE {where} RETURNING *"
 
 
