@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
+from workflow_engine.errors import StoreUnavailable
 from workflow_engine.models import Council, Vote, Workflow, utcnow
 from workflow_engine.status import WorkflowStatus
 from workflow_engine.stores import Store, open_store
@@ -187,6 +190,73 @@ def test_only_the_job_that_carries_a_workflow_can_claim_it_and_only_once(store: 
     assert claimed.started_at is not None and claimed.heartbeat_at is not None
     assert store.claim(wf.id, job_id="job-1", worker="w2", now=utcnow(), lease_until=lease()) is None
     assert store.events(wf.id)[-1].detail == "claimed by w1"
+
+
+@contextmanager
+def reply_lost_after_the_next_commit(store: Store) -> Iterator[None]:
+    """The next write commits, then the connection fails before its reply arrives (a backend
+    terminated at the wrong moment). The store is made to retry, as PostgreSQL's does."""
+    real = store.transaction  # type: ignore[attr-defined]
+    lost: list[bool] = []
+
+    @contextmanager
+    def transaction(*, write: bool = True, single: bool = False) -> Iterator[Any]:
+        with real(write=write, single=single) as tx:
+            yield tx
+        if write and not lost:
+            lost.append(True)
+            raise StoreUnavailable("the connection failed after the commit")
+
+    retries = store.retry_unavailable  # type: ignore[attr-defined]
+    store.transaction = transaction  # type: ignore[attr-defined]
+    store.retry_unavailable = True  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        del store.transaction  # type: ignore[attr-defined]
+        store.retry_unavailable = retries  # type: ignore[attr-defined]
+    assert lost, "no write was interrupted"
+
+
+def test_a_claim_whose_reply_was_lost_after_its_commit_is_still_won(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    queued(store, wf, "job-1")
+    with reply_lost_after_the_next_commit(store):
+        claimed = store.claim(wf.id, job_id="job-1", worker="w1", now=utcnow(), lease_until=lease())
+    assert claimed is not None and (claimed.status, claimed.attempts, claimed.job_id) == (
+        S.RUNNING,
+        1,
+        "job-1",
+    )
+    assert [e.to_status for e in store.events(wf.id)] == [S.PENDING, S.QUEUED, S.RUNNING]
+
+
+def test_a_change_whose_reply_was_lost_after_its_commit_is_applied_once(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    queued(store, wf, "job-1")
+    claimed = store.claim(wf.id, job_id="job-1", worker="w1", now=utcnow(), lease_until=lease())
+    assert claimed is not None
+    with reply_lost_after_the_next_commit(store):
+        asked = store.compare_and_set(  # a change that would still match if it ran twice
+            wf.id,
+            expected_status=S.RUNNING,
+            changes={"cancel_requested_at": utcnow(), "updated_at": utcnow()},
+            event=NewEvent(S.RUNNING, S.RUNNING, "cancel requested"),
+            expected_job_id="job-1",
+        )
+    assert asked is not None and asked.cancel_requested_at is not None
+    assert [e.detail for e in store.events(wf.id)].count("cancel requested") == 1
+    with reply_lost_after_the_next_commit(store):
+        done = store.compare_and_set(  # and one that would miss
+            wf.id,
+            expected_status=S.RUNNING,
+            changes={"status": S.COMPLETED, "updated_at": utcnow()},
+            event=NewEvent(S.RUNNING, S.COMPLETED),
+            expected_job_id="job-1",
+        )
+    assert done is not None and done.status is S.COMPLETED
 
 
 def test_each_change_records_one_event_stamped_with_the_new_row(store: Store) -> None:

@@ -221,16 +221,42 @@ class SQLStore(Store):
 
     dialect: str
     #: Retry a compare-and-set or a read once when the connection failed (e.g. a terminated backend).
-    #: Safe because a compare-and-set that did commit fails its second try instead of applying twice.
     retry_unavailable: bool = False
 
-    def _once_more(self, op: Callable[[], T]) -> T:
+    def _once_more(self, op: Callable[[], T], committed: Callable[[], T | None] | None = None) -> T:
+        """Run ``op``; if the connection failed, try once more (when the store retries at all).
+
+        A write may have committed with only its reply lost. Retried blindly, its compare-and-set
+        would then miss (a claim that did succeed would look lost) or match again (one change,
+        two events). So ``committed`` looks first: it returns what the write did if the rows
+        carry its exact stamp, and None if it never landed.
+        """
         if not self.retry_unavailable:
             return op()
         try:
             return op()
         except StoreUnavailable:
+            if committed is not None:
+                done = committed()
+                if done is not None:
+                    return done
             return op()
+
+    def _landed(self, changes: Sequence[Change]) -> list[Workflow | None] | None:
+        """The rows of ``changes`` if their transaction committed, else None.
+
+        A change's row carries its ``updated_at``, to the microsecond, and its ``status``; no other
+        writer stamps the same instant. One change found means the transaction committed, and
+        the others missed their condition in it.
+        """
+        found = self.get_many([c.workflow_id for c in changes])
+        rows: list[Workflow | None] = []
+        for change in changes:
+            wf = found.get(change.workflow_id)
+            stamped = wf is not None and wf.updated_at == change.changes.get("updated_at")
+            status = change.changes.get("status", wf.status if wf is not None else None)
+            rows.append(wf if stamped and wf is not None and wf.status == status else None)
+        return rows if any(row is not None for row in rows) else None
 
     # -- the driver hooks -------------------------------------------------
     @abc.abstractmethod
@@ -355,7 +381,7 @@ class SQLStore(Store):
             with self.transaction(single=single) as tx:
                 return [self._changed(tx, *self._update(change), change.event) for change in changes]
 
-        return self._once_more(op)
+        return self._once_more(op, committed=lambda: self._landed(changes))
 
     def _changed(self, tx: Tx, sql: str, params: dict[str, Any], event: NewEvent | None) -> Workflow | None:
         """Run one compare-and-set (``sql`` ends in RETURNING *) and record its event if it matched."""
@@ -409,7 +435,12 @@ class SQLStore(Store):
             with self.transaction(single=self.event_in_update) as tx:
                 return self._changed(tx, q.CLAIM.strip(), params, event)
 
-        return self._once_more(op)
+        def committed() -> Workflow | None:
+            wf = self.get(workflow_id)  # the claim stamps updated_at with ``now``, and this job's id
+            won = wf is not None and wf.status is WorkflowStatus.RUNNING and wf.job_id == job_id
+            return wf if won and wf is not None and wf.updated_at == now else None
+
+        return self._once_more(op, committed)
 
     def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime, lease_until: datetime) -> Heartbeat:
         def op() -> Heartbeat:
