@@ -713,6 +713,28 @@ def test_reconcile_redelivers_a_job_a_worker_took_but_never_claimed(
     assert "never claimed" in (async_engine.get_events(wid)[-1].detail or "")
 
 
+@pytest.mark.parametrize("requeues", [0, 1, 3])
+def test_the_backoff_grows_within_a_retry_budget_and_a_requeue_starts_it_again(requeues: int) -> None:
+    """retry_backoff=1: after the 1st, 2nd and 3rd failed attempt of a budget, 0.5-1 s, 1-2 s, 2-4 s,
+    however many budgets (requeues) came before."""
+    now = utcnow()
+    first = 1 + 4 * requeues  # each budget of max_retries=3 is 4 attempts
+    for n, (low, high) in enumerate([(0.5, 1), (1, 2), (2, 4)], start=0):
+        wf = Workflow(
+            id="w",
+            workflow_type_id="t",
+            status=S.RUNNING,
+            inputs={},
+            created_at=now,
+            updated_at=now,
+            attempts=first + n,
+            max_retries=3,
+            max_attempts=first + 3,
+            retry_backoff=1.0,
+        )
+        assert all(low <= recovery.retry_delay(wf) <= high for _ in range(50))
+
+
 def test_a_worker_crash_is_retried_at_once_without_backoff(async_engine: WorkflowEngine) -> None:
     async_engine.register_handler("double", double, max_retries=1, retry_backoff=60)
     wid = create(async_engine)

@@ -35,10 +35,16 @@ MAX_RECONCILE_BATCHES = 200
 
 
 def retry_delay(wf: Workflow) -> float:
-    """Exponential backoff with jitter: base * 2**(attempt-1), then between half and all of that."""
+    """Exponential backoff with jitter: base * 2**(n-1), then between half and all of that.
+
+    ``n`` counts the attempts of the current retry budget: a requeue grants a fresh budget,
+    and its first retry waits as the workflow's first one did, not hours.
+    """
     if wf.retry_backoff <= 0:
         return 0.0
-    delay = min(wf.retry_backoff * 2 ** max(wf.attempts - 1, 0), MAX_RETRY_DELAY)
+    first_of_budget = wf.max_attempts - wf.max_retries  # max_attempts = attempts so far + 1 + max_retries
+    n = max(wf.attempts - first_of_budget + 1, 1)
+    delay = min(wf.retry_backoff * 2 ** (n - 1), MAX_RETRY_DELAY)
     return float(delay / 2 + random.uniform(0, delay / 2))
 
 
