@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from workflow_engine import (
     execution,
     recovery,
 )
-from workflow_engine.errors import ConfigurationError, InvalidInput
+from workflow_engine.errors import ConfigurationError, HandlerTimeout, InvalidInput
 from workflow_engine.models import utcnow
 
 import we_test_handlers
@@ -241,6 +242,36 @@ def test_a_handler_past_its_timeout_fails_with_a_timeout_error_even_if_it_catche
     assert time.monotonic() - start < 2
     wf = workflow_engine.get_workflow(wid)
     assert wf.status is S.FAILED and "timed out after 0.3 s" in (wf.error or "")
+
+
+def test_an_alarm_that_fires_as_the_handler_returns_still_restores_rqs_alarm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The handler's timer can fire between its return and its disarming. RQ's own handler and
+    its (longer) backstop timer must come back all the same."""
+
+    def rqs_handler(signum: int, frame: object) -> None:  # pragma: no cover - never fires here
+        raise AssertionError("RQ's alarm fired")
+
+    before = signal.signal(signal.SIGALRM, rqs_handler)
+    signal.setitimer(signal.ITIMER_REAL, 100)
+    real = signal.setitimer
+
+    def setitimer(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        if seconds == 0 and signal.getsignal(signal.SIGALRM) is not rqs_handler:
+            real(which, 0)
+            raise HandlerTimeout("the alarm fired just as the handler returned")
+        return real(which, seconds, interval)
+
+    monkeypatch.setattr(signal, "setitimer", setitimer)
+    try:
+        with pytest.raises(HandlerTimeout):
+            execution._call_with_timeout(lambda wf: "done", None, 5)  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGALRM) is rqs_handler
+        assert 90 < signal.getitimer(signal.ITIMER_REAL)[0] <= 100
+    finally:
+        real(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
 
 
 def test_enqueueing_a_type_without_a_handler_raises_and_writes_nothing(

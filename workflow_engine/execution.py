@@ -278,10 +278,12 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
     try:
         return func(wf)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer_delay > 0:  # put back RQ's own (longer) alarm, minus the time spent
-            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 0.001))
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:  # even if the alarm fired just as the handler returned: it fires once, so this runs
+            signal.signal(signal.SIGALRM, previous)
+            if outer_delay > 0:  # put back RQ's own (longer) alarm, minus the time spent
+                signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 0.001))
 
 
 # -- heartbeats --------------------------------------------------------------
