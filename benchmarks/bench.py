@@ -701,23 +701,6 @@ def io_check(tmp: Path, redis_url: str) -> str:
     )
 
 
-def steal_percent(seconds: float = 1.0) -> str:
-    """CPU time the hypervisor took from this VM over ``seconds``, from /proc/stat (Linux only)."""
-    try:
-
-        def sample() -> list[int]:
-            with open("/proc/stat") as stat:
-                return [int(x) for x in stat.readline().split()[1:]]
-
-        before = sample()
-        time.sleep(seconds)
-        after = sample()
-    except (OSError, ValueError):
-        return "?"
-    delta = [b - a for a, b in zip(before, after, strict=False)]
-    return f"{100 * delta[7] / max(sum(delta), 1):.0f} %" if len(delta) > 7 else "?"
-
-
 def parse_procs(text: str) -> list[int]:
     try:
         procs = [int(x) for x in text.split(",") if x.strip()]
@@ -811,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     load_before = load_average()
-    speed = cpu_check()
+    times_before = harness.cpu_times()
+    speed = harness.compile_bytecode() + "; " + cpu_check()
     failure: BaseException | None = None
     with tempfile.TemporaryDirectory(prefix="we-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -859,8 +843,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nworkflow_engine vs raw RQ: N={args.n}, median of {args.rounds} round(s); "
         f"{versions(args.postgres_url)}; {os.cpu_count()} CPUs; load average {load_before} at the start, "
-        f"{load_average()} at the end; CPU check at the start: {speed}; CPU stolen by the hypervisor, "
-        f"1 s at the end: {steal_percent()}; total {time.perf_counter() - started:.0f} s\n"
+        f"{load_average()} at the end; CPU check at the start: {speed}; CPU stolen by the hypervisor "
+        f"over the run: {harness.steal_percent(times_before, harness.cpu_times())}; "
+        f"total {time.perf_counter() - started:.0f} s\n"
     )
     if bench.rows:
         print(format_table(bench.rows))

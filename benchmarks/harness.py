@@ -155,6 +155,42 @@ class Worker:
         return f"$ {' '.join(self.cmd)}\n" + "\n".join(text)
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters from /proc/stat (Linux only), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_percent(before: list[int] | None, after: list[int] | None) -> str:
+    """The share of CPU time the hypervisor took from this VM between two ``cpu_times()``."""
+    if before is None or after is None or len(before) < 8 or len(after) < 8:
+        return "?"
+    delta = [b - a for a, b in zip(before, after, strict=False)]
+    return f"{100 * delta[7] / max(sum(delta), 1):.1f} %"
+
+
+def compile_bytecode() -> str:
+    """Write the bytecode of ``workflow_engine`` and of the benchmark jobs, as ``pip install`` does.
+
+    A worker process (and every work-horse of a forking worker) imports the package; without
+    cached bytecode each one compiles its source first. That happens with an editable install
+    under ``PYTHONDONTWRITEBYTECODE=1``, which no deployment runs with, and would charge the
+    workflow side alone about 30 ms a process. ``py_compile`` writes the caches whatever that
+    variable says; the interpreters then read them.
+    """
+    import compileall
+
+    import workflow_engine
+
+    folders = [Path(workflow_engine.__file__).resolve().parent, HERE]
+    ok = all(compileall.compile_dir(str(folder), quiet=1) for folder in folders)
+    cached = "cached" if ok else "NOT cached (compileall failed)"
+    return f"bytecode of workflow_engine and the benchmark jobs {cached}"
+
+
 def worker_env(
     database_url: str | None, redis_url: str, extra: dict[str, str] | None = None
 ) -> dict[str, str]:

@@ -507,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     only = PATHS if args.only is None else tuple(p.strip() for p in args.only.split(","))
     if set(only) - set(PATHS):
         parser.error(f"choose paths from {', '.join(PATHS)}")
+    print(harness.compile_bytecode())  # the horse path imports the package in fresh interpreters
     instrument()
     with tempfile.TemporaryDirectory(prefix="we-profile-") as tmp_name:
         tmp = Path(tmp_name)

@@ -1,0 +1,191 @@
+"""What bounds the end-to-end ratio: one stock worker, four kinds of job, side by side.
+
+    python benchmarks/e2e_floor.py [--n 2000] [--rounds 5]
+
+Each round runs one ``rq worker workflows --burst -w rq.SimpleWorker`` process (the stock
+command, as in ``bench.py``'s e2e rows) over N jobs of each kind, in turn, on a private Redis
+and a fresh SQLite WAL file:
+
+- ``raw``: RQ's no-op job, as raw RQ runs it in ``bench.py``;
+- ``shape``: a job with a workflow job's arguments, options (timeout, result TTL, description,
+  ``on_stopped`` callback) and dict result, that does nothing: what RQ charges for the shape;
+- ``sql floor``: the same job running exactly the SQL of a workflow's claim and completion,
+  two durable transactions with the store's own statements and PRAGMAs, and nothing else
+  (``bench_jobs.sql_floor_job``): the cost of the guarantees;
+- ``workflow``: the real workflow job, ``run_workflow``, through the engine.
+
+It prints each kind's median rate and its ratio to ``raw``, with every round's figures.
+``sql floor`` ÷ ``raw`` is the highest end-to-end ratio that any engine keeping a durable
+claim and a durable completion per workflow could reach with this worker on this machine.
+It exits non-zero if a job failed or a workflow did not end ``completed``; it asserts no timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis as redis_lib
+from rq import Callback, Queue
+from rq.job import Job
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_jobs
+import harness
+from harness import QUEUE, BenchFailure, RedisServer
+
+from workflow_engine import WorkflowEngine
+from workflow_engine.transport import RESULT_TTL
+
+TYPE = "bench"
+HANDLER = "bench_jobs:noop_workflow"
+KINDS = ("raw", "shape", "sql floor", "workflow")
+
+
+class Floor:
+    def __init__(self, tmp: Path, redis: RedisServer, n: int) -> None:
+        self.tmp, self.redis, self.n = tmp, redis, n
+        self.connection = redis_lib.Redis.from_url(redis.url)
+        self.queue = Queue(QUEUE, connection=self.connection)
+        self.runs = 0
+
+    def worker(self, database_url: str | None, job_ids: list[str]) -> tuple[float, float]:
+        """One stock burst worker over the queue: its jobs/s from start to exit, and at its steady
+        pace, from the end of its first job to the end of its last (no start-up, no first import)."""
+        cmd = harness.rq_worker_cmd(self.redis.url, "simple")
+        start = time.perf_counter()
+        proc = harness.start(cmd, harness.worker_env(database_url, self.redis.url), self.tmp)
+        try:
+            code = proc.wait(timeout=max(120.0, self.n * 0.1))
+        finally:
+            proc.stop()
+        elapsed = time.perf_counter() - start
+        if code != 0:
+            raise BenchFailure(f"worker exited with code {code}\n{proc.tail()}")
+        proc.log.unlink(missing_ok=True)
+        failed = self.queue.failed_job_registry.count
+        if failed or self.queue.count:
+            raise BenchFailure(f"{failed} jobs failed and {self.queue.count} are still queued")
+        ends = [job.ended_at for job in Job.fetch_many(job_ids, connection=self.connection) if job]
+        if len(ends) != self.n or None in ends:
+            raise BenchFailure(f"{len(ends)} of {self.n} jobs have an end time")
+        steady = (max(ends) - min(ends)).total_seconds()  # type: ignore[type-var,operator]
+        return self.n / elapsed, (self.n - 1) / steady if steady > 0 else float("nan")
+
+    def engine(self) -> WorkflowEngine:
+        self.runs += 1
+        engine = WorkflowEngine(
+            database_url=f"sqlite:///{self.tmp / f'floor-{self.runs}.db'}",
+            redis_url=self.redis.url,
+            queue_name=QUEUE,
+        )
+        engine.register_handler(TYPE, HANDLER)
+        return engine
+
+    def queued(self, engine: WorkflowEngine) -> list[tuple[str, str]]:
+        """N workflows queued in the database, each with its job id; their jobs are on the queue."""
+        for done in range(0, self.n, 500):
+            engine.create_workflows([{"workflow_type_id": TYPE}] * min(500, self.n - done), enqueue=True)
+        rows = engine.list_workflows(limit=self.n, status="queued")
+        return [(wf.id, str(wf.job_id)) for wf in rows]
+
+    def shaped(self, func: Callable[..., object], workflows: list[tuple[str, str]]) -> None:
+        """Replace the queue's jobs by ``func`` jobs with the workflow jobs' ids, arguments and options."""
+        self.queue.empty()
+        self.queue.enqueue_many(
+            [
+                Queue.prepare_data(
+                    func,
+                    args=(wid, HANDLER, jid),
+                    timeout=-1,
+                    result_ttl=RESULT_TTL,
+                    job_id=jid,
+                    description=f"workflow {TYPE} {wid}",
+                    on_stopped=Callback(bench_jobs.stopped_noop),
+                )
+                for wid, jid in workflows
+            ]
+        )
+
+    def completed(self, engine: WorkflowEngine) -> None:
+        done = len(engine.list_workflows(limit=self.n + 1, status="completed"))
+        engine.close()
+        if done != self.n:
+            raise BenchFailure(f"{done} of {self.n} workflows completed")
+
+    def run(self, kind: str) -> tuple[float, float]:
+        self.redis.flushall()
+        if kind == "raw":
+            jobs = self.queue.enqueue_many([Queue.prepare_data(bench_jobs.noop) for _ in range(self.n)])
+            return self.worker(None, [job.id for job in jobs])
+        engine = self.engine()
+        workflows = self.queued(engine)
+        job_ids = [jid for _, jid in workflows]
+        if kind == "shape":
+            self.shaped(bench_jobs.workflow_shaped_noop, workflows)
+            rates = self.worker(engine.database_url, job_ids)
+            engine.close()
+            return rates
+        if kind == "sql floor":
+            self.shaped(bench_jobs.sql_floor_job, workflows)
+        rates = self.worker(engine.database_url, job_ids)
+        self.completed(engine)
+        return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=2000, help="jobs per run (default 2000)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (default 5)")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.rounds < 1:
+        parser.error("--n and --rounds must be at least 1")
+    print(harness.compile_bytecode())
+    times_before = harness.cpu_times()
+    rates: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
+    with tempfile.TemporaryDirectory(prefix="we-floor-") as tmp_name:
+        redis = RedisServer(Path(tmp_name))
+        try:
+            redis.start()
+            floor = Floor(Path(tmp_name), redis, args.n)
+            for r in range(args.rounds):
+                # Alternate the order, so that no kind always runs first after a quiet spell.
+                for kind in KINDS if r % 2 == 0 else tuple(reversed(KINDS)):
+                    rates[kind].append(floor.run(kind))
+                figures = ", ".join(
+                    f"{k} {v[-1][0]:,.0f}/s ({v[-1][1]:,.0f}/s steady)" for k, v in rates.items()
+                )
+                print(f"round {r + 1}/{args.rounds}: {figures}", flush=True)
+        finally:
+            redis.stop()
+    stolen = harness.steal_percent(times_before, harness.cpu_times())
+    print(
+        f"\n`rq worker -w rq.SimpleWorker --burst`, SQLite WAL, N={args.n}, median of {args.rounds}; "
+        f"CPU stolen by the hypervisor over the run: {stolen}. Whole: from the worker's start to its "
+        "exit. Steady: from the end of its first job to the end of its last.\n"
+    )
+    print(
+        "| job | jobs/s, whole | ÷ raw | jobs/s, steady | ms a job, steady | ÷ raw | whole / steady rounds |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    raw = [statistics.median(r[i] for r in rates["raw"]) for i in (0, 1)]
+    for kind, values in rates.items():
+        whole, steady = (statistics.median(v[i] for v in values) for i in (0, 1))
+        rounds = ", ".join(f"{a:,.0f} / {b:,.0f}" for a, b in values)
+        print(
+            f"| {kind} | {whole:,.0f} | {whole / raw[0]:.2f} | {steady:,.0f} | {1000 / steady:.3f} "
+            f"| {steady / raw[1]:.2f} | {rounds} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
