@@ -488,6 +488,14 @@ def test_update_status_rejects_an_unknown_status_naming_the_valid_ones(
         ({"workflow_type_id": 42}, "workflow_type_id must be a string"),
         ({"workflow_type_id": "t", "created_by_agent": 7}, "created_by_agent must be a string"),
         ({"workflow_type_id": "t", "idempotency_key": ""}, "idempotency_key must not be empty"),
+        ({"workflow_type_id": "t" * 256}, "workflow_type_id must be at most 255 characters"),
+        ({"workflow_type_id": "t", "created_by_agent": "a" * 256}, "created_by_agent must be at most 255"),
+        ({"workflow_type_id": "t", "idempotency_key": "k" * 6000}, "idempotency_key must be at most 255"),
+        (
+            {"workflow_type_id": "t", "created_by_agent": "bad\ud800"},
+            "created_by_agent must be valid Unicode",
+        ),
+        ({"workflow_type_id": "t", "inputs": {"name": "bad\udc00"}}, "inputs must be valid Unicode"),
     ],
 )
 def test_bad_input_raises_a_clear_error_and_writes_nothing(
@@ -497,6 +505,45 @@ def test_bad_input_raises_a_clear_error_and_writes_nothing(
         workflow_engine.create_workflow(**kwargs)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
     assert row_count(workflow_engine) == 0
+
+
+def test_text_outside_the_basic_plane_is_accepted_and_read_back(workflow_engine: WorkflowEngine) -> None:
+    wid = workflow_engine.create_workflow(
+        workflow_type_id="t", created_by_agent="🤖", inputs={"name": "café 😀"}
+    )
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.created_by_agent, wf.inputs) == ("🤖", {"name": "café 😀"})
+
+
+def nul_in_message(wf: Workflow) -> None:
+    raise ValueError("bad byte: 'ab\x00cd'")
+
+
+def test_a_handler_error_with_a_nul_character_is_recorded_on_every_store(
+    async_engine: WorkflowEngine,
+) -> None:
+    """PostgreSQL cannot store a NUL in text: the engine writes it out as \\x00, so the failure is
+    recorded (not left running for reconcile to take for a lost worker)."""
+    async_engine.register_handler("nul", nul_in_message, max_retries=0)
+    wid = create(async_engine, "nul")
+    async_engine.enqueue_execution(wid)
+    work(async_engine)
+    wf = async_engine.get_workflow(wid)
+    assert wf.status is S.FAILED and wf.error == "ValueError: bad byte: 'ab\\x00cd'"
+    assert wf.traceback is not None and "\x00" not in wf.traceback
+    async_engine.register_handler("double", double)
+    other = create(async_engine)
+    assert async_engine.cancel(other, reason="no\x00reason").status is S.CANCELLED
+    assert async_engine.get_events(other)[-1].detail == "cancelled: no\\x00reason"
+
+
+def test_a_detail_or_reason_that_is_not_text_is_refused(workflow_engine: WorkflowEngine) -> None:
+    wid = create(workflow_engine)
+    with pytest.raises(InvalidInput, match="detail must be a string"):
+        workflow_engine.update_status(wid, "awaiting_approval", detail={"why": 1})  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="reason must be a string"):
+        workflow_engine.cancel(wid, reason=3)  # type: ignore[arg-type]
+    assert workflow_engine.get_workflow(wid).status is S.PENDING
 
 
 @pytest.mark.parametrize(

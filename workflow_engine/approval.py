@@ -13,6 +13,7 @@ from .errors import (
     NotACouncilMember,
     QueueUnavailable,
 )
+from .handlers import check_id
 from .models import Council, Tally, Vote, log_extra, utcnow
 from .status import WorkflowStatus
 
@@ -38,6 +39,9 @@ def configure_council(engine: WorkflowEngine, council_id: str, *, members: list[
         raise InvalidInput("members must be a non-empty list of non-empty strings")
     if len(set(members)) != len(members):
         raise InvalidInput("members must not repeat")
+    check_id("council_id", council_id)
+    for member in members:
+        check_id("a member", member)
     if isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= len(members):
         raise InvalidInput(f"quorum must be an integer from 1 to {len(members)} (the number of members)")
     return engine.store.save_council(
@@ -61,8 +65,9 @@ def vote(
         raise InvalidInput(f"approve must be true or false, got {approve!r}")
     if comment is not None and not isinstance(comment, str):
         raise InvalidInput("comment must be a string or None")
-    if "\x00" in voter_id or (comment and "\x00" in comment):
-        raise InvalidInput("voter_id and comment must not contain NUL characters")
+    check_id("voter_id", voter_id)
+    if comment and "\x00" in comment:
+        raise InvalidInput("comment must not contain NUL characters")
     wf = engine.get_workflow(workflow_id)
     council = engine.store.get_council(wf.assigned_council_id) if wf.assigned_council_id else None
     if wf.status is not S.AWAITING_APPROVAL:

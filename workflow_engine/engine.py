@@ -24,8 +24,18 @@ from .errors import (
     UnknownWorkflowType,
     WorkflowNotFound,
 )
-from .handlers import HandlerFunc, HandlerSpec, import_handler, path_of, validate_type_id
-from .models import Council, ReconcileReport, Tally, Workflow, WorkflowEvent, log_extra, to_json, utcnow
+from .handlers import HandlerFunc, HandlerSpec, check_id, import_handler, path_of, validate_type_id
+from .models import (
+    Council,
+    ReconcileReport,
+    Tally,
+    Workflow,
+    WorkflowEvent,
+    log_extra,
+    to_json,
+    utcnow,
+    without_nul,
+)
 from .status import TERMINAL, WorkflowStatus, can_transition
 from .stores import Store, open_store
 from .stores.base import ANY_JOB, Change, NewEvent
@@ -320,8 +330,8 @@ class WorkflowEngine:
         ):
             if value is not None and not isinstance(value, str):
                 raise InvalidInput(f"{name} must be a string or None, got {type(value).__name__}")
-            if value is not None and "\x00" in value:
-                raise InvalidInput(f"{name} must not contain NUL characters")
+            if value is not None:
+                check_id(name, value)
         if idempotency_key is not None and not idempotency_key:
             raise InvalidInput("idempotency_key must not be empty")
         # Round-trip through JSON so that what is stored is exactly what a reader gets back.
@@ -394,9 +404,7 @@ class WorkflowEngine:
             if value is not None:
                 if not isinstance(value, str):
                     raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
-                if "\x00" in value:
-                    raise InvalidInput(f"{name} must not contain NUL characters")
-                filters[name] = value
+                filters[name] = check_id(name, value)
         cursor = (before.created_at, before.id) if before is not None else None
         return self.store.find(limit=limit, filters=filters, cursor=cursor)
 
@@ -452,6 +460,9 @@ class WorkflowEngine:
         if not can_transition(wf.status, to):
             raise InvalidTransition(wf.id, wf.status.value, to.value)
         fields = dict(changes)
+        for text in ("error", "traceback"):  # an exception's own text may hold a NUL
+            if fields.get(text):
+                fields[text] = without_nul(fields[text])
         fields["status"] = to
         fields.setdefault("updated_at", utcnow())
         if "finished_at" in fields:  # the duration is stamped once, with the finish
@@ -461,7 +472,7 @@ class WorkflowEngine:
             wf.id,
             wf.status,
             fields,
-            NewEvent(wf.status, to, detail) if event else None,
+            NewEvent(wf.status, to, without_nul(detail)) if event else None,
             expected_job_id,
             lease_expired_at,
             cancel_not_requested,
@@ -613,6 +624,9 @@ class WorkflowEngine:
         handler that returns normally anyway (a ``SimpleWorker`` cannot be
         interrupted) ends ``completed``, since its work was done.
         """
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidInput(f"reason must be a string or None, got {type(reason).__name__}")
+        reason = without_nul(reason)
         detail = f"cancelled: {reason}" if reason else "cancelled"
         for _ in range(_RACE_RETRIES):
             wf = self.get_workflow(workflow_id)
@@ -655,6 +669,8 @@ class WorkflowEngine:
         the same rules as those methods; other targets are recorded as given.
         """
         target = WorkflowStatus.parse(status)
+        if detail is not None and not isinstance(detail, str):
+            raise InvalidInput(f"detail must be a string or None, got {type(detail).__name__}")
         if target is S.QUEUED:
             wf = self.get_workflow(workflow_id)
             if wf.status in (S.FAILED, S.CANCELLED):

@@ -49,14 +49,30 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: The longest identifier the engine stores (a type, an agent, a key, a council, a voter). They are
+#: indexed, and PostgreSQL refuses an index entry over about 2.7 kB.
+MAX_ID_LENGTH = 255
+
+
+def check_id(name: str, value: str) -> str:
+    """Refuse an identifier that a store could not index or keep: NUL characters, or too long."""
+    if "\x00" in value:
+        raise InvalidInput(f"{name} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} must be valid Unicode text: {exc.reason} at {exc.start}") from None
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(f"{name} must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
+    return value
+
+
 def validate_type_id(type_id: object) -> str:
     if not isinstance(type_id, str):
         raise InvalidInput(f"workflow_type_id must be a string, got {type(type_id).__name__}")
     if not type_id.strip():
         raise InvalidInput("workflow_type_id must not be empty")
-    if "\x00" in type_id:
-        raise InvalidInput("workflow_type_id must not contain NUL characters")
-    return type_id
+    return check_id("workflow_type_id", type_id)
 
 
 def path_of(func: HandlerFunc) -> str:

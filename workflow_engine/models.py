@@ -42,7 +42,18 @@ def to_json(value: Any, what: str) -> str:
         raise InvalidInput(f"{what} must be JSON-serialisable: {exc}") from exc
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise InvalidInput(f"{what} must not contain NUL characters (\\u0000): PostgreSQL cannot store them")
+    if "\\ud" in text or "\\uD" in text:  # a surrogate escape: a pair (fine) or a lone one (not Unicode)
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"{what} must be valid Unicode text: {exc.reason}") from None
     return text
+
+
+def without_nul(text: str | None) -> str | None:
+    """``text`` with each NUL character written out as ``\\x00``: for messages the engine records
+    (an exception's text, a traceback), which PostgreSQL could not store with a NUL in them."""
+    return text.replace("\x00", "\\x00") if text and "\x00" in text else text
 
 
 def _aware(value: datetime | None) -> datetime | None:
