@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from workflow_engine import StoreUnavailable, WorkflowEngine, WorkflowStatus
+from workflow_engine import StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus
 from workflow_engine.errors import MissingDependency, StoreError
+from workflow_engine.models import utcnow
 from workflow_engine.stores import open_store
 
 from support import APPS, RedisServer, free_port, start_worker, successes, wait_for
@@ -100,6 +105,70 @@ def test_four_processes_creating_with_shared_idempotency_keys_make_no_duplicates
     with psycopg.connect(pg_url) as conn:
         count = conn.execute("SELECT count(*) FROM workflows").fetchone()
     assert count == (50,)
+
+
+def noop(wf: Workflow) -> None:
+    return None
+
+
+def test_batches_over_the_same_rows_in_opposite_orders_never_deadlock(pg_url: str) -> None:
+    """Two create_workflows with the same idempotency keys, then two enqueue_many with the same
+    ids, each pair in opposite orders and at the same moment: rows are locked in one order."""
+    engines = [WorkflowEngine(database_url=pg_url, redis_url="fakeredis://") for _ in range(2)]
+    errors: list[BaseException] = []
+    results: list[list[str]] = [[], []]
+
+    def both(call: Callable[[int], list[str]]) -> None:
+        barrier = threading.Barrier(2)
+
+        def run(i: int) -> None:
+            barrier.wait()
+            try:
+                results[i] = call(i)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    for engine in engines:
+        engine.register_handler("t", noop)
+    for r in range(10):
+        keys = [f"r{r}-k{i}" for i in range(30)]
+        batches = [
+            [{"workflow_type_id": "t", "idempotency_key": k} for k in order] for order in (keys, keys[::-1])
+        ]
+        both(lambda i, batches=batches: engines[i].create_workflows(batches[i]))
+        assert not errors and results[0] == results[1][::-1]
+        orders = [results[0], results[0][::-1]]
+        both(lambda i, orders=orders: engines[i].enqueue_many(orders[i]) or [])
+        assert not errors, errors
+    assert {wf.status for wf in engines[0].list_workflows(limit=500)} == {S.QUEUED}
+    for engine in engines:
+        engine.close()
+
+
+def test_a_statement_the_server_refuses_is_a_store_error_not_unavailable(pg_url: str) -> None:
+    """psycopg calls an index row that is too large "operational"; it is no outage to retry."""
+    store = open_store(pg_url)
+    store.migrate()
+    now = utcnow()
+    too_long = Workflow(
+        id="w",
+        workflow_type_id="t",
+        status=S.PENDING,
+        inputs={},
+        created_at=now,
+        updated_at=now,
+        idempotency_key=base64.b64encode(os.urandom(6000)).decode(),  # past the engine's check, to the store
+    )
+    with pytest.raises(StoreError) as info:
+        store.insert([too_long])
+    assert not isinstance(info.value, StoreUnavailable) and "index row size" in str(info.value)
+    store.close()
 
 
 @pytest.mark.slow

@@ -207,6 +207,14 @@ class Store(abc.ABC):
         oldest first, after the (created_at, id) cursor ``after``."""
 
 
+def _lock_order(items: Sequence[T], key: Callable[[T], tuple[str, str]]) -> list[int]:
+    """The positions of ``items`` in the order their rows are locked: by key, so that two batches
+    over the same rows lock them in the same order and never deadlock (PostgreSQL)."""
+    if len(items) == 1:
+        return [0]
+    return sorted(range(len(items)), key=lambda i: key(items[i]))
+
+
 class Tx(Protocol):
     """The one thing a SQLStore needs from a driver inside a transaction."""
 
@@ -351,12 +359,13 @@ class SQLStore(Store):
     ) -> list[tuple[Workflow, bool]]:
         if history is not None and len(history) != len(workflows):
             raise ValueError("history needs one sequence of events per workflow")
-        out: list[tuple[Workflow, bool]] = []
+        out: list[tuple[Workflow, bool] | None] = [None] * len(workflows)
         insert_sql = self.sql(q.INSERT_WORKFLOW + " RETURNING id")
         event_sql = self.sql(q.INSERT_EVENT)
         by_key_sql = self.sql(q.GET_BY_IDEMPOTENCY_KEY)
         with self.transaction() as tx:
-            for i, wf in enumerate(workflows):
+            for i in _lock_order(workflows, lambda wf: (wf.idempotency_key or "", wf.id)):
+                wf = workflows[i]
                 rows = tx.fetch(insert_sql, self.encode(wf.model_dump()))
                 if rows:  # inserted as given: no need to read it back
                     events = history[i] if history is not None else (NewEvent(None, wf.status),)
@@ -364,11 +373,11 @@ class SQLStore(Store):
                         tx.fetch(event_sql, self._event_params(wf, events[0]))
                     elif events:  # one statement for all: one round trip on a client-server database
                         tx.fetch(self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events))
-                    out.append((wf, True))
+                    out[i] = (wf, True)
                 else:
                     existing = tx.fetch(by_key_sql, {"idempotency_key": wf.idempotency_key})
-                    out.append((self._workflow(existing[0]), False))
-        return out
+                    out[i] = (self._workflow(existing[0]), False)
+        return [row for row in out if row is not None]
 
     def apply(self, changes: Sequence[Change]) -> list[Workflow | None]:
         if not changes:
@@ -378,8 +387,11 @@ class SQLStore(Store):
         single = len(changes) == 1 and (self.event_in_update or changes[0].event is None)
 
         def op() -> list[Workflow | None]:
+            out: list[Workflow | None] = [None] * len(changes)
             with self.transaction(single=single) as tx:
-                return [self._changed(tx, *self._update(change), change.event) for change in changes]
+                for i in _lock_order(changes, lambda change: (change.workflow_id, "")):
+                    out[i] = self._changed(tx, *self._update(changes[i]), changes[i].event)
+            return out
 
         return self._once_more(op, committed=lambda: self._landed(changes))
 

@@ -131,9 +131,9 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 else:
                     with conn.transaction():  # BEGIN … COMMIT
                         yield _PgTx(conn)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
         except psycopg.Error as exc:
+            if _unavailable(exc):
+                raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
             raise StoreError(f"PostgreSQL failed: {_safe(exc)}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith("psycopg_pool"):
@@ -154,8 +154,10 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 finally:
                     if held:
                         conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
+        except psycopg.Error as exc:
+            if _unavailable(exc):
+                raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
+            raise StoreError(f"PostgreSQL failed: {_safe(exc)}") from exc
 
     def migrate(self) -> int:
         pool = self._get_pool()
@@ -169,9 +171,9 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 )
                 current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {})[0]["version"])
                 version = self._apply_migrations(tx, current)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"cannot migrate PostgreSQL: {_safe(exc)}") from exc
         except psycopg.Error as exc:
+            if _unavailable(exc):
+                raise StoreUnavailable(f"cannot migrate PostgreSQL: {_safe(exc)}") from exc
             raise StoreError(f"cannot migrate PostgreSQL: {_safe(exc)}") from exc
         self._migrated = True
         return version
@@ -201,6 +203,17 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def _unavailable(exc: psycopg.Error) -> bool:
+    """Whether the server could not be reached or stopped serving (worth retrying later), as
+    opposed to a statement it refused: no SQLSTATE (the client lost the connection), or a
+    connection exception (08), insufficient resources (53) or an operator intervention (57P).
+    psycopg calls many refusals "operational" too: a deadlock, an index row too large."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith(("08", "53", "57P"))
 
 
 def _safe(exc: BaseException) -> str:
