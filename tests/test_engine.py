@@ -926,6 +926,19 @@ def test_enqueue_many_in_process_runs_every_workflow(workflow_engine: WorkflowEn
     assert {workflow_engine.get_workflow(w).status for w in ids} == {S.COMPLETED}
 
 
+def test_enqueue_many_refuses_a_workflow_this_engine_cancelled_since_creating_it(
+    async_engine: WorkflowEngine,
+) -> None:
+    async_engine.register_handler("double", double)
+    a, b = async_engine.create_workflows([{"workflow_type_id": "double", "inputs": {"n": 1}}] * 2)
+    async_engine.cancel(a)
+    with pytest.raises(InvalidTransition, match="enqueue_many takes pending workflows"):
+        async_engine.enqueue_many([a, b])
+    assert [async_engine.get_workflow(w).status for w in (a, b)] == [S.CANCELLED, S.PENDING]
+    with pytest.raises(InvalidInput, match="a list of workflow ids"):
+        async_engine.enqueue_many(b)  # a string is not a list of ids
+
+
 # -- creating and enqueueing in one call -----------------------------------------------
 def history(engine: WorkflowEngine, wid: str) -> list[tuple[str | None, str, str | None]]:
     return [

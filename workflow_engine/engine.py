@@ -439,6 +439,7 @@ class WorkflowEngine:
             event=event,
             cancel_not_requested=cancel_not_requested,
         )
+        self._recent.pop(wf.id, None)  # no longer as created: a later enqueue must read it
         [new] = self.store.apply([change])
         if new is not None and event:
             self.notify(new, wf.status)
@@ -580,6 +581,8 @@ class WorkflowEngine:
         so a bad one writes nothing. Already queued workflows are left alone. In sync mode
         each runs before this returns, as with :meth:`enqueue_execution`.
         """
+        if isinstance(workflow_ids, (str, bytes)):
+            raise InvalidInput("workflow_ids must be a list of workflow ids, not one string")
         ids = list(dict.fromkeys(workflow_ids))
         # Workflows this engine just created need no read: the compare-and-set checks them anyway.
         found = {wid: wf for wid in ids if (wf := self._recent.pop(wid, None)) is not None}
