@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_engine import InvalidTransition, Workflow, WorkflowEngine, WorkflowStatus
+from workflow_engine import InvalidTransition, StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus
 from workflow_engine.errors import DuplicateVote, InvalidInput, NotACouncilMember, UnknownWorkflowType
 
 S = WorkflowStatus
@@ -72,6 +72,28 @@ def test_each_member_votes_once_unless_the_vote_is_explicitly_changed(engine: Wo
         engine.vote(wid, voter_id="ana", approve=True)
     tally = engine.vote(wid, voter_id="ana", approve=True, change=True)
     assert (tally.approvals, tally.rejections) == (1, 0)
+
+
+def test_retrying_a_vote_whose_call_failed_before_deciding_makes_the_decision(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workflow_engine import approval
+
+    wid = gated(engine)
+    engine.vote(wid, voter_id="ana", approve=True)
+    decide = approval.decide
+
+    def lost(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("the database went away after the vote was recorded")
+
+    monkeypatch.setattr(approval, "decide", lost)
+    with pytest.raises(StoreUnavailable):
+        engine.vote(wid, voter_id="bo", approve=True)  # the deciding vote, recorded; no decision
+    assert engine.get_workflow(wid).status is S.AWAITING_APPROVAL
+    monkeypatch.setattr(approval, "decide", decide)
+    with pytest.raises(DuplicateVote):
+        engine.vote(wid, voter_id="bo", approve=True)  # the caller retries
+    assert engine.get_workflow(wid).status is S.COMPLETED
 
 
 def test_a_voter_who_is_not_a_member_is_refused(engine: WorkflowEngine) -> None:

@@ -88,6 +88,9 @@ def vote(
     vote = Vote(workflow_id=wf.id, voter_id=voter_id, approve=approve, comment=comment, at=utcnow())
     outcome = engine.store.record_vote(vote, change=change, detail=detail)
     if outcome == "duplicate":
+        # The earlier vote may have been recorded by a call that failed before it decided (the
+        # database or the process went away): a retry of that vote completes the decision.
+        decide(engine, wf.id, council)
         raise DuplicateVote(
             f"{voter_id!r} has already voted on workflow {wf.id!r}; pass change=True to change the vote"
         )
