@@ -194,6 +194,17 @@ def test_a_failing_handler_is_recorded_as_failed_not_raised(workflow_engine: Wor
     assert wf.traceback is not None and "raise RuntimeError" in wf.traceback
 
 
+def test_a_long_retry_budget_runs_in_process_without_exhausting_the_stack(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    """Each retry runs after the attempt that failed, not inside it: 300 attempts in one call."""
+    workflow_engine.register_handler("boom", boom, max_retries=299, retry_backoff=0)
+    wid = workflow_engine.create_workflow(workflow_type_id="boom")
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.status, wf.attempts) == (S.FAILED, 300)
+
+
 def test_in_process_retries_run_at_once_and_count_every_attempt(
     workflow_engine: WorkflowEngine, effects: object
 ) -> None:

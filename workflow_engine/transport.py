@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import math
 import secrets
+import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +31,9 @@ RESULT_TTL = 60
 TIMEOUT_GRACE = 15
 #: RQ job statuses that mean "this job will still run, or is running".
 LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled"})
+
+#: The sync-mode jobs this thread still has to perform, while it performs one (else None).
+_sync = threading.local()
 
 #: Any Redis failure (down, READONLY replica, OOM, a broken reply) means the queue is unavailable.
 _REDIS_ERRORS = (redis.exceptions.RedisError,)
@@ -110,19 +115,30 @@ class Transport:
             if not self.is_async:
                 # Sync mode: perform RQ's job right here, as RQ's own sync queue would, but
                 # without its Redis bookkeeping (0.6 ms a job, more than the whole engine).
-                for wf in workflows:
-                    opts = options(wf)
-                    Job.create(
-                        run_workflow,
-                        connection=self.connection,
-                        args=opts["args"],
-                        kwargs=opts["kwargs"],
-                        id=opts["job_id"],
-                        timeout=opts["timeout"],
-                        result_ttl=opts["result_ttl"],
-                        description=opts["description"],
-                        origin=self.queue_name,
-                    ).perform()
+                # A job delivered while this thread runs one (a retry) runs after it, not inside
+                # it, so that a long retry budget cannot exhaust the stack.
+                jobs = [options(wf) for wf in workflows]
+                running = getattr(_sync, "jobs", None)
+                if running is not None:
+                    running.extend((self, opts) for opts in jobs)
+                    return
+                _sync.jobs = deque((self, opts) for opts in jobs)
+                try:
+                    while _sync.jobs:
+                        transport, opts = _sync.jobs.popleft()
+                        Job.create(
+                            run_workflow,
+                            connection=transport.connection,
+                            args=opts["args"],
+                            kwargs=opts["kwargs"],
+                            id=opts["job_id"],
+                            timeout=opts["timeout"],
+                            result_ttl=opts["result_ttl"],
+                            description=opts["description"],
+                            origin=transport.queue_name,
+                        ).perform()
+                finally:
+                    _sync.jobs = None
                 return
             # One round trip for all, instead of RQ's two per job: RQ's bulk enqueue, into a
             # pipeline that is sent once (it also registers the queue once, not once a job).
