@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -111,3 +112,11 @@ def test_huge_savings_are_summed_without_overflow(engine: WorkflowEngine) -> Non
     for _ in range(3):
         engine.create_workflow(workflow_type_id="site", calculated_savings={"big": 2**62})
     assert engine.stats()["calculated_savings"]["big"] == pytest.approx(3 * 2.0**62)
+
+
+def test_a_sum_too_large_for_a_float_is_none_and_the_stats_stay_valid_json(engine: WorkflowEngine) -> None:
+    for _ in range(2):
+        engine.create_workflow(workflow_type_id="site", calculated_savings={"usd": 1e308, "hours": 1})
+    stats = engine.stats()
+    assert stats["calculated_savings"] == {"hours": 2.0, "usd": None}
+    json.dumps(stats, allow_nan=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -49,5 +50,6 @@ def compute_stats(engine: WorkflowEngine, since: datetime | None = None) -> dict
         "oldest_queued_age_s": round(max((now - oldest).total_seconds(), 0.0), 3) if oldest else None,
         "running": rows.running,
         "throughput_per_min": round(rows.finished_recently / STATS_WINDOW_MINUTES, 3),
-        "calculated_savings": dict(sorted(rows.savings.items())),
+        # A sum past the largest float is infinite, which JSON cannot carry: None says "too large".
+        "calculated_savings": {k: v if math.isfinite(v) else None for k, v in sorted(rows.savings.items())},
     }
