@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from workflow_engine import WorkflowEngine, WorkflowStatus, display
 from workflow_engine.cli import main
 
+from support import free_port
+
 S = WorkflowStatus
 
 
@@ -235,7 +237,7 @@ def test_requeue_all_failed_of_a_type_requeues_exactly_those(engine: WorkflowEng
     newest_first = [wf.id for wf in engine.list_workflows(status="failed", workflow_type_id="bad")]
     out = run("requeue", "--all-failed", "--type", "bad", *on(db), "--json")
     assert out.code == 0
-    assert json.loads(out.stdout) == {"requeued": newest_first, "errors": {}}
+    assert json.loads(out.stdout) == {"requeued": newest_first, "undelivered": [], "errors": {}}
     assert set(newest_first) == bad
     assert {wid: engine.get_workflow(wid).status for wid in bad} == dict.fromkeys(bad, S.QUEUED)
     assert engine.get_workflow(ok).status is S.COMPLETED
@@ -265,6 +267,50 @@ def test_requeue_all_failed_shows_a_progress_bar_on_a_terminal(
     out = run("requeue", "--all-failed", *on(db))
     assert out.code == 0 and out.stdout == "requeued 2 of 2 failed workflows\n"
     assert "requeueing" in out.stderr and "100%" in out.stderr
+
+
+def test_requeue_all_failed_with_redis_down_counts_them_requeued_and_says_they_wait(
+    engine: WorkflowEngine, db: str
+) -> None:
+    failed = [ran(engine, "bad") for _ in range(2)]
+    down = ["--database-url", db, "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]
+    out = run("requeue", "--all-failed", *down, "--json")
+    report = json.loads(out.stdout)
+    assert out.code == 0 and report["errors"] == {}
+    assert sorted(report["requeued"]) == sorted(report["undelivered"]) == sorted(failed)
+    assert {engine.get_workflow(w).status for w in failed} == {S.QUEUED}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["reconcile", "--every", "0"],
+        ["reconcile", "--every", "-1"],
+        ["reconcile", "--every", "nan"],
+        ["worker", "--reconcile-every", "1e10"],
+        ["health", "--window", "inf"],
+        ["health", "--max-queued-age", "1e11"],
+    ],
+)
+def test_a_number_of_seconds_out_of_range_is_a_usage_error(db: str, args: list[str]) -> None:
+    out = run(*args, *on(db))
+    assert out.code == 2 and "Invalid value for" in out.stderr
+
+
+def test_a_worker_that_cannot_reach_redis_exits_1_with_a_one_line_error(db: str) -> None:
+    down = ["--database-url", db, "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]
+    out = run("worker", "--burst", "--reconcile-every", "0", "-w", "simple", *down)
+    assert out.code == 1 and out.stderr.startswith("Error: Redis is unavailable")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_metrics_directory_is_a_one_line_error_for_reconcile_too(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("prometheus_client")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    out = run("reconcile", "--metrics-port", "0", *on(db))
+    assert out.code == 1 and "is not a directory" in out.stderr
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -22,10 +23,11 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+import redis
 
 from . import config, display, health, logs
 from .engine import WorkflowEngine
-from .errors import ConfigurationError, WorkflowEngineError
+from .errors import ConfigurationError, QueueUnavailable, WorkflowEngineError
 from .models import Workflow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -104,6 +106,24 @@ def _metrics_options(func: F) -> F:
         help="Serve Prometheus metrics on this port at /metrics (needs the [metrics] extra).",
     )(func)
     return func
+
+
+class _Seconds(click.FloatRange):
+    """A finite number of seconds within bounds: NaN and infinity would crash a sleep or a timer."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
+#: A day: the longest pause between reconcile passes that makes sense.
+_DAY = 86_400.0
+#: Ten years: the longest window or age a health check takes.
+_DECADE = 10 * 365 * _DAY
 
 
 def _json_option(what: str) -> Callable[[F], F]:
@@ -249,7 +269,12 @@ def migrate(database_url: str, redis_url: str, queue_name: str) -> None:
 @main.command()
 @_engine_options
 @_timing_options
-@click.option("--every", type=float, default=None, help="Run forever, every SECONDS; without it, run once.")
+@click.option(
+    "--every",
+    type=_Seconds(min=0, min_open=True, max=_DAY),
+    default=None,
+    help="Run forever, every SECONDS (more than 0, at most a day); without it, run once.",
+)
 @_metrics_options
 @_errors
 def reconcile(every: float | None, metrics_port: int | None, metrics_host: str, **options: Any) -> None:
@@ -297,6 +322,8 @@ def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: st
     from . import metrics
 
     path = metrics.multiprocess_dir()
+    if path is not None and not os.path.isdir(path):
+        raise ConfigurationError(f"{metrics.MULTIPROC_ENV} {path!r} is not a directory")
     if forking:
         if path is None:
             path = tempfile.mkdtemp(prefix="workflow-engine-metrics-")
@@ -327,7 +354,7 @@ def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: st
 )
 @click.option(
     "--reconcile-every",
-    type=float,
+    type=_Seconds(min=0, max=_DAY),
     default=10.0,
     show_default=True,
     help="Seconds between reconcile passes in this worker; 0 turns them off.",
@@ -383,9 +410,11 @@ def worker(
                 daemon=True,
             ).start()
         cls = SimpleWorkflowWorker if worker_class == "simple" else WorkflowWorker
-        rq_worker = cls([engine.queue], connection=engine.redis, name=name)
         try:
+            rq_worker = cls([engine.queue], connection=engine.redis, name=name)
             rq_worker.work(burst=burst, with_scheduler=False)
+        except redis.exceptions.RedisError as exc:  # RQ's own calls: registering, dequeueing
+            raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
         finally:
             stop.set()
             if burst and reconcile_every > 0:
@@ -469,7 +498,7 @@ def stats(as_json: bool, **options: Any) -> None:
 @_engine_options
 @click.option(
     "--max-queued-age",
-    type=click.FloatRange(min=0),
+    type=_Seconds(min=0, max=_DECADE),
     default=health.DEFAULT_MAX_QUEUED_AGE,
     show_default=True,
     help="Fail when the oldest queued workflow has waited longer, in seconds.",
@@ -483,7 +512,7 @@ def stats(as_json: bool, **options: Any) -> None:
 )
 @click.option(
     "--window",
-    type=click.FloatRange(min=1),
+    type=_Seconds(min=1, max=_DECADE),
     default=health.DEFAULT_WINDOW,
     show_default=True,
     help="Seconds back that count as recent, for the failure rate.",
@@ -574,20 +603,29 @@ def requeue(
         return
     ids = _failed_ids(engine, workflow_type_id)
     requeued: list[str] = []
+    undelivered: list[str] = []
     errors: dict[str, str] = {}
     for wid in display.progress(ids, "requeueing"):
         try:
             engine.requeue(wid)
+        except QueueUnavailable:  # requeued in the database; reconcile delivers it once Redis is back
+            requeued.append(wid)
+            undelivered.append(wid)
         except WorkflowEngineError as exc:
             errors[wid] = str(exc)
         else:
             requeued.append(wid)
     if as_json:
-        _echo_json({"requeued": requeued, "errors": errors})
+        _echo_json({"requeued": requeued, "undelivered": undelivered, "errors": errors})
     else:
         for wid, message in errors.items():
             click.echo(f"{wid}: not requeued: {message}")
         click.echo(f"requeued {len(requeued)} of {len(ids)} failed workflows")
+        if undelivered:
+            click.echo(
+                f"{len(undelivered)} of them are queued in the database but not yet in Redis, which is "
+                "unavailable; reconcile delivers them once it is back"
+            )
     if errors:
         sys.exit(1)
 
