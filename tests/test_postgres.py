@@ -44,6 +44,15 @@ def test_an_unreachable_server_raises_store_unavailable_quickly_without_the_pass
     assert "s3cret" not in str(info.value)
 
 
+def test_a_database_that_does_not_exist_is_named_at_once(pg_url: str) -> None:
+    url = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    store = open_store(url)
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable, match='database "no_such_database_here" does not exist'):
+        store.get("x")
+    assert time.monotonic() - start < 3  # not the pool's whole timeout, twice
+
+
 def test_a_terminated_backend_is_replaced_and_the_next_call_succeeds(pg_url: str) -> None:
     engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
     wid = engine.create_workflow(workflow_type_id="t")

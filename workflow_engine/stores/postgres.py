@@ -85,6 +85,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 _ABANDONED.append(self._pool)
                 self._pool = None
             if self._pool is None:
+                self._probe()
                 self._pool = ConnectionPool(
                     self.url,
                     min_size=1,
@@ -112,6 +113,15 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 self._pid = os.getpid()
             pool = self._pool
         return pool
+
+    def _probe(self) -> None:
+        """Connect once, directly, before building the pool: a wrong database name, role or
+        password fails at once with the server's own words, where the pool would retry it
+        for its whole timeout and then say only that it could not fill itself."""
+        try:
+            psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout))).close()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc)}") from exc
 
     def close(self) -> None:
         with self._lock:
