@@ -97,6 +97,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                         "row_factory": dict_row,
                         "connect_timeout": max(1, int(self.connect_timeout)),
                         "autocommit": True,
+                        **_KEEPALIVES,
                     },
                     timeout=self.connect_timeout,
                     # A connection whose backend was terminated is replaced at checkout, not handed out.
@@ -119,7 +120,9 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
         password fails at once with the server's own words, where the pool would retry it
         for its whole timeout and then say only that it could not fill itself."""
         try:
-            psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout))).close()
+            psycopg.connect(
+                self.url, connect_timeout=max(1, int(self.connect_timeout)), **_KEEPALIVES
+            ).close()
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc)}") from exc
 
@@ -213,6 +216,17 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+#: TCP keepalives (libpq's), so that a connection whose server vanished without closing it (a
+#: failover, a dropped network) is found dead within about a minute, not the system's two hours:
+#: a reconcile thread or a heartbeat waiting on it would hang until then.
+_KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 def _unavailable(exc: psycopg.Error) -> bool:
