@@ -23,11 +23,13 @@ It exits non-zero if a job failed or a workflow did not end ``completed``; it as
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis as redis_lib
@@ -48,6 +50,13 @@ HANDLER = "bench_jobs:noop_workflow"
 KINDS = ("raw", "shape", "sql floor", "workflow")
 
 
+@dataclass(frozen=True)
+class Run:
+    whole: float  # jobs/s, from the worker's start to its exit
+    steady: float  # jobs/s, from the end of its first job to the end of its last
+    cpu_ms: float  # the worker process's CPU time (user + system) a job, start-up included
+
+
 class Floor:
     def __init__(self, tmp: Path, redis: RedisServer, n: int) -> None:
         self.tmp, self.redis, self.n = tmp, redis, n
@@ -55,10 +64,12 @@ class Floor:
         self.queue = Queue(QUEUE, connection=self.connection)
         self.runs = 0
 
-    def worker(self, database_url: str | None, job_ids: list[str]) -> tuple[float, float]:
-        """One stock burst worker over the queue: its jobs/s from start to exit, and at its steady
-        pace, from the end of its first job to the end of its last (no start-up, no first import)."""
+    def worker(self, database_url: str | None, job_ids: list[str]) -> Run:
+        """One stock burst worker over the queue: its jobs/s from start to exit, at its steady pace
+        (from the end of its first job to the end of its last: no start-up, no first import), and
+        the CPU time it used a job, which the hypervisor's steal barely touches."""
         cmd = harness.rq_worker_cmd(self.redis.url, "simple")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = harness.start(cmd, harness.worker_env(database_url, self.redis.url), self.tmp)
         try:
@@ -66,6 +77,8 @@ class Floor:
         finally:
             proc.stop()
         elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the worker, once reaped
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         if code != 0:
             raise BenchFailure(f"worker exited with code {code}\n{proc.tail()}")
         proc.log.unlink(missing_ok=True)
@@ -76,7 +89,9 @@ class Floor:
         if len(ends) != self.n or None in ends:
             raise BenchFailure(f"{len(ends)} of {self.n} jobs have an end time")
         steady = (max(ends) - min(ends)).total_seconds()  # type: ignore[type-var,operator]
-        return self.n / elapsed, (self.n - 1) / steady if steady > 0 else float("nan")
+        return Run(
+            self.n / elapsed, (self.n - 1) / steady if steady > 0 else float("nan"), cpu / self.n * 1000
+        )
 
     def engine(self) -> WorkflowEngine:
         self.runs += 1
@@ -119,7 +134,7 @@ class Floor:
         if done != self.n:
             raise BenchFailure(f"{done} of {self.n} workflows completed")
 
-    def run(self, kind: str) -> tuple[float, float]:
+    def run(self, kind: str) -> Run:
         self.redis.flushall()
         if kind == "raw":
             jobs = self.queue.enqueue_many([Queue.prepare_data(bench_jobs.noop) for _ in range(self.n)])
@@ -150,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n and --rounds must be at least 1")
     print(harness.compile_bytecode())
     times_before = harness.cpu_times()
-    rates: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
+    runs: dict[str, list[Run]] = {kind: [] for kind in KINDS}
     with tempfile.TemporaryDirectory(prefix="we-floor-") as tmp_name:
         redis = RedisServer(Path(tmp_name))
         try:
@@ -159,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 # Alternate the order, so that no kind always runs first after a quiet spell.
                 for kind in KINDS if r % 2 == 0 else tuple(reversed(KINDS)):
-                    rates[kind].append(floor.run(kind))
+                    runs[kind].append(floor.run(kind))
                 figures = ", ".join(
-                    f"{k} {v[-1][0]:,.0f}/s ({v[-1][1]:,.0f}/s steady)" for k, v in rates.items()
+                    f"{k} {v[-1].whole:,.0f}/s ({v[-1].steady:,.0f}/s steady, {v[-1].cpu_ms:.3f} ms CPU)"
+                    for k, v in runs.items()
                 )
                 print(f"round {r + 1}/{args.rounds}: {figures}", flush=True)
         finally:
@@ -170,19 +186,26 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n`rq worker -w rq.SimpleWorker --burst`, SQLite WAL, N={args.n}, median of {args.rounds}; "
         f"CPU stolen by the hypervisor over the run: {stolen}. Whole: from the worker's start to its "
-        "exit. Steady: from the end of its first job to the end of its last.\n"
+        "exit. Steady: from the end of its first job to the end of its last. CPU: the worker "
+        "process's own user and system time a job, start-up included.\n"
     )
-    print(
-        "| job | jobs/s, whole | ÷ raw | jobs/s, steady | ms a job, steady | ÷ raw | whole / steady rounds |"
-    )
+    print("| job | jobs/s, whole | ÷ raw | jobs/s, steady | ÷ raw | worker CPU, ms a job | + over raw |")
     print("|---|---|---|---|---|---|---|")
-    raw = [statistics.median(r[i] for r in rates["raw"]) for i in (0, 1)]
-    for kind, values in rates.items():
-        whole, steady = (statistics.median(v[i] for v in values) for i in (0, 1))
-        rounds = ", ".join(f"{a:,.0f} / {b:,.0f}" for a, b in values)
+
+    def median(kind: str, field: str) -> float:
+        return statistics.median(getattr(run, field) for run in runs[kind])
+
+    for kind in KINDS:
+        whole, steady, cpu = (median(kind, f) for f in ("whole", "steady", "cpu_ms"))
         print(
-            f"| {kind} | {whole:,.0f} | {whole / raw[0]:.2f} | {steady:,.0f} | {1000 / steady:.3f} "
-            f"| {steady / raw[1]:.2f} | {rounds} |"
+            f"| {kind} | {whole:,.0f} | {whole / median('raw', 'whole'):.2f} | {steady:,.0f} "
+            f"| {steady / median('raw', 'steady'):.2f} | {cpu:.3f} | {cpu - median('raw', 'cpu_ms'):+.3f} |"
+        )
+    print("\nEvery round, whole jobs/s / steady jobs/s / CPU ms a job:")
+    for kind in KINDS:
+        print(
+            f"- {kind}: "
+            + ", ".join(f"{r.whole:,.0f} / {r.steady:,.0f} / {r.cpu_ms:.3f}" for r in runs[kind])
         )
     return 0
 
