@@ -106,6 +106,15 @@ def test_a_taken_idempotency_key_returns_the_existing_workflow(store: Store) -> 
     assert len(store.events(first.id)) == 1
 
 
+def test_of_two_workflows_with_one_idempotency_key_in_a_batch_the_first_is_stored(store: Store) -> None:
+    first = new(key="k", n=1).model_copy(update={"id": "b-first"})
+    second = new(key="k", n=2).model_copy(update={"id": "a-second"})  # an id that sorts first
+    results = store.insert([first, second])
+    assert [(wf.id, created) for wf, created in results] == [("b-first", True), ("b-first", False)]
+    stored = store.get("b-first")
+    assert stored is not None and stored.inputs == {"n": 1} and store.get("a-second") is None
+
+
 def test_compare_and_set_applies_only_when_the_status_still_matches(store: Store) -> None:
     wf = new()
     store.insert([wf])

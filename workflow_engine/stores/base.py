@@ -207,12 +207,13 @@ class Store(abc.ABC):
         oldest first, after the (created_at, id) cursor ``after``."""
 
 
-def _lock_order(items: Sequence[T], key: Callable[[T], tuple[str, str]]) -> list[int]:
+def _lock_order(items: Sequence[T], key: Callable[[T], str]) -> list[int]:
     """The positions of ``items`` in the order their rows are locked: by key, so that two batches
-    over the same rows lock them in the same order and never deadlock (PostgreSQL)."""
+    over the same rows lock them in the same order and never deadlock (PostgreSQL). Items with
+    the same key keep their order: of two with one idempotency key, the first is the one stored."""
     if len(items) == 1:
         return [0]
-    return sorted(range(len(items)), key=lambda i: key(items[i]))
+    return sorted(range(len(items)), key=lambda i: (key(items[i]), i))
 
 
 class Tx(Protocol):
@@ -364,7 +365,7 @@ class SQLStore(Store):
         event_sql = self.sql(q.INSERT_EVENT)
         by_key_sql = self.sql(q.GET_BY_IDEMPOTENCY_KEY)
         with self.transaction() as tx:
-            for i in _lock_order(workflows, lambda wf: (wf.idempotency_key or "", wf.id)):
+            for i in _lock_order(workflows, lambda wf: wf.idempotency_key or ""):
                 wf = workflows[i]
                 rows = tx.fetch(insert_sql, self.encode(wf.model_dump()))
                 if rows:  # inserted as given: no need to read it back
@@ -389,7 +390,7 @@ class SQLStore(Store):
         def op() -> list[Workflow | None]:
             out: list[Workflow | None] = [None] * len(changes)
             with self.transaction(single=single) as tx:
-                for i in _lock_order(changes, lambda change: (change.workflow_id, "")):
+                for i in _lock_order(changes, lambda change: change.workflow_id):
                     out[i] = self._changed(tx, *self._update(changes[i]), changes[i].event)
             return out
 
