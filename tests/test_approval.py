@@ -96,6 +96,28 @@ def test_retrying_a_vote_whose_call_failed_before_deciding_makes_the_decision(
     assert engine.get_workflow(wid).status is S.COMPLETED
 
 
+def test_a_workflow_cancelled_before_its_approval_cannot_be_requeued_past_the_council(
+    engine: WorkflowEngine,
+) -> None:
+    wid = gated(engine)
+    engine.cancel(wid)
+    with pytest.raises(InvalidTransition, match="never approved"):
+        engine.requeue(wid)
+    with pytest.raises(InvalidTransition, match="never approved"):
+        engine.update_status(wid, "queued")
+    assert engine.get_workflow(wid).status is S.CANCELLED
+
+
+def test_an_approved_workflow_that_failed_or_was_cancelled_can_be_requeued(engine: WorkflowEngine) -> None:
+    engine.register_handler("site", "we_test_handlers:always_fail", max_retries=0)
+    wid = gated(engine)
+    engine.vote(wid, voter_id="ana", approve=True)
+    engine.vote(wid, voter_id="bo", approve=True)
+    assert engine.get_workflow(wid).status is S.FAILED
+    engine.register_handler("site", run_it)
+    assert engine.requeue(wid).status is S.COMPLETED
+
+
 def test_a_voter_who_is_not_a_member_is_refused(engine: WorkflowEngine) -> None:
     wid = gated(engine)
     with pytest.raises(NotACouncilMember, match="'mallory' is not a member of council 'c1'"):

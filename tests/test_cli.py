@@ -287,6 +287,8 @@ def test_requeue_all_failed_with_redis_down_counts_them_requeued_and_says_they_w
         ["reconcile", "--every", "0"],
         ["reconcile", "--every", "-1"],
         ["reconcile", "--every", "nan"],
+        ["reconcile", "--every", "1e-9"],
+        ["worker", "--reconcile-every", "0.001"],
         ["worker", "--reconcile-every", "1e10"],
         ["health", "--window", "inf"],
         ["health", "--max-queued-age", "1e11"],

@@ -19,6 +19,7 @@ import rq
 from workflow_engine import (
     InvalidTransition,
     QueueUnavailable,
+    StoreUnavailable,
     UnknownWorkflowType,
     Workflow,
     WorkflowEngine,
@@ -203,6 +204,62 @@ def test_a_long_retry_budget_runs_in_process_without_exhausting_the_stack(
     workflow_engine.enqueue_execution(wid)
     wf = workflow_engine.get_workflow(wid)
     assert (wf.status, wf.attempts) == (S.FAILED, 300)
+
+
+_PARENTS: dict[str, WorkflowEngine] = {}
+
+
+def child(wf: Workflow) -> dict[str, bool]:
+    return {"child": True}
+
+
+def parent_with_its_own_engine(wf: Workflow) -> dict[str, str]:
+    """A handler that enqueues a child through an engine that lives only inside it."""
+    helper = WorkflowEngine(
+        database_url=_PARENTS["main"].database_url, redis_url="fakeredis://", is_async=False
+    )
+    helper.register_handler("child", child)
+    return {"child": helper.create_workflow(workflow_type_id="child", enqueue=True)}
+
+
+def parent_then_store_fails(wf: Workflow) -> dict[str, str]:
+    engine = _PARENTS["flaky"]
+    cid = engine.create_workflow(workflow_type_id="child", enqueue=True)
+    engine.store.fail_next_completion = True  # type: ignore[attr-defined]
+    return {"child": cid}
+
+
+def test_a_child_enqueued_in_process_runs_even_if_its_engine_is_gone_or_the_parent_fails_to_record(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine = WorkflowEngine(database_url=url, redis_url="fakeredis://", is_async=False)
+    engine.register_handler("child", child)
+    engine.register_handler("parent", parent_with_its_own_engine)
+    engine.register_handler("flaky_parent", parent_then_store_fails)
+    _PARENTS.update(main=engine, flaky=engine)
+    parent = engine.create_workflow(workflow_type_id="parent", enqueue=True)
+    child_id = engine.get_workflow(parent).result["child"]  # type: ignore[index]
+    assert engine.get_workflow(child_id).status is S.COMPLETED
+
+    apply = engine.store.apply
+
+    def flaky_apply(changes: Any) -> Any:
+        if (
+            getattr(engine.store, "fail_next_completion", False)
+            and changes[0].changes.get("status") is S.COMPLETED
+        ):
+            engine.store.fail_next_completion = False  # type: ignore[attr-defined]
+            raise StoreUnavailable("the database went away for a moment")
+        return apply(changes)
+
+    engine.store.apply = flaky_apply  # type: ignore[method-assign]
+    flaky = engine.create_workflow(workflow_type_id="flaky_parent")
+    with pytest.raises(StoreUnavailable):
+        engine.enqueue_execution(flaky)  # the parent's completion failed, and says so
+    children = engine.list_workflows(workflow_type_id="child")
+    assert [wf.status for wf in children] == [S.COMPLETED, S.COMPLETED]  # its child ran all the same
+    engine.close()
 
 
 def test_in_process_retries_run_at_once_and_count_every_attempt(

@@ -216,6 +216,15 @@ def test_a_body_over_max_body_bytes_answers_413(engine: WorkflowEngine) -> None:
         environ_overrides={"wsgi.input_terminated": True},
     )
     assert_error(r, 413, "request_entity_too_large")
+    # The same with the header a chunked request carries: werkzeug then stops at the limit quietly.
+    r = client.post(
+        "/api/workflow_actions",
+        input_stream=io.BytesIO(raw),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert_error(r, 413, "request_entity_too_large")
     assert engine.list_workflows() == []
     small = {"workflow_type_id": "site", "inputs": {"x": "a" * 100}}
     assert client.post("/api/workflow_actions", json=small).status_code == 201

@@ -241,6 +241,30 @@ def test_a_claim_whose_reply_was_lost_after_its_commit_is_still_won(store: Store
     assert [e.to_status for e in store.events(wf.id)] == [S.PENDING, S.QUEUED, S.RUNNING]
 
 
+def test_a_landed_claim_is_still_won_when_a_cancel_request_came_in_between(store: Store) -> None:
+    wf = new()
+    store.insert([wf])
+    queued(store, wf, "job-1")
+    real_get = store.get
+
+    def get_after_a_cancel(workflow_id: str) -> Workflow | None:
+        store.compare_and_set(  # a user's cancel request lands before the store looks
+            workflow_id,
+            expected_status=S.RUNNING,
+            changes={"cancel_requested_at": utcnow(), "updated_at": utcnow()},
+            event=None,
+        )
+        return real_get(workflow_id)
+
+    with reply_lost_after_the_next_commit(store):
+        store.get = get_after_a_cancel  # type: ignore[method-assign]
+        try:
+            claimed = store.claim(wf.id, job_id="job-1", worker="w1", now=utcnow(), lease_until=lease())
+        finally:
+            del store.get
+    assert claimed is not None and claimed.cancel_requested_at is not None and claimed.attempts == 1
+
+
 def test_a_change_whose_reply_was_lost_after_its_commit_is_applied_once(store: Store) -> None:
     wf = new()
     store.insert([wf])

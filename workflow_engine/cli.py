@@ -109,14 +109,19 @@ def _metrics_options(func: F) -> F:
 
 
 class _Seconds(click.FloatRange):
-    """A finite number of seconds within bounds: NaN and infinity would crash a sleep or a timer."""
+    """A finite number of seconds within bounds: NaN and infinity would crash a sleep or a timer.
+    ``smallest``: the least value other than 0, so that a pause cannot become a busy loop."""
 
-    name = "seconds"
+    def __init__(self, *, min: float, max: float, min_open: bool = False, smallest: float = 0.0) -> None:
+        super().__init__(min=min, max=max, min_open=min_open)
+        self.smallest = smallest
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         seconds = super().convert(value, param, ctx)
         if not math.isfinite(seconds):
             self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        if 0 < seconds < self.smallest:
+            self.fail(f"{seconds:g} is less than {self.smallest:g} seconds", param, ctx)
         return seconds
 
 
@@ -271,9 +276,9 @@ def migrate(database_url: str, redis_url: str, queue_name: str) -> None:
 @_timing_options
 @click.option(
     "--every",
-    type=_Seconds(min=0, min_open=True, max=_DAY),
+    type=_Seconds(min=0, min_open=True, max=_DAY, smallest=0.1),
     default=None,
-    help="Run forever, every SECONDS (more than 0, at most a day); without it, run once.",
+    help="Run forever, every SECONDS (0.1 to a day); without it, run once.",
 )
 @_metrics_options
 @_errors
@@ -354,7 +359,7 @@ def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: st
 )
 @click.option(
     "--reconcile-every",
-    type=_Seconds(min=0, max=_DAY),
+    type=_Seconds(min=0, max=_DAY, smallest=0.1),
     default=10.0,
     show_default=True,
     help="Seconds between reconcile passes in this worker; 0 turns them off.",

@@ -539,9 +539,25 @@ class WorkflowEngine:
                     S.QUEUED.value,
                     "only failed or cancelled workflows can be requeued",
                 )
+            if wf.status is S.CANCELLED and self._cancelled_before_approval(wf):
+                raise InvalidTransition(
+                    wf.id,
+                    wf.status.value,
+                    S.QUEUED.value,
+                    "it was cancelled while awaiting its council's approval and was never approved; "
+                    "only its council's deciding vote can enqueue it",
+                )
             if self._queue(wf, detail="requeued", reset=True):
                 return self.get_workflow(workflow_id)
         raise InvalidTransition(workflow_id, None, S.QUEUED.value, "it kept changing while being requeued")
+
+    def _cancelled_before_approval(self, wf: Workflow) -> bool:
+        """Whether ``wf`` awaited its council's approval and was never approved: requeueing it
+        would run it without the vote it was created to wait for."""
+        events = self.store.events(wf.id)
+        awaited = any(e.to_status is S.AWAITING_APPROVAL for e in events)
+        approved = any(e.from_status is S.AWAITING_APPROVAL and e.to_status is S.QUEUED for e in events)
+        return awaited and not approved
 
     def _queue(self, wf: Workflow, *, detail: str, reset: bool = False) -> bool:
         """pending/failed/cancelled/queued -> queued with a new job, then deliver. False if we lost a race."""

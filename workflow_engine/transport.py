@@ -117,28 +117,29 @@ class Transport:
                 # without its Redis bookkeeping (0.6 ms a job, more than the whole engine).
                 # A job delivered while this thread runs one (a retry) runs after it, not inside
                 # it, so that a long retry budget cannot exhaust the stack.
-                jobs = [options(wf) for wf in workflows]
+                # The queue holds the engine too: an engine that exists only inside a handler must
+                # live until its job has run.
+                from .engine import _ENGINES
+
+                owner = _ENGINES.get(engine_key) if engine_key is not None else None
+                jobs = [(self, options(wf), owner) for wf in workflows]
                 running = getattr(_sync, "jobs", None)
                 if running is not None:
-                    running.extend((self, opts) for opts in jobs)
+                    running.extend(jobs)
                     return
-                _sync.jobs = deque((self, opts) for opts in jobs)
+                _sync.jobs = deque(jobs)
+                failure: BaseException | None = None
                 try:
                     while _sync.jobs:
-                        transport, opts = _sync.jobs.popleft()
-                        Job.create(
-                            run_workflow,
-                            connection=transport.connection,
-                            args=opts["args"],
-                            kwargs=opts["kwargs"],
-                            id=opts["job_id"],
-                            timeout=opts["timeout"],
-                            result_ttl=opts["result_ttl"],
-                            description=opts["description"],
-                            origin=transport.queue_name,
-                        ).perform()
+                        transport, opts, _owner = _sync.jobs.popleft()
+                        try:
+                            transport._perform(opts)
+                        except Exception as exc:  # a store failure: the others still run, then it is raised
+                            failure = failure or exc
                 finally:
                     _sync.jobs = None
+                if failure is not None:
+                    raise failure
                 return
             # One round trip for all, instead of RQ's two per job: RQ's bulk enqueue, into a
             # pipeline that is sent once (it also registers the queue once, not once a job).
@@ -153,6 +154,22 @@ class Transport:
                 "engine.reconcile() will deliver it once Redis is back",
                 workflow_ids=[wf.id for wf in workflows],
             ) from exc
+
+    def _perform(self, opts: dict[str, Any]) -> None:
+        """Sync mode: run one job's function here, as RQ's own sync queue would."""
+        from .execution import run_workflow
+
+        Job.create(
+            run_workflow,
+            connection=self.connection,
+            args=opts["args"],
+            kwargs=opts["kwargs"],
+            id=opts["job_id"],
+            timeout=opts["timeout"],
+            result_ttl=opts["result_ttl"],
+            description=opts["description"],
+            origin=self.queue_name,
+        ).perform()
 
     def job_statuses(self, job_ids: Sequence[str]) -> dict[str, bytes | None]:
         """Each job's RQ status (``b"queued"``, ``b"started"``, …), or None when Redis has no such job."""

@@ -449,9 +449,11 @@ class SQLStore(Store):
                 return self._changed(tx, q.CLAIM.strip(), params, event)
 
         def committed() -> Workflow | None:
-            wf = self.get(workflow_id)  # the claim stamps updated_at with ``now``, and this job's id
+            # The claim stamps heartbeat_at with ``now`` (updated_at too, but a cancel request may
+            # have stamped that since), and only this attempt's own heartbeats, not begun yet, move it.
+            wf = self.get(workflow_id)
             won = wf is not None and wf.status is WorkflowStatus.RUNNING and wf.job_id == job_id
-            return wf if won and wf is not None and wf.updated_at == now else None
+            return wf if won and wf is not None and wf.heartbeat_at == now else None
 
         return self._once_more(op, committed)
 

@@ -68,6 +68,8 @@ def _json_object(value: dict[str, Any]) -> dict[str, Any]:
             stack.extend((child, depth + 1) for child in item)
         elif isinstance(item, str):
             _text(item)
+            if "\x00" in item:
+                raise ValueError("must not contain NUL characters")
     return value
 
 
@@ -198,7 +200,13 @@ def json_body(model: type[M]) -> M:
             "invalid_json",
             f"send a JSON object with Content-Type: application/json (got {request.content_type or 'none'})",
         )
-    raw = request.get_data(cache=True)  # over max_body_bytes: werkzeug raises 413
+    raw = request.get_data(cache=True)  # over max_body_bytes with a Content-Length: werkzeug raises 413
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        # A chunked body is read up to the limit and no further, quietly: one that filled it was cut.
+        raise ApiError(
+            413, "request_entity_too_large", f"the body is at least {limit} bytes; the limit is {limit}"
+        )
     try:
         data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:

@@ -135,11 +135,13 @@ def _detail(wf: Workflow, *, notice: str | None = None, error: ApiError | None =
         council=council,
         votes=votes,
         voters=sorted(council.members, key=lambda m: (m in voted, m)) if council else [],
-        can_requeue=wf.status in (S.FAILED, S.CANCELLED),
+        can_requeue=wf.status is S.FAILED
+        or (wf.status is S.CANCELLED and not eng._cancelled_before_approval(wf)),
         can_cancel=wf.status in (S.PENDING, S.QUEUED, S.AWAITING_APPROVAL)
         or (wf.status is S.RUNNING and wf.cancel_requested_at is None),
         can_vote=wf.status is S.AWAITING_APPROVAL and council is not None,
-        refresh=wf.status in ACTIVE,
+        # Not on a refusal's page: it answers a POST, and a refresh would GET the action's URL.
+        refresh=wf.status in ACTIVE and error is None,
         notice=notice,
         error=error,
     )
