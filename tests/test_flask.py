@@ -704,3 +704,20 @@ def test_the_example_dashboard_runs_an_agents_workflow_end_to_end(dashboard: Any
         400,
         "validation_error",
     )
+
+
+def test_the_example_dashboard_answers_bad_input_with_400_and_survives_odd_savings(
+    dashboard: Any, tmp_path: Path
+) -> None:
+    app = dashboard.create_app(database_url=f"sqlite:///{tmp_path / 'dash.db'}")
+    client = app.test_client()
+    chat = {"message": "execute", "workflow_type_id": "website_creation", "inputs": {"x": "a\x00b"}}
+    assert_error(client.post("/api/agents/ava/chat", json=chat), 400, "invalid_input")
+    assert_error(
+        client.post(f"/api/agents/{'a' * 300}/chat", json={**chat, "inputs": {}}), 400, "invalid_input"
+    )
+    # Any client may store any JSON as savings through the extension's API: the page still renders.
+    odd = {"workflow_type_id": "website_creation", "calculated_savings": {"yearly_savings": "lots"}}
+    assert client.post("/api/workflow_actions", json={**odd, "enqueue": False}).status_code == 201
+    page = client.get("/")
+    assert page.status_code == 200 and "$n/a" in page.get_data(as_text=True)

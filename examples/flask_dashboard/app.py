@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workflow_engine import WorkflowEngine
 from workflow_engine.contrib.flask import WorkflowEngineFlask
+from workflow_engine.errors import InvalidInput
 
 HERE = Path(__file__).resolve().parent
 COUNCIL = "ops"
@@ -64,6 +65,14 @@ def create_app(*, database_url: str, redis_url: str | None = None) -> Flask:
     app = Flask(__name__, template_folder=str(HERE / "templates"))
     WorkflowEngineFlask(app, engine, url_prefix="/api", ui=True)
 
+    @app.template_global()
+    def money(value: object, places: int) -> str:
+        """A saving as a number with thousands separators; anything else (any client may store
+        any JSON through the API) as "n/a", never an error that takes the dashboard down."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "n/a" if value is not None else f"{0:,.{places}f}"
+        return f"{value:,.{places}f}"
+
     @app.get("/")
     def dashboard() -> ResponseReturnValue:
         return render_template(
@@ -91,14 +100,17 @@ def create_app(*, database_url: str, redis_url: str | None = None) -> Flask:
         from dashboard_handlers import calculated_savings
 
         savings = calculated_savings(msg.tasks_per_week, msg.minutes_per_task, msg.hourly_wage)
-        wid = engine.create_workflow(
-            workflow_type_id=msg.workflow_type_id,
-            created_by_agent=agent_id,
-            inputs=msg.inputs,
-            calculated_savings=savings,
-            assigned_council_id=COUNCIL,
-            requires_approval=True,
-        )
+        try:
+            wid = engine.create_workflow(
+                workflow_type_id=msg.workflow_type_id,
+                created_by_agent=agent_id,
+                inputs=msg.inputs,
+                calculated_savings=savings,
+                assigned_council_id=COUNCIL,
+                requires_approval=True,
+            )
+        except InvalidInput as exc:  # NaN, NUL, an agent id too long…: the client's mistake
+            return jsonify(error="invalid_input", message=str(exc), details=[]), 400
         reply = (
             f"Started {msg.workflow_type_id}: it saves {savings['hours_saved_per_week']:g} h a week "
             f"(${savings['weekly_savings']:,.2f} a week, ${savings['yearly_savings']:,.2f} a year). "
