@@ -135,7 +135,13 @@ class EngineStateMachine(RuleBasedStateMachine):
         try:
             self.engine.requeue(wid)
         except InvalidTransition:
-            assert self.engine.get_workflow(wid).status not in (S.FAILED, S.CANCELLED)
+            wf = self.engine.get_workflow(wid)
+            events = self.engine.get_events(wid)
+            never_approved = any(e.to_status is S.AWAITING_APPROVAL for e in events) and not any(
+                e.from_status is S.AWAITING_APPROVAL and e.to_status is S.QUEUED for e in events
+            )
+            # Only a failed or cancelled workflow is requeued, and never one its council did not approve.
+            assert wf.status not in (S.FAILED, S.CANCELLED) or (wf.status is S.CANCELLED and never_approved)
 
     @rule(wid=ids, status=st.sampled_from(list(S)))
     def update_status(self, wid: str, status: WorkflowStatus) -> None:
