@@ -118,6 +118,28 @@ def test_an_approved_workflow_that_failed_or_was_cancelled_can_be_requeued(engin
     assert engine.requeue(wid).status is S.COMPLETED
 
 
+def test_a_repeated_vote_that_differs_from_the_recorded_one_decides_nothing(engine: WorkflowEngine) -> None:
+    wid = gated(engine)
+    engine.vote(wid, voter_id="ana", approve=False)
+    engine.configure_council("c1", members=["ana", "bo", "cy"], quorum=1)  # ana's rejection is now a quorum
+    with pytest.raises(DuplicateVote):
+        engine.vote(wid, voter_id="ana", approve=True)  # not a retry of her vote: no decision
+    assert engine.get_workflow(wid).status is S.AWAITING_APPROVAL
+
+
+def test_enqueue_many_leaves_alone_a_workflow_its_council_approved() -> None:
+    engine = WorkflowEngine(
+        database_url="sqlite:///:memory:", redis_url="fakeredis://"
+    )  # async: it waits queued
+    engine.register_handler("site", run_it)
+    engine.configure_council("c1", members=["ana"], quorum=1)
+    wid = gated(engine)
+    engine.vote(wid, voter_id="ana", approve=True)
+    engine.enqueue_many([wid])  # already queued: left alone, as documented
+    assert engine.get_workflow(wid).status is S.QUEUED
+    engine.close()
+
+
 def test_a_voter_who_is_not_a_member_is_refused(engine: WorkflowEngine) -> None:
     wid = gated(engine)
     with pytest.raises(NotACouncilMember, match="'mallory' is not a member of council 'c1'"):

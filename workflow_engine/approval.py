@@ -89,8 +89,10 @@ def vote(
     outcome = engine.store.record_vote(vote, change=change, detail=detail)
     if outcome == "duplicate":
         # The earlier vote may have been recorded by a call that failed before it decided (the
-        # database or the process went away): a retry of that vote completes the decision.
-        decide(engine, wf.id, council)
+        # database or the process went away): a retry of that same vote completes the decision.
+        earlier = next((v for v in engine.store.votes(wf.id) if v.voter_id == voter_id), None)
+        if earlier is not None and earlier.approve == approve:
+            decide(engine, wf.id, council)
         raise DuplicateVote(
             f"{voter_id!r} has already voted on workflow {wf.id!r}; pass change=True to change the vote"
         )

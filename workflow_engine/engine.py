@@ -561,6 +561,7 @@ class WorkflowEngine:
 
     def _queue(self, wf: Workflow, *, detail: str, reset: bool = False) -> bool:
         """pending/failed/cancelled/queued -> queued with a new job, then deliver. False if we lost a race."""
+        self._recent.pop(wf.id, None)  # no longer as created: a later enqueue must read it
         [queued] = self.store.apply([self._queue_change(wf, detail=detail, reset=reset)])
         if queued is None:
             return False

@@ -8,6 +8,7 @@ inputs, results or credentials.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import secrets
 import threading
@@ -31,6 +32,8 @@ RESULT_TTL = 60
 TIMEOUT_GRACE = 15
 #: RQ job statuses that mean "this job will still run, or is running".
 LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled"})
+
+log = logging.getLogger("workflow_engine.transport")
 
 #: The sync-mode jobs this thread still has to perform, while it performs one (else None).
 _sync = threading.local()
@@ -135,6 +138,7 @@ class Transport:
                         try:
                             transport._perform(opts)
                         except Exception as exc:  # a store failure: the others still run, then it is raised
+                            log.exception("in-process job %s failed", opts["job_id"])
                             failure = failure or exc
                 finally:
                     _sync.jobs = None
