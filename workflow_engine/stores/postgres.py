@@ -145,9 +145,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                     with conn.transaction():  # BEGIN … COMMIT
                         yield _PgTx(conn)
         except psycopg.Error as exc:
-            if _unavailable(exc):
-                raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
-            raise StoreError(f"PostgreSQL failed: {_safe(exc)}") from exc
+            raise _store_error(exc) from exc
         except Exception as exc:
             if type(exc).__module__.startswith("psycopg_pool"):
                 raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
@@ -168,9 +166,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                     if held:
                         conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
         except psycopg.Error as exc:
-            if _unavailable(exc):
-                raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
-            raise StoreError(f"PostgreSQL failed: {_safe(exc)}") from exc
+            raise _store_error(exc) from exc
 
     def migrate(self) -> int:
         pool = self._get_pool()
@@ -185,9 +181,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {})[0]["version"])
                 version = self._apply_migrations(tx, current)
         except psycopg.Error as exc:
-            if _unavailable(exc):
-                raise StoreUnavailable(f"cannot migrate PostgreSQL: {_safe(exc)}") from exc
-            raise StoreError(f"cannot migrate PostgreSQL: {_safe(exc)}") from exc
+            raise _store_error(exc, "cannot migrate PostgreSQL") from exc
         self._migrated = True
         return version
 
@@ -229,15 +223,17 @@ _KEEPALIVES: dict[str, Any] = {
 }
 
 
-def _unavailable(exc: psycopg.Error) -> bool:
-    """Whether the server could not be reached or stopped serving (worth retrying later), as
-    opposed to a statement it refused: no SQLSTATE (the client lost the connection), or a
-    connection exception (08), insufficient resources (53) or an operator intervention (57P).
-    psycopg calls many refusals "operational" too: a deadlock, an index row too large."""
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
+def _store_error(exc: psycopg.Error, what: str | None = None) -> StoreError:
+    """The store's error for a driver error: StoreUnavailable when the server could not be
+    reached or stopped serving (worth retrying later), StoreError for a statement it refused.
+
+    Unavailable: no SQLSTATE (the client lost the connection), or a connection exception (08),
+    insufficient resources (53) or an operator intervention (57P). psycopg calls many refusals
+    "operational" too: a deadlock, an index row too large."""
     state = exc.sqlstate
-    return state is None or state.startswith(("08", "53", "57P"))
+    if isinstance(exc, psycopg.OperationalError) and (state is None or state.startswith(("08", "53", "57P"))):
+        return StoreUnavailable(f"{what or 'PostgreSQL is unavailable'}: {_safe(exc)}")
+    return StoreError(f"{what or 'PostgreSQL failed'}: {_safe(exc)}")
 
 
 def _safe(exc: BaseException) -> str:

@@ -51,6 +51,13 @@ def _text(value: str) -> str:
     return value
 
 
+def _storable(value: str) -> str:
+    """A key or string of a JSON object: Unicode text without NUL (a field's NO_NUL pattern)."""
+    if "\x00" in _text(value):
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:
     """Check a JSON object iteratively: its depth, and that every string is storable."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -60,16 +67,12 @@ def _json_object(value: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"must not be nested more than {MAX_DEPTH} levels deep")
         if isinstance(item, dict):
             for key, child in item.items():
-                _text(key)
-                if "\x00" in key:
-                    raise ValueError("must not contain NUL characters")
+                _storable(key)
                 stack.append((child, depth + 1))
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
         elif isinstance(item, str):
-            _text(item)
-            if "\x00" in item:
-                raise ValueError("must not contain NUL characters")
+            _storable(item)
     return value
 
 
