@@ -185,6 +185,79 @@ def test_a_handler_the_worker_cannot_import_fails_the_workflow_with_a_message_sa
 
 @pytest.mark.slow
 @pytest.mark.services
+@pytest.mark.parametrize(
+    ("kind", "extra_args", "extra_env", "preloaded"),
+    [
+        ("rq", [], {}, False),
+        ("rq", ["-c", "workflow_engine.rq_preload"], {"WORKFLOW_ENGINE_PRELOAD": "we_import_probe"}, True),
+        ("engine", ["--preload", "we_import_probe:record_pid", "--reconcile-every", "0"], {}, True),
+        ("engine", ["--reconcile-every", "0"], {"WORKFLOW_ENGINE_PRELOAD": "we_import_probe"}, True),
+    ],
+    ids=["rq-plain", "rq-preload-from-env", "engine-preload-option", "engine-preload-from-env"],
+)
+def test_a_preloaded_forking_worker_imports_the_handler_module_once_in_its_parent_not_in_each_work_horse(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    effects: Path,
+    engine: WorkflowEngine,
+    kind: str,
+    extra_args: list[str],
+    extra_env: dict[str, str],
+    preloaded: bool,
+) -> None:
+    engine.register_handler("probe", "we_import_probe:record_pid")
+    ids = submit_many(engine, "probe", 4)
+    worker = start_worker(
+        tmp_path,
+        redis_url=redis_server.url,
+        database_url=sqlite_url(tmp_path),
+        effects=effects,
+        kind=kind,
+        extra_args=[*extra_args, *(["--path", str(APPS)] if kind == "engine" else [])],
+        extra_env=extra_env,
+    )
+    try:
+        assert worker.wait(WORKER_TIMEOUT) == 0, worker.output()[-4000:]
+    finally:
+        worker.stop()
+
+    assert_each_completed_exactly_once(engine, effects, ids)
+    horses = {int(effects_of(effects, wid)[0].split()[2]) for wid in ids}
+    assert worker.proc.pid not in horses and len(horses) == 4, "each workflow ran in a work-horse of its own"
+    importers = [int(line.split()[1]) for line in (effects / "imports").read_text().splitlines()]
+    if preloaded:
+        assert importers == [worker.proc.pid], "imported once, by the worker before it forked"
+    else:
+        assert sorted(importers) == sorted(horses), "a plain worker's every work-horse imports it again"
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_a_worker_told_to_preload_a_module_it_cannot_import_stops_at_once_saying_why(
+    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
+) -> None:
+    engine.register_handler("untouched", f"{HANDLERS}:noop")
+    [wid] = submit_many(engine, "untouched", 1)
+    for extra_args in (["--preload", "we_no_such_module"], ["--preload", "we_import_probe:not_a_function"]):
+        worker = start_worker(
+            tmp_path,
+            redis_url=redis_server.url,
+            database_url=sqlite_url(tmp_path),
+            kind="engine",
+            extra_args=[*extra_args, "--path", str(APPS)],
+        )
+        try:
+            code = worker.wait(WORKER_TIMEOUT)
+        finally:
+            worker.stop()
+        output = worker.output()
+        assert code == 1, output
+        assert f"Error: cannot preload {extra_args[1]!r}" in output and "Traceback" not in output, output
+    assert engine.get_workflow(wid).status is S.QUEUED, "the worker took no job"
+
+
+@pytest.mark.slow
+@pytest.mark.services
 def test_a_handler_that_always_raises_fails_after_one_plus_max_retries_attempts_on_a_stock_worker(
     tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
 ) -> None:

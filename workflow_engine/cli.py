@@ -373,6 +373,14 @@ def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: st
     show_default=True,
     help="Put this directory first on the import path, so handlers in the app can be imported (repeatable).",
 )
+@click.option(
+    "--preload",
+    "preloads",
+    multiple=True,
+    metavar="MODULE",
+    help="Import this module (or handler path) before forking, so that work-horses find the app loaded "
+    "(repeatable, or comma-separated; default: $WORKFLOW_ENGINE_PRELOAD).",
+)
 @_metrics_options
 @_errors
 def worker(
@@ -381,6 +389,7 @@ def worker(
     reconcile_every: float,
     name: str | None,
     paths: tuple[str, ...],
+    preloads: tuple[str, ...],
     metrics_port: int | None,
     metrics_host: str,
     **options: Any,
@@ -393,15 +402,20 @@ def worker(
     \b
     Example:
       WORKFLOW_ENGINE_DATABASE_URL=sqlite:////srv/app/workflows.db workflow-engine worker
+      workflow-engine worker --path /srv/app --preload myapp.workflows
       workflow-engine worker --metrics-port 9108
     """
     from .execution import set_worker_engine
+    from .handlers import preload_handlers
     from .workers import SimpleWorkflowWorker, WorkflowWorker
 
     for path in reversed(paths):
         sys.path.insert(0, os.path.abspath(path))
     with ExitStack() as stack:
         engine = _make_engine(**options)
+        names = [n for value in preloads for n in value.replace(",", " ").split()] or config.preload_names()
+        if names:  # before the metrics and the reconcile thread: a wrong name stops here, at once
+            log.info("preloaded %s", ", ".join(preload_handlers(names)))
         if metrics_port is not None:
             _serve_metrics(stack, engine, metrics_port, metrics_host, forking=True)
         set_worker_engine(engine)

@@ -28,6 +28,8 @@ ENVIRONMENT: dict[str, str] = {
     f"(default {DEFAULT_HEARTBEAT_INTERVAL:g})",
     "WORKFLOW_ENGINE_STALE_AFTER": "seconds without a heartbeat before reconcile recovers a running workflow "
     f"(default {DEFAULT_STALE_AFTER:g})",
+    "WORKFLOW_ENGINE_PRELOAD": "modules (or handler paths) a worker imports before it forks, "
+    "comma-separated: read by `rq worker -c workflow_engine.rq_preload` and `workflow-engine worker`",
     # read by the CLI only
     "WORKFLOW_ENGINE_LOG_FORMAT": "CLI log format: text or json (default text)",
     "WORKFLOW_ENGINE_LOG_LEVEL": "CLI log level (default INFO)",
@@ -56,6 +58,12 @@ class Settings:
             ),
             stale_after=_seconds(env, "WORKFLOW_ENGINE_STALE_AFTER", DEFAULT_STALE_AFTER),
         )
+
+
+def preload_names(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The modules or handler paths ``WORKFLOW_ENGINE_PRELOAD`` names (comma- or space-separated)."""
+    env = os.environ if environ is None else environ
+    return [name for name in env.get("WORKFLOW_ENGINE_PRELOAD", "").replace(",", " ").split() if name]
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import traceback as tb
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -67,16 +67,25 @@ def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
         return _worker_engine
 
 
-def preload() -> WorkflowEngine:
-    """Build this process's worker engine now and open its database, before a worker forks.
+def preload(modules: Iterable[str] | None = None) -> WorkflowEngine:
+    """Build this process's worker engine now, open its database, and import the app's handlers.
 
-    A forking ``rq worker`` imports the job's module in each work-horse; done once
-    in the parent instead, every horse inherits the loaded package and the engine
-    (connections are reopened per process). ``rq worker -c workflow_engine.rq_preload``
-    calls this.
+    A forking ``rq worker`` imports the job's module in each work-horse; done once in the
+    parent instead, every horse inherits the loaded package, the engine (connections are
+    reopened per process) and the handler modules, with everything they import.
+    ``modules`` are module names or handler paths (``myapp.workflows`` or
+    ``myapp.workflows:create_website``); None reads them from ``WORKFLOW_ENGINE_PRELOAD``
+    (comma-separated). One that cannot be imported raises ConfigurationError.
+    ``rq worker -c workflow_engine.rq_preload`` calls this.
     """
+    from . import config
+    from .handlers import preload_handlers
+
     engine = worker_engine()
     engine.store.migrate()
+    names = config.preload_names() if modules is None else list(modules)
+    if names:
+        log.info("preloaded %s", ", ".join(preload_handlers(names)))
     return engine
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidInput, UnknownWorkflowType
+from .errors import ConfigurationError, InvalidInput, UnknownWorkflowType
 from .models import Workflow
 
 HandlerFunc = Callable[[Workflow], Any]
@@ -110,3 +110,33 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
         raise UnknownWorkflowType(workflow_type_id, f"{path!r} is not callable")
     handler: HandlerFunc = obj
     return handler
+
+
+def preload_handlers(names: Iterable[str]) -> list[str]:
+    """Import each module (``package.module``) or handler (``package.module:function``) now.
+
+    A forking worker calls this before it forks, so that its work-horses find the app's
+    handler modules, and everything they import, already loaded. A name that cannot be
+    imported raises ConfigurationError at once, instead of failing each workflow later.
+    Returns the module names imported.
+    """
+    imported = []
+    for name in names:
+        module_name, sep, attr = name.strip().partition(":")
+        if not module_name or (sep and not attr):
+            raise ConfigurationError(
+                f"cannot preload {name!r}: use 'package.module' or 'package.module:function'"
+            )
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split(".") if attr else ():
+                obj = getattr(obj, part)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot preload {name!r}: {type(exc).__name__}: {exc}; start the worker where it can "
+                "import that module (--path <app dir>)"
+            ) from exc
+        if attr and not callable(obj):
+            raise ConfigurationError(f"cannot preload {name!r}: it is not callable")
+        imported.append(module_name)
+    return imported
