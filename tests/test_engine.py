@@ -614,6 +614,122 @@ def test_a_detail_or_reason_that_is_not_text_is_refused(workflow_engine: Workflo
     assert workflow_engine.get_workflow(wid).status is S.PENDING
 
 
+LONE_SURROGATE = "id\ud800"
+
+
+def test_a_lookup_by_an_id_no_store_could_hold_finds_nothing_on_every_store(
+    async_engine: WorkflowEngine,
+) -> None:
+    """A lone surrogate, a NUL or an overlong id cannot name a workflow: not found, never a driver error."""
+    async_engine.configure_council("council", members=["ann"], quorum=1)
+    for wid in (LONE_SURROGATE, "a\x00b", "x" * 300):
+        for call in (
+            async_engine.get_workflow,
+            async_engine.get_events,
+            async_engine.tally,
+            async_engine.requeue,
+            async_engine.enqueue_execution,
+            async_engine.cancel,
+            lambda w: async_engine.enqueue_many([w]),
+            lambda w: async_engine.update_status(w, "cancelled"),
+            lambda w: async_engine.vote(w, voter_id="ann", approve=True),
+        ):
+            with pytest.raises(WorkflowNotFound):
+                call(wid)
+        assert async_engine.get_council(wid) is None
+
+
+def test_free_text_that_is_not_unicode_is_refused_before_anything_is_written(
+    async_engine: WorkflowEngine,
+) -> None:
+    async_engine.register_handler("double", double)
+    wid = create(async_engine)
+    with pytest.raises(InvalidInput, match="reason must be valid Unicode"):
+        async_engine.cancel(wid, reason=LONE_SURROGATE)
+    with pytest.raises(InvalidInput, match="detail must be valid Unicode"):
+        async_engine.update_status(wid, "awaiting_approval", detail=LONE_SURROGATE)
+    async_engine.configure_council("council", members=["ann"], quorum=1)
+    gated = async_engine.create_workflow(
+        workflow_type_id="double", requires_approval=True, assigned_council_id="council"
+    )
+    with pytest.raises(InvalidInput, match="comment must be valid Unicode"):
+        async_engine.vote(gated, voter_id="ann", approve=True, comment=LONE_SURROGATE)
+    with pytest.raises(InvalidInput, match="change must be true or false"):
+        async_engine.vote(gated, voter_id="ann", approve=True, change="no")  # type: ignore[arg-type]
+    assert async_engine.get_workflow(wid).status is S.PENDING
+    assert async_engine.tally(gated).votes == []
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda e: e.enqueue_many(None), "workflow_ids must be a list of workflow ids"),
+        (lambda e: e.enqueue_many([["x"]]), "workflow ids must be strings"),
+        (lambda e: e.create_workflows(None), "workflows must be a list of mappings"),
+        (lambda e: e.create_workflows({"workflow_type_id": "t"}), "workflows must be a list of mappings"),
+        (lambda e: e.list_workflows(before="x"), "before must be the last Workflow of a page"),
+        (lambda e: e.reconcile(batch_size=2**64), "batch_size must be an integer from 1 to 10000"),
+        (lambda e: e.reconcile(batch_size=None), "batch_size must be an integer"),
+        (lambda e: e.create_workflow(workflow_type_id="t", inputs=_deep(100_000)), "nested too deeply"),
+        (
+            lambda e: e.register_handler("t", double, max_retries=2**63),
+            "max_retries must be an integer from 0",
+        ),
+        (lambda e: e.register_handler("t", double, timeout=1e300), "timeout must be a number of seconds"),
+        (lambda e: e.register_handler("t", double, retry_backoff=1e300), "retry_backoff must be a number"),
+        (lambda e: e.register_handler("t", ":"), "must look like 'package.module:function'"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_arguments_of_the_wrong_type_or_size_raise_invalid_input_not_a_python_error(
+    workflow_engine: WorkflowEngine, call: Any, message: str
+) -> None:
+    workflow_engine.register_handler("t", double)
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        call(workflow_engine)
+    assert workflow_engine.list_workflows() == []
+
+
+def _deep(depth: int) -> dict[str, Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return {"deep": value}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"heartbeat_interval": 1, "stale_after": 1e300},
+            "stale_after must be a number of seconds > 0 and at most",
+        ),
+        ({"is_async": "no"}, "is_async must be true or false"),
+    ],
+)
+def test_engine_settings_out_of_range_are_refused_at_construction(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(WorkflowEngineError, match=re.escape(message)):
+        WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://", **kwargs)
+
+
+def test_a_handler_with_a_million_retries_backs_off_at_the_cap_without_overflowing() -> None:
+    wf = Workflow(
+        id="w",
+        workflow_type_id="t",
+        status=S.RUNNING,
+        attempts=5000,
+        max_retries=1_000_000,
+        max_attempts=1_000_001,
+        retry_backoff=1.0,
+        inputs={},
+        created_at=utcnow(),
+        updated_at=utcnow(),
+    )
+    assert recovery.MAX_RETRY_DELAY / 2 <= recovery.retry_delay(wf) <= recovery.MAX_RETRY_DELAY
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

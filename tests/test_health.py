@@ -169,3 +169,18 @@ def test_an_unreachable_database_fails_its_check_and_skips_those_that_need_it(tm
         "failure_rate": "skip",
     }
     assert not report.healthy and report.failing == ["database", "workers"]
+
+
+@pytest.mark.parametrize(
+    "thresholds",
+    [{"window": 1e12}, {"window": float("nan")}, {"max_queued_age": "300"}, {"max_failure_rate": 1.5}],
+    ids=["window-past-ten-years", "window-nan", "age-as-text", "rate-above-one"],
+)
+def test_check_health_refuses_thresholds_out_of_range_with_invalid_input(
+    thresholds: dict[str, object],
+) -> None:
+    from workflow_engine.errors import InvalidInput
+
+    engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://")
+    with pytest.raises(InvalidInput, match=re.escape(next(iter(thresholds))) + " must be a number from 0 to"):
+        check_health(engine, **thresholds)  # type: ignore[arg-type]

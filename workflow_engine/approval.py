@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .errors import (
@@ -13,7 +14,7 @@ from .errors import (
     NotACouncilMember,
     QueueUnavailable,
 )
-from .handlers import check_id
+from .handlers import check_id, check_text
 from .models import Council, Tally, Vote, log_extra, utcnow
 from .status import WorkflowStatus
 
@@ -24,7 +25,9 @@ log = logging.getLogger("workflow_engine")
 S = WorkflowStatus
 
 
-def configure_council(engine: WorkflowEngine, council_id: str, *, members: list[str], quorum: int) -> Council:
+def configure_council(
+    engine: WorkflowEngine, council_id: str, *, members: Sequence[str], quorum: int
+) -> Council:
     """Create or replace a council.
 
     ``quorum`` approvals approve a workflow; ``quorum`` rejections reject it.
@@ -63,8 +66,9 @@ def vote(
         raise InvalidInput("voter_id must be a non-empty string")
     if not isinstance(approve, bool):
         raise InvalidInput(f"approve must be true or false, got {approve!r}")
-    if comment is not None and not isinstance(comment, str):
-        raise InvalidInput("comment must be a string or None")
+    if not isinstance(change, bool):
+        raise InvalidInput(f"change must be true or false, got {change!r}")
+    check_text("comment", comment)
     check_id("voter_id", voter_id)
     if comment and "\x00" in comment:
         raise InvalidInput("comment must not contain NUL characters")

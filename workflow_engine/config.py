@@ -17,6 +17,9 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "workflows"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_STALE_AFTER = 30.0
+#: The longest span of seconds the engine takes for a timing, a timeout or a backoff: ten years.
+#: Past it, datetime arithmetic overflows.
+MAX_SECONDS = 10 * 365 * 86400.0
 
 #: Every environment variable the package reads, with what it sets.
 ENVIRONMENT: dict[str, str] = {
@@ -85,9 +88,12 @@ def check_timing(heartbeat_interval: float, stale_after: float) -> None:
             isinstance(value, bool)
             or not isinstance(value, (int, float))
             or not math.isfinite(value)
-            or value <= 0
+            or not 0 < value <= MAX_SECONDS
         ):
-            raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+            raise ConfigurationError(
+                f"{name} must be a number of seconds > 0 and at most {MAX_SECONDS:.0f} (ten years), "
+                f"got {value!r}"
+            )
     if stale_after < 2 * heartbeat_interval:
         raise ConfigurationError(
             f"stale_after ({stale_after:g} s) must be at least twice heartbeat_interval "

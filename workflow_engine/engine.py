@@ -24,7 +24,16 @@ from .errors import (
     UnknownWorkflowType,
     WorkflowNotFound,
 )
-from .handlers import HandlerFunc, HandlerSpec, check_id, import_handler, path_of, validate_type_id
+from .handlers import (
+    HandlerFunc,
+    HandlerSpec,
+    check_id,
+    check_text,
+    import_handler,
+    path_of,
+    storable_id,
+    validate_type_id,
+)
 from .models import (
     Council,
     ReconcileReport,
@@ -43,7 +52,7 @@ from .transport import Transport, connect, new_job_id
 
 log = logging.getLogger("workflow_engine")
 S = WorkflowStatus
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[[Workflow], Any])
 Listener = Callable[[Workflow, "WorkflowStatus | None"], None]
 
 #: Engines alive in this process, by key, so an in-process job can find the engine that enqueued it.
@@ -87,6 +96,8 @@ class WorkflowEngine:
     ) -> None:
         if not isinstance(queue_name, str) or not queue_name.strip():
             raise InvalidInput(f"queue_name must be a non-empty string, got {queue_name!r}")
+        if not isinstance(is_async, bool):
+            raise InvalidInput(f"is_async must be true or false, got {is_async!r}")
         config.check_timing(heartbeat_interval, stale_after)
         self.database_url = database_url
         self.redis_url = redis_url
@@ -174,7 +185,8 @@ class WorkflowEngine:
     ) -> HandlerSpec:
         """Register a handler by import path (``"package.module:function"``) or by function."""
         if isinstance(handler, str):
-            if ":" not in handler and "." not in handler:
+            module, _, attr = handler.partition(":") if ":" in handler else handler.rpartition(".")
+            if not module.strip() or not attr.strip():
                 raise InvalidInput(f"handler path {handler!r} must look like 'package.module:function'")
             path, func = handler, None
         elif callable(handler):
@@ -248,6 +260,8 @@ class WorkflowEngine:
         ``enqueue=True`` they are recorded ``queued`` in that transaction and their
         jobs go to Redis in one pipeline, as :meth:`create_workflow` does with it.
         """
+        if isinstance(workflows, (str, bytes, Mapping)) or not isinstance(workflows, Iterable):
+            raise InvalidInput(f"workflows must be a list of mappings, got {type(workflows).__name__}")
         built = []
         for i, item in enumerate(workflows):
             if not isinstance(item, Mapping):
@@ -375,8 +389,8 @@ class WorkflowEngine:
 
     def get_workflow(self, workflow_id: str) -> Workflow:
         """The workflow with that id; WorkflowNotFound if there is none."""
-        if not isinstance(workflow_id, str):
-            raise WorkflowNotFound(str(workflow_id))
+        if not storable_id(workflow_id):  # not a string, or text no store could hold: no such workflow
+            raise WorkflowNotFound(workflow_id if isinstance(workflow_id, str) else str(workflow_id))
         wf = self.store.get(workflow_id)
         if wf is None:
             raise WorkflowNotFound(workflow_id)
@@ -405,12 +419,14 @@ class WorkflowEngine:
                 if not isinstance(value, str):
                     raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
                 filters[name] = check_id(name, value)
+        if before is not None and not isinstance(before, Workflow):
+            raise InvalidInput(f"before must be the last Workflow of a page, got {type(before).__name__}")
         cursor = (before.created_at, before.id) if before is not None else None
         return self.store.find(limit=limit, filters=filters, cursor=cursor)
 
     def get_events(self, workflow_id: str) -> list[WorkflowEvent]:
         """The audit trail, oldest first: one event per status change, plus notes such as redeliveries."""
-        events = self.store.events(workflow_id)
+        events = self.store.events(workflow_id) if storable_id(workflow_id) else []
         if not events:
             self.get_workflow(workflow_id)  # raises WorkflowNotFound
         return events
@@ -598,9 +614,16 @@ class WorkflowEngine:
         so a bad one writes nothing. Already queued workflows are left alone. In sync mode
         each runs before this returns, as with :meth:`enqueue_execution`.
         """
-        if isinstance(workflow_ids, (str, bytes)):
-            raise InvalidInput("workflow_ids must be a list of workflow ids, not one string")
-        ids = list(dict.fromkeys(workflow_ids))
+        if isinstance(workflow_ids, (str, bytes)) or not isinstance(workflow_ids, Iterable):
+            got = type(workflow_ids).__name__
+            raise InvalidInput(f"workflow_ids must be a list of workflow ids, got {got}")
+        ids = list(workflow_ids)
+        for wid in ids:
+            if not isinstance(wid, str):
+                raise InvalidInput(f"workflow ids must be strings, got {type(wid).__name__}")
+            if not storable_id(wid):
+                raise WorkflowNotFound(wid)
+        ids = list(dict.fromkeys(ids))
         # Workflows this engine just created need no read: the compare-and-set checks them anyway.
         found = {wid: wf for wid in ids if (wf := self._recent.pop(wid, None)) is not None}
         missing = [wid for wid in ids if wid not in found]
@@ -644,9 +667,7 @@ class WorkflowEngine:
         handler that returns normally anyway (a ``SimpleWorker`` cannot be
         interrupted) ends ``completed``, since its work was done.
         """
-        if reason is not None and not isinstance(reason, str):
-            raise InvalidInput(f"reason must be a string or None, got {type(reason).__name__}")
-        reason = without_nul(reason)
+        reason = without_nul(check_text("reason", reason))
         detail = f"cancelled: {reason}" if reason else "cancelled"
         for _ in range(_RACE_RETRIES):
             wf = self.get_workflow(workflow_id)
@@ -689,8 +710,7 @@ class WorkflowEngine:
         the same rules as those methods; other targets are recorded as given.
         """
         target = WorkflowStatus.parse(status)
-        if detail is not None and not isinstance(detail, str):
-            raise InvalidInput(f"detail must be a string or None, got {type(detail).__name__}")
+        check_text("detail", detail)
         if target is S.QUEUED:
             wf = self.get_workflow(workflow_id)
             if wf.status in (S.FAILED, S.CANCELLED):
@@ -730,7 +750,7 @@ class WorkflowEngine:
         return analytics.compute_stats(self, since)
 
     # -- council approval --------------------------------------------------
-    def configure_council(self, council_id: str, *, members: list[str], quorum: int) -> Council:
+    def configure_council(self, council_id: str, *, members: Sequence[str], quorum: int) -> Council:
         """Create or replace a council.
 
         ``quorum`` approvals approve a workflow; ``quorum`` rejections reject it.
@@ -738,7 +758,7 @@ class WorkflowEngine:
         return approval.configure_council(self, council_id, members=members, quorum=quorum)
 
     def get_council(self, council_id: str) -> Council | None:
-        return self.store.get_council(council_id)
+        return self.store.get_council(council_id) if storable_id(council_id) else None
 
     def vote(
         self,
@@ -777,8 +797,11 @@ class WorkflowEngine:
 
         Every change is a compare-and-set, so two reconcilers never both act on one workflow;
         on PostgreSQL they also take turns under an advisory lock (a pass that finds the lock
-        taken does nothing and reports nothing).
+        taken does nothing and reports nothing). ``batch_size`` (1 to 10,000) is how many
+        workflows each query takes at a time.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
+            raise InvalidInput(f"batch_size must be an integer from 1 to 10000, got {batch_size!r}")
         with self.store.exclusive("workflow_engine.reconcile") as mine:
             if not mine:
                 return ReconcileReport()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .config import MAX_SECONDS
 from .errors import ConfigurationError, InvalidInput, UnknownWorkflowType
 from .models import Workflow
 
@@ -36,18 +37,29 @@ class HandlerSpec:
         if (
             isinstance(self.max_retries, bool)
             or not isinstance(self.max_retries, int)
-            or self.max_retries < 0
+            or not 0 <= self.max_retries <= MAX_RETRIES
         ):
-            raise InvalidInput(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
-        if not _is_number(self.retry_backoff) or self.retry_backoff < 0:
-            raise InvalidInput(f"retry_backoff must be a number of seconds >= 0, got {self.retry_backoff!r}")
-        if self.timeout is not None and (not _is_number(self.timeout) or self.timeout <= 0):
-            raise InvalidInput(f"timeout must be a number of seconds > 0 or None, got {self.timeout!r}")
+            raise InvalidInput(
+                f"max_retries must be an integer from 0 to {MAX_RETRIES:,}, got {self.max_retries!r}"
+            )
+        if not _is_number(self.retry_backoff) or not 0 <= self.retry_backoff <= MAX_SECONDS:
+            raise InvalidInput(
+                f"retry_backoff must be a number of seconds from 0 to {MAX_SECONDS:.0f}, "
+                f"got {self.retry_backoff!r}"
+            )
+        if self.timeout is not None and (not _is_number(self.timeout) or not 0 < self.timeout <= MAX_SECONDS):
+            raise InvalidInput(
+                f"timeout must be a number of seconds > 0 and at most {MAX_SECONDS:.0f}, or None, "
+                f"got {self.timeout!r}"
+            )
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
+
+#: The most retries a handler may ask for: far more than any backoff needs, and far from overflow.
+MAX_RETRIES = 1_000_000
 
 #: The longest identifier the engine stores (a type, an agent, a key, a council, a voter). They are
 #: indexed, and PostgreSQL refuses an index entry over about 2.7 kB.
@@ -64,6 +76,30 @@ def check_id(name: str, value: str) -> str:
         raise InvalidInput(f"{name} must be valid Unicode text: {exc.reason} at {exc.start}") from None
     if len(value) > MAX_ID_LENGTH:
         raise InvalidInput(f"{name} must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
+    return value
+
+
+def storable_id(value: object) -> bool:
+    """True if ``value`` could be a stored identifier; a lookup by any other value finds nothing."""
+    if not isinstance(value, str):
+        return False
+    try:
+        check_id("id", value)
+    except InvalidInput:
+        return False
+    return True
+
+
+def check_text(name: str, value: str | None) -> str | None:
+    """Refuse free text (a reason, a detail, a comment) that is not a string or not valid Unicode."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string or None, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} must be valid Unicode text: {exc.reason} at {exc.start}") from None
     return value
 
 

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from .config import MAX_SECONDS
+from .errors import InvalidInput
 from .models import utcnow
 
 if TYPE_CHECKING:
@@ -66,6 +68,9 @@ def check_health(
 ) -> HealthReport:
     """Run every check; none raises. Healthy only when every check is ``ok``.
 
+    Thresholds out of range raise InvalidInput before any check runs: seconds from 0 to ten
+    years, a failure rate from 0 to 1.
+
     - ``database``: the statistics query answers;
     - ``redis``: Redis answers PING;
     - ``workers``: at least one RQ worker is registered on the engine's queue;
@@ -73,6 +78,13 @@ def check_health(
     - ``failure_rate``: of the workflows created in the last ``window`` seconds that finished,
       the failed share is at most ``max_failure_rate``.
     """
+    for name, value, top in (
+        ("max_queued_age", max_queued_age, MAX_SECONDS),
+        ("max_failure_rate", max_failure_rate, 1.0),
+        ("window", window, MAX_SECONDS),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= top:
+            raise InvalidInput(f"{name} must be a number from 0 to {top:g}, got {value!r}")
     checks: list[Check] = []
     since = utcnow() - timedelta(seconds=window)
     try:

@@ -40,6 +40,8 @@ def to_json(value: Any, what: str) -> str:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{what} must be JSON-serialisable: {exc}") from exc
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply to serialise as JSON") from None
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise InvalidInput(f"{what} must not contain NUL characters (\\u0000): PostgreSQL cannot store them")
     if "\\ud" in text or "\\uD" in text:  # a surrogate escape: a pair (fine) or a lone one (not Unicode)

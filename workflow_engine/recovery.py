@@ -44,7 +44,7 @@ def retry_delay(wf: Workflow) -> float:
         return 0.0
     first_of_budget = wf.max_attempts - wf.max_retries  # max_attempts = attempts so far + 1 + max_retries
     n = max(wf.attempts - first_of_budget + 1, 1)
-    delay = min(wf.retry_backoff * 2 ** (n - 1), MAX_RETRY_DELAY)
+    delay = min(wf.retry_backoff * 2.0 ** min(n - 1, 64), MAX_RETRY_DELAY)  # 2**64: far past the cap
     return float(delay / 2 + random.uniform(0, delay / 2))
 
 
