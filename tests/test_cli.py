@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from workflow_engine import WorkflowEngine, WorkflowStatus, display
 from workflow_engine.cli import main
+from workflow_engine.stores import open_store
 
 from support import free_port
 
@@ -32,7 +33,10 @@ def run(*args: str) -> Outcome:
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'cli.db'}"
+    """A SQLite file with the schema, as the web process or `workflow-engine migrate` leaves it."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    open_store(url).migrate()
+    return url
 
 
 @pytest.fixture
@@ -358,3 +362,29 @@ def test_log_level_hides_less_severe_records(engine: WorkflowEngine, db: str) ->
     wid = engine.create_workflow(workflow_type_id="ok")
     out = run("--log-level", "warning", "cancel", wid, *on(db))
     assert out.code == 0 and out.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["show", "x"],
+        ["stats"],
+        ["health"],
+        ["enqueue", "x"],
+        ["requeue", "x"],
+        ["cancel", "x"],
+        ["reconcile"],
+    ],
+)
+def test_a_command_on_a_sqlite_file_that_does_not_exist_says_so_and_creates_nothing(
+    tmp_path: Path, args: list[str]
+) -> None:
+    typo = tmp_path / "workflow.db"  # the real one would be workflows.db
+    out = run(*args, "--database-url", f"sqlite:///{typo}", "--redis-url", "fakeredis://")
+    assert out.code == 1
+    assert out.stderr.strip().splitlines() == [
+        f"Error: no database file at {typo}: check --database-url or WORKFLOW_ENGINE_DATABASE_URL "
+        "(`workflow-engine migrate` creates a new one)"
+    ]
+    assert not typo.exists()

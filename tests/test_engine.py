@@ -614,6 +614,61 @@ def test_a_detail_or_reason_that_is_not_text_is_refused(workflow_engine: Workflo
     assert workflow_engine.get_workflow(wid).status is S.PENDING
 
 
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("we_no_such_module:run", ["no module named 'we_no_such_module'", "--path", "register_handler"]),
+        ("we_test_handlers:nope", ["module 'we_test_handlers' has no 'nope'", "register_handler"]),
+        ("we_broken_module:run", ["importing its module raised FileNotFoundError", "/nonexistent/"]),
+    ],
+    ids=["missing-module", "missing-function", "module-raises-on-import"],
+)
+def test_a_handler_that_cannot_be_imported_fails_at_once_saying_why_with_a_warning_and_the_traceback(
+    workflow_engine: WorkflowEngine, path: str, says: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    workflow_engine.register_handler("report", path, max_retries=3)
+    wid = workflow_engine.create_workflow(workflow_type_id="report", enqueue=True)
+    wf = workflow_engine.get_workflow(wid)
+    assert wf.status is S.FAILED and wf.attempts == 1, "retrying cannot fix an import"
+    assert wf.error is not None and wf.error.startswith(
+        f"cannot import handler {path!r} for workflow type 'report'"
+    )
+    for text in says:
+        assert text in wf.error, wf.error
+    assert "no handler is registered" not in wf.error, "it was registered: the worker cannot import it"
+    assert wf.traceback is not None and "in import_handler" in wf.traceback
+    warnings = [
+        r for r in caplog.records if r.levelname == "WARNING" and r.name == "workflow_engine.execution"
+    ]
+    assert [r.getMessage() for r in warnings] == [f"attempt 1 failed: {wf.error}"]
+
+
+def test_a_worker_on_the_wrong_database_fails_the_job_saying_so_instead_of_dropping_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stock worker started without the web process's WORKFLOW_ENGINE_DATABASE_URL opens another
+    database: its jobs' workflows are not there. RQ must see the job fail, with the reason."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORKFLOW_ENGINE_DATABASE_URL", raising=False)
+    execution.set_worker_engine(None)
+    try:
+        with pytest.raises(WorkflowNotFound) as caught:
+            execution.run_workflow("f00d", "we_test_handlers:noop", "f00d-1")
+        wrong = tmp_path / "workflows.db"
+        assert str(caught.value) == (
+            f"job f00d-1 names workflow 'f00d', which is not in this worker's database, sqlite:///{wrong}: "
+            "does the worker have the web process's WORKFLOW_ENGINE_DATABASE_URL?"
+        )
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warnings[0].startswith("WORKFLOW_ENGINE_DATABASE_URL is not set: this worker uses the default")
+        assert warnings[1] == str(caught.value)
+    finally:
+        engine = execution._worker_engine
+        if engine is not None:
+            engine.close()
+        execution.set_worker_engine(None)
+
+
 LONE_SURROGATE = "id\ud800"
 
 

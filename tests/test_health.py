@@ -17,6 +17,7 @@ from workflow_engine import WorkflowEngine, WorkflowStatus
 from workflow_engine.cli import main
 from workflow_engine.health import check_health
 from workflow_engine.models import utcnow
+from workflow_engine.stores import open_store
 
 from support import BIN, RedisServer, free_port, start_worker, wait_for
 
@@ -25,7 +26,10 @@ S = WorkflowStatus
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'health.db'}"
+    """A SQLite file with the schema, as the web process or `workflow-engine migrate` leaves it."""
+    url = f"sqlite:///{tmp_path / 'health.db'}"
+    open_store(url).migrate()
+    return url
 
 
 def health(*args: str) -> tuple[int, dict[str, str]]:

@@ -29,6 +29,7 @@ from . import config, display, health, logs
 from .engine import WorkflowEngine
 from .errors import ConfigurationError, QueueUnavailable, WorkflowEngineError
 from .models import Workflow
+from .stores.urls import parse_database_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("workflow_engine.cli")
@@ -148,7 +149,17 @@ def _errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _make_engine(**options: Any) -> WorkflowEngine:
+def _make_engine(*, create: bool = False, **options: Any) -> WorkflowEngine:
+    """The engine the options describe. Unless ``create``, a SQLite file must exist already: a
+    mistyped path would otherwise become a new, empty database that shows no workflows."""
+    url = options.get("database_url")
+    if url and not create:
+        parsed = parse_database_url(url)
+        if parsed.backend == "sqlite" and parsed.target != ":memory:" and not os.path.exists(parsed.target):
+            raise ConfigurationError(
+                f"no database file at {os.path.abspath(parsed.target)}: check --database-url or "
+                "WORKFLOW_ENGINE_DATABASE_URL (`workflow-engine migrate` creates a new one)"
+            )
     return WorkflowEngine(**{k: v for k, v in options.items() if v is not None})
 
 
@@ -412,7 +423,7 @@ def worker(
     for path in reversed(paths):
         sys.path.insert(0, os.path.abspath(path))
     with ExitStack() as stack:
-        engine = _make_engine(**options)
+        engine = _make_engine(create=True, **options)  # a worker may start before the web process
         names = [n for value in preloads for n in value.replace(",", " ").split()] or config.preload_names()
         if names:  # before the metrics and the reconcile thread: a wrong name stops here, at once
             log.info("preloaded %s", ", ".join(preload_handlers(names)))

@@ -33,9 +33,9 @@ ENVIRONMENT: dict[str, str] = {
     f"(default {DEFAULT_STALE_AFTER:g})",
     "WORKFLOW_ENGINE_PRELOAD": "modules (or handler paths) a worker imports before it forks, "
     "comma-separated: read by `rq worker -c workflow_engine.rq_preload` and `workflow-engine worker`",
-    # read by the CLI only
-    "WORKFLOW_ENGINE_LOG_FORMAT": "CLI log format: text or json (default text)",
-    "WORKFLOW_ENGINE_LOG_LEVEL": "CLI log level (default INFO)",
+    # read by the CLI (and the logs of `rq worker -c workflow_engine.rq_preload`) only
+    "WORKFLOW_ENGINE_LOG_FORMAT": "log format: text or json (default text)",
+    "WORKFLOW_ENGINE_LOG_LEVEL": "log level (default INFO)",
     "WORKFLOW_ENGINE_METRICS_PORT": "port for /metrics of `workflow-engine worker` and `reconcile`",
     "WORKFLOW_ENGINE_METRICS_HOST": "address /metrics listens on (default 0.0.0.0)",
 }

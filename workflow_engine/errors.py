@@ -34,8 +34,8 @@ class InvalidInput(WorkflowEngineError, ValueError):
 class WorkflowNotFound(WorkflowEngineError, LookupError):
     """No workflow has that id."""
 
-    def __init__(self, workflow_id: str | None = None) -> None:
-        msg = f"no workflow with id {workflow_id!r}" if workflow_id is not None else None
+    def __init__(self, workflow_id: str | None = None, message: str | None = None) -> None:
+        msg = message or (f"no workflow with id {workflow_id!r}" if workflow_id is not None else None)
         super().__init__(msg)
         self.workflow_id = workflow_id
 
@@ -64,9 +64,11 @@ class InvalidTransition(WorkflowEngineError):
 class UnknownWorkflowType(WorkflowEngineError, LookupError):
     """No handler is registered for that workflow type."""
 
-    def __init__(self, workflow_type_id: str | None = None, detail: str | None = None) -> None:
-        msg = None
-        if workflow_type_id is not None:
+    def __init__(
+        self, workflow_type_id: str | None = None, detail: str | None = None, *, message: str | None = None
+    ) -> None:
+        msg = message
+        if msg is None and workflow_type_id is not None:
             msg = (
                 f"no handler is registered for workflow type {workflow_type_id!r}; register one with "
                 f"@engine.handler({workflow_type_id!r}) or "

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import recovery
-from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
+from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError, WorkflowNotFound
 from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
+from .stores.urls import shown
 
 if TYPE_CHECKING:
     from .engine import WorkflowEngine
@@ -63,7 +64,15 @@ def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
             # A stock `rq worker`: the database comes from WORKFLOW_ENGINE_DATABASE_URL.
             _worker_engine = WorkflowEngine.from_env()
             _worker_engine_pid = os.getpid()
-            log.info("worker engine from the environment: %s", _worker_engine.database_url)
+            where = shown(_worker_engine.database_url)
+            if os.environ.get("WORKFLOW_ENGINE_DATABASE_URL"):
+                log.info("worker engine from the environment: %s", where)
+            else:
+                log.warning(
+                    "WORKFLOW_ENGINE_DATABASE_URL is not set: this worker uses the default database, %s, "
+                    "and cannot find workflows another process recorded elsewhere",
+                    where,
+                )
         return _worker_engine
 
 
@@ -114,7 +123,18 @@ def run_workflow(
     status = run_attempt(
         engine, workflow_id, job_id=job_id, handler=handler, worker=worker, transport=transport
     )
+    if status == "skipped (missing)" and engine_key is None:
+        # Most likely a worker on the wrong database: fail the job, so that RQ shows it (the
+        # workflow stays queued where it is recorded, and its reconcile delivers it again).
+        raise WorkflowNotFound(workflow_id, _missing(engine, workflow_id, job_id))
     return {"workflow_id": workflow_id, "status": status}
+
+
+def _missing(engine: WorkflowEngine, workflow_id: str, job_id: str) -> str:
+    return (
+        f"job {job_id} names workflow {workflow_id!r}, which is not in this worker's database, "
+        f"{shown(engine.database_url)}: does the worker have the web process's WORKFLOW_ENGINE_DATABASE_URL?"
+    )
 
 
 def on_job_stopped(job: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
@@ -183,7 +203,10 @@ def run_attempt(
     )
     if wf is None:
         current = engine.store.get(workflow_id)
-        state = current.status.value if current else "missing"
+        if current is None:
+            log.warning("%s", _missing(engine, workflow_id, job_id), extra={"workflow_id": workflow_id})
+            return "skipped (missing)"
+        state = current.status.value
         log.info(
             "job %s skipped: workflow %s is %s or carried by another job",
             job_id,
@@ -202,10 +225,12 @@ def run_attempt(
         func = engine.resolve_handler(path, wf.workflow_type_id)
     except UnknownWorkflowType as exc:
         # Retrying cannot fix a missing handler: fail now, with a message that says how to fix it.
+        log.warning("attempt %d failed: %s", wf.attempts, exc, extra=extra)
+        trace = tb.format_exc() if exc.__cause__ is not None else None
         final = engine._change(
             wf,
             S.FAILED,
-            {"error": str(exc), "finished_at": utcnow()},
+            {"error": str(exc), "traceback": trace, "finished_at": utcnow()},
             detail=str(exc),
             expected_job_id=job_id,
         )

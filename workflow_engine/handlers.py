@@ -132,20 +132,44 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
         raise UnknownWorkflowType(
             workflow_type_id, f"malformed handler path {path!r}; use 'package.module:function'"
         )
+    register = f"engine.register_handler({workflow_type_id!r}, 'package.module:function')"
     try:
         obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            # The module exists, but imports one that does not: a missing dependency of the app.
+            raise _import_failed(path, workflow_type_id, exc) from exc
         raise UnknownWorkflowType(
             workflow_type_id,
-            f"cannot import handler {path!r}: {type(exc).__name__}: {exc}; start the worker where it can "
-            "import that module (rq worker --path <app dir>)",
+            message=f"cannot import handler {path!r} for workflow type {workflow_type_id!r}: "
+            f"no module named {exc.name!r}; start the worker where it can import it "
+            f"(rq worker --path <app dir>), or register the type with a path it can import: {register}",
+        ) from exc
+    except Exception as exc:
+        raise _import_failed(path, workflow_type_id, exc) from exc
+    try:
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise UnknownWorkflowType(
+            workflow_type_id,
+            message=f"cannot import handler {path!r} for workflow type {workflow_type_id!r}: module "
+            f"{module_name!r} has no {attr!r}; is the worker running the same version of the app "
+            f"(rq worker --path <app dir>)? Or register the type with the right path: {register}",
         ) from exc
     if not callable(obj):
         raise UnknownWorkflowType(workflow_type_id, f"{path!r} is not callable")
     handler: HandlerFunc = obj
     return handler
+
+
+def _import_failed(path: str, workflow_type_id: str, exc: BaseException) -> UnknownWorkflowType:
+    """The handler's module exists but raised while it was imported: a bug or a missing setting in it."""
+    return UnknownWorkflowType(
+        workflow_type_id,
+        message=f"cannot import handler {path!r} for workflow type {workflow_type_id!r}: importing "
+        f"its module raised {type(exc).__name__}: {exc} (the traceback is recorded on the workflow)",
+    )
 
 
 def preload_handlers(names: Iterable[str]) -> list[str]:

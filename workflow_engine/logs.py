@@ -14,6 +14,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from .errors import ConfigurationError
+
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -86,4 +88,34 @@ def configure(log_format: str = "text", level: str | int = "INFO") -> logging.Ha
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler
+
+
+def configure_worker_logging() -> logging.Handler | None:
+    """In a stock ``rq worker``, which configures only RQ's own logger, show the engine's records.
+
+    Sends the ``workflow_engine`` logger's records to stderr, in ``WORKFLOW_ENGINE_LOG_FORMAT``
+    at ``WORKFLOW_ENGINE_LOG_LEVEL`` (text, INFO by default), and leaves RQ's and the root
+    logger's alone. Does nothing where logging is configured already: a handler on the root
+    logger or on ``workflow_engine``. ``workflow_engine.rq_preload`` calls it.
+    """
+    import os
+
+    logger = logging.getLogger("workflow_engine")
+    if logger.handlers or logging.getLogger().handlers:
+        return None
+    log_format = os.environ.get("WORKFLOW_ENGINE_LOG_FORMAT") or "text"
+    level = os.environ.get("WORKFLOW_ENGINE_LOG_LEVEL") or "INFO"
+    if log_format not in FORMATS:
+        raise ConfigurationError(
+            f"WORKFLOW_ENGINE_LOG_FORMAT must be one of {', '.join(FORMATS)}, got {log_format!r}"
+        )
+    handler = _StderrHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    try:
+        logger.setLevel(level.upper())
+    except ValueError as exc:
+        raise ConfigurationError(f"WORKFLOW_ENGINE_LOG_LEVEL: {exc}") from None
+    logger.addHandler(handler)
+    logger.propagate = False  # a root handler the app adds later must not print each record twice
     return handler

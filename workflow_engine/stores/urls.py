@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -14,6 +15,18 @@ _HELP = "use sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///
 class DatabaseURL:
     backend: str  # "sqlite" or "postgres"
     target: str  # a file path, ":memory:", or a libpq connection URL
+
+
+def shown(url: str) -> str:
+    """``url`` as it may appear in a log or an error: a SQLite file's absolute path, no password."""
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() == "sqlite" and rest.startswith("/") and rest[1:] != ":memory:":
+        return f"sqlite:///{os.path.abspath(rest[1:])}"
+    netloc, slash, tail = rest.partition("/")
+    credentials, at, host = netloc.rpartition("@")
+    if sep and at and ":" in credentials:
+        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}{slash}{tail}"
+    return url
 
 
 def parse_database_url(url: str) -> DatabaseURL:
