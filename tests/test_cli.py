@@ -388,3 +388,14 @@ def test_a_command_on_a_sqlite_file_that_does_not_exist_says_so_and_creates_noth
         "(`workflow-engine migrate` creates a new one)"
     ]
     assert not typo.exists()
+
+
+def test_requeue_with_neither_an_id_nor_all_failed_says_to_give_one(db: str) -> None:
+    out = run("requeue", *on(db))
+    assert out.code == 2 and "give a WORKFLOW_ID, or --all-failed for every failed workflow" in out.stderr
+
+
+@pytest.mark.parametrize("limit", ["0", "10001", "x"])
+def test_a_list_limit_out_of_range_is_a_usage_error(db: str, limit: str) -> None:
+    out = run("list", "--limit", limit, *on(db))
+    assert out.code == 2 and "Invalid value for '--limit'" in out.stderr

@@ -456,7 +456,13 @@ def worker(
 @click.option("--status", default=None, help="Only this status.")
 @click.option("--type", "workflow_type_id", default=None, help="Only this workflow type.")
 @click.option("--agent", "created_by_agent", default=None, help="Only workflows created by this agent.")
-@click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=50,
+    show_default=True,
+    help="At most this many, newest first.",
+)
 @_json_option("an array of workflows")
 @_errors
 def list_(
@@ -623,8 +629,10 @@ def requeue(
       workflow-engine requeue 3f2a…
       workflow-engine requeue --all-failed --type weekly_report
     """
-    if (workflow_id is None) == (not all_failed):
+    if workflow_id is not None and all_failed:
         raise click.UsageError("give a WORKFLOW_ID or --all-failed, not both")
+    if workflow_id is None and not all_failed:
+        raise click.UsageError("give a WORKFLOW_ID, or --all-failed for every failed workflow")
     if workflow_type_id is not None and not all_failed:
         raise click.UsageError("--type goes with --all-failed")
     engine = _make_engine(**options)

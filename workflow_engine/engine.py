@@ -538,7 +538,11 @@ class WorkflowEngine:
                     S.AWAITING_APPROVAL: "it is awaiting its council's approval (engine.vote)",
                     S.REJECTED: "its council rejected it",
                     S.COMPLETED: "a completed workflow never runs again",
-                }.get(wf.status, "use engine.requeue() to run a failed or cancelled workflow again")
+                }.get(
+                    wf.status,
+                    "use engine.requeue() (or `workflow-engine requeue <id>`) to run a failed or "
+                    "cancelled workflow again",
+                )
                 raise InvalidTransition(wf.id, wf.status.value, S.QUEUED.value, hint)
             if self._queue(wf, detail="enqueued" if wf.status is S.PENDING else "redelivered"):
                 return

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, MissingDependency
 from .models import Workflow, utcnow
 from .status import TERMINAL, WorkflowStatus
 
@@ -61,7 +61,7 @@ def _require() -> None:
     try:
         import prometheus_client  # noqa: F401
     except ImportError as exc:
-        raise ConfigurationError(
+        raise MissingDependency(
             'metrics need prometheus_client: pip install "workflow_engine[metrics]"'
         ) from exc
 
