@@ -6,6 +6,8 @@ import os
 import select
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -167,9 +169,28 @@ def test_a_timeout_that_fires_while_a_write_waits_for_the_lock_leaves_no_transac
     finally:
         release.join()
         other.close()
-    assert not store._connect().conn.in_transaction
+    assert not store._connect().in_transaction
     insert_one(store)  # this process still writes
     probe = sqlite3.connect(store.path, isolation_level=None, timeout=1)
     probe.execute("BEGIN IMMEDIATE")  # and so does another one
     probe.execute("ROLLBACK")
     probe.close()
+
+
+def test_sqlite_utils_is_imported_only_when_the_store_is_asked_for_it(tmp_path: Path) -> None:
+    """A worker's work-horse opens the store for every job: importing sqlite-utils (about 45 ms)
+    there would cost every job of a forking worker. database() imports it on demand."""
+    code = (
+        "import sys\n"
+        "from workflow_engine import WorkflowEngine\n"
+        f"engine = WorkflowEngine(database_url='sqlite:///{tmp_path / 'lazy.db'}', redis_url='fakeredis://', "
+        "is_async=False)\n"
+        "engine.register_handler('t', 'workflow_engine.demo:create_website')\n"
+        "engine.create_workflow(workflow_type_id='t', enqueue=True)\n"
+        "assert 'sqlite_utils' not in sys.modules, 'imported without being asked for'\n"
+        "db = engine.store.database()\n"
+        "print(db['workflows'].count, db['workflow_events'].count)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "4"]

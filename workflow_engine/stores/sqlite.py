@@ -21,22 +21,23 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError, StoreUnavailable
 from . import queries as q
 from .base import SQLStore, Tx
 
+if TYPE_CHECKING:  # imported on demand only: sqlite_utils takes about 45 ms to import
+    import sqlite_utils
+
 
 class _SQLiteTx:
-    def __init__(self, db: sqlite_utils.Database) -> None:
-        self.db = db
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
     def fetch(self, sql: str, params: Mapping[str, Any], *, prepare: bool = True) -> list[dict[str, Any]]:
-        # sqlite3 itself: the hot path skips sqlite-utils' wrapper. Named parameters must be a dict.
-        cursor = self.db.conn.execute(sql, params if isinstance(params, dict) else dict(params))
+        # Named parameters must be a dict.
+        cursor = self.conn.execute(sql, params if isinstance(params, dict) else dict(params))
         if cursor.description is None:
             return []
         names = [d[0] for d in cursor.description]
@@ -89,7 +90,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         self.busy_timeout = busy_timeout
         self._lock_obj = threading.RLock()
         self._lock_pid = os.getpid()
-        self._db: sqlite_utils.Database | None = None
+        self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._migrated = False
         _stores.add(self)
@@ -113,9 +114,20 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             self._lock_obj, self._lock_pid = threading.RLock(), os.getpid()
         return self._lock_obj
 
-    def _connect(self) -> sqlite_utils.Database:
-        if self._db is not None and self._pid == os.getpid():
-            return self._db
+    def database(self) -> sqlite_utils.Database:
+        """This process's connection, wrapped by sqlite-utils: for inspection and scripts.
+
+        ``store.database()["workflows"].count_where("status = ?", ["failed"])``. Writes made
+        through it bypass the state machine and the audit trail; use the engine for those.
+        """
+        import sqlite_utils
+
+        with self._lock:
+            return sqlite_utils.Database(self._connect())
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
         # After a fork the parent's connection is left alone (never closed here).
         try:
             conn = sqlite3.connect(
@@ -128,11 +140,11 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
-        self._db = sqlite_utils.Database(conn)
+        self._conn = conn
         self._pid = os.getpid()
         if not self._migrated:
-            self._migrate(self._db)
-        return self._db
+            self._migrate(conn)
+        return conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch to WAL. Switching needs a moment alone with the file, and SQLite's busy timeout
@@ -149,9 +161,9 @@ SELECT j.key AS key, TOTAL(j.value) AS total
 
     def close(self) -> None:
         with self._lock:
-            if self._db is not None and self._pid == os.getpid():
-                self._db.conn.close()
-            self._db = None
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
             if self.path == ":memory:":
                 self._migrated = False  # the next connection is a new, empty database: give it the schema
 
@@ -161,23 +173,22 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         # start as a reader, and SQLite fails its upgrade to writer at once if another process
         # wrote in between, instead of waiting.
         with self._lock:
-            db = self._connect()
+            conn = self._connect()
             try:
                 if write:
-                    conn = db.conn  # sqlite3 itself, as in _SQLiteTx.fetch
                     try:
                         # Inside the try: an exception raised right after BEGIN returns (a handler's
                         # SIGALRM timeout while this waited for the lock) must not leave the
                         # process's connection in a write transaction, locking out every writer.
                         conn.execute("BEGIN IMMEDIATE")
-                        yield _SQLiteTx(db)
+                        yield _SQLiteTx(conn)
                         conn.execute("COMMIT")
                     except BaseException:
                         if conn.in_transaction:
                             conn.rollback()
                         raise
                 else:
-                    yield _SQLiteTx(db)
+                    yield _SQLiteTx(conn)
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"SQLite database {self.path!r} failed: {exc}") from exc
             except sqlite3.Error as exc:
@@ -188,21 +199,21 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         with self._lock:
             return self._migrate(self._connect())
 
-    def _migrate(self, db: sqlite_utils.Database) -> int:
+    def _migrate(self, conn: sqlite3.Connection) -> int:
         try:
             try:
-                db.execute("BEGIN IMMEDIATE")
-                db.execute(
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_version "
                     "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
                 )
-                tx = _SQLiteTx(db)
+                tx = _SQLiteTx(conn)
                 current = int(tx.fetch(q.SCHEMA_VERSION, {})[0]["version"])
                 version = self._apply_migrations(tx, current)
-                db.execute("COMMIT")
+                conn.execute("COMMIT")
             except BaseException:
-                if db.conn.in_transaction:
-                    db.conn.rollback()
+                if conn.in_transaction:
+                    conn.rollback()
                 raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot migrate SQLite database {self.path!r}: {exc}") from exc
