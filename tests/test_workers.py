@@ -227,7 +227,9 @@ def test_a_preloaded_forking_worker_imports_the_handler_module_once_in_its_paren
     importers = [int(line.split()[1]) for line in (effects / "imports").read_text().splitlines()]
     if preloaded:
         assert importers == [worker.proc.pid], "imported once, by the worker before it forked"
-        assert "INFO workflow_engine.execution: attempt 1 started" in worker.output(), "the engine's logs show"
+        assert "INFO workflow_engine.execution: attempt 1 started" in worker.output(), (
+            "the engine's logs show"
+        )
     else:
         assert sorted(importers) == sorted(horses), "a plain worker's every work-horse imports it again"
 
