@@ -605,6 +605,42 @@ def test_a_handler_error_with_a_nul_character_is_recorded_on_every_store(
     assert async_engine.get_events(other)[-1].detail == "cancelled: no\\x00reason"
 
 
+def undecodable_file_name(wf: Workflow) -> None:
+    name = b"/data/\xff.csv".decode("utf-8", "surrogateescape")  # as os.listdir() returns it
+    raise RuntimeError(f"cannot parse {name}")
+
+
+class _BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise AttributeError("'_BrokenStr' object has no attribute 'code'")
+
+
+def unprintable_error(wf: Workflow) -> None:
+    raise _BrokenStr()
+
+
+@pytest.mark.parametrize(
+    ("handler", "error"),
+    [
+        (undecodable_file_name, "RuntimeError: cannot parse /data/\\udcff.csv"),
+        (unprintable_error, "_BrokenStr: <_BrokenStr whose str() raised>"),
+    ],
+    ids=["lone-surrogate", "str-raises"],
+)
+def test_a_handler_error_no_store_could_hold_as_it_is_is_still_recorded_on_every_store(
+    async_engine: WorkflowEngine, handler: Any, error: str
+) -> None:
+    """Left unrecorded, the workflow would stay running until reconcile took it for a lost worker."""
+    async_engine.register_handler("odd", handler, max_retries=0)
+    wid = create(async_engine, "odd")
+    async_engine.enqueue_execution(wid)
+    work(async_engine)
+    wf = async_engine.get_workflow(wid)
+    assert wf.status is S.FAILED and wf.error == error
+    assert wf.traceback is not None and "Traceback" in wf.traceback
+    assert async_engine.get_events(wid)[-1].to_status is S.FAILED
+
+
 def test_a_detail_or_reason_that_is_not_text_is_refused(workflow_engine: WorkflowEngine) -> None:
     wid = create(workflow_engine)
     with pytest.raises(InvalidInput, match="detail must be a string"):
@@ -1163,6 +1199,39 @@ def test_enqueue_many_in_process_runs_every_workflow(workflow_engine: WorkflowEn
     ids = workflow_engine.create_workflows([{"workflow_type_id": "double", "inputs": {"n": 1}}] * 3)
     workflow_engine.enqueue_many(ids)
     assert {workflow_engine.get_workflow(w).status for w in ids} == {S.COMPLETED}
+
+
+_SIBLINGS: dict[str, WorkflowEngine] = {}
+
+
+def cancel_sibling(wf: Workflow) -> dict[str, bool]:
+    _SIBLINGS["engine"].cancel(wf.inputs["sibling"])
+    return {"won": True}
+
+
+@pytest.mark.parametrize("mode", ["in-process", "worker"])
+def test_enqueue_many_queues_the_whole_batch_before_any_of_it_runs_in_both_modes(
+    tmp_path: Path, mode: str
+) -> None:
+    """The first workflow's handler cancels the second: already queued, so the batch stands."""
+    engine = WorkflowEngine(
+        database_url=f"sqlite:///{tmp_path / 'batch.db'}", redis_url="fakeredis://", is_async=mode == "worker"
+    )
+    _SIBLINGS["engine"] = engine
+    try:
+        engine.register_handler("first", cancel_sibling)
+        engine.register_handler("second", double)
+        b = engine.create_workflow(workflow_type_id="second", inputs={"n": 1})
+        a = engine.create_workflow(workflow_type_id="first", inputs={"sibling": b})
+        engine.enqueue_many([a, b])
+        if mode == "worker":
+            work(engine)
+        assert engine.get_workflow(a).status is S.COMPLETED
+        assert engine.get_workflow(b).status is S.CANCELLED
+        assert [e.to_status for e in engine.get_events(b)] == [S.PENDING, S.QUEUED, S.CANCELLED]
+    finally:
+        _SIBLINGS.clear()
+        engine.close()
 
 
 def test_enqueue_many_refuses_a_workflow_this_engine_cancelled_since_creating_it(

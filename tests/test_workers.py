@@ -15,12 +15,15 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import rq
 
+from workflow_engine import recovery
 from workflow_engine.engine import WorkflowEngine
-from workflow_engine.models import WorkflowEvent
+from workflow_engine.models import WorkflowEvent, utcnow
 from workflow_engine.status import WorkflowStatus
 
 from support import APPS, BIN, RedisServer, Worker, effects_of, start_worker, successes
@@ -257,6 +260,28 @@ def test_a_worker_told_to_preload_a_module_it_cannot_import_stops_at_once_saying
         assert code == 1, output
         assert f"Error: cannot preload {extra_args[1]!r}" in output and "Traceback" not in output, output
     assert engine.get_workflow(wid).status is S.QUEUED, "the worker took no job"
+
+
+@pytest.mark.services
+def test_reconcile_redelivers_a_job_a_worker_moved_off_the_queue_and_died_before_starting(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Redis 6.2 and later, RQ's worker first moves a job onto the queue's intermediate list,
+    still `queued` in Redis, and marks it started later. A worker killed in between leaves it
+    there, in no queue. (fakeredis does not say its version, so RQ pops instead: a real Redis.)"""
+    engine.register_handler("probe", f"{HANDLERS}:noop")
+    wid = engine.create_workflow(workflow_type_id="probe", enqueue=True)
+    job, _ = rq.Queue.dequeue_any([engine.queue], timeout=None, connection=engine.redis)  # then kill -9
+    assert job.get_status(refresh=True) == "queued" and engine.queue.count == 0
+    assert engine.redis.lrange(engine.queue.intermediate_queue_key, 0, -1) == [job.id.encode()]
+    engine.enqueue_execution(wid)  # it may be starting right now: left alone
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
+    assert engine.reconcile().redelivered == []
+    old = utcnow() - timedelta(seconds=engine.stale_after + 1)
+    engine.store.compare_and_set(wid, expected_status=S.QUEUED, changes={"updated_at": old}, event=None)
+    assert engine.reconcile().redelivered == [wid]
+    assert engine.get_events(wid)[-1].detail == "redelivered: job never claimed"
+    assert engine.queue.count == 1 and engine.get_workflow(wid).job_id != job.id
 
 
 @pytest.mark.slow

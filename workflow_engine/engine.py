@@ -41,9 +41,9 @@ from .models import (
     Workflow,
     WorkflowEvent,
     log_extra,
+    storable_text,
     to_json,
     utcnow,
-    without_nul,
 )
 from .status import TERMINAL, WorkflowStatus, can_transition
 from .stores import Store, open_store
@@ -477,9 +477,9 @@ class WorkflowEngine:
         if not can_transition(wf.status, to):
             raise InvalidTransition(wf.id, wf.status.value, to.value)
         fields = dict(changes)
-        for text in ("error", "traceback"):  # an exception's own text may hold a NUL
+        for text in ("error", "traceback"):  # an exception's own text may hold a NUL or a lone surrogate
             if fields.get(text):
-                fields[text] = without_nul(fields[text])
+                fields[text] = storable_text(fields[text])
         fields["status"] = to
         fields.setdefault("updated_at", utcnow())
         if "finished_at" in fields:  # the duration is stamped once, with the finish
@@ -489,7 +489,7 @@ class WorkflowEngine:
             wf.id,
             wf.status,
             fields,
-            NewEvent(wf.status, to, without_nul(detail)) if event else None,
+            NewEvent(wf.status, to, storable_text(detail)) if event else None,
             expected_job_id,
             lease_expired_at,
             cancel_not_requested,
@@ -616,7 +616,7 @@ class WorkflowEngine:
 
         Every id is checked first (WorkflowNotFound, UnknownWorkflowType, InvalidTransition),
         so a bad one writes nothing. Already queued workflows are left alone. In sync mode
-        each runs before this returns, as with :meth:`enqueue_execution`.
+        all are queued first, then each runs before this returns, in order.
         """
         if isinstance(workflow_ids, (str, bytes)) or not isinstance(workflow_ids, Iterable):
             got = type(workflow_ids).__name__
@@ -644,10 +644,7 @@ class WorkflowEngine:
             if self._handlers.get(wf.workflow_type_id) is None and wf.handler is None:
                 raise UnknownWorkflowType(wf.workflow_type_id)
         pending = [found[wid] for wid in ids if found[wid].status is S.PENDING]
-        if not self.is_async:
-            for wf in pending:
-                self.enqueue_execution(wf.id)
-            return
+        # In-process too: all are queued in one transaction first, then run one by one, as workers would.
         changes = [self._queue_change(wf, detail="enqueued") for wf in pending]
         queued = [new for new in self.store.apply(changes) if new is not None]
         for new in queued:
@@ -671,7 +668,7 @@ class WorkflowEngine:
         handler that returns normally anyway (a ``SimpleWorker`` cannot be
         interrupted) ends ``completed``, since its work was done.
         """
-        reason = without_nul(check_text("reason", reason))
+        reason = storable_text(check_text("reason", reason))
         detail = f"cancelled: {reason}" if reason else "cancelled"
         for _ in range(_RACE_RETRIES):
             wf = self.get_workflow(workflow_id)

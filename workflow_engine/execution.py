@@ -245,7 +245,7 @@ def run_attempt(
     except HandlerTimeout as exc:
         return _failed(engine, wf, attempt, str(exc), None, transport)
     except Exception as exc:
-        return _failed(engine, wf, attempt, f"{type(exc).__name__}: {exc}", tb.format_exc(), transport)
+        return _failed(engine, wf, attempt, _describe(exc), tb.format_exc(), transport)
     finally:
         _current.reset(token)
     now = utcnow()
@@ -264,6 +264,15 @@ def run_attempt(
         return current.status.value if current else "missing"
     log.info("workflow completed", extra=extra)
     return done.status.value
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, even for an exception whose ``__str__`` itself raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<{type(exc).__name__} whose str() raised>"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _failed(

@@ -52,10 +52,20 @@ def to_json(value: Any, what: str) -> str:
     return text
 
 
-def without_nul(text: str | None) -> str | None:
-    """``text`` with each NUL character written out as ``\\x00``: for messages the engine records
-    (an exception's text, a traceback), which PostgreSQL could not store with a NUL in them."""
-    return text.replace("\x00", "\\x00") if text and "\x00" in text else text
+def storable_text(text: str | None) -> str | None:
+    """``text`` as every store can hold it, for messages the engine records (an exception's text,
+    a traceback, an event's detail): each NUL written out as ``\\x00`` (PostgreSQL cannot store
+    one), and each lone surrogate as ``\\udcff`` (not Unicode: no store can encode it; a file
+    name Python decoded with ``surrogateescape`` carries them)."""
+    if not text:
+        return text
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _aware(value: datetime | None) -> datetime | None:

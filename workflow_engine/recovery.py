@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import QueueUnavailable
 from .models import ReconcileReport, Workflow, log_extra, utcnow
 from .status import WorkflowStatus
-from .transport import LIVE_JOB_STATUSES, Transport, new_job_id
+from .transport import LIVE_JOB_STATUSES, TAKEN, Transport, new_job_id
 
 if TYPE_CHECKING:
     from .engine import WorkflowEngine
@@ -159,7 +159,9 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
         redeliveries = []
         for wf in candidates:
             status = statuses.get(wf.job_id) if wf.job_id else None
-            if status in LIVE_JOB_STATUSES and not (status == b"started" and wf.updated_at < started_before):
+            if status in LIVE_JOB_STATUSES and not (
+                status in (b"started", TAKEN) and wf.updated_at < started_before
+            ):
                 continue  # waiting in the queue, or being picked up right now
             why = "retry due" if wf.job_id is None else f"job {'never claimed' if status else 'missing'}"
             changes = {"job_id": new_job_id(wf.id), "run_after": None}

@@ -31,7 +31,10 @@ RESULT_TTL = 60
 #: Seconds added to a handler's timeout for RQ's own backstop; our timer fires first.
 TIMEOUT_GRACE = 15
 #: RQ job statuses that mean "this job will still run, or is running".
-LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled"})
+#: Not an RQ status: the job is ``queued`` in RQ's eyes, but a worker has moved it off the queue
+#: onto the queue's intermediate list and not started it (yet: or that worker died in between).
+TAKEN = b"taken"
+LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled", TAKEN})
 
 log = logging.getLogger("workflow_engine.transport")
 
@@ -176,17 +179,27 @@ class Transport:
         ).perform()
 
     def job_statuses(self, job_ids: Sequence[str]) -> dict[str, bytes | None]:
-        """Each job's RQ status (``b"queued"``, ``b"started"``, …), or None when Redis has no such job."""
+        """Each job's RQ status (``b"queued"``, ``b"started"``, …), or None when Redis has no such job.
+
+        A ``queued`` job that a worker has moved onto the queue's intermediate list (RQ's first
+        step in taking a job) is reported as :data:`TAKEN`: if that worker died before starting
+        it, nothing else will ever run it.
+        """
         if not job_ids:
             return {}
+        taken_list = f"{Queue.redis_queue_namespace_prefix}{self.queue_name}:intermediate"
         try:
             with self.connection.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
                     pipe.hget(Job.key_for(job_id), "status")
-                statuses = pipe.execute()
+                    pipe.lpos(taken_list, job_id)
+                replies = pipe.execute()
         except _REDIS_ERRORS as exc:
             raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
-        return dict(zip(job_ids, statuses, strict=True))
+        statuses: dict[str, bytes | None] = {}
+        for job_id, status, position in zip(job_ids, replies[::2], replies[1::2], strict=True):
+            statuses[job_id] = TAKEN if status == b"queued" and position is not None else status
+        return statuses
 
     def live_jobs(self, job_ids: Sequence[str]) -> set[str]:
         """The subset of ``job_ids`` whose RQ job still exists and will run or is running."""
