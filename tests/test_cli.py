@@ -399,3 +399,51 @@ def test_requeue_with_neither_an_id_nor_all_failed_says_to_give_one(db: str) -> 
 def test_a_list_limit_out_of_range_is_a_usage_error(db: str, limit: str) -> None:
     out = run("list", "--limit", limit, *on(db))
     assert out.code == 2 and "Invalid value for '--limit'" in out.stderr
+
+
+def test_shown_urls_hide_passwords_in_the_netloc_and_in_the_query() -> None:
+    from workflow_engine.stores.urls import shown
+
+    assert shown("postgresql://app:s3cret@db:5432/app") == "postgresql://app:***@db:5432/app"
+    assert shown("postgresql://app@db/app?sslmode=require&password=s3cret") == (
+        "postgresql://app@db/app?sslmode=require&password=***"
+    )
+
+
+def test_a_reconcile_service_may_start_before_the_database_file_exists(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from workflow_engine.cli import _make_engine
+
+    path = tmp_path / "later.db"
+    engine = _make_engine(create=True, database_url=f"sqlite:///{path}", redis_url="fakeredis://")
+    assert engine.reconcile().total == 0
+    engine.close()
+    assert path.exists()
+    assert f"no database file at {path} yet: creating an empty one" in caplog.text
+
+
+def test_worker_logging_shows_the_engines_records_and_still_lets_the_app_have_them() -> None:
+    """`rq worker -c workflow_engine.rq_preload`: RQ configures only its own logger. The engine's records
+    go to stderr, and a root handler the app installs later still receives them."""
+    import logging
+
+    from workflow_engine.logs import configure_worker_logging
+
+    package, root = logging.getLogger("workflow_engine"), logging.getLogger()
+    saved = (package.handlers[:], package.level, package.propagate, root.handlers[:])
+    package.handlers.clear()
+    root.handlers.clear()
+    seen: list[str] = []
+    app_handler = logging.Handler()
+    app_handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    try:
+        ours = configure_worker_logging()
+        assert ours is not None and package.handlers == [ours]
+        root.addHandler(app_handler)  # the app's module, imported later, configures logging
+        logging.getLogger("workflow_engine.execution").warning("attempt 1 failed: boom")
+        assert seen == ["attempt 1 failed: boom"]
+        assert configure_worker_logging() is None, "configured already: left alone"
+    finally:
+        package.handlers[:], package.level, package.propagate = saved[0], saved[1], saved[2]
+        root.handlers[:] = saved[3]

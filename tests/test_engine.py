@@ -26,6 +26,7 @@ from workflow_engine import (
     WorkflowEngineError,
     WorkflowNotFound,
     WorkflowStatus,
+    config,
     execution,
     recovery,
 )
@@ -655,9 +656,13 @@ def test_a_detail_or_reason_that_is_not_text_is_refused(workflow_engine: Workflo
     [
         ("we_no_such_module:run", ["no module named 'we_no_such_module'", "--path", "register_handler"]),
         ("we_test_handlers:nope", ["module 'we_test_handlers' has no 'nope'", "register_handler"]),
-        ("we_broken_module:run", ["importing its module raised FileNotFoundError", "/nonexistent/"]),
+        ("we_broken_module:run", ["importing it raised FileNotFoundError", "/nonexistent/"]),
+        (
+            "we_lazy_handlers:send_report",
+            ["importing it raised ModuleNotFoundError", "we_missing_pdf_library"],
+        ),
     ],
-    ids=["missing-module", "missing-function", "module-raises-on-import"],
+    ids=["missing-module", "missing-function", "module-raises-on-import", "lazy-getattr-raises"],
 )
 def test_a_handler_that_cannot_be_imported_fails_at_once_saying_why_with_a_warning_and_the_traceback(
     workflow_engine: WorkflowEngine, path: str, says: list[str], caplog: pytest.LogCaptureFixture
@@ -1354,3 +1359,41 @@ def test_create_workflows_with_enqueue_queues_every_new_one_in_one_delivery(
     assert async_engine.queue.count == 20 and deliveries == [20]
     work(async_engine)
     assert [async_engine.get_workflow(w).result for w in ids[:-1]] == [{"doubled": 2 * i} for i in range(20)]
+
+
+def test_reconcile_works_on_a_redis_without_lpos(
+    async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RQ uses the intermediate list only from Redis 6.2, and older servers have no LPOS: it must not
+    be sent there (fakeredis reports no version, so RQ takes it for 5.0)."""
+    import redis.commands.core
+
+    def unknown(*args: object, **kwargs: object) -> object:
+        raise AssertionError("LPOS sent to a Redis older than 6.2")
+
+    monkeypatch.setattr(redis.commands.core.ListCommands, "lpos", unknown)
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
+    async_engine.register_handler("double", double)
+    wid = async_engine.create_workflow(workflow_type_id="double", inputs={"n": 1}, enqueue=True)
+    async_engine.redis.delete(rq.job.Job.key_for(async_engine.get_workflow(wid).job_id or ""))
+    assert async_engine.reconcile().redelivered == [wid]
+
+
+def test_a_workflow_recorded_with_a_policy_past_todays_bounds_can_still_be_requeued(
+    async_engine: WorkflowEngine,
+) -> None:
+    """An earlier version accepted a ten-year-plus timeout; requeueing it without the handler registered
+    (the CLI, a web process) takes the recorded policy, within today's bounds."""
+    async_engine.register_handler("boom", boom, max_retries=0)
+    wid = create(async_engine, "boom")
+    async_engine.enqueue_execution(wid)
+    work(async_engine)
+    async_engine.store.compare_and_set(
+        wid, expected_status=S.FAILED, changes={"timeout": 1e12, "max_retries": 10**8}, event=None
+    )
+    other = WorkflowEngine(database_url=async_engine.database_url, redis_url="fakeredis://")
+    try:
+        wf = other.requeue(wid)
+        assert wf.status is S.QUEUED and wf.timeout == config.MAX_SECONDS and wf.max_retries == 1_000_000
+    finally:
+        other.close()

@@ -194,3 +194,22 @@ def test_sqlite_utils_is_imported_only_when_the_store_is_asked_for_it(tmp_path: 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "4"]
+
+
+def test_database_reads_through_a_connection_of_its_own_so_it_sees_only_committed_data(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(str(tmp_path / "inspect.db"))
+    insert_one(store)
+    with store.transaction() as tx:
+        tx.fetch("UPDATE workflows SET status = 'completed'", {})
+        db = store.database()  # another thread's half-done write must not show
+        try:
+            assert [row["status"] for row in db["workflows"].rows] == ["pending"]
+        finally:
+            db.close()
+    db = store.database()
+    try:
+        assert [row["status"] for row in db["workflows"].rows] == ["completed"]
+    finally:
+        db.close()

@@ -153,13 +153,22 @@ def _make_engine(*, create: bool = False, **options: Any) -> WorkflowEngine:
     """The engine the options describe. Unless ``create``, a SQLite file must exist already: a
     mistyped path would otherwise become a new, empty database that shows no workflows."""
     url = options.get("database_url")
-    if url and not create:
-        parsed = parse_database_url(url)
-        if parsed.backend == "sqlite" and parsed.target != ":memory:" and not os.path.exists(parsed.target):
+    parsed = parse_database_url(url) if url else None
+    if (
+        parsed
+        and parsed.backend == "sqlite"
+        and parsed.target != ":memory:"
+        and not os.path.exists(parsed.target)
+    ):
+        where = os.path.abspath(parsed.target)
+        if not create:
             raise ConfigurationError(
-                f"no database file at {os.path.abspath(parsed.target)}: check --database-url or "
+                f"no database file at {where}: check --database-url or "
                 "WORKFLOW_ENGINE_DATABASE_URL (`workflow-engine migrate` creates a new one)"
             )
+        log.warning(
+            "no database file at %s yet: creating an empty one (is this the web process's URL?)", where
+        )
     return WorkflowEngine(**{k: v for k, v in options.items() if v is not None})
 
 
@@ -304,7 +313,8 @@ def reconcile(every: float | None, metrics_port: int | None, metrics_host: str, 
       workflow-engine reconcile --every 10 --metrics-port 9100
     """
     with ExitStack() as stack:
-        engine = _make_engine(**options)
+        # A reconcile service (--every) may start before the web process has created the file.
+        engine = _make_engine(create=every is not None, **options)
         if metrics_port is not None:
             _serve_metrics(stack, engine, metrics_port, metrics_host, forking=False)
         if every is None:

@@ -25,6 +25,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .handlers import (
+    MAX_RETRIES,
     HandlerFunc,
     HandlerSpec,
     check_id,
@@ -596,8 +597,13 @@ class WorkflowEngine:
             raise UnknownWorkflowType(wf.workflow_type_id)
         changes: dict[str, Any] = {"job_id": new_job_id(wf.id), "run_after": None}
         if wf.status is not S.QUEUED or reset:
-            policy = spec or HandlerSpec(
-                wf.workflow_type_id, wf.handler or "", None, wf.max_retries, wf.retry_backoff, wf.timeout
+            policy = spec or HandlerSpec(  # the recorded policy, within today's bounds
+                wf.workflow_type_id,
+                wf.handler or "",
+                None,
+                min(wf.max_retries, MAX_RETRIES),
+                min(wf.retry_backoff, config.MAX_SECONDS),
+                None if wf.timeout is None else min(wf.timeout, config.MAX_SECONDS),
             )
             changes.update(
                 handler=policy.path,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError, WorkflowNotFound
+from .handlers import describe
 from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
 from .stores.urls import shown
@@ -245,7 +246,7 @@ def run_attempt(
     except HandlerTimeout as exc:
         return _failed(engine, wf, attempt, str(exc), None, transport)
     except Exception as exc:
-        return _failed(engine, wf, attempt, _describe(exc), tb.format_exc(), transport)
+        return _failed(engine, wf, attempt, describe(exc), tb.format_exc(), transport)
     finally:
         _current.reset(token)
     now = utcnow()
@@ -264,15 +265,6 @@ def run_attempt(
         return current.status.value if current else "missing"
     log.info("workflow completed", extra=extra)
     return done.status.value
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message``, even for an exception whose ``__str__`` itself raises."""
-    try:
-        text = str(exc)
-    except Exception:
-        text = f"<{type(exc).__name__} whose str() raised>"
-    return f"{type(exc).__name__}: {text}"
 
 
 def _failed(

@@ -157,6 +157,8 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
             f"{module_name!r} has no {attr!r}; is the worker running the same version of the app "
             f"(rq worker --path <app dir>)? Or register the type with the right path: {register}",
         ) from exc
+    except Exception as exc:  # a module's own __getattr__ (lazy loading) that failed
+        raise _import_failed(path, workflow_type_id, exc) from exc
     if not callable(obj):
         raise UnknownWorkflowType(workflow_type_id, f"{path!r} is not callable")
     handler: HandlerFunc = obj
@@ -168,8 +170,17 @@ def _import_failed(path: str, workflow_type_id: str, exc: BaseException) -> Unkn
     return UnknownWorkflowType(
         workflow_type_id,
         message=f"cannot import handler {path!r} for workflow type {workflow_type_id!r}: importing "
-        f"its module raised {type(exc).__name__}: {exc} (the traceback is recorded on the workflow)",
+        f"it raised {describe(exc)} (the traceback is recorded on the workflow)",
     )
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, even for an exception whose ``__str__`` itself raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<{type(exc).__name__} whose str() raised>"
+    return f"{type(exc).__name__}: {text}"
 
 
 def preload_handlers(names: Iterable[str]) -> list[str]:

@@ -97,7 +97,8 @@ def configure_worker_logging() -> logging.Handler | None:
     Sends the ``workflow_engine`` logger's records to stderr, in ``WORKFLOW_ENGINE_LOG_FORMAT``
     at ``WORKFLOW_ENGINE_LOG_LEVEL`` (text, INFO by default), and leaves RQ's and the root
     logger's alone. Does nothing where logging is configured already: a handler on the root
-    logger or on ``workflow_engine``. ``workflow_engine.rq_preload`` calls it.
+    logger or on ``workflow_engine``. ``workflow_engine.rq_preload`` calls it after the
+    preload, so that an app module that configures logging when imported keeps its own.
     """
     import os
 
@@ -116,6 +117,5 @@ def configure_worker_logging() -> logging.Handler | None:
         logger.setLevel(level.upper())
     except ValueError as exc:
         raise ConfigurationError(f"WORKFLOW_ENGINE_LOG_LEVEL: {exc}") from None
-    logger.addHandler(handler)
-    logger.propagate = False  # a root handler the app adds later must not print each record twice
+    logger.addHandler(handler)  # records still propagate: a root handler the app adds later gets them too
     return handler

@@ -18,5 +18,5 @@ from __future__ import annotations
 from .execution import preload
 from .logs import configure_worker_logging
 
-configure_worker_logging()  # RQ shows only its own logger's records; show the engine's too
 preload()
+configure_worker_logging()  # RQ shows only its own logger's records; show the engine's too

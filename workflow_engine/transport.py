@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Callback, Queue
 from rq.job import Job
+from rq.utils import get_version
 
 from .errors import ConfigurationError, QueueUnavailable
 from .models import Workflow
@@ -189,13 +190,19 @@ class Transport:
             return {}
         taken_list = f"{Queue.redis_queue_namespace_prefix}{self.queue_name}:intermediate"
         try:
+            # RQ moves jobs through the intermediate list only on Redis 6.2 and later (LMOVE);
+            # older servers have no LPOS either. (RQ caches the version on the connection.)
+            lists = get_version(self.connection) >= (6, 2, 0)
             with self.connection.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
                     pipe.hget(Job.key_for(job_id), "status")
-                    pipe.lpos(taken_list, job_id)
+                    if lists:
+                        pipe.lpos(taken_list, job_id)
                 replies = pipe.execute()
         except _REDIS_ERRORS as exc:
             raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
+        if not lists:
+            return dict(zip(job_ids, replies, strict=True))
         statuses: dict[str, bytes | None] = {}
         for job_id, status, position in zip(job_ids, replies[::2], replies[1::2], strict=True):
             statuses[job_id] = TAKEN if status == b"queued" and position is not None else status

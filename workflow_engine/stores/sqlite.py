@@ -115,15 +115,23 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         return self._lock_obj
 
     def database(self) -> sqlite_utils.Database:
-        """This process's connection, wrapped by sqlite-utils: for inspection and scripts.
+        """A connection of its own to the file, wrapped by sqlite-utils: for inspection and scripts.
 
-        ``store.database()["workflows"].count_where("status = ?", ["failed"])``. Writes made
-        through it bypass the state machine and the audit trail; use the engine for those.
+        ``store.database()["workflows"].count_where("status = ?", ["failed"])``; close it when
+        done (``db.close()``). It sees only committed data, whatever the store's threads are
+        doing. Writes made through it bypass the state machine and the audit trail; use the
+        engine for those. An in-memory database has only the store's connection: it is
+        returned, shared, and must not be used while the engine is in use.
         """
         import sqlite_utils
 
         with self._lock:
-            return sqlite_utils.Database(self._connect())
+            if self.path == ":memory:":
+                return sqlite_utils.Database(self._connect())
+            self._connect()  # the schema, before anyone looks
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        return sqlite_utils.Database(conn)
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is not None and self._pid == os.getpid():

@@ -22,11 +22,20 @@ def shown(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if scheme.lower() == "sqlite" and rest.startswith("/") and rest[1:] != ":memory:":
         return f"sqlite:///{os.path.abspath(rest[1:])}"
+    if not sep:
+        return url
     netloc, slash, tail = rest.partition("/")
     credentials, at, host = netloc.rpartition("@")
-    if sep and at and ":" in credentials:
-        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}{slash}{tail}"
-    return url
+    if at and ":" in credentials:
+        netloc = f"{credentials.split(':', 1)[0]}:***@{host}"
+    path, question, query = tail.partition("?")
+    if question:
+        query = "&".join(
+            f"{key}=***" if key.lower() == "password" else part
+            for part in query.split("&")
+            for key in [part.partition("=")[0]]
+        )
+    return f"{scheme}://{netloc}{slash}{path}{question}{query}"
 
 
 def parse_database_url(url: str) -> DatabaseURL:
