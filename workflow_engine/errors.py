@@ -34,8 +34,8 @@ class InvalidInput(WorkflowEngineError, ValueError):
 class WorkflowNotFound(WorkflowEngineError, LookupError):
     """No workflow has that id."""
 
-    def __init__(self, workflow_id: str | None = None, message: str | None = None) -> None:
-        msg = message or (f"no workflow with id {workflow_id!r}" if workflow_id is not None else None)
+    def __init__(self, workflow_id: str | None = None) -> None:
+        msg = f"no workflow with id {workflow_id!r}" if workflow_id is not None else None
         super().__init__(msg)
         self.workflow_id = workflow_id
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import recovery
-from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError, WorkflowNotFound
+from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
 from .handlers import describe
 from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
@@ -124,10 +124,10 @@ def run_workflow(
     status = run_attempt(
         engine, workflow_id, job_id=job_id, handler=handler, worker=worker, transport=transport
     )
-    if status == "skipped (missing)" and engine_key is None:
-        # Most likely a worker on the wrong database: fail the job, so that RQ shows it (the
-        # workflow stays queued where it is recorded, and its reconcile delivers it again).
-        raise WorkflowNotFound(workflow_id, _missing(engine, workflow_id, job_id))
+    # A "skipped (missing)" job most likely ran on a worker with the wrong database: run_attempt
+    # logged a WARNING saying so (Python shows it even where nothing configured logging). It is
+    # not raised: RQ would keep each failed job for a year, and reconcile redelivers the workflow
+    # every pass while only such workers take its jobs.
     return {"workflow_id": workflow_id, "status": status}
 
 
