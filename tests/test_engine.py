@@ -662,7 +662,12 @@ def test_a_detail_or_reason_that_is_not_text_is_refused(workflow_engine: Workflo
             ["importing it raised ModuleNotFoundError", "we_missing_pdf_library"],
         ),
     ],
-    ids=["missing-module", "missing-function", "module-raises-on-import", "lazy-getattr-raises"],
+    ids=[
+        "missing-module",
+        "missing-function",
+        "module-raises-on-import",
+        "lazy-getattr-raises",
+    ],
 )
 def test_a_handler_that_cannot_be_imported_fails_at_once_saying_why_with_a_warning_and_the_traceback(
     workflow_engine: WorkflowEngine, path: str, says: list[str], caplog: pytest.LogCaptureFixture
@@ -682,6 +687,20 @@ def test_a_handler_that_cannot_be_imported_fails_at_once_saying_why_with_a_warni
         r for r in caplog.records if r.levelname == "WARNING" and r.name == "workflow_engine.execution"
     ]
     assert [r.getMessage() for r in warnings] == [f"attempt 1 failed: {wf.error}"]
+
+
+def test_a_handler_path_that_names_something_not_callable_fails_at_once_saying_what_it_is(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("report", "we_import_probe:not_a_function", max_retries=3)
+    wid = workflow_engine.create_workflow(workflow_type_id="report", enqueue=True)
+    wf = workflow_engine.get_workflow(wid)
+    assert wf.status is S.FAILED and wf.attempts == 1
+    assert wf.error == (
+        "cannot use handler 'we_import_probe:not_a_function' for workflow type 'report': it is a int, not a "
+        "function; register the type with a function's path: "
+        "engine.register_handler('report', 'package.module:function')"
+    )
 
 
 def test_a_worker_on_the_wrong_database_warns_at_start_and_at_each_job_it_cannot_find(

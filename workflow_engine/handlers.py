@@ -160,7 +160,11 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
     except Exception as exc:  # a module's own __getattr__ (lazy loading) that failed
         raise _import_failed(path, workflow_type_id, exc) from exc
     if not callable(obj):
-        raise UnknownWorkflowType(workflow_type_id, f"{path!r} is not callable")
+        raise UnknownWorkflowType(
+            workflow_type_id,
+            message=f"cannot use handler {path!r} for workflow type {workflow_type_id!r}: it is a "
+            f"{type(obj).__name__}, not a function; register the type with a function's path: {register}",
+        )
     handler: HandlerFunc = obj
     return handler
 
@@ -204,7 +208,7 @@ def preload_handlers(names: Iterable[str]) -> list[str]:
                 obj = getattr(obj, part)
         except Exception as exc:
             raise ConfigurationError(
-                f"cannot preload {name!r}: {type(exc).__name__}: {exc}; start the worker where it can "
+                f"cannot preload {name!r}: {describe(exc)}; start the worker where it can "
                 "import that module (--path <app dir>)"
             ) from exc
         if attr and not callable(obj):
