@@ -1415,3 +1415,15 @@ def test_a_workflow_recorded_with_a_policy_past_todays_bounds_can_still_be_reque
         assert wf.status is S.QUEUED and wf.timeout == config.MAX_SECONDS and wf.max_retries == 1_000_000
     finally:
         other.close()
+
+
+def test_the_package_exports_every_error_a_caller_of_its_methods_catches() -> None:
+    import workflow_engine
+    from workflow_engine import errors
+
+    caught = {
+        "WorkflowEngineError", "WorkflowNotFound", "InvalidTransition", "InvalidInput",
+        "UnknownWorkflowType", "QueueUnavailable", "StoreError", "StoreUnavailable",
+    }  # fmt: skip
+    assert caught <= set(workflow_engine.__all__)
+    assert all(getattr(workflow_engine, name) is getattr(errors, name) for name in caught)

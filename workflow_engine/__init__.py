@@ -5,8 +5,10 @@ The database is the source of truth; RQ only moves work; ``rq worker workflows``
 
 from .engine import WorkflowEngine
 from .errors import (
+    InvalidInput,
     InvalidTransition,
     QueueUnavailable,
+    StoreError,
     StoreUnavailable,
     UnknownWorkflowType,
     WorkflowEngineError,
@@ -27,8 +29,10 @@ __all__ = [
     "WorkflowEvent",
     "WorkflowStatus",
     # errors
+    "InvalidInput",
     "InvalidTransition",
     "QueueUnavailable",
+    "StoreError",
     "StoreUnavailable",
     "UnknownWorkflowType",
     "WorkflowEngineError",
