@@ -129,8 +129,11 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             if self.path == ":memory:":
                 return sqlite_utils.Database(self._connect())
             self._connect()  # the schema, before anyone looks
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         return sqlite_utils.Database(conn)
 
     def _connect(self) -> sqlite3.Connection:
