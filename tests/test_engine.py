@@ -828,19 +828,25 @@ def test_engine_settings_out_of_range_are_refused_at_construction(
         WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://", **kwargs)
 
 
-def test_a_handler_with_a_million_retries_backs_off_at_the_cap_without_overflowing() -> None:
-    wf = Workflow(
+def failing(*, attempts: int, max_retries: int, max_attempts: int) -> Workflow:
+    """A running workflow in its retry budget, with ``retry_backoff=1``: what ``retry_delay`` reads."""
+    now = utcnow()
+    return Workflow(
         id="w",
         workflow_type_id="t",
         status=S.RUNNING,
-        attempts=5000,
-        max_retries=1_000_000,
-        max_attempts=1_000_001,
-        retry_backoff=1.0,
         inputs={},
-        created_at=utcnow(),
-        updated_at=utcnow(),
+        created_at=now,
+        updated_at=now,
+        attempts=attempts,
+        max_retries=max_retries,
+        max_attempts=max_attempts,
+        retry_backoff=1.0,
     )
+
+
+def test_a_handler_with_a_million_retries_backs_off_at_the_cap_without_overflowing() -> None:
+    wf = failing(attempts=5000, max_retries=1_000_000, max_attempts=1_000_001)
     assert recovery.MAX_RETRY_DELAY / 2 <= recovery.retry_delay(wf) <= recovery.MAX_RETRY_DELAY
 
 
@@ -1093,21 +1099,9 @@ def test_reconcile_redelivers_a_job_a_worker_took_but_never_claimed(
 def test_the_backoff_grows_within_a_retry_budget_and_a_requeue_starts_it_again(requeues: int) -> None:
     """retry_backoff=1: after the 1st, 2nd and 3rd failed attempt of a budget, 0.5-1 s, 1-2 s, 2-4 s,
     however many budgets (requeues) came before."""
-    now = utcnow()
     first = 1 + 4 * requeues  # each budget of max_retries=3 is 4 attempts
     for n, (low, high) in enumerate([(0.5, 1), (1, 2), (2, 4)], start=0):
-        wf = Workflow(
-            id="w",
-            workflow_type_id="t",
-            status=S.RUNNING,
-            inputs={},
-            created_at=now,
-            updated_at=now,
-            attempts=first + n,
-            max_retries=3,
-            max_attempts=first + 3,
-            retry_backoff=1.0,
-        )
+        wf = failing(attempts=first + n, max_retries=3, max_attempts=first + 3)
         assert all(low <= recovery.retry_delay(wf) <= high for _ in range(50))
 
 
