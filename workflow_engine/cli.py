@@ -426,17 +426,16 @@ def worker(
       workflow-engine worker --path /srv/app --preload myapp.workflows
       workflow-engine worker --metrics-port 9108
     """
-    from .execution import set_worker_engine
-    from .handlers import preload_handlers
+    from .execution import preload_modules, set_worker_engine
     from .workers import SimpleWorkflowWorker, WorkflowWorker
 
     for path in reversed(paths):
         sys.path.insert(0, os.path.abspath(path))
     with ExitStack() as stack:
         engine = _make_engine(create=True, **options)  # a worker may start before the web process
-        names = [n for value in preloads for n in value.replace(",", " ").split()] or config.preload_names()
-        if names:  # before the metrics and the reconcile thread: a wrong name stops here, at once
-            log.info("preloaded %s", ", ".join(preload_handlers(names)))
+        # As `rq worker -c workflow_engine.rq_preload` does (None: $WORKFLOW_ENGINE_PRELOAD), and before
+        # the metrics and the reconcile thread: a wrong name stops the worker here, at once.
+        preload_modules(config.split_names(" ".join(preloads)) or None)
         if metrics_port is not None:
             _serve_metrics(stack, engine, metrics_port, metrics_host, forking=True)
         set_worker_engine(engine)

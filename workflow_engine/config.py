@@ -66,7 +66,12 @@ class Settings:
 def preload_names(environ: Mapping[str, str] | None = None) -> list[str]:
     """The modules or handler paths ``WORKFLOW_ENGINE_PRELOAD`` names (comma- or space-separated)."""
     env = os.environ if environ is None else environ
-    return [name for name in env.get("WORKFLOW_ENGINE_PRELOAD", "").replace(",", " ").split() if name]
+    return split_names(env.get("WORKFLOW_ENGINE_PRELOAD", ""))
+
+
+def split_names(text: str) -> list[str]:
+    """Module names or handler paths, separated by commas or spaces."""
+    return text.replace(",", " ").split()
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

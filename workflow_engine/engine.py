@@ -74,6 +74,12 @@ _CREATE_ARGUMENTS = frozenset(
 )
 
 
+def _check_count(name: str, value: object) -> None:
+    """How many rows a query takes at a time: an integer from 1 to 10,000."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+        raise InvalidInput(f"{name} must be an integer from 1 to 10000, got {value!r}")
+
+
 class WorkflowEngine:
     """Durable workflows: a database row per workflow, RQ to run them.
 
@@ -410,8 +416,7 @@ class WorkflowEngine:
 
         Page with ``before=<last workflow of the previous page>`` (keyset paging).
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            raise InvalidInput(f"limit must be an integer from 1 to 10000, got {limit!r}")
+        _check_count("limit", limit)
         filters: dict[str, str] = {}
         if status is not None:
             filters["status"] = WorkflowStatus.parse(status).value
@@ -807,8 +812,7 @@ class WorkflowEngine:
         taken does nothing and reports nothing). ``batch_size`` (1 to 10,000) is how many
         workflows each query takes at a time.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
-            raise InvalidInput(f"batch_size must be an integer from 1 to 10000, got {batch_size!r}")
+        _check_count("batch_size", batch_size)
         with self.store.exclusive("workflow_engine.reconcile") as mine:
             if not mine:
                 return ReconcileReport()

@@ -88,15 +88,20 @@ def preload(modules: Iterable[str] | None = None) -> WorkflowEngine:
     (comma-separated). One that cannot be imported raises ConfigurationError.
     ``rq worker -c workflow_engine.rq_preload`` calls this.
     """
+    engine = worker_engine()
+    engine.store.migrate()
+    preload_modules(modules)
+    return engine
+
+
+def preload_modules(modules: Iterable[str] | None = None) -> None:
+    """Import the handler modules ``modules`` names (None: ``WORKFLOW_ENGINE_PRELOAD``), now."""
     from . import config
     from .handlers import preload_handlers
 
-    engine = worker_engine()
-    engine.store.migrate()
     names = config.preload_names() if modules is None else list(modules)
     if names:
         log.info("preloaded %s", ", ".join(preload_handlers(names)))
-    return engine
 
 
 # -- the job -----------------------------------------------------------------

@@ -70,10 +70,7 @@ def check_id(name: str, value: str) -> str:
     """Refuse an identifier that a store could not index or keep: NUL characters, or too long."""
     if "\x00" in value:
         raise InvalidInput(f"{name} must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{name} must be valid Unicode text: {exc.reason} at {exc.start}") from None
+    _check_unicode(name, value)
     if len(value) > MAX_ID_LENGTH:
         raise InvalidInput(f"{name} must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
     return value
@@ -96,11 +93,16 @@ def check_text(name: str, value: str | None) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string or None, got {type(value).__name__}")
+    _check_unicode(name, value)
+    return value
+
+
+def _check_unicode(name: str, value: str) -> None:
+    """Refuse text that is not Unicode (a lone surrogate): no store could encode it."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidInput(f"{name} must be valid Unicode text: {exc.reason} at {exc.start}") from None
-    return value
 
 
 def validate_type_id(type_id: object) -> str:

@@ -73,19 +73,25 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+def _stderr_handler(log_format: str, what: str, error: type[ValueError]) -> logging.Handler:
+    """A stderr handler writing ``log_format`` (text or json); ``error`` names ``what`` if unknown."""
+    if log_format not in FORMATS:
+        raise error(f"{what} must be one of {', '.join(FORMATS)}, got {log_format!r}")
+    handler = _StderrHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    return handler
+
+
 def configure(log_format: str = "text", level: str | int = "INFO") -> logging.Handler:
     """Send log records to stderr in ``log_format`` (``text`` or ``json``), at ``level`` and above.
 
     Replaces the handler a previous call installed, and leaves every other handler alone.
     """
-    if log_format not in FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {log_format!r}")
+    handler = _stderr_handler(log_format, "log format", ValueError)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_workflow_engine", False)]:
         root.removeHandler(old)
-    handler = _StderrHandler()
     handler._workflow_engine = True  # type: ignore[attr-defined]
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     return handler
@@ -107,12 +113,7 @@ def configure_worker_logging() -> logging.Handler | None:
         return None
     log_format = os.environ.get("WORKFLOW_ENGINE_LOG_FORMAT") or "text"
     level = os.environ.get("WORKFLOW_ENGINE_LOG_LEVEL") or "INFO"
-    if log_format not in FORMATS:
-        raise ConfigurationError(
-            f"WORKFLOW_ENGINE_LOG_FORMAT must be one of {', '.join(FORMATS)}, got {log_format!r}"
-        )
-    handler = _StderrHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler = _stderr_handler(log_format, "WORKFLOW_ENGINE_LOG_FORMAT", ConfigurationError)
     try:
         logger.setLevel(level.upper())
     except ValueError as exc:
