@@ -69,6 +69,39 @@ def test_a_workflow_reads_back_exactly_as_it_was_inserted(store: Store) -> None:
     assert store.get(wf.id) == wf
 
 
+def test_a_workflow_with_every_field_set_reads_back_exactly(store: Store) -> None:
+    now = utcnow()
+    wf = new(key="k-1", n=1).model_copy(
+        update={
+            "status": S.RUNNING,
+            "calculated_savings": {"hours": 2},
+            "assigned_council_id": "c",
+            "result": [1, {"a": None}],
+            "error": "boom",
+            "traceback": "Traceback ...",
+            "attempts": 2,
+            "max_retries": 3,
+            "max_attempts": 6,
+            "retry_backoff": 0.5,
+            "timeout": 9.5,
+            "handler": "pkg.mod:fn",
+            "job_id": "job-9",
+            "worker": "w-1",
+            "started_at": now - timedelta(seconds=3),
+            "finished_at": now - timedelta(seconds=1),
+            "heartbeat_at": now - timedelta(seconds=2),
+            "lease_until": now + timedelta(seconds=30),
+            "run_after": now + timedelta(seconds=60),
+            "cancel_requested_at": now,
+            "duration_s": 2.0,
+        }
+    )
+    assert all(value is not None for value in wf.model_dump().values())
+    [(stored, created)] = store.insert([wf])
+    assert created and stored == wf
+    assert store.get(wf.id) == wf
+
+
 def test_getting_a_missing_id_returns_none(store: Store) -> None:
     assert store.get("missing") is None
     assert store.events("missing") == []

@@ -8,6 +8,7 @@ whitelists below, never from callers: every value is a bound parameter.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -212,6 +213,7 @@ def update_sql(
     return f"UPDATE workflows SET {sets} WHERE {where} RETURNING *"
 
 
+@functools.cache  # a handful of sizes: 1 and 2 events on every create's path
 def insert_events_sql(count: int) -> str:
     """One INSERT of ``count`` events of one workflow: ``:workflow_id``, ``:at`` and ``:attempt`` are
     shared, ``:from_status_<i>``, ``:to_status_<i>`` and ``:detail_<i>`` are each event's own."""
