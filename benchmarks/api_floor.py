@@ -1,0 +1,311 @@
+"""What bounds the API ratio: creating and enqueueing one workflow a call, four ways, side by side.
+
+    python benchmarks/api_floor.py [--n 2000] [--rounds 5] [--steps]
+
+Each round makes N calls of each kind, in turn, on a private Redis and a fresh SQLite WAL file:
+
+- ``raw``: RQ's ``Queue.enqueue`` of a no-op, as raw RQ runs in ``bench.py``'s API rows;
+- ``delivery``: the workflow job as the engine delivers it (``Queue.prepare_data`` with the
+  workflow job's function, arguments and options, RQ's ``enqueue_many`` into one pipeline, one
+  round trip), with no database: what RQ charges to put that job on the queue;
+- ``sql floor``: the same delivery after exactly the SQL of a fused create, one durable
+  transaction with the store's own statements and PRAGMAs (``BEGIN IMMEDIATE``; INSERT the
+  workflow, already ``queued``; INSERT both of its events; ``COMMIT``), and nothing else: the
+  cost of the guarantee that a workflow is in the database before its job is in Redis;
+- ``workflow``: ``engine.create_workflow(workflow_type_id=..., enqueue=True)``.
+
+It prints each kind's median rate and its ratio to ``raw``. ``sql floor`` ÷ ``raw`` is the highest
+ratio that any engine writing the workflow durably before delivering its job, through RQ's own
+enqueue, could reach on this machine; ``workflow`` ÷ ``sql floor`` is what the engine's own Python
+(validation, the model, encoding, the state machine, logging) keeps of it. It exits non-zero if a
+kind did not leave N jobs queued (and, with a database, N workflows queued); it asserts no timing.
+
+With ``--steps`` it runs the floor's loop again and again, with the engine's pieces put in one at a
+time in place of the floor's own (building the workflow, its queued change, the store's insert, the
+transport's delivery), then the whole call: what each piece adds, measured where it runs, between a
+commit and a round trip, rather than in a tight loop of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import redis as redis_lib
+from rq import Callback, Queue
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_jobs
+import harness
+from harness import QUEUE, BenchFailure, RedisServer
+
+from workflow_engine import WorkflowEngine
+from workflow_engine.execution import on_job_stopped, run_workflow
+from workflow_engine.status import WorkflowStatus as S
+from workflow_engine.stores import queries as q
+from workflow_engine.stores.base import NewEvent
+from workflow_engine.stores.sqlite import SQLiteStore
+from workflow_engine.transport import RESULT_TTL
+
+TYPE = "bench"
+HANDLER = "bench_jobs:noop_workflow"
+KINDS = ("raw", "delivery", "sql floor", "workflow")
+#: ``--steps``: the floor's loop, then each of the engine's pieces in turn in place of the floor's own.
+STEPS = (
+    "the floor",
+    "+ _new_workflow",
+    "+ the queued change and model_copy",
+    "+ store.insert",
+    "+ transport.deliver",
+)
+
+
+class Floor:
+    def __init__(self, tmp: Path, redis: RedisServer, n: int) -> None:
+        self.tmp, self.redis, self.n = tmp, redis, n
+        self.connection = redis_lib.Redis.from_url(redis.url)
+        self.queue = Queue(QUEUE, connection=self.connection)
+
+    def database(self) -> str:
+        """A fresh SQLite file with the store's schema; its path."""
+        path = str(self.tmp / f"floor-{uuid.uuid4().hex[:8]}.db")
+        store = SQLiteStore(path)
+        store.migrate()
+        store.close()
+        return path
+
+    def deliver(self, workflow_id: str, job_id: str) -> None:
+        """The workflow job, as ``Transport.deliver`` puts it on the queue: one pipeline."""
+        with self.connection.pipeline() as pipe:
+            self.queue.enqueue_many(
+                [
+                    Queue.prepare_data(
+                        run_workflow,
+                        args=(workflow_id, HANDLER, job_id),
+                        kwargs=None,
+                        timeout=-1,
+                        result_ttl=RESULT_TTL,
+                        job_id=job_id,
+                        description=f"workflow {TYPE} {workflow_id}",
+                        on_stopped=Callback(on_job_stopped),
+                    )
+                ],
+                pipeline=pipe,
+            )
+            pipe.execute()
+
+    def timed(self, calls: Callable[[], None]) -> float:
+        start = time.perf_counter()
+        calls()
+        rate = self.n / (time.perf_counter() - start)
+        if self.queue.count != self.n:
+            raise BenchFailure(f"{self.queue.count} jobs on the queue, expected {self.n}")
+        return rate
+
+    def raw(self) -> float:
+        def calls() -> None:
+            for _ in range(self.n):
+                self.queue.enqueue(bench_jobs.noop)
+
+        return self.timed(calls)
+
+    def delivery(self) -> float:
+        def calls() -> None:
+            for _ in range(self.n):
+                workflow_id = uuid.uuid4().hex
+                self.deliver(workflow_id, f"{workflow_id}-00000000")
+
+        return self.timed(calls)
+
+    def connect(self, path: str) -> sqlite3.Connection:
+        """A bare connection to ``path`` with the store's PRAGMAs."""
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        for pragma in (
+            "busy_timeout = 30000",
+            "journal_mode = WAL",
+            "synchronous = NORMAL",
+            "foreign_keys = ON",
+        ):
+            conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    @staticmethod
+    def insert(conn: sqlite3.Connection) -> tuple[str, str]:
+        """Exactly the fused call's SQL: the workflow row, already queued, and both of its events,
+        in one durable transaction with the store's own statements. Its id and job id."""
+        workflow_id = uuid.uuid4().hex
+        job_id = f"{workflow_id}-00000000"
+        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        row = dict.fromkeys(q.WORKFLOW_COLUMNS)
+        row.update(
+            id=workflow_id,
+            workflow_type_id=TYPE,
+            status="queued",
+            inputs="{}",
+            attempts=0,
+            max_retries=3,
+            max_attempts=4,
+            retry_backoff=1.0,
+            handler=HANDLER,
+            job_id=job_id,
+            created_at=now,
+            updated_at=now,
+        )
+        events = {"workflow_id": workflow_id, "at": now, "attempt": 0}
+        events.update(from_status_0=None, to_status_0="pending", detail_0=None)
+        events.update(from_status_1="pending", to_status_1="queued", detail_1="enqueued")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(q.INSERT_WORKFLOW, row)
+        conn.execute(q.insert_events_sql(2), events)
+        conn.execute("COMMIT")
+        return workflow_id, job_id
+
+    def sql_floor(self) -> float:
+        return self.steps(0)
+
+    def steps(self, level: int) -> float:
+        """The floor's loop with the engine's first ``level`` pieces in place of its own (``STEPS``)."""
+        engine = self.engine()
+        conn = self.connect(engine.store.path)  # type: ignore[attr-defined]
+        history = (NewEvent(None, S.PENDING), NewEvent(S.PENDING, S.QUEUED, "enqueued"))
+
+        def calls() -> None:
+            for _ in range(self.n):
+                if level >= 1:
+                    wf = engine._new_workflow(workflow_type_id=TYPE)
+                if level >= 2:
+                    wf = wf.model_copy(update=engine._queue_change(wf, detail="enqueued").changes)
+                if level >= 3:
+                    engine.store.insert([wf], [history])
+                    workflow_id, job_id = wf.id, str(wf.job_id)
+                else:
+                    workflow_id, job_id = self.insert(conn)
+                if level >= 4:
+                    engine._deliver(wf)
+                else:
+                    self.deliver(workflow_id, job_id)
+
+        try:
+            rate = self.timed(calls)
+            queued = conn.execute("SELECT COUNT(*) FROM workflows WHERE status = 'queued'").fetchone()[0]
+        finally:
+            conn.close()
+            engine.close()
+        if queued != self.n:
+            raise BenchFailure(f"{queued} of {self.n} rows queued")
+        return rate
+
+    def engine(self) -> WorkflowEngine:
+        engine = WorkflowEngine(
+            database_url=f"sqlite:///{self.database()}", redis_url=self.redis.url, queue_name=QUEUE
+        )
+        engine.register_handler(TYPE, HANDLER)
+        engine.transport.ping()
+        return engine
+
+    def workflow(self) -> float:
+        engine = self.engine()
+
+        def calls() -> None:
+            for _ in range(self.n):
+                engine.create_workflow(workflow_type_id=TYPE, enqueue=True)
+
+        try:
+            rate = self.timed(calls)
+            queued = len(engine.list_workflows(limit=self.n + 1, status="queued"))
+        finally:
+            engine.close()
+        if queued != self.n:
+            raise BenchFailure(f"{queued} of {self.n} workflows queued")
+        return rate
+
+    def run(self, kind: str) -> float:
+        self.redis.flushall()
+        if kind in STEPS:
+            return self.steps(STEPS.index(kind))
+        return {
+            "raw": self.raw,
+            "delivery": self.delivery,
+            "sql floor": self.sql_floor,
+            "workflow": self.workflow,
+        }[kind]()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=2000, help="calls per run (default 2000)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (default 5)")
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="instead of the four kinds: the floor's loop with the engine's pieces put in one at a time",
+    )
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.rounds < 1:
+        parser.error("--n and --rounds must be at least 1")
+    print(harness.compile_bytecode())
+    times_before = harness.cpu_times()
+    kinds = (*STEPS, "workflow") if args.steps else KINDS
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    with tempfile.TemporaryDirectory(prefix="we-api-floor-") as tmp_name:
+        redis = RedisServer(Path(tmp_name))
+        try:
+            redis.start()
+            floor = Floor(Path(tmp_name), redis, args.n)
+            for kind in kinds:  # warm up: first-use imports and caches are not what is measured
+                Floor(Path(tmp_name), redis, 20).run(kind)
+            for r in range(args.rounds):
+                # Alternate the order, so that no kind always runs first after a quiet spell.
+                for kind in kinds if r % 2 == 0 else tuple(reversed(kinds)):
+                    rates[kind].append(floor.run(kind))
+                figures = ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items())
+                print(f"round {r + 1}/{args.rounds}: {figures}", flush=True)
+        finally:
+            redis.stop()
+    stolen = harness.steal_percent(times_before, harness.cpu_times())
+    print(
+        f"\nOne call a workflow (or job), real Redis, SQLite WAL, N={args.n}, median of {args.rounds}; "
+        f"CPU stolen by the hypervisor over the run: {stolen}.\n"
+    )
+    medians = {kind: statistics.median(rates[kind]) for kind in kinds}
+    if args.steps:
+        print("| the floor's loop | ms a call | + |")
+        print("|---|---|---|")
+        previous = None
+        for kind in kinds:
+            ms = 1000 / medians[kind]
+            added = "" if previous is None else f"{ms - previous:+.3f}"
+            print(f"| {kind} | {ms:.3f} | {added} |")
+            previous = ms
+        print("\nEvery round, calls/s:")
+        for kind in kinds:
+            print(f"- {kind}: " + ", ".join(f"{rate:,.0f}" for rate in rates[kind]))
+        return 0
+    print("| kind | calls/s | ms a call | ÷ raw | ÷ sql floor |")
+    print("|---|---|---|---|---|")
+    for kind in kinds:
+        rate = medians[kind]
+        print(
+            f"| {kind} | {rate:,.0f} | {1000 / rate:.3f} | {rate / medians['raw']:.2f} "
+            f"| {rate / medians['sql floor']:.2f} |"
+        )
+    print("\nEvery round, calls/s (÷ raw):")
+    for kind in kinds:
+        rounds = zip(rates[kind], rates["raw"], strict=True)
+        print(f"- {kind}: " + ", ".join(f"{rate:,.0f} ({rate / raw:.2f})" for rate, raw in rounds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
