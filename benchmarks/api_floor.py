@@ -257,7 +257,6 @@ def main(argv: list[str] | None = None) -> int:
     print(harness.compile_bytecode())
     times_before = harness.cpu_times()
     kinds = (*STEPS, "workflow") if args.steps else KINDS
-    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="we-api-floor-") as tmp_name:
         redis = RedisServer(Path(tmp_name))
         try:
@@ -265,12 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             floor = Floor(Path(tmp_name), redis, args.n)
             for kind in kinds:  # warm up: first-use imports and caches are not what is measured
                 Floor(Path(tmp_name), redis, 20).run(kind)
-            for r in range(args.rounds):
-                # Alternate the order, so that no kind always runs first after a quiet spell.
-                for kind in kinds if r % 2 == 0 else tuple(reversed(kinds)):
-                    rates[kind].append(floor.run(kind))
-                figures = ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items())
-                print(f"round {r + 1}/{args.rounds}: {figures}", flush=True)
+            rates = harness.alternating(kinds, args.rounds, floor.run, lambda rate: f"{rate:,.0f}/s")
         finally:
             redis.stop()
     stolen = harness.steal_percent(times_before, harness.cpu_times())

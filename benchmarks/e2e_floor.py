@@ -165,21 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n and --rounds must be at least 1")
     print(harness.compile_bytecode())
     times_before = harness.cpu_times()
-    runs: dict[str, list[Run]] = {kind: [] for kind in KINDS}
     with tempfile.TemporaryDirectory(prefix="we-floor-") as tmp_name:
         redis = RedisServer(Path(tmp_name))
         try:
             redis.start()
             floor = Floor(Path(tmp_name), redis, args.n)
-            for r in range(args.rounds):
-                # Alternate the order, so that no kind always runs first after a quiet spell.
-                for kind in KINDS if r % 2 == 0 else tuple(reversed(KINDS)):
-                    runs[kind].append(floor.run(kind))
-                figures = ", ".join(
-                    f"{k} {v[-1].whole:,.0f}/s ({v[-1].steady:,.0f}/s steady, {v[-1].cpu_ms:.3f} ms CPU)"
-                    for k, v in runs.items()
-                )
-                print(f"round {r + 1}/{args.rounds}: {figures}", flush=True)
+            runs = harness.alternating(
+                KINDS,
+                args.rounds,
+                floor.run,
+                lambda run: f"{run.whole:,.0f}/s ({run.steady:,.0f}/s steady, {run.cpu_ms:.3f} ms CPU)",
+            )
         finally:
             redis.stop()
     stolen = harness.steal_percent(times_before, harness.cpu_times())

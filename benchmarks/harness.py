@@ -16,15 +16,31 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 QUEUE = "workflows"
+T = TypeVar("T")
 
 
 class BenchFailure(Exception):
     """Something did not run as it must (a workflow not completed, a worker that failed)."""
+
+
+def alternating(
+    kinds: Sequence[str], rounds: int, run: Callable[[str], T], describe: Callable[[T], str]
+) -> dict[str, list[T]]:
+    """Run every kind once a round for ``rounds`` rounds, alternating the order (A B C, then
+    C B A, …) so that no kind always runs first after a quiet spell; print each round as it ends."""
+    results: dict[str, list[T]] = {kind: [] for kind in kinds}
+    for r in range(rounds):
+        for kind in kinds if r % 2 == 0 else tuple(reversed(kinds)):
+            results[kind].append(run(kind))
+        figures = ", ".join(f"{kind} {describe(done[-1])}" for kind, done in results.items())
+        print(f"round {r + 1}/{rounds}: {figures}", flush=True)
+    return results
 
 
 def free_port() -> int:
