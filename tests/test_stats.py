@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from workflow_engine import WorkflowEngine, WorkflowStatus
+from workflow_engine.analytics import Stats, TypeStats
 from workflow_engine.errors import InvalidInput
 from workflow_engine.models import utcnow
 
@@ -106,6 +107,13 @@ def test_stats_of_an_empty_database_has_every_key(engine: WorkflowEngine) -> Non
     assert stats["total"] == 0 and set(stats["by_status"].values()) == {0}
     assert stats["by_type"] == {} and stats["calculated_savings"] == {}
     assert stats["oldest_queued_age_s"] is None
+
+
+def test_stats_have_exactly_the_keys_their_typed_shape_names(engine: WorkflowEngine) -> None:
+    engine.create_workflow(workflow_type_id="site")
+    stats = engine.stats()
+    assert set(stats) == Stats.__required_keys__
+    assert set(stats["by_type"]["site"]) == TypeStats.__required_keys__
 
 
 def test_huge_savings_are_summed_without_overflow(engine: WorkflowEngine) -> None:

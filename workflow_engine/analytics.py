@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from .errors import InvalidInput, QueueUnavailable
 from .models import utcnow
@@ -17,24 +17,62 @@ if TYPE_CHECKING:
 STATS_WINDOW_MINUTES = 15
 
 
-def compute_stats(engine: WorkflowEngine, since: datetime | None = None) -> dict[str, Any]:
+class TypeStats(TypedDict):
+    """One workflow type's entry in ``stats()["by_type"]``."""
+
+    total: int
+    #: Every status, zeros included.
+    by_status: dict[str, int]
+    #: completed / (completed + failed); None before either.
+    success_rate: float | None
+    #: Nearest-rank percentiles of completed workflows' durations; None without any.
+    duration_p50_s: float | None
+    duration_p95_s: float | None
+
+
+class Stats(TypedDict):
+    """What ``engine.stats()`` returns: a plain, JSON-safe dict of this shape."""
+
+    #: ISO 8601, or None for all workflows.
+    since: str | None
+    generated_at: str
+    total: int
+    #: Every status, zeros included.
+    by_status: dict[str, int]
+    by_type: dict[str, TypeStats]
+    #: Jobs waiting in Redis; None when Redis is down.
+    queue_depth: int | None
+    oldest_queued_age_s: float | None
+    running: int
+    #: Workflows finished over the last STATS_WINDOW_MINUTES, per minute.
+    throughput_per_min: float
+    #: Each numeric top-level field summed; None for a sum too large for a float.
+    calculated_savings: dict[str, float | None]
+
+
+def compute_stats(engine: WorkflowEngine, since: datetime | None = None) -> Stats:
     """``engine.stats()``: shape the store's SQL aggregates into the documented dict."""
     if since is not None and (not isinstance(since, datetime) or since.tzinfo is None):
         raise InvalidInput("since must be a timezone-aware datetime or None")
     now = utcnow()
     rows = engine.store.stats(since=since, recent=now - timedelta(minutes=STATS_WINDOW_MINUTES))
     by_status = {status.value: 0 for status in WorkflowStatus}
-    by_type: dict[str, dict[str, Any]] = {}
+    counts: dict[str, dict[str, int]] = {}
     for type_id, status, count in rows.counts:
         by_status[status] = by_status.get(status, 0) + count
-        entry = by_type.setdefault(type_id, {"total": 0, "by_status": {st.value: 0 for st in WorkflowStatus}})
-        entry["total"] += count
-        entry["by_status"][status] = entry["by_status"].get(status, 0) + count
-    for type_id, entry in by_type.items():
-        done, failed = entry["by_status"]["completed"], entry["by_status"]["failed"]
-        entry["success_rate"] = round(done / (done + failed), 4) if done + failed else None
+        of_type = counts.setdefault(type_id, {st.value: 0 for st in WorkflowStatus})
+        of_type[status] = of_type.get(status, 0) + count
+    by_type: dict[str, TypeStats] = {}
+    for type_id, of_type in sorted(counts.items()):
+        done, failed = of_type["completed"], of_type["failed"]
         p50, p95 = rows.durations.get(type_id, (None, None))
-        entry["duration_p50_s"], entry["duration_p95_s"] = p50, p95
+        by_type[type_id] = {
+            "total": sum(of_type.values()),
+            "by_status": of_type,
+            "success_rate": round(done / (done + failed), 4) if done + failed else None,
+            "duration_p50_s": p50,
+            "duration_p95_s": p95,
+        }
     try:
         depth: int | None = engine.transport.depth()
     except QueueUnavailable:
@@ -45,7 +83,7 @@ def compute_stats(engine: WorkflowEngine, since: datetime | None = None) -> dict
         "generated_at": now.isoformat(),
         "total": sum(by_status.values()),
         "by_status": by_status,
-        "by_type": dict(sorted(by_type.items())),
+        "by_type": by_type,
         "queue_depth": depth,
         "oldest_queued_age_s": round(max((now - oldest).total_seconds(), 0.0), 3) if oldest else None,
         "running": rows.running,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from .analytics import Stats
     from .health import HealthReport
     from .models import Workflow, WorkflowEvent
 
@@ -175,7 +176,7 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def stats(report: dict[str, Any]) -> None:
+def stats(report: Stats) -> None:
     """``stats``: the present state, then counts by status and by type, then the savings."""
     age = report["oldest_queued_age_s"]
     depth = report["queue_depth"]

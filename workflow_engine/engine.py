@@ -749,7 +749,7 @@ class WorkflowEngine:
         raise InvalidTransition(workflow_id, None, target.value, "it kept changing while being updated")
 
     # -- statistics --------------------------------------------------------
-    def stats(self, since: datetime | None = None) -> dict[str, Any]:
+    def stats(self, since: datetime | None = None) -> analytics.Stats:
         """Analytics computed in SQL, as a JSON-safe dict (see :func:`analytics.compute_stats`).
 
         ``total``, ``by_status`` (every status, zeros included), ``by_type`` (counts by

@@ -15,6 +15,7 @@ from .errors import InvalidInput
 from .models import utcnow
 
 if TYPE_CHECKING:
+    from .analytics import Stats
     from .engine import WorkflowEngine
 
 #: Defaults of the thresholds; the Prometheus alerts in docs/alerts.yml use the same.
@@ -88,7 +89,7 @@ def check_health(
     checks: list[Check] = []
     since = utcnow() - timedelta(seconds=window)
     try:
-        stats: dict[str, Any] | None = engine.stats(since=since)
+        stats: Stats | None = engine.stats(since=since)
     except Exception as exc:
         stats = None
         checks.append(Check("database", "fail", f"unreachable: {_one_line(exc)}"))
