@@ -408,6 +408,9 @@ def test_shown_urls_hide_passwords_in_the_netloc_and_in_the_query() -> None:
     assert shown("postgresql://app@db/app?sslmode=require&password=s3cret") == (
         "postgresql://app@db/app?sslmode=require&password=***"
     )
+    assert shown("postgresql://app@db/app?sslkey=k.pem&sslpassword=s3cret") == (
+        "postgresql://app@db/app?sslkey=k.pem&sslpassword=***"
+    )
 
 
 def test_a_reconcile_service_may_start_before_the_database_file_exists(

@@ -857,12 +857,21 @@ def test_a_handler_with_a_million_retries_backs_off_at_the_cap_without_overflowi
         ("workflows.db", "has no scheme"),
         ("sqlite://relative.db", "expected sqlite:///<path>"),
         ("", "non-empty string"),
-        ("postgresql:///db", "names no host"),
+        ("postgresql://[::1/db", "malformed PostgreSQL URL"),
+        ("postgresql://app@db:port/x", "malformed PostgreSQL URL"),
     ],
 )
 def test_a_malformed_or_unsupported_database_url_is_refused(url: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         WorkflowEngine(database_url=url, redis_url="fakeredis://")
+
+
+def test_a_postgresql_url_without_a_host_means_libpqs_default_as_for_psql() -> None:
+    from workflow_engine.stores.urls import parse_database_url
+
+    assert (
+        parse_database_url("postgresql:///app").target == "postgresql:///app"
+    )  # the local socket, or PGHOST
 
 
 def test_an_unsupported_redis_url_is_refused() -> None:

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from workflow_engine import StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus
-from workflow_engine.errors import MissingDependency, StoreError
+from workflow_engine.errors import ConfigurationError, MissingDependency, StoreError
 from workflow_engine.models import utcnow
 from workflow_engine.stores import open_store
 
@@ -42,6 +42,40 @@ def test_an_unreachable_server_raises_store_unavailable_quickly_without_the_pass
         store.get("x")
     assert time.monotonic() - start < 5
     assert "s3cret" not in str(info.value)
+
+
+def test_a_password_the_driver_cannot_parse_is_not_repeated_in_the_error() -> None:
+    # libpq quotes the token it cannot percent-decode: here, the whole password.
+    store = open_store(f"postgresql://app:50%off-S3cret@127.0.0.1:{free_port()}/db", connect_timeout=1.0)
+    with pytest.raises(StoreUnavailable) as info:
+        store.get("x")
+    assert "S3cret" not in str(info.value) and "***" in str(info.value)
+
+
+def test_an_engines_repr_hides_the_database_password() -> None:
+    engine = WorkflowEngine(
+        database_url="postgresql://app:s3cret@127.0.0.1:5432/db", redis_url="fakeredis://"
+    )
+    assert "s3cret" not in repr(engine) and "app:***@127.0.0.1" in repr(engine)
+
+
+@pytest.mark.parametrize("pool_size", [0, -1, "4", 2.5, True])
+def test_a_pool_size_that_is_not_a_positive_integer_is_refused(pool_size: object) -> None:
+    with pytest.raises(ConfigurationError, match="pool_size must be an integer"):
+        open_store("postgresql://postgres@127.0.0.1:5432/test", pool_size=pool_size)
+
+
+def test_reconcile_works_with_a_pool_of_one_connection(pg_url: str) -> None:
+    # The reconcile lock is held on a connection of its own, not on the pool's only one.
+    engine = WorkflowEngine(
+        store=open_store(pg_url, pool_size=1, connect_timeout=2.0), redis_url="fakeredis://"
+    )
+    engine.register_handler("t", "we_test_handlers:noop")
+    engine.create_workflow(workflow_type_id="t")
+    start = time.monotonic()
+    assert engine.reconcile().total == 0
+    assert time.monotonic() - start < 2
+    engine.close()
 
 
 def test_a_database_that_does_not_exist_is_named_at_once(pg_url: str) -> None:

@@ -49,6 +49,7 @@ from .models import (
 from .status import TERMINAL, WorkflowStatus, can_transition
 from .stores import Store, open_store
 from .stores.base import ANY_JOB, Change, NewEvent
+from .stores.urls import shown
 from .transport import Transport, connect, new_job_id
 
 log = logging.getLogger("workflow_engine")
@@ -140,7 +141,7 @@ class WorkflowEngine:
 
     def __repr__(self) -> str:
         mode = "async" if self.is_async else "in-process"
-        return f"<WorkflowEngine {self.database_url!r} queue={self.queue_name!r} {mode}>"
+        return f"<WorkflowEngine {shown(self.database_url)!r} queue={self.queue_name!r} {mode}>"
 
     def close(self) -> None:
         self.store.close()

@@ -14,11 +14,12 @@ import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from ..errors import MissingDependency, StoreError, StoreUnavailable
+from ..errors import ConfigurationError, MissingDependency, StoreError, StoreUnavailable
 from . import queries as q
 from .base import SQLStore, Tx
+from .urls import secrets
 
 try:
     import psycopg
@@ -61,6 +62,16 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
 """
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigurationError(f"pool_size must be an integer of at least 1, got {pool_size!r}")
+        if (
+            isinstance(connect_timeout, bool)
+            or not isinstance(connect_timeout, (int, float))
+            or not 0 < connect_timeout < float("inf")
+        ):
+            raise ConfigurationError(
+                f"connect_timeout must be a number of seconds > 0, got {connect_timeout!r}"
+            )
         self.url = url
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
@@ -110,7 +121,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 except Exception as exc:
                     pool, self._pool = self._pool, None
                     pool.close()
-                    raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc)}") from exc
+                    raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from exc
                 self._pid = os.getpid()
             pool = self._pool
         return pool
@@ -124,7 +135,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 self.url, connect_timeout=max(1, int(self.connect_timeout)), **_KEEPALIVES
             ).close()
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc)}") from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -145,28 +156,30 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                     with conn.transaction():  # BEGIN … COMMIT
                         yield _PgTx(conn)
         except psycopg.Error as exc:
-            raise _store_error(exc) from exc
+            raise _store_error(exc, url=self.url) from exc
         except Exception as exc:
             if type(exc).__module__.startswith("psycopg_pool"):
-                raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc)}") from exc
+                raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc, self.url)}") from exc
             raise
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
-        """A session advisory lock, held on one pooled connection for the duration of the block."""
-        pool = self._get_pool()
+        """A session advisory lock, held for the duration of the block on a connection of its own:
+        not one of the pool's, which the block's own work needs (with ``pool_size=1``, all of them).
+        Closing the connection releases the lock, whatever happened in the block."""
         key = zlib.crc32(name.encode()) & 0x7FFFFFFF
         try:
-            with pool.connection() as conn:  # autocommit, as every pooled connection
-                got = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (key,)).fetchone()
-                held = bool(got is not None and cast(dict[str, Any], got)["ok"])
-                try:
-                    yield held
-                finally:
-                    if held:
-                        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)), **_KEEPALIVES
+            )
         except psycopg.Error as exc:
-            raise _store_error(exc) from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from exc
+        with conn:
+            try:
+                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            except psycopg.Error as exc:
+                raise _store_error(exc, url=self.url) from exc
+            yield bool(got is not None and got[0])
 
     def migrate(self) -> int:
         pool = self._get_pool()
@@ -181,7 +194,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {})[0]["version"])
                 version = self._apply_migrations(tx, current)
         except psycopg.Error as exc:
-            raise _store_error(exc, "cannot migrate PostgreSQL") from exc
+            raise _store_error(exc, "cannot migrate PostgreSQL", url=self.url) from exc
         self._migrated = True
         return version
 
@@ -223,7 +236,7 @@ _KEEPALIVES: dict[str, Any] = {
 }
 
 
-def _store_error(exc: psycopg.Error, what: str | None = None) -> StoreError:
+def _store_error(exc: psycopg.Error, what: str | None = None, *, url: str | None = None) -> StoreError:
     """The store's error for a driver error: StoreUnavailable when the server could not be
     reached or stopped serving (worth retrying later), StoreError for a statement it refused.
 
@@ -232,11 +245,15 @@ def _store_error(exc: psycopg.Error, what: str | None = None) -> StoreError:
     "operational" too: a deadlock, an index row too large."""
     state = exc.sqlstate
     if isinstance(exc, psycopg.OperationalError) and (state is None or state.startswith(("08", "53", "57P"))):
-        return StoreUnavailable(f"{what or 'PostgreSQL is unavailable'}: {_safe(exc)}")
-    return StoreError(f"{what or 'PostgreSQL failed'}: {_safe(exc)}")
+        return StoreUnavailable(f"{what or 'PostgreSQL is unavailable'}: {_safe(exc, url)}")
+    return StoreError(f"{what or 'PostgreSQL failed'}: {_safe(exc, url)}")
 
 
-def _safe(exc: BaseException) -> str:
-    """The driver's message without a password that a connection string may carry."""
+def _safe(exc: BaseException, url: str | None = None) -> str:
+    """The first line of the driver's message, with every secret of ``url`` in it written
+    ``***``: libpq quotes a token of the connection string it cannot parse (a password with a
+    stray ``%``, say), and a pool's error may repeat the string."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for secret in secrets(url) if url else ():
+        text = text.replace(secret, "***")
     return text

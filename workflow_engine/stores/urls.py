@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigurationError
 
@@ -15,6 +15,27 @@ _HELP = "use sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///
 class DatabaseURL:
     backend: str  # "sqlite" or "postgres"
     target: str  # a file path, ":memory:", or a libpq connection URL
+
+
+#: Query parameters of a libpq URL that hold a secret.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def secrets(url: str) -> list[str]:
+    """The secrets ``url`` holds (its password, ``password=`` and ``sslpassword=`` values), as
+    written and percent-decoded, longest first: what must never be shown."""
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return []
+    netloc, _, tail = rest.partition("/")
+    credentials, at, _ = netloc.rpartition("@")
+    found = [credentials.partition(":")[2]] if at else []
+    for part in tail.partition("?")[2].split("&"):
+        key, _, value = part.partition("=")
+        if key.lower() in _SECRET_PARAMETERS:
+            found.append(value)
+    found += [unquote(value) for value in found]
+    return sorted({value for value in found if value}, key=len, reverse=True)
 
 
 def shown(url: str) -> str:
@@ -31,7 +52,7 @@ def shown(url: str) -> str:
     path, question, query = tail.partition("?")
     if question:
         query = "&".join(
-            f"{key}=***" if key.lower() == "password" else part
+            f"{key}=***" if key.lower() in _SECRET_PARAMETERS else part
             for part in query.split("&")
             for key in [part.partition("=")[0]]
         )
@@ -55,8 +76,10 @@ def parse_database_url(url: str) -> DatabaseURL:
             )
         return DatabaseURL("sqlite", path)
     if scheme in ("postgresql", "postgres"):
-        parts = urlsplit(url)
-        if not parts.hostname and "host=" not in (parts.query or ""):
-            raise ConfigurationError(f"malformed PostgreSQL URL: it names no host; {_HELP}")
+        try:
+            urlsplit(url).port  # noqa: B018 - parses the host and port: a bad one raises ValueError
+        except ValueError as exc:
+            raise ConfigurationError(f"malformed PostgreSQL URL {shown(url)!r}: {exc}; {_HELP}") from None
+        # No host is libpq's default: the local Unix socket, or PGHOST.
         return DatabaseURL("postgres", "postgresql://" + rest)
     raise ConfigurationError(f"unsupported database URL scheme {scheme!r}; {_HELP}")
