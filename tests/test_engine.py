@@ -123,6 +123,15 @@ def test_getting_an_unknown_id_raises_workflow_not_found(workflow_engine: Workfl
     assert issubclass(WorkflowNotFound, WorkflowEngineError)
 
 
+@pytest.mark.parametrize("bad", [["an-id"], {"id": 1}, 42, None])
+def test_enqueueing_something_that_is_not_an_id_raises_workflow_not_found(
+    workflow_engine: WorkflowEngine, bad: object
+) -> None:
+    create(workflow_engine)  # the engine remembers what it created: a list must not reach that cache
+    with pytest.raises(WorkflowNotFound):
+        workflow_engine.enqueue_execution(bad)  # type: ignore[arg-type]
+
+
 def test_list_workflows_is_newest_first_and_filters_by_status_type_and_agent(
     workflow_engine: WorkflowEngine,
 ) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from workflow_engine import WorkflowEngine
 from workflow_engine.errors import HandlerTimeout
 from workflow_engine.execution import _call_with_timeout
 from workflow_engine.models import Workflow, utcnow
@@ -194,6 +195,15 @@ def test_sqlite_utils_is_imported_only_when_the_store_is_asked_for_it(tmp_path: 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "4"]
+
+
+def test_closing_the_inspection_database_of_an_in_memory_store_leaves_the_engine_working() -> None:
+    engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://", is_async=False)
+    wid = engine.create_workflow(workflow_type_id="t")
+    db = engine.store.database()  # type: ignore[attr-defined]
+    assert db["workflows"].count == 1
+    db.close()  # as the docs say to: the store's own connection stays open
+    assert engine.get_workflow(wid).id == wid
 
 
 def test_database_reads_through_a_connection_of_its_own_so_it_sees_only_committed_data(

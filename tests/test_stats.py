@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -100,6 +100,20 @@ def test_stats_since_counts_only_newer_workflows(engine: WorkflowEngine) -> None
     assert stats["total"] == 1 and stats["calculated_savings"] == {"weekly": 5.0}
     with pytest.raises(InvalidInput):
         engine.stats(since=cut.replace(tzinfo=None))
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        datetime.min.replace(tzinfo=timezone(timedelta(hours=1))),
+        datetime.max.replace(tzinfo=timezone(timedelta(hours=-1))),
+    ],
+)
+def test_a_since_outside_the_calendar_in_utc_is_invalid_input(
+    engine: WorkflowEngine, since: datetime
+) -> None:
+    with pytest.raises(InvalidInput, match="since is out of range"):
+        engine.stats(since=since)
 
 
 def test_stats_of_an_empty_database_has_every_key(engine: WorkflowEngine) -> None:

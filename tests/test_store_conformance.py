@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from workflow_engine.errors import StoreUnavailable
+from workflow_engine.errors import ConfigurationError, StoreUnavailable
 from workflow_engine.models import Council, Vote, Workflow, utcnow
 from workflow_engine.status import WorkflowStatus
 from workflow_engine.stores import Store, open_store
@@ -514,6 +514,20 @@ def test_migrations_are_numbered_and_idempotent(store: Store) -> None:
     assert latest >= 2
     assert store.migrate() == latest
     assert store.migrate() == latest
+
+
+def test_a_database_migrated_by_newer_code_is_refused_with_a_clear_error(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a rolling upgrade, a process still on the older package meets a newer schema: it
+    says so at the start, instead of failing later on rows its models do not know."""
+    store = open_store(database_url)
+    store.migrate()
+    scripts = store.migration_scripts()  # type: ignore[attr-defined]
+    monkeypatch.setattr(store, "migration_scripts", lambda: scripts[:-1])
+    with pytest.raises(ConfigurationError, match=f"schema version {scripts[-1][0]}, newer than"):
+        store.migrate()
+    store.close()
 
 
 def test_migration_0004_keeps_indexes_built_beforehand_and_migrates_the_rows_in_place(

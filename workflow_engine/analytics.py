@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, TypedDict
 
 from .errors import InvalidInput, QueueUnavailable
@@ -54,6 +54,11 @@ def compute_stats(engine: WorkflowEngine, since: datetime | None = None) -> Stat
     """``engine.stats()``: shape the store's SQL aggregates into the documented dict."""
     if since is not None and (not isinstance(since, datetime) or since.tzinfo is None):
         raise InvalidInput("since must be a timezone-aware datetime or None")
+    if since is not None:
+        try:
+            since = since.astimezone(timezone.utc)
+        except OverflowError:  # within a day of datetime.min or max, in UTC outside the calendar
+            raise InvalidInput(f"since is out of range: {since!r}") from None
     now = utcnow()
     rows = engine.store.stats(since=since, recent=now - timedelta(minutes=STATS_WINDOW_MINUTES))
     by_status = {status.value: 0 for status in WorkflowStatus}

@@ -529,6 +529,8 @@ class WorkflowEngine:
         QueueUnavailable if Redis is down: the workflow then stays queued and
         :meth:`reconcile` delivers it later.
         """
+        if not storable_id(workflow_id):  # not a string (a list would not even hash), or no stored id
+            raise WorkflowNotFound(workflow_id if isinstance(workflow_id, str) else str(workflow_id))
         recent = self._recent.pop(workflow_id, None)
         if recent is not None and recent.status is S.PENDING and self._queue(recent, detail="enqueued"):
             return  # the workflow was as this engine created it: no read needed

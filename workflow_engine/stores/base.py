@@ -20,7 +20,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
-from ..errors import StoreUnavailable
+from ..errors import ConfigurationError, StoreUnavailable
 from ..models import Council, Vote, Workflow, WorkflowEvent, utcnow
 from ..status import WorkflowStatus
 from . import queries as q
@@ -656,7 +656,14 @@ class SQLStore(Store):
 
     def _apply_migrations(self, tx: Tx, current: int) -> int:
         version = current
-        for number, script in self.migration_scripts():
+        scripts = self.migration_scripts()
+        if scripts and current > scripts[-1][0]:
+            # Rows of a newer schema would not fit this code's models: say so, once, at the start.
+            raise ConfigurationError(
+                f"the database is at schema version {current}, newer than this workflow_engine knows "
+                f"({scripts[-1][0]}): upgrade workflow_engine here, as on the machines that migrated it"
+            )
+        for number, script in scripts:
             if number <= current:
                 continue
             self.run_script(tx, script)

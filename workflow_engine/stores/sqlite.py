@@ -121,13 +121,18 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         done (``db.close()``). It sees only committed data, whatever the store's threads are
         doing. Writes made through it bypass the state machine and the audit trail; use the
         engine for those. An in-memory database has only the store's connection: it is
-        returned, shared, and must not be used while the engine is in use.
+        returned, shared, must not be used while the engine is in use, and its ``close()``
+        leaves it open (the store closes it).
         """
         import sqlite_utils
 
+        class _SharedDatabase(sqlite_utils.Database):
+            def close(self) -> None:
+                """The store's own connection: closing it would break the engine for good."""
+
         with self._lock:
             if self.path == ":memory:":
-                return sqlite_utils.Database(self._connect())
+                return _SharedDatabase(self._connect())
             self._connect()  # the schema, before anyone looks
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
