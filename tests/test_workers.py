@@ -17,6 +17,7 @@ import textwrap
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rq
@@ -25,6 +26,7 @@ from workflow_engine import recovery
 from workflow_engine.engine import WorkflowEngine
 from workflow_engine.models import WorkflowEvent, utcnow
 from workflow_engine.status import WorkflowStatus
+from workflow_engine.transport import TAKEN_MARK
 
 from support import APPS, BIN, RedisServer, Worker, effects_of, start_worker, successes
 
@@ -277,11 +279,43 @@ def test_reconcile_redelivers_a_job_a_worker_moved_off_the_queue_and_died_before
     engine.enqueue_execution(wid)  # it may be starting right now: left alone
     monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
     assert engine.reconcile().redelivered == []
+    # Queued longer than stale_after (a backlog), but only just taken: still left alone.
     old = utcnow() - timedelta(seconds=engine.stale_after + 1)
     engine.store.compare_and_set(wid, expected_status=S.QUEUED, changes={"updated_at": old}, event=None)
+    assert engine.reconcile().redelivered == []
+    # Taken longer than stale_after ago, and never started: its worker died.
+    engine.redis.set(TAKEN_MARK.format(job_id=job.id), old.timestamp())
     assert engine.reconcile().redelivered == [wid]
     assert engine.get_events(wid)[-1].detail == "redelivered: job never claimed"
     assert engine.queue.count == 1 and engine.get_workflow(wid).job_id != job.id
+
+
+def test_reconcile_leaves_alone_a_job_a_worker_has_just_started_though_its_workflow_waited_long(
+    tmp_path: Path,
+) -> None:
+    """Under a backlog a workflow has been queued longer than stale_after by the time a worker
+    takes its job. A reconcile pass between RQ marking the job started and the worker's claim must
+    not take it for abandoned: the workflow would lose its turn and go to the back of the queue."""
+    engine = WorkflowEngine(database_url=f"sqlite:///{tmp_path / 'w.db'}", redis_url="fakeredis://")
+    engine.register_handler("probe", f"{HANDLERS}:noop")
+    wid = engine.create_workflow(workflow_type_id="probe", enqueue=True)
+    behind = engine.create_workflow(workflow_type_id="probe", enqueue=True)
+    old = utcnow() - timedelta(seconds=engine.stale_after * 2)
+    for queued in (wid, behind):
+        engine.store.compare_and_set(
+            queued, expected_status=S.QUEUED, changes={"updated_at": old}, event=None
+        )
+    reports = []
+
+    class ReconcileWhileStarting(rq.SimpleWorker):
+        def prepare_job_execution(self, job: rq.job.Job, *args: Any, **kwargs: Any) -> None:
+            super().prepare_job_execution(job, *args, **kwargs)  # RQ marks the job started
+            reports.append(engine.reconcile())  # another process's pass, right now
+
+    ReconcileWhileStarting([engine.queue], connection=engine.redis).work(burst=True, max_jobs=1)
+    assert reports[0].redelivered == []
+    assert engine.get_workflow(wid).status is S.COMPLETED
+    assert engine.queue.job_ids == [engine.get_workflow(behind).job_id]
 
 
 @pytest.mark.slow

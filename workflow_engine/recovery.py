@@ -155,12 +155,26 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
         except QueueUnavailable:
             report["undeliverable"].extend(wf.id for wf in candidates)
             break
+        # A job a worker took (started, or moved to the intermediate list) while its workflow is
+        # still queued: the worker has not claimed it yet, or died before it could. Only a job
+        # taken longer than stale_after ago counts as abandoned; under a backlog a workflow has
+        # often been queued that long when a worker takes its job, and must not lose its turn.
         started_before = now - timedelta(seconds=engine.stale_after)
+        maybe_abandoned = {
+            wf.job_id: statuses.get(wf.job_id)
+            for wf in candidates
+            if wf.job_id and statuses.get(wf.job_id) in (b"started", TAKEN) and wf.updated_at < started_before
+        }
+        try:
+            taken_at = engine.transport.taken_at(maybe_abandoned, now) if maybe_abandoned else {}
+        except QueueUnavailable:
+            report["undeliverable"].extend(wf.id for wf in candidates)
+            break
         redeliveries = []
         for wf in candidates:
             status = statuses.get(wf.job_id) if wf.job_id else None
             if status in LIVE_JOB_STATUSES and not (
-                status in (b"started", TAKEN) and wf.updated_at < started_before
+                wf.job_id in maybe_abandoned and (taken_at.get(wf.job_id) or wf.updated_at) < started_before
             ):
                 continue  # waiting in the queue, or being picked up right now
             why = "retry due" if wf.job_id is None else f"job {'never claimed' if status else 'missing'}"

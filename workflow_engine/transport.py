@@ -13,7 +13,8 @@ import math
 import secrets
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import redis
@@ -21,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Callback, Queue
 from rq.job import Job
-from rq.utils import get_version
+from rq.utils import get_version, utcparse
 
 from .errors import ConfigurationError, QueueUnavailable
 from .models import Workflow
@@ -36,6 +37,10 @@ TIMEOUT_GRACE = 15
 #: onto the queue's intermediate list and not started it (yet: or that worker died in between).
 TAKEN = b"taken"
 LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled", TAKEN})
+#: Where :meth:`Transport.taken_at` notes when it first saw a job on the intermediate list, and for
+#: how long (RQ's own worker gives up on such a job after a minute, when it next cleans up).
+TAKEN_MARK = "workflow_engine:taken:{job_id}"
+TAKEN_MARK_TTL = 24 * 3600
 
 log = logging.getLogger("workflow_engine.transport")
 
@@ -207,6 +212,40 @@ class Transport:
         for job_id, status, position in zip(job_ids, replies[::2], replies[1::2], strict=True):
             statuses[job_id] = TAKEN if status == b"queued" and position is not None else status
         return statuses
+
+    def taken_at(self, statuses: Mapping[str, bytes | None], now: datetime) -> dict[str, datetime | None]:
+        """When a worker took each ``started`` or :data:`TAKEN` job of ``statuses``: RQ's
+        ``started_at`` for a started job; for a taken one, when this was first asked about it
+        (noted in Redis, so that every process and every pass agrees), ``now`` the first time.
+        None where Redis does not say. Other jobs are left out."""
+        jobs = [(job_id, status) for job_id, status in statuses.items() if status in (b"started", TAKEN)]
+        if not jobs:
+            return {}
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for job_id, status in jobs:
+                    if status == b"started":
+                        pipe.hget(Job.key_for(job_id), "started_at")
+                    else:
+                        mark = TAKEN_MARK.format(job_id=job_id)
+                        pipe.set(mark, now.timestamp(), nx=True, ex=TAKEN_MARK_TTL)
+                        pipe.get(mark)
+                replies = iter(pipe.execute())
+        except _REDIS_ERRORS as exc:
+            raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
+        taken: dict[str, datetime | None] = {}
+        for job_id, status in jobs:
+            try:
+                if status == b"started":
+                    started = next(replies)
+                    taken[job_id] = utcparse(started.decode()) if started else None
+                else:
+                    next(replies)  # the SET
+                    seen = next(replies)
+                    taken[job_id] = datetime.fromtimestamp(float(seen), timezone.utc) if seen else None
+            except ValueError:  # a value this version cannot read: as if Redis did not say
+                taken[job_id] = None
+        return taken
 
     def live_jobs(self, job_ids: Sequence[str]) -> set[str]:
         """The subset of ``job_ids`` whose RQ job still exists and will run or is running."""
