@@ -272,6 +272,41 @@ def test_a_child_enqueued_in_process_runs_even_if_its_engine_is_gone_or_the_pare
     engine.close()
 
 
+def parent_that_enqueues_its_child_twice(wf: Workflow) -> dict[str, str]:
+    engine = _PARENTS["twice"]
+    cid = engine.create_workflow(workflow_type_id="child", enqueue=True)
+    engine.enqueue_execution(cid)  # queued, its job waiting: nothing to do, as in production
+    return {"child": cid}
+
+
+def test_enqueueing_a_workflow_whose_job_waits_in_process_does_nothing_as_in_production(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    _PARENTS["twice"] = workflow_engine
+    workflow_engine.register_handler("child", child)
+    workflow_engine.register_handler("parent", parent_that_enqueues_its_child_twice)
+    parent = workflow_engine.create_workflow(workflow_type_id="parent", enqueue=True)
+    child_id = workflow_engine.get_workflow(parent).result["child"]  # type: ignore[index]
+    trail = [(e.from_status, e.to_status) for e in workflow_engine.get_events(child_id)]
+    assert trail == [
+        (None, S.PENDING),
+        (S.PENDING, S.QUEUED),
+        (S.QUEUED, S.RUNNING),
+        (S.RUNNING, S.COMPLETED),
+    ]
+
+
+def test_a_store_or_redis_connection_of_the_wrong_kind_is_refused_at_once() -> None:
+    with pytest.raises(InvalidInput, match="store must be a workflow_engine store"):
+        WorkflowEngine(store="sqlite:///w.db")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=r"redis_connection must be a redis\.Redis client"):
+        WorkflowEngine(database_url="sqlite:///:memory:", redis_connection="redis://localhost:6379/0")
+    with pytest.raises(ConfigurationError, match="decode_responses=True"):
+        WorkflowEngine(
+            database_url="sqlite:///:memory:", redis_connection=fakeredis.FakeRedis(decode_responses=True)
+        )
+
+
 def test_in_process_retries_run_at_once_and_count_every_attempt(
     workflow_engine: WorkflowEngine, effects: object
 ) -> None:
@@ -909,6 +944,26 @@ def test_handlers_must_be_importable_by_a_worker() -> None:
         engine.register_handler("t", double, max_retries=-1)
     with pytest.raises(InvalidInput, match="timeout must be"):
         engine.register_handler("t", double, timeout=0)
+
+
+class Mailer:
+    def send(self, wf: Workflow) -> None: ...
+
+    @classmethod
+    def send_as_class(cls, wf: Workflow) -> None: ...
+
+    @staticmethod
+    def send_static(wf: Workflow) -> None: ...
+
+
+def test_a_method_bound_to_an_instance_is_refused_as_a_handler() -> None:
+    # In-process it would run; a worker would import test_engine:Mailer.send, the plain function,
+    # and call it with the workflow as its self: every attempt would fail, in production only.
+    engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://")
+    with pytest.raises(InvalidInput, match="a method bound to an instance"):
+        engine.register_handler("t", Mailer().send)
+    assert engine.register_handler("t", Mailer.send_as_class).path.endswith(":Mailer.send_as_class")
+    assert engine.register_handler("t", Mailer.send_static).path.endswith(":Mailer.send_static")
 
 
 # -- idempotency -------------------------------------------------------------------

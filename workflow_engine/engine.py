@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from . import analytics, approval, config, recovery
 from .errors import (
+    ConfigurationError,
     InvalidInput,
     InvalidTransition,
     UnknownWorkflowType,
@@ -81,6 +82,20 @@ def _check_count(name: str, value: object) -> None:
         raise InvalidInput(f"{name} must be an integer from 1 to 10000, got {value!r}")
 
 
+def _check_redis_connection(connection: Any) -> None:
+    """A connection the engine can use: a redis-py client (or fakeredis) that returns bytes."""
+    if not all(callable(getattr(connection, name, None)) for name in ("pipeline", "hget", "get_encoder")):
+        raise InvalidInput(
+            "redis_connection must be a redis.Redis client (or a fakeredis one), "
+            f"got {type(connection).__name__}; pass a URL as redis_url instead"
+        )
+    if connection.get_encoder().decode_responses:
+        raise ConfigurationError(
+            "redis_connection decodes responses (decode_responses=True), which RQ cannot use: "
+            "its jobs are pickled bytes. Pass a client made without it"
+        )
+
+
 class WorkflowEngine:
     """Durable workflows: a database row per workflow, RQ to run them.
 
@@ -107,6 +122,12 @@ class WorkflowEngine:
         if not isinstance(is_async, bool):
             raise InvalidInput(f"is_async must be true or false, got {is_async!r}")
         config.check_timing(heartbeat_interval, stale_after)
+        if store is not None and not isinstance(store, Store):
+            raise InvalidInput(
+                f"store must be a workflow_engine store (from stores.open_store), got {type(store).__name__}"
+            )
+        if redis_connection is not None:
+            _check_redis_connection(redis_connection)
         self.database_url = database_url
         self.redis_url = redis_url
         self.queue_name = queue_name

@@ -9,6 +9,7 @@ path never imports handler code.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -121,6 +122,14 @@ def path_of(func: HandlerFunc) -> str:
         raise InvalidInput(
             f"handler {func!r} is not a module-level function, so a worker cannot import it; "
             "define it at the top level of a module"
+        )
+    # A method bound to an instance has the path of its class's plain function: a worker would
+    # import that, and call it without its self. (A classmethod's class is importable: fine.)
+    if inspect.ismethod(func) and not inspect.isclass(func.__self__):
+        raise InvalidInput(
+            f"handler {func!r} is a method bound to an instance, which a worker cannot import "
+            f"({module}:{qualname} is the plain function); register a module-level function, "
+            "which may call the method"
         )
     return f"{module}:{qualname}"
 

@@ -248,7 +248,13 @@ class Transport:
         return taken
 
     def live_jobs(self, job_ids: Sequence[str]) -> set[str]:
-        """The subset of ``job_ids`` whose RQ job still exists and will run or is running."""
+        """The subset of ``job_ids`` whose RQ job still exists and will run or is running.
+
+        In sync mode no job reaches Redis: the live ones are those this thread has still to
+        perform (a workflow a handler queued, which runs after its parent's job)."""
+        if not self.is_async:
+            waiting = {opts["job_id"] for _, opts, _ in getattr(_sync, "jobs", None) or ()}
+            return {jid for jid in job_ids if jid in waiting}
         return {jid for jid, st in self.job_statuses(job_ids).items() if st in LIVE_JOB_STATUSES}
 
     def stop(self, job_id: str) -> bool:
