@@ -159,6 +159,7 @@ class Floor:
             job_id=job_id,
             created_at=now,
             updated_at=now,
+            queued_at=now,
         )
         events = {"workflow_id": workflow_id, "at": now, "attempt": 0}
         events.update(from_status_0=None, to_status_0="pending", detail_0=None)

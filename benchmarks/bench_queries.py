@@ -154,6 +154,8 @@ def generate(rows: int, dialect: str) -> Iterator[tuple[Any, ...]]:
         }
         if status not in ("pending", "awaiting_approval", "rejected"):
             values["job_id"] = f"{wid}-{rng.getrandbits(32):08x}"
+        if status == "queued":
+            values["queued_at"] = iso(created)
         if status in ("completed", "failed", "running", "cancelled"):
             started = created + timedelta(milliseconds=rng.randrange(5, 2000))
             values.update(attempts=1, worker=f"worker-{rng.randrange(8)}", started_at=iso(started))

@@ -116,6 +116,37 @@ def test_a_since_outside_the_calendar_in_utc_is_invalid_input(
         engine.stats(since=since)
 
 
+def backdate(engine: WorkflowEngine, wid: str, seconds: float, **changes: object) -> None:
+    then = utcnow() - timedelta(seconds=seconds)
+    done = engine.store.compare_and_set(
+        wid,
+        expected_status=S.QUEUED,
+        changes={"updated_at": then, "queued_at": then, **changes},
+        event=None,
+    )
+    assert done is not None
+
+
+def test_the_oldest_queued_age_keeps_counting_while_reconcile_redelivers(engine: WorkflowEngine) -> None:
+    """A workflow whose job Redis keeps losing (or that no worker with the right database ever
+    claims) is redelivered every pass: its wait, which health and the alert watch, goes on."""
+    wid = engine.create_workflow(workflow_type_id="site", enqueue=True)
+    backdate(engine, wid, 120)
+    engine.redis.flushall()  # Redis forgot the job
+    assert engine.reconcile().redelivered == [wid]
+    assert engine.stats()["oldest_queued_age_s"] >= 120
+
+
+def test_a_delayed_retry_waits_in_the_queue_from_when_it_was_due(engine: WorkflowEngine) -> None:
+    wid = engine.create_workflow(workflow_type_id="site", enqueue=True)
+    due = utcnow() - timedelta(seconds=60)
+    backdate(engine, wid, 3600, job_id=None, run_after=due)  # failed an hour ago, retry due a minute ago
+    assert 59 <= engine.stats()["oldest_queued_age_s"] < 120
+    assert engine.reconcile().redelivered == [wid]
+    assert engine.get_workflow(wid).queued_at == due
+    assert 59 <= engine.stats()["oldest_queued_age_s"] < 120
+
+
 def test_stats_of_an_empty_database_has_every_key(engine: WorkflowEngine) -> None:
     stats = engine.stats()
     assert stats["total"] == 0 and set(stats["by_status"].values()) == {0}

@@ -16,6 +16,7 @@ from workflow_engine.errors import ConfigurationError, StoreUnavailable
 from workflow_engine.models import Council, Vote, Workflow, utcnow
 from workflow_engine.status import WorkflowStatus
 from workflow_engine.stores import Store, open_store
+from workflow_engine.stores import queries as q
 from workflow_engine.stores.base import Change, NewEvent
 
 from support import create_index_statements
@@ -94,6 +95,7 @@ def test_a_workflow_with_every_field_set_reads_back_exactly(store: Store) -> Non
             "run_after": now + timedelta(seconds=60),
             "cancel_requested_at": now,
             "duration_s": 2.0,
+            "queued_at": now - timedelta(seconds=4),
         }
     )
     assert all(value is not None for value in wf.model_dump().values())
@@ -541,14 +543,22 @@ def test_migration_0004_keeps_indexes_built_beforehand_and_migrates_the_rows_in_
     monkeypatch.setattr(store, "migration_scripts", lambda: [(n, t) for n, t in scripts if n <= 3])
     assert store.migrate() == 3
     wf = new(agent="agent0")
-    store.insert([wf])
+    at_3 = [c for c in q.WORKFLOW_COLUMNS if c != "queued_at"]  # as version 3 code wrote them
+    params = {c: v for c, v in store._workflow_params(wf).items() if c in at_3}  # type: ignore[attr-defined]
+    with store.transaction() as tx:  # type: ignore[attr-defined]
+        tx.fetch(
+            store.sql(
+                f"INSERT INTO workflows ({', '.join(at_3)}) VALUES ({', '.join(':' + c for c in at_3)})"
+            ),  # type: ignore[attr-defined]
+            params,
+        )
     creates = [st.replace(" IF NOT EXISTS", "") for st in create_index_statements(dict(scripts)[4])]
     assert len(creates) == 5
     with store.transaction() as tx:  # type: ignore[attr-defined]
         for statement in creates:  # built beforehand, as docs/production.md describes
             tx.fetch(statement, {})
     monkeypatch.setattr(store, "migration_scripts", lambda: scripts)
-    assert store.migrate() == 4
+    assert store.migrate() == scripts[-1][0]
     assert store.get(wf.id) == wf
     assert [
         w.id for w in store.find(limit=5, filters={"created_by_agent": "agent0", "status": "pending"})

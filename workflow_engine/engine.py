@@ -510,6 +510,12 @@ class WorkflowEngine:
                 fields[text] = storable_text(fields[text])
         fields["status"] = to
         fields.setdefault("updated_at", utcnow())
+        if to is S.QUEUED:  # when the wait in the queue started, for its age (stats, health)
+            if wf.status is not S.QUEUED:
+                fields.setdefault("queued_at", fields["updated_at"])
+            elif wf.run_after is not None and fields.get("run_after", wf.run_after) is None:
+                fields.setdefault("queued_at", wf.run_after)  # a retry's delay over: due since then
+            # Otherwise a redelivery: the workflow has been waiting all along.
         if "finished_at" in fields:  # the duration is stamped once, with the finish
             finished, started = fields["finished_at"], fields.get("started_at", wf.started_at)
             fields["duration_s"] = (finished - started).total_seconds() if finished and started else None

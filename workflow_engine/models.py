@@ -119,6 +119,8 @@ class Workflow(BaseModel):
     cancel_requested_at: datetime | None = None
     #: Seconds from the first start to the finish, stamped when the workflow finishes.
     duration_s: float | None = None
+    #: When it last entered ``queued`` from another status; a redelivery leaves it alone.
+    queued_at: datetime | None = None
 
     _check_times = field_validator(
         "created_at",
@@ -129,6 +131,7 @@ class Workflow(BaseModel):
         "lease_until",
         "run_after",
         "cancel_requested_at",
+        "queued_at",
     )(_aware)
 
     @classmethod

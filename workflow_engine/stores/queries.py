@@ -42,6 +42,7 @@ WORKFLOW_COLUMNS: tuple[str, ...] = (
     "run_after",
     "cancel_requested_at",
     "duration_s",
+    "queued_at",
 )
 JSON_COLUMNS = frozenset({"inputs", "calculated_savings", "result"})
 TIME_COLUMNS = frozenset(
@@ -54,6 +55,7 @@ TIME_COLUMNS = frozenset(
         "lease_until",
         "run_after",
         "cancel_requested_at",
+        "queued_at",
     }
 )
 #: Columns a compare-and-set may change. ``id``, the type and the creation data never change.
@@ -161,8 +163,8 @@ SELECT duration_s FROM workflows
 """
 #: The oldest queued workflow that is due (a retry waiting for its delay counts from its due time).
 STATS_OLDEST_QUEUED = """
-SELECT MIN(CASE WHEN run_after IS NOT NULL AND run_after > updated_at THEN run_after ELSE updated_at END)
-       AS oldest
+SELECT MIN(CASE WHEN run_after IS NOT NULL AND run_after > COALESCE(queued_at, updated_at) THEN run_after
+                ELSE COALESCE(queued_at, updated_at) END) AS oldest
   FROM workflows WHERE status = 'queued'
 """
 STATS_RUNNING = "SELECT COUNT(*) AS n FROM workflows WHERE status = 'running'"
