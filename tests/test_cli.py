@@ -14,7 +14,7 @@ from workflow_engine import WorkflowEngine, WorkflowStatus, display
 from workflow_engine.cli import main
 from workflow_engine.stores import open_store
 
-from support import free_port
+from support import RedisServer, free_port
 
 S = WorkflowStatus
 
@@ -296,11 +296,55 @@ def test_requeue_all_failed_with_redis_down_counts_them_requeued_and_says_they_w
         ["worker", "--reconcile-every", "1e10"],
         ["health", "--window", "inf"],
         ["health", "--max-queued-age", "1e11"],
+        ["health", "--max-failure-rate", "nan"],
+        ["reconcile", "--stale-after", "nan"],
+        ["reconcile", "--stale-after", "0"],
+        ["worker", "--heartbeat-interval", "-1"],
     ],
 )
 def test_a_number_of_seconds_out_of_range_is_a_usage_error(db: str, args: list[str]) -> None:
     out = run(*args, *on(db))
     assert out.code == 2 and "Invalid value for" in out.stderr
+
+
+def test_the_log_level_the_workers_accept_the_commands_accept_too(db: str) -> None:
+    # One environment file for every service: rq_preload takes CRITICAL, so the CLI must too.
+    out = run("--log-level", "CRITICAL", "stats", *on(db))
+    assert out.code == 0, out.stderr
+
+
+@pytest.mark.services
+def test_a_worker_name_already_registered_is_a_clear_error_not_a_traceback(
+    db: str, redis_server: RedisServer
+) -> None:
+    import redis
+
+    # What a live worker of that name (or one killed within RQ's worker TTL) leaves in Redis.
+    redis.Redis.from_url(redis_server.url).hset("rq:worker:web-1", "birth", "2026-11-29T00:00:00Z")
+    result = CliRunner().invoke(
+        main,
+        [
+            "worker",
+            "--name",
+            "web-1",
+            "--burst",
+            "--reconcile-every",
+            "0",
+            "--database-url",
+            db,
+            "--redis-url",
+            redis_server.url,
+        ],
+    )
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # no escape
+    assert "an RQ worker named 'web-1' is registered already" in result.stderr
+
+
+def test_tables_show_every_digit_of_a_float_and_no_exponent() -> None:
+    assert display._cell(3703703.67) == "3703703.67"
+    assert display._cell(71225.07) == "71225.07"
+    assert display._cell(2.0) == "2"
+    assert display._cell(0.0001234) == "0.000123"
 
 
 def test_a_worker_that_cannot_reach_redis_exits_1_with_a_one_line_error(db: str) -> None:
@@ -343,6 +387,19 @@ def test_reconcile_once_prints_its_report(db: str) -> None:
 
 
 # -- logs ----------------------------------------------------------------------------
+def test_json_logs_stay_strict_json_and_keep_their_standard_keys() -> None:
+    import logging
+
+    from workflow_engine.logs import JsonFormatter
+
+    record = logging.makeLogRecord(
+        {"msg": "m", "levelname": "INFO", "ratio": float("nan"), "level": "custom", "time": 5}
+    )
+    out = json.loads(JsonFormatter().format(record), parse_constant=lambda name: pytest.fail(name))
+    assert (out["level"], out["extra_level"], out["extra_time"]) == ("INFO", "custom", 5)
+    assert out["ratio"] == "nan" and out["time"] != 5
+
+
 def test_log_format_json_writes_one_object_a_line_with_the_workflow_fields(
     engine: WorkflowEngine, db: str
 ) -> None:

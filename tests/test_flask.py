@@ -369,6 +369,14 @@ def test_the_list_filters_and_pages_with_a_cursor(client: FlaskClient) -> None:
     assert client.get("/api/workflows?limit=6").json["next_cursor"] is None
 
 
+def test_identifiers_as_long_as_the_engine_takes_are_taken_by_the_api(client: FlaskClient) -> None:
+    agent = "a" * 255  # the engine's limit; the API used to stop at 200
+    wid = create(client, created_by_agent=agent, enqueue=False)["id"]
+    found = client.get(f"/api/workflows?created_by_agent={agent}").json["workflows"]
+    assert [wf["id"] for wf in found] == [wid]
+    assert client.get(f"/api/workflows?created_by_agent={agent}a").status_code == 400
+
+
 @pytest.mark.parametrize(
     ("query", "code"),
     [

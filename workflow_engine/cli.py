@@ -70,7 +70,7 @@ def _engine_options(func: F) -> F:
 def _timing_options(func: F) -> F:
     func = click.option(
         "--stale-after",
-        type=float,
+        type=_Seconds(min=0, min_open=True, max=config.MAX_SECONDS),
         envvar="WORKFLOW_ENGINE_STALE_AFTER",
         show_envvar=True,
         default=config.DEFAULT_STALE_AFTER,
@@ -79,7 +79,7 @@ def _timing_options(func: F) -> F:
     )(func)
     func = click.option(
         "--heartbeat-interval",
-        type=float,
+        type=_Seconds(min=0, min_open=True, max=config.MAX_SECONDS),
         envvar="WORKFLOW_ENGINE_HEARTBEAT_INTERVAL",
         show_envvar=True,
         default=config.DEFAULT_HEARTBEAT_INTERVAL,
@@ -124,6 +124,16 @@ class _Seconds(click.FloatRange):
         if 0 < seconds < self.smallest:
             self.fail(f"{seconds:g} is less than {self.smallest:g} seconds", param, ctx)
         return seconds
+
+
+class _Fraction(click.FloatRange):
+    """A share from 0 to 1: NaN compares false with both bounds, so FloatRange lets it through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        share = super().convert(value, param, ctx)
+        if math.isnan(share):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return share
 
 
 #: A day: the longest pause between reconcile passes that makes sense.
@@ -190,7 +200,7 @@ def _echo_json(value: Any) -> None:
 )
 @click.option(
     "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
     envvar="WORKFLOW_ENGINE_LOG_LEVEL",
     show_envvar=True,
     default="INFO",
@@ -454,6 +464,13 @@ def worker(
             rq_worker.work(burst=burst, with_scheduler=False)
         except redis.exceptions.RedisError as exc:  # RQ's own calls: registering, dequeueing
             raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
+        except ValueError as exc:
+            if name is None or "active worker named" not in str(exc):
+                raise
+            raise ConfigurationError(
+                f"an RQ worker named {name!r} is registered already: another one is running, or one "
+                "was killed less than RQ's worker TTL (about 7 minutes) ago; choose another --name"
+            ) from None
         finally:
             stop.set()
             if burst and reconcile_every > 0:
@@ -550,7 +567,7 @@ def stats(as_json: bool, **options: Any) -> None:
 )
 @click.option(
     "--max-failure-rate",
-    type=click.FloatRange(0, 1),
+    type=_Fraction(0, 1),
     default=health.DEFAULT_MAX_FAILURE_RATE,
     show_default=True,
     help="Fail when a larger share (0 to 1) of recent finished workflows failed.",

@@ -6,6 +6,7 @@ Scripts should use ``--json``; the plain form only keeps pipes (``| grep``) read
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,7 +47,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:g}"
+        # Every digit a person reads, never an exponent: 3703703.67, not 3.7037e+06.
+        return f"{value:.6f}".rstrip("0").rstrip(".") if math.isfinite(value) else str(value)
     return str(value)
 
 

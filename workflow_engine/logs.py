@@ -40,7 +40,8 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
-                out[key] = value if _json_safe(value) else repr(value)
+                # An extra never replaces a standard key: it goes under a name of its own.
+                out[key if key not in out else f"extra_{key}"] = value if _json_safe(value) else repr(value)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -52,8 +53,8 @@ class JsonFormatter(logging.Formatter):
 
 def _json_safe(value: Any) -> bool:
     try:
-        json.dumps(value)
-    except (TypeError, ValueError):
+        json.dumps(value, allow_nan=False)  # NaN and Infinity are not JSON: strict parsers refuse them
+    except (TypeError, ValueError, RecursionError):
         return False
     return True
 

@@ -26,6 +26,7 @@ from pydantic import (
     ValidationError,
 )
 
+from ...handlers import MAX_ID_LENGTH
 from ...status import WorkflowStatus
 from .errors import ApiError, field_errors
 
@@ -100,7 +101,7 @@ def _utc(value: datetime) -> datetime:
 
 
 Text = Annotated[str, Field(pattern=NO_NUL), AfterValidator(_text)]
-Id = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL), AfterValidator(_text)]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=NO_NUL), AfterValidator(_text)]
 JSONObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 Savings = Annotated[JSONObject | None, AfterValidator(_savings)]
 Status = Annotated[WorkflowStatus, Field(strict=False)]
