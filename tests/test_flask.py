@@ -460,6 +460,29 @@ def test_routing_errors_under_the_prefix_answer_json_and_others_are_left_alone(c
     assert client.get("/elsewhere").mimetype == "text/html"
 
 
+def test_the_apps_own_error_pages_do_not_replace_the_apis_json_errors(engine: WorkflowEngine) -> None:
+    """Flask prefers an app's handler for a status code (a custom 404 or 401 page) to a handler
+    for an exception class: the API registers its own for every code, and chains elsewhere."""
+    app = Flask(__name__)
+    for code in (401, 403, 404, 405):
+        app.register_error_handler(code, lambda exc, code=code: (f"<h1>page {code}</h1>", code))
+
+    def auth(request: Request) -> None:
+        if request.headers.get("Authorization") is None:
+            raise Unauthorized()
+        if request.headers["Authorization"] != "Bearer ok":
+            raise PermissionError("that token may not use this API")
+
+    WorkflowEngineFlask(app, engine, auth=auth)
+    client = app.test_client()
+    ok = {"Authorization": "Bearer ok"}
+    assert_error(client.get("/api/workflows"), 401, "unauthorized")
+    assert_error(client.get("/api/workflows", headers={"Authorization": "Bearer no"}), 403, "forbidden")
+    assert_error(client.get("/api/nothing/here", headers=ok), 404, "not_found")
+    assert_error(client.delete("/api/workflows", headers=ok), 405, "method_not_allowed")
+    assert client.get("/elsewhere").get_data(as_text=True) == "<h1>page 404</h1>"  # the app's own, elsewhere
+
+
 def test_a_server_bug_answers_a_json_500_and_is_logged(
     client: FlaskClient,
     engine: WorkflowEngine,

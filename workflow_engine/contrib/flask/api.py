@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import default_exceptions
 
 from ...errors import QueueUnavailable, UnknownWorkflowType, WorkflowNotFound
 from ...models import Workflow
@@ -37,6 +38,10 @@ def blueprint(guard: Callable[[], None]) -> Blueprint:
     bp = Blueprint("workflow_engine_api", __name__)
     bp.before_request(guard)
     bp.register_error_handler(Exception, json_error)
+    # Flask tries an app's handler for a status code (a custom 401 or 404 page) before a blueprint's
+    # handler for an exception class: the API's errors stay JSON only with a handler for each code.
+    for code in default_exceptions:
+        bp.register_error_handler(code, json_error)
     bp.add_url_rule("/workflow_actions", "create", create_workflow, methods=["POST"])
     bp.add_url_rule("/workflow_actions/<workflow_id>", "action", get_workflow, methods=["GET"])
     bp.add_url_rule("/workflow_actions/<workflow_id>", "update", update_status, methods=["PATCH"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, request
-from werkzeug.exceptions import Forbidden, HTTPException
+from werkzeug.exceptions import Forbidden, HTTPException, default_exceptions
 
 from ...engine import WorkflowEngine
 from ...errors import ConfigurationError
@@ -92,14 +92,28 @@ def _before_request() -> None:
 
 
 def _json_for_routing_errors(app: Flask, prefix: str) -> None:
-    """404 and 405 under the API prefix answer JSON too (they happen before any blueprint is chosen)."""
-    previous = app.error_handler_spec[None][None].get(HTTPException)  # chain to the app's own handler
+    """404 and 405 under the API prefix answer JSON too (they happen before any blueprint is chosen).
 
-    def handle(exc: HTTPException) -> Any:
-        if request.blueprint is None and (request.path == prefix or request.path.startswith(prefix + "/")):
-            return json_error(exc)
-        if previous is not None:
-            return previous(exc)
-        return exc
+    Flask tries an app's handlers for a status code before its handlers for an exception class,
+    so these are registered for the two codes themselves, each chaining to what the app had
+    registered before for that code, or for HTTPException, elsewhere."""
+    spec = app.error_handler_spec[None]
+    previous_any = spec[None].get(HTTPException)
 
-    app.register_error_handler(HTTPException, handle)
+    def json_under_prefix(code: int) -> Any:
+        previous = spec[code].get(default_exceptions[code])
+
+        def handle(exc: HTTPException) -> Any:
+            if request.blueprint is None and (
+                request.path == prefix or request.path.startswith(prefix + "/")
+            ):
+                return json_error(exc)
+            for fallback in (previous, previous_any):
+                if fallback is not None:
+                    return fallback(exc)
+            return exc
+
+        return handle
+
+    for code in (404, 405):
+        app.register_error_handler(code, json_under_prefix(code))
