@@ -511,6 +511,21 @@ def test_deliverable_queued_finds_due_retries_and_long_queued_workflows(store: S
     assert {w.id for w in found} == {due.id, old.id}
 
 
+def test_a_read_of_several_statements_sees_one_snapshot(store: Store, database_url: str) -> None:
+    """stats() reads in several statements: a write committed between two of them (a worker's
+    claim, say) must not make its figures disagree."""
+    other = open_store(database_url)
+    store.insert([new()])
+    count = store.sql("SELECT COUNT(*) AS n FROM workflows")  # type: ignore[attr-defined]
+    with store.transaction(write=False) as tx:  # type: ignore[attr-defined]
+        before = tx.fetch(count, {})
+        other.insert([new()])  # committed meanwhile, through another connection
+        after = tx.fetch(count, {})
+    assert before == after == [{"n": 1}]
+    assert len(store.find(limit=10, filters={})) == 2  # the next read sees it
+    other.close()
+
+
 def test_migrations_are_numbered_and_idempotent(store: Store) -> None:
     latest = max(n for n, _ in store.migration_scripts())  # type: ignore[attr-defined]
     assert latest >= 2

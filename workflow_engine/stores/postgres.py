@@ -154,6 +154,8 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                     yield _PgTx(conn)
                 else:
                     with conn.transaction():  # BEGIN … COMMIT
+                        if not write:  # several reads: one snapshot for all (stats' figures agree)
+                            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                         yield _PgTx(conn)
         except psycopg.Error as exc:
             raise _store_error(exc, url=self.url) from exc

@@ -203,8 +203,15 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                         if conn.in_transaction:
                             conn.rollback()
                         raise
-                else:
+                elif single:
                     yield _SQLiteTx(conn)
+                else:  # several reads: one snapshot for all (stats' figures agree), writers go on
+                    try:
+                        conn.execute("BEGIN")  # inside the try, as for writes: never left open
+                        yield _SQLiteTx(conn)
+                    finally:
+                        if conn.in_transaction:
+                            conn.rollback()  # it wrote nothing: ending it either way is the same
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"SQLite database {self.path!r} failed: {exc}") from exc
             except sqlite3.Error as exc:
