@@ -556,9 +556,15 @@ def test_cancelling_a_running_workflow_records_the_request_for_the_handler(
         )
         is not None
     )
+    stops: list[str] = []
+    async_engine.transport.stop = lambda job_id: stops.append(job_id) or True  # type: ignore[method-assign]
     marked = async_engine.cancel(wid)
     assert marked.status is S.RUNNING and marked.cancel_requested_at is not None
     assert async_engine.get_events(wid)[-1].detail == "cancel requested"
+    again = async_engine.cancel(wid)  # the first stop command may have been lost: it is sent again
+    assert again.cancel_requested_at == marked.cancel_requested_at
+    assert [e.detail for e in async_engine.get_events(wid)].count("cancel requested") == 1
+    assert stops == [wf.job_id, wf.job_id]
 
 
 def test_requeue_only_accepts_failed_or_cancelled_workflows(workflow_engine: WorkflowEngine) -> None:

@@ -197,6 +197,30 @@ def test_sqlite_utils_is_imported_only_when_the_store_is_asked_for_it(tmp_path: 
     assert out.stdout.split() == ["1", "4"]
 
 
+def test_migration_0003_backfills_durations_exact_to_the_microsecond(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(str(tmp_path / "old.db"))
+    scripts = store.migration_scripts()
+    monkeypatch.setattr(store, "migration_scripts", lambda: [(n, t) for n, t in scripts if n <= 2])
+    assert store.migrate() == 2
+    with store.transaction() as tx:  # a workflow finished before durations were stored
+        tx.fetch(
+            "INSERT INTO workflows (id, workflow_type_id, status, inputs, created_at, updated_at, "
+            "started_at, finished_at) VALUES ('w', 't', 'completed', '{}', :at, :at, :start, :end)",
+            {
+                "at": "2026-11-29T23:59:59.000000+00:00",
+                "start": "2026-11-29T23:59:59.000000+00:00",
+                "end": "2026-11-30T00:00:01.250000+00:00",
+            },
+        )
+    monkeypatch.setattr(store, "migration_scripts", lambda: scripts)
+    store.migrate()
+    wf = store.get("w")
+    assert wf is not None and wf.duration_s == 2.25  # julianday() arithmetic gave 2.2499978542
+    store.close()
+
+
 def test_closing_the_inspection_database_of_an_in_memory_store_leaves_the_engine_working() -> None:
     engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://", is_async=False)
     wid = engine.create_workflow(workflow_type_id="t")

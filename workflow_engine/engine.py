@@ -721,6 +721,8 @@ class WorkflowEngine:
                     return done
             elif wf.status is S.RUNNING:
                 if wf.cancel_requested_at is not None:
+                    if wf.job_id:  # asked again: the first stop command may have been lost
+                        self.transport.stop(wf.job_id)
                     return wf
                 now = utcnow()
                 marked = self.store.compare_and_set(
