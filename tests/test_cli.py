@@ -340,6 +340,21 @@ def test_a_worker_name_already_registered_is_a_clear_error_not_a_traceback(
     assert "an RQ worker named 'web-1' is registered already" in result.stderr
 
 
+@pytest.mark.parametrize("command", [["worker", "--burst"], ["reconcile", "--every", "10"]])
+def test_metrics_without_their_extra_stop_a_service_before_it_creates_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if the extra were not installed
+    db = tmp_path / "not-yet.db"
+    out = run(
+        *command, "--metrics-port", "0", "--database-url", f"sqlite:///{db}", "--redis-url", "fakeredis://"
+    )
+    assert out.code == 1 and 'pip install "workflow_engine[metrics]"' in out.stderr
+    assert not db.exists()
+
+
 def test_tables_show_every_digit_of_a_float_and_no_exponent() -> None:
     assert display._cell(3703703.67) == "3703703.67"
     assert display._cell(71225.07) == "71225.07"

@@ -323,6 +323,8 @@ def reconcile(every: float | None, metrics_port: int | None, metrics_host: str, 
       workflow-engine reconcile --every 10 --metrics-port 9100
     """
     with ExitStack() as stack:
+        if metrics_port is not None:
+            _require_metrics()  # before anything is created: a missing extra changes nothing
         # A reconcile service (--every) may start before the web process has created the file.
         engine = _make_engine(create=every is not None, **options)
         if metrics_port is not None:
@@ -345,6 +347,13 @@ def reconcile_loop(engine: WorkflowEngine, every: float, stop: threading.Event) 
             engine.reconcile()
         except Exception:
             log.exception("reconcile failed; trying again in %s s", every)
+
+
+def _require_metrics() -> None:
+    """MissingDependency now if the [metrics] extra is not installed."""
+    from . import metrics
+
+    metrics._require()
 
 
 def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: str, *, forking: bool) -> None:
@@ -442,6 +451,8 @@ def worker(
     for path in reversed(paths):
         sys.path.insert(0, os.path.abspath(path))
     with ExitStack() as stack:
+        if metrics_port is not None:
+            _require_metrics()  # before anything is created: a missing extra changes nothing
         engine = _make_engine(create=True, **options)  # a worker may start before the web process
         # As `rq worker -c workflow_engine.rq_preload` does (None: $WORKFLOW_ENGINE_PRELOAD), and before
         # the metrics and the reconcile thread: a wrong name stops the worker here, at once.
