@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from workflow_engine import WorkflowEngine
-from workflow_engine.errors import HandlerTimeout
+from workflow_engine.errors import HandlerTimeout, StoreError, StoreUnavailable
 from workflow_engine.execution import _call_with_timeout
 from workflow_engine.models import Workflow, utcnow
 from workflow_engine.status import WorkflowStatus
@@ -195,6 +195,26 @@ def test_sqlite_utils_is_imported_only_when_the_store_is_asked_for_it(tmp_path: 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "4"]
+
+
+def test_a_statement_sqlite_refuses_is_a_store_error_and_a_busy_database_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(str(tmp_path / "w.db"), busy_timeout=0.1)
+    store.migrate()
+    with pytest.raises(StoreError) as refused, store.transaction() as tx:
+        tx.fetch("SELECT * FROM no_such_table", {})
+    assert not isinstance(refused.value, StoreUnavailable)  # retrying would not help
+    holder = sqlite3.connect(str(tmp_path / "w.db"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the busy timeout
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            insert_one(store)
+    finally:
+        holder.rollback()
+        holder.close()
+    insert_one(store)  # and once it is free, writes go on
+    store.close()
 
 
 def test_migration_0003_backfills_durations_exact_to_the_microsecond(

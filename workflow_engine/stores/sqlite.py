@@ -44,6 +44,29 @@ class _SQLiteTx:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+#: SQLite's result codes for a database that cannot serve now (busy past the timeout, the disk,
+#: the file), as opposed to a statement it refuses (a missing table, a constraint): worth a retry.
+_UNAVAILABLE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_FULL",
+    "SQLITE_READONLY",
+    "SQLITE_PROTOCOL",
+    "SQLITE_NOMEM",
+    "SQLITE_INTERRUPT",
+)
+
+
+def _unavailable(exc: sqlite3.Error) -> bool:
+    """True for a failure of the database rather than of the statement (StoreUnavailable)."""
+    name = getattr(exc, "sqlite_errorname", None)  # Python 3.11 and later
+    if name is None:
+        return isinstance(exc, sqlite3.OperationalError)
+    return str(name).startswith(_UNAVAILABLE)
+
+
 #: Every SQLite store of this process, and the locks a fork in progress holds.
 _stores: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 _held_for_fork: list[threading.RLock] = []
@@ -212,10 +235,9 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                     finally:
                         if conn.in_transaction:
                             conn.rollback()  # it wrote nothing: ending it either way is the same
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"SQLite database {self.path!r} failed: {exc}") from exc
             except sqlite3.Error as exc:
-                raise StoreError(f"SQLite database {self.path!r} failed: {exc}") from exc
+                error = StoreUnavailable if _unavailable(exc) else StoreError
+                raise error(f"SQLite database {self.path!r} failed: {exc}") from exc
 
     # -- migrations -------------------------------------------------------
     def migrate(self) -> int:
