@@ -359,7 +359,12 @@ def test_tables_show_every_digit_of_a_float_and_no_exponent() -> None:
     assert display._cell(3703703.67) == "3703703.67"
     assert display._cell(71225.07) == "71225.07"
     assert display._cell(2.0) == "2"
-    assert display._cell(0.0001234) == "0.000123"
+    assert display._cell(0.00123456789) == "0.00123456789"
+    assert (display._cell(1e-07), display._cell(-1e-07), display._cell(-0.0)) == (
+        "0.0000001",
+        "-0.0000001",
+        "0",
+    )
 
 
 def test_a_worker_that_cannot_reach_redis_exits_1_with_a_one_line_error(db: str) -> None:
@@ -408,11 +413,19 @@ def test_json_logs_stay_strict_json_and_keep_their_standard_keys() -> None:
     from workflow_engine.logs import JsonFormatter
 
     record = logging.makeLogRecord(
-        {"msg": "m", "levelname": "INFO", "ratio": float("nan"), "level": "custom", "time": 5}
+        {
+            "msg": "m",
+            "levelname": "INFO",
+            "ratio": float("nan"),
+            "level": "custom",
+            "time": 5,
+            "exception": "E",
+        }
     )
     out = json.loads(JsonFormatter().format(record), parse_constant=lambda name: pytest.fail(name))
     assert (out["level"], out["extra_level"], out["extra_time"]) == ("INFO", "custom", 5)
     assert out["ratio"] == "nan" and out["time"] != 5
+    assert out["extra_exception"] == "E" and "exception" not in out  # never taken for a traceback
 
 
 def test_log_format_json_writes_one_object_a_line_with_the_workflow_fields(

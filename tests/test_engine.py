@@ -908,7 +908,6 @@ def test_a_handler_with_a_million_retries_backs_off_at_the_cap_without_overflowi
         ("sqlite://relative.db", "expected sqlite:///<path>"),
         ("", "non-empty string"),
         ("postgresql://[::1/db", "malformed PostgreSQL URL"),
-        ("postgresql://app@db:port/x", "malformed PostgreSQL URL"),
     ],
 )
 def test_a_malformed_or_unsupported_database_url_is_refused(url: str, message: str) -> None:
@@ -916,12 +915,31 @@ def test_a_malformed_or_unsupported_database_url_is_refused(url: str, message: s
         WorkflowEngine(database_url=url, redis_url="fakeredis://")
 
 
-def test_a_postgresql_url_without_a_host_means_libpqs_default_as_for_psql() -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql:///app",  # no host: the local socket, or PGHOST, as for psql
+        "postgresql://app@db1:5432,db2:5432/app?target_session_attrs=read-write",  # failover hosts
+        "postgresql://app:s3cr#t@db/app",  # a '#' in the password: libpq's to judge
+    ],
+)
+def test_postgresql_urls_that_libpq_takes_are_taken(url: str) -> None:
     from workflow_engine.stores.urls import parse_database_url
 
-    assert (
-        parse_database_url("postgresql:///app").target == "postgresql:///app"
-    )  # the local socket, or PGHOST
+    assert parse_database_url(url).target == url
+
+
+def test_a_malformed_postgresql_url_is_refused_without_quoting_its_password() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        WorkflowEngine(database_url="postgresql://app:s3cret@[::1/db", redis_url="fakeredis://")
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_redis_url_asking_to_decode_responses_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="decode_responses=True"):
+        WorkflowEngine(
+            database_url="sqlite:///:memory:", redis_url="redis://127.0.0.1:6379/0?decode_responses=True"
+        )
 
 
 def test_an_unsupported_redis_url_is_refused() -> None:

@@ -18,7 +18,7 @@ import pytest
 from flask import Flask, Request
 from flask.testing import FlaskClient
 from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import Unauthorized
+from werkzeug.exceptions import HTTPException, Unauthorized
 
 from workflow_engine import Workflow, WorkflowEngine, WorkflowStatus
 from workflow_engine.contrib.flask import WorkflowEngineFlask
@@ -481,6 +481,15 @@ def test_the_apps_own_error_pages_do_not_replace_the_apis_json_errors(engine: Wo
     assert_error(client.get("/api/nothing/here", headers=ok), 404, "not_found")
     assert_error(client.delete("/api/workflows", headers=ok), 405, "method_not_allowed")
     assert client.get("/elsewhere").get_data(as_text=True) == "<h1>page 404</h1>"  # the app's own, elsewhere
+
+
+def test_an_apps_handler_for_every_http_error_still_serves_outside_the_api(engine: WorkflowEngine) -> None:
+    app = Flask(__name__)
+    WorkflowEngineFlask(app, engine)
+    app.register_error_handler(HTTPException, lambda exc: ({"app": exc.code}, exc.code))  # after init_app
+    client = app.test_client()
+    assert client.get("/elsewhere").json == {"app": 404}
+    assert_error(client.get("/api/nothing/here"), 404, "not_found")
 
 
 def test_a_server_bug_answers_a_json_500_and_is_logged(

@@ -545,6 +545,12 @@ def test_a_database_migrated_by_newer_code_is_refused_with_a_clear_error(
     with pytest.raises(ConfigurationError, match=f"schema version {scripts[-1][0]}, newer than"):
         store.migrate()
     store.close()
+    older = open_store(database_url)  # a process that starts on the older code
+    monkeypatch.setattr(older, "migration_scripts", lambda: scripts[:-1])
+    for _ in range(3):  # every call, not only the first
+        with pytest.raises(ConfigurationError, match="newer than"):
+            older.insert([new()])
+    older.close()
 
 
 def test_migration_0004_keeps_indexes_built_beforehand_and_migrates_the_rows_in_place(

@@ -9,6 +9,7 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -47,8 +48,12 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        # Every digit a person reads, never an exponent: 3703703.67, not 3.7037e+06.
-        return f"{value:.6f}".rstrip("0").rstrip(".") if math.isfinite(value) else str(value)
+        if not math.isfinite(value):
+            return str(value)
+        # Every digit of the shortest repr, never an exponent: 3703703.67 (not 3.7037e+06), 1e-07 as
+        # 0.0000001, 2.0 as 2, -0.0 as 0.
+        text = format(Decimal(repr(value)).normalize(), "f")
+        return "0" if text in ("-0", "0") else text
     return str(value)
 
 

@@ -91,8 +91,8 @@ def _check_redis_connection(connection: Any) -> None:
         )
     if connection.get_encoder().decode_responses:
         raise ConfigurationError(
-            "redis_connection decodes responses (decode_responses=True), which RQ cannot use: "
-            "its jobs are pickled bytes. Pass a client made without it"
+            "the Redis connection decodes responses (decode_responses=True, in redis_connection "
+            "or in the URL), which RQ cannot use: its jobs are pickled bytes"
         )
 
 
@@ -136,6 +136,8 @@ class WorkflowEngine:
         self.stale_after = float(stale_after)
         self.store: Store = store if store is not None else open_store(database_url)
         connection = redis_connection if redis_connection is not None else connect(redis_url)
+        if redis_connection is None:
+            _check_redis_connection(connection)  # ?decode_responses=true in the URL
         # Only this process can run the jobs: with fakeredis, or in sync mode (RQ runs them inline).
         in_process = not is_async or type(connection).__module__.startswith("fakeredis")
         self.transport = Transport(connection, queue_name, is_async=is_async, in_process=in_process)

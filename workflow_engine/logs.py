@@ -23,6 +23,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _STANDARD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
+#: Keys the formatter writes after the extras: an extra never takes their place either.
+_ADDED_LATER = frozenset({"exception", "stack"})
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``time``, ``level``, ``logger``, ``message``, then the extras.
 
@@ -41,7 +45,8 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
                 # An extra never replaces a standard key: it goes under a name of its own.
-                out[key if key not in out else f"extra_{key}"] = value if _json_safe(value) else repr(value)
+                name = f"extra_{key}" if key in out or key in _ADDED_LATER else key
+                out[name] = value if _json_safe(value) else repr(value)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:

@@ -182,7 +182,12 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         self._conn = conn
         self._pid = os.getpid()
         if not self._migrated:
-            self._migrate(conn)
+            try:
+                self._migrate(conn)
+            except BaseException:  # not cached: the next call tries (and refuses) again
+                self._conn = None
+                conn.close()
+                raise
         return conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:

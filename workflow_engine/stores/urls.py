@@ -77,9 +77,10 @@ def parse_database_url(url: str) -> DatabaseURL:
         return DatabaseURL("sqlite", path)
     if scheme in ("postgresql", "postgres"):
         try:
-            urlsplit(url).port  # noqa: B018 - parses the host and port: a bad one raises ValueError
-        except ValueError as exc:
-            raise ConfigurationError(f"malformed PostgreSQL URL {shown(url)!r}: {exc}; {_HELP}") from None
-        # No host is libpq's default: the local Unix socket, or PGHOST.
+            urlsplit(url)  # an unclosed IPv6 bracket, characters no URL may hold
+        except ValueError:  # its message may quote the password: say nothing of the URL's text
+            raise ConfigurationError(f"malformed PostgreSQL URL {shown(url)!r}; {_HELP}") from None
+        # Anything else is libpq's to judge: several hosts for failover, no host (the local
+        # socket, or PGHOST), a password with a '#' in it.
         return DatabaseURL("postgres", "postgresql://" + rest)
     raise ConfigurationError(f"unsupported database URL scheme {scheme!r}; {_HELP}")

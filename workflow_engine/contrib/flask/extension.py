@@ -95,10 +95,10 @@ def _json_for_routing_errors(app: Flask, prefix: str) -> None:
     """404 and 405 under the API prefix answer JSON too (they happen before any blueprint is chosen).
 
     Flask tries an app's handlers for a status code before its handlers for an exception class,
-    so these are registered for the two codes themselves, each chaining to what the app had
-    registered before for that code, or for HTTPException, elsewhere."""
+    so these are registered for the two codes themselves. Elsewhere they hand the error to what
+    the app registered for that code before, or else to its handler for the exception's class
+    (``HTTPException``, ``Exception``), looked up at that moment: it may be registered later."""
     spec = app.error_handler_spec[None]
-    previous_any = spec[None].get(HTTPException)
 
     def json_under_prefix(code: int) -> Any:
         previous = spec[code].get(default_exceptions[code])
@@ -108,7 +108,10 @@ def _json_for_routing_errors(app: Flask, prefix: str) -> None:
                 request.path == prefix or request.path.startswith(prefix + "/")
             ):
                 return json_error(exc)
-            for fallback in (previous, previous_any):
+            if previous is not None:
+                return previous(exc)
+            for cls in type(exc).__mro__:
+                fallback = spec[None].get(cls)
                 if fallback is not None:
                     return fallback(exc)
             return exc
