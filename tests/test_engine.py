@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -277,6 +278,54 @@ def parent_that_enqueues_its_child_twice(wf: Workflow) -> dict[str, str]:
     cid = engine.create_workflow(workflow_type_id="child", enqueue=True)
     engine.enqueue_execution(cid)  # queued, its job waiting: nothing to do, as in production
     return {"child": cid}
+
+
+def test_a_handler_whose_module_takes_longer_than_stale_after_to_import_keeps_its_lease(
+    tmp_path: Path,
+) -> None:
+    """A plain forking worker imports the handler's module in every work-horse, after the claim.
+    The heartbeat runs from the claim on, so a slow import is not taken for a lost worker."""
+    engine = WorkflowEngine(
+        database_url=f"sqlite:///{tmp_path / 'w.db'}",
+        redis_url="fakeredis://",
+        heartbeat_interval=0.1,
+        stale_after=0.4,
+    )
+    engine.register_handler("slow", "we_slow_import:run")  # by path: imported when the job runs
+    wid = engine.create_workflow(workflow_type_id="slow", enqueue=True)
+    wf = engine.get_workflow(wid)
+    sys.modules.pop("we_slow_import", None)  # imported afresh: one second
+    stop, reports = threading.Event(), []
+
+    def reconciler() -> None:  # another process, every tenth of a second
+        while not stop.is_set():
+            reports.append(engine.reconcile())
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=reconciler)
+    thread.start()
+    try:
+        status = execution.run_attempt(engine, wid, job_id=str(wf.job_id), handler=wf.handler, worker="w")
+    finally:
+        stop.set()
+        thread.join()
+    assert status == "completed" and engine.get_workflow(wid).attempts == 1
+    assert not any(report.requeued_stale for report in reports)
+    engine.close()
+
+
+def raises_unknown_type(wf: Workflow) -> None:
+    raise UnknownWorkflowType("child", "a handler that asked for a type nobody registered")
+
+
+def test_an_unknown_type_raised_by_the_handler_itself_is_an_error_like_any_other(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("asks", raises_unknown_type, max_retries=1, retry_backoff=0)
+    wid = workflow_engine.create_workflow(workflow_type_id="asks", enqueue=True)
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.status, wf.attempts) == (S.FAILED, 2)  # retried, as any handler error is
+    assert wf.traceback is not None and "raises_unknown_type" in wf.traceback
 
 
 def test_enqueueing_a_workflow_whose_job_waits_in_process_does_nothing_as_in_production(

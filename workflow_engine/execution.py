@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
-from .handlers import describe
+from .handlers import HandlerFunc, describe
 from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
 from .stores.urls import shown
@@ -225,11 +225,22 @@ def run_attempt(
     log.info("attempt %d started", wf.attempts, extra=extra)
     engine.notify(wf, S.QUEUED)
     path = handler or wf.handler
+    attempt = _Attempt(wf.id, job_id, engine)
+    token = _current.set(attempt)
+    func: HandlerFunc | None = None
     try:
-        if not path:
-            raise UnknownWorkflowType(wf.workflow_type_id, "the workflow records no handler path")
-        func = engine.resolve_handler(path, wf.workflow_type_id)
+        # The heartbeat runs from the claim on: importing the handler's module (in each work-horse
+        # of a plain forking worker) may take longer than stale_after, and must keep the lease.
+        with _heartbeat(engine, attempt):
+            if not path:
+                raise UnknownWorkflowType(wf.workflow_type_id, "the workflow records no handler path")
+            func = engine.resolve_handler(path, wf.workflow_type_id)
+            started = time.monotonic()
+            result = _call_with_timeout(func, wf, wf.timeout)
+        to_json(result, "the handler's result")
     except UnknownWorkflowType as exc:
+        if func is not None:  # raised by the handler itself: an error like any other
+            return _failed(engine, wf, attempt, describe(exc), tb.format_exc(), transport)
         # Retrying cannot fix a missing handler: fail now, with a message that says how to fix it.
         log.warning("attempt %d failed: %s", wf.attempts, exc, extra=extra)
         trace = tb.format_exc() if exc.__cause__ is not None else None
@@ -241,13 +252,6 @@ def run_attempt(
             expected_job_id=job_id,
         )
         return (final or wf).status.value
-    attempt = _Attempt(wf.id, job_id, engine)
-    token = _current.set(attempt)
-    started = time.monotonic()
-    try:
-        with _heartbeat(engine, attempt):
-            result = _call_with_timeout(func, wf, wf.timeout)
-        to_json(result, "the handler's result")
     except HandlerTimeout as exc:
         return _failed(engine, wf, attempt, str(exc), None, transport)
     except Exception as exc:
