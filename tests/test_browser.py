@@ -100,13 +100,14 @@ def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def text_of(driver: Any, element_id: str) -> str:
-    """The text of an element, or "" while the page is being replaced."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    """The text of an element, or "" while the page is being replaced. Chrome may also answer a
+    read during the page's own refresh with "unhandled inspector error": the next look succeeds."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
 
     try:
         return str(driver.find_element(By.ID, element_id).text)
-    except (NoSuchElementException, StaleElementReferenceException):
+    except WebDriverException:  # NoSuchElement, StaleElementReference, the inspector's hiccup
         return ""
 
 
