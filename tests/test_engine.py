@@ -289,7 +289,7 @@ def test_a_handler_whose_module_takes_longer_than_stale_after_to_import_keeps_it
         database_url=f"sqlite:///{tmp_path / 'w.db'}",
         redis_url="fakeredis://",
         heartbeat_interval=0.1,
-        stale_after=0.4,
+        stale_after=0.5,
     )
     engine.register_handler("slow", "we_slow_import:run")  # by path: imported when the job runs
     wid = engine.create_workflow(workflow_type_id="slow", enqueue=True)
