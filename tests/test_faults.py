@@ -23,7 +23,7 @@ from workflow_engine import recovery
 from workflow_engine.engine import WorkflowEngine
 from workflow_engine.errors import QueueUnavailable
 from workflow_engine.execution import run_workflow
-from workflow_engine.models import Workflow
+from workflow_engine.models import Workflow, utcnow
 from workflow_engine.status import WorkflowStatus
 
 from support import RedisServer, Worker, effects_of, start_worker, successes, wait_for
@@ -333,6 +333,20 @@ def test_enqueue_with_redis_down_raises_quickly_keeps_the_workflow_queued_and_re
     assert wf.status is S.COMPLETED
     assert wf.attempts == 1
     assert successes(h.effects, wid) == 1
+
+
+def test_a_stale_workflow_requeued_while_redis_is_down_is_also_reported_undeliverable(h: Harness) -> None:
+    """Reconcile requeues it in the database, but its new job cannot reach Redis: the report says
+    both, so that nobody reads "requeued" as "on its way"; the next pass delivers it."""
+    h.register("ok", "record_success", retry_backoff=0)
+    wid = h.submit("ok")
+    job_id = h.get(wid).job_id or ""
+    old = utcnow() - timedelta(seconds=STALE_AFTER + 1)
+    assert h.engine.store.claim(wid, job_id=job_id, worker="dead", now=old, lease_until=old) is not None
+    h.redis_server.stop()
+    report = h.engine.reconcile()
+    assert report.requeued_stale == report.undeliverable == [wid]
+    assert h.get(wid).status is S.QUEUED
 
 
 # -- duplicates --------------------------------------------------------------

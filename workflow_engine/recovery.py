@@ -57,10 +57,12 @@ def attempt_failed(
     transport: Transport | None = None,
     lease_expired_at: datetime | None = None,
     immediate: bool = False,
+    undelivered: list[str] | None = None,
 ) -> Workflow | None:
     """A running attempt failed: retry it, or fail the workflow.
 
-    None if another process changed the workflow first."""
+    None if another process changed the workflow first. A retry whose job Redis would not take
+    stays queued for reconcile; its id goes to ``undelivered`` when that is given."""
     now = utcnow()
     changes: dict[str, Any] = {"error": error, "traceback": traceback, "updated_at": now}
     fail_detail = f"attempt {wf.attempts} failed: {error}"
@@ -105,12 +107,15 @@ def attempt_failed(
                 transport=transport,
                 lease_expired_at=lease_expired_at,
                 immediate=immediate,
+                undelivered=undelivered,
             )
     if new is not None and new.status is S.QUEUED and new.job_id is not None:
         try:
             engine._deliver(new, transport=transport)
         except QueueUnavailable:
             log.warning("retry not delivered, Redis is down; reconcile will", extra=log_extra(new))
+            if undelivered is not None:
+                undelivered.append(new.id)
     if new is not None:
         log.warning("%s -> %s", fail_detail, new.status.value, extra=log_extra(new))
     return new
@@ -137,6 +142,7 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
                 traceback=None,
                 lease_expired_at=now,
                 immediate=True,  # a crash is not a handler error: no backoff, keep the recovery bound
+                undelivered=report["undeliverable"],  # requeued in the database, its job not in Redis yet
             )
             if new is not None:
                 report[_STALE_OUTCOME[new.status]].append(new.id)
