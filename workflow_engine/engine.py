@@ -126,8 +126,6 @@ class WorkflowEngine:
             raise InvalidInput(
                 f"store must be a workflow_engine store (from stores.open_store), got {type(store).__name__}"
             )
-        if redis_connection is not None:
-            _check_redis_connection(redis_connection)
         self.database_url = database_url
         self.redis_url = redis_url
         self.queue_name = queue_name
@@ -136,8 +134,7 @@ class WorkflowEngine:
         self.stale_after = float(stale_after)
         self.store: Store = store if store is not None else open_store(database_url)
         connection = redis_connection if redis_connection is not None else connect(redis_url)
-        if redis_connection is None:
-            _check_redis_connection(connection)  # ?decode_responses=true in the URL
+        _check_redis_connection(connection)  # given, or made from a URL (?decode_responses=true)
         # Only this process can run the jobs: with fakeredis, or in sync mode (RQ runs them inline).
         in_process = not is_async or type(connection).__module__.startswith("fakeredis")
         self.transport = Transport(connection, queue_name, is_async=is_async, in_process=in_process)
