@@ -126,18 +126,6 @@ class Floor:
 
         return self.timed(calls)
 
-    def connect(self, path: str) -> sqlite3.Connection:
-        """A bare connection to ``path`` with the store's PRAGMAs."""
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-        for pragma in (
-            "busy_timeout = 30000",
-            "journal_mode = WAL",
-            "synchronous = NORMAL",
-            "foreign_keys = ON",
-        ):
-            conn.execute(f"PRAGMA {pragma}")
-        return conn
-
     @staticmethod
     def insert(conn: sqlite3.Connection) -> tuple[str, str]:
         """Exactly the fused call's SQL: the workflow row, already queued, and both of its events,
@@ -176,7 +164,7 @@ class Floor:
     def steps(self, level: int) -> float:
         """The floor's loop with the engine's first ``level`` pieces in place of its own (``STEPS``)."""
         engine = self.engine()
-        conn = self.connect(engine.store.path)  # type: ignore[attr-defined]
+        conn = bench_jobs.floor_connection(engine.store.path)  # type: ignore[attr-defined]
         history = (NewEvent(None, S.PENDING), NewEvent(S.PENDING, S.QUEUED, "enqueued"))
 
         def calls() -> None:

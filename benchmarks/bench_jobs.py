@@ -47,6 +47,17 @@ def stopped_noop(job: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
 _floor_conn: Any = None
 
 
+def floor_connection(path: str) -> Any:
+    """A bare sqlite3 connection to ``path`` with the store's PRAGMAs: what the floor jobs and
+    ``api_floor.py`` run their SQL on, with no store around it."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
 def sql_floor_job(workflow_id: str, handler: str, job_id: str, engine_key: str | None = None) -> Any:
     """Exactly the SQL of a workflow's claim and completion, with no engine around it.
 
@@ -57,17 +68,12 @@ def sql_floor_job(workflow_id: str, handler: str, job_id: str, engine_key: str |
     """
     global _floor_conn
     import os
-    import sqlite3
     from datetime import datetime, timedelta, timezone
 
     from workflow_engine.stores import queries as q  # the package, as a workflow job imports it
 
     if _floor_conn is None:
-        path = os.environ["WORKFLOW_ENGINE_DATABASE_URL"].removeprefix("sqlite:///")
-        _floor_conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-        for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL"):
-            _floor_conn.execute(f"PRAGMA {pragma}")
-        _floor_conn.execute("PRAGMA foreign_keys = ON")
+        _floor_conn = floor_connection(os.environ["WORKFLOW_ENGINE_DATABASE_URL"].removeprefix("sqlite:///"))
     conn = _floor_conn
     started = datetime.now(timezone.utc)
     now = started.isoformat(timespec="microseconds")
