@@ -12,14 +12,33 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from workflow_engine.models import Workflow, utcnow
+from workflow_engine.status import WorkflowStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 BIN = Path(sys.executable).parent
 REQUIRE_SERVICES = os.environ.get("WORKFLOW_ENGINE_REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get("WORKFLOW_ENGINE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def a_workflow(**fields: Any) -> Workflow:
+    """A workflow as a store holds a new one: a fresh id, type ``t``, ``pending``, no inputs, created
+    now. ``fields`` set anything else, or replace any of that."""
+    now = utcnow()
+    defaults: dict[str, Any] = {
+        "id": uuid.uuid4().hex,
+        "workflow_type_id": "t",
+        "status": WorkflowStatus.PENDING,
+        "inputs": {},
+        "created_at": now,
+        "updated_at": now,
+    }
+    return Workflow(**{**defaults, **fields})
 
 
 def service_unavailable(message: str) -> None:

@@ -35,7 +35,7 @@ from workflow_engine.errors import ConfigurationError, HandlerTimeout, InvalidIn
 from workflow_engine.models import utcnow
 
 import we_test_handlers
-from support import wait_for
+from support import a_workflow, wait_for
 
 S = WorkflowStatus
 
@@ -929,14 +929,9 @@ def test_engine_settings_out_of_range_are_refused_at_construction(
 
 def failing(*, attempts: int, max_retries: int, max_attempts: int) -> Workflow:
     """A running workflow in its retry budget, with ``retry_backoff=1``: what ``retry_delay`` reads."""
-    now = utcnow()
-    return Workflow(
+    return a_workflow(
         id="w",
-        workflow_type_id="t",
         status=S.RUNNING,
-        inputs={},
-        created_at=now,
-        updated_at=now,
         attempts=attempts,
         max_retries=max_retries,
         max_attempts=max_attempts,

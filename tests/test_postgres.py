@@ -20,7 +20,7 @@ from workflow_engine.errors import ConfigurationError, MissingDependency, StoreE
 from workflow_engine.models import utcnow
 from workflow_engine.stores import open_store
 
-from support import APPS, RedisServer, free_port, start_worker, successes, wait_for
+from support import APPS, RedisServer, a_workflow, free_port, start_worker, successes, wait_for
 
 S = WorkflowStatus
 
@@ -198,14 +198,8 @@ def test_a_statement_the_server_refuses_is_a_store_error_not_unavailable(pg_url:
     """psycopg calls an index row that is too large "operational"; it is no outage to retry."""
     store = open_store(pg_url)
     store.migrate()
-    now = utcnow()
-    too_long = Workflow(
+    too_long = a_workflow(
         id="w",
-        workflow_type_id="t",
-        status=S.PENDING,
-        inputs={},
-        created_at=now,
-        updated_at=now,
         idempotency_key=base64.b64encode(os.urandom(6000)).decode(),  # past the engine's check, to the store
     )
     with pytest.raises(StoreError) as info:
@@ -308,8 +302,6 @@ def test_a_claim_and_a_completion_are_one_statement_each_without_begin_or_commit
     """A compare-and-set carries its event in the same statement, and a lone statement runs in
     autocommit: no BEGIN and COMMIT round trips. Read from libpq's own trace of what it sent."""
     from psycopg import pq
-
-    from workflow_engine.models import utcnow
 
     engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
     engine.register_handler("t", "workflow_engine.demo:create_website")

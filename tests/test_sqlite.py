@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +17,10 @@ import pytest
 from workflow_engine import WorkflowEngine
 from workflow_engine.errors import HandlerTimeout, StoreError, StoreUnavailable
 from workflow_engine.execution import _call_with_timeout
-from workflow_engine.models import Workflow, utcnow
-from workflow_engine.status import WorkflowStatus
 from workflow_engine.stores import queries as q
 from workflow_engine.stores.sqlite import SQLiteStore
+
+from support import a_workflow
 
 
 @pytest.fixture
@@ -35,16 +34,7 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
 
 
 def insert_one(store: SQLiteStore) -> None:
-    now = utcnow()
-    wf = Workflow(
-        id=uuid.uuid4().hex,
-        workflow_type_id="t",
-        status=WorkflowStatus.PENDING,
-        inputs={},
-        created_at=now,
-        updated_at=now,
-    )
-    store.insert([wf])
+    store.insert([a_workflow()])
 
 
 def child_writes(store: SQLiteStore, *, within: float = 10.0) -> bool:

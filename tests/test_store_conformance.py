@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -19,7 +18,7 @@ from workflow_engine.stores import Store, open_store
 from workflow_engine.stores import queries as q
 from workflow_engine.stores.base import Change, NewEvent
 
-from support import create_index_statements
+from support import a_workflow, create_index_statements
 
 S = WorkflowStatus
 
@@ -34,16 +33,8 @@ def store(database_url: str) -> Iterator[Store]:
 
 
 def new(type_id: str = "t", *, agent: str | None = "a", key: str | None = None, **inputs: object) -> Workflow:
-    now = utcnow()
-    return Workflow(
-        id=uuid.uuid4().hex,
-        workflow_type_id=type_id,
-        status=S.PENDING,
-        created_by_agent=agent,
-        inputs=dict(inputs),
-        idempotency_key=key,
-        created_at=now,
-        updated_at=now,
+    return a_workflow(
+        workflow_type_id=type_id, created_by_agent=agent, inputs=dict(inputs), idempotency_key=key
     )
 
 
