@@ -328,6 +328,30 @@ def test_an_unknown_type_raised_by_the_handler_itself_is_an_error_like_any_other
     assert wf.traceback is not None and "raises_unknown_type" in wf.traceback
 
 
+def test_a_cancel_requested_while_a_missing_handler_was_looked_up_ends_the_workflow_cancelled(
+    workflow_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing the handler's module can take a while; a cancel asked meanwhile is honoured,
+    as it is for any other failed attempt, instead of being recorded as a failure."""
+    workflow_engine.register_handler("gone", "we_no_such_module:handler")
+    wid = workflow_engine.create_workflow(workflow_type_id="gone")
+    real = workflow_engine.resolve_handler
+
+    def cancelled_while_importing(path: str, workflow_type_id: str) -> Any:
+        workflow_engine.cancel(wid, reason="operator")
+        return real(path, workflow_type_id)  # UnknownWorkflowType: the module does not exist
+
+    monkeypatch.setattr(workflow_engine, "resolve_handler", cancelled_while_importing)
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert wf.status is S.CANCELLED, (wf.status, wf.error)
+    assert wf.error is not None and "we_no_such_module" in wf.error
+    assert wf.finished_at is not None
+    last = workflow_engine.get_events(wid)[-1]
+    assert (last.from_status, last.to_status) == (S.RUNNING, S.CANCELLED)
+    assert last.detail is not None and last.detail.endswith("cancelled as requested")
+
+
 def test_enqueueing_a_workflow_whose_job_waits_in_process_does_nothing_as_in_production(
     workflow_engine: WorkflowEngine,
 ) -> None:

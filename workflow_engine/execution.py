@@ -244,14 +244,16 @@ def run_attempt(
         # Retrying cannot fix a missing handler: fail now, with a message that says how to fix it.
         log.warning("attempt %d failed: %s", wf.attempts, exc, extra=extra)
         trace = tb.format_exc() if exc.__cause__ is not None else None
+        ending = {"error": str(exc), "traceback": trace, "finished_at": utcnow()}
         final = engine._change(
-            wf,
-            S.FAILED,
-            {"error": str(exc), "traceback": trace, "finished_at": utcnow()},
-            detail=str(exc),
-            expected_job_id=job_id,
+            wf, S.FAILED, ending, detail=str(exc), expected_job_id=job_id, cancel_not_requested=True
         )
-        return (final or wf).status.value
+        if final is None:  # a cancel was requested meanwhile (the import can take a while): honour it
+            current = engine.store.get(wf.id)
+            if current is not None and current.status is S.RUNNING and current.job_id == job_id:
+                detail = f"{exc}; cancelled as requested"
+                final = engine._change(current, S.CANCELLED, ending, detail=detail, expected_job_id=job_id)
+        return (final or engine.store.get(wf.id) or wf).status.value
     except HandlerTimeout as exc:
         return _failed(engine, wf, attempt, str(exc), None, transport)
     except Exception as exc:
