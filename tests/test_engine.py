@@ -29,6 +29,7 @@ from workflow_engine import (
     WorkflowStatus,
     config,
     execution,
+    models,
     recovery,
 )
 from workflow_engine.errors import ConfigurationError, HandlerTimeout, InvalidInput
@@ -925,6 +926,35 @@ def test_arguments_of_the_wrong_type_or_size_raise_invalid_input_not_a_python_er
     with pytest.raises(InvalidInput, match=re.escape(message)):
         call(workflow_engine)
     assert workflow_engine.list_workflows() == []
+
+
+def test_inputs_nest_at_most_max_json_depth_levels_and_brackets_inside_strings_do_not_count(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    limit = models.MAX_JSON_DEPTH
+    deepest = _deep(limit - 2)  # the outer object, its list, and limit - 2 lists inside
+    wid = workflow_engine.create_workflow(workflow_type_id="t", inputs=deepest, calculated_savings=deepest)
+    assert workflow_engine.get_workflow(wid).inputs == deepest
+    with pytest.raises(InvalidInput, match=f"inputs is nested too deeply: at most {limit} levels"):
+        workflow_engine.create_workflow(workflow_type_id="t", inputs=_deep(limit - 1))
+    with pytest.raises(InvalidInput, match="calculated_savings is nested too deeply"):
+        workflow_engine.create_workflow(workflow_type_id="t", calculated_savings=_deep(limit - 1))
+    brackets = {"text": "[{" * limit, "list": [["]}"] * limit]}
+    wid = workflow_engine.create_workflow(workflow_type_id="t", inputs=brackets)
+    assert workflow_engine.get_workflow(wid).inputs == brackets
+
+
+def too_deep_a_result(wf: Workflow) -> dict[str, Any]:
+    return _deep(models.MAX_JSON_DEPTH)
+
+
+def test_a_result_nested_too_deeply_fails_the_attempt_with_a_message_saying_so(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("deep", too_deep_a_result)
+    wf = workflow_engine.get_workflow(workflow_engine.create_workflow(workflow_type_id="deep", enqueue=True))
+    assert wf.status is S.FAILED and wf.result is None
+    assert wf.error is not None and "the handler's result is nested too deeply" in wf.error
 
 
 def _deep(depth: int) -> dict[str, Any]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
 from workflow_engine import WorkflowEngine, WorkflowStatus
 from workflow_engine.analytics import Stats, TypeStats
 from workflow_engine.errors import InvalidInput
-from workflow_engine.models import utcnow
+from workflow_engine.models import MAX_JSON_DEPTH, utcnow
 
 S = WorkflowStatus
 
@@ -165,6 +166,15 @@ def test_huge_savings_are_summed_without_overflow(engine: WorkflowEngine) -> Non
     for _ in range(3):
         engine.create_workflow(workflow_type_id="site", calculated_savings={"big": 2**62})
     assert engine.stats()["calculated_savings"]["big"] == pytest.approx(3 * 2.0**62)
+
+
+def test_savings_nested_as_deep_as_allowed_leave_the_stats_working(engine: WorkflowEngine) -> None:
+    """Every store can query what it accepted: SQLite's JSON functions have a depth limit too."""
+    deep: list[Any] = []
+    for _ in range(MAX_JSON_DEPTH - 2):
+        deep = [deep]
+    engine.create_workflow(workflow_type_id="site", calculated_savings={"usd": 5, "tree": deep})
+    assert engine.stats()["calculated_savings"] == {"usd": 5.0}
 
 
 def test_a_sum_too_large_for_a_float_is_none_and_the_stats_stay_valid_json(engine: WorkflowEngine) -> None:

@@ -27,6 +27,28 @@ def utcnow() -> datetime:
 
 #: A JSON escape of NUL: ``\\u0000`` preceded by an even number of backslashes.
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+#: How deep inputs, savings and results may nest. Below SQLite's own JSON limit (1,000 levels
+#: from 3.45 on, 2,000 before), so that every store can query what it stored, and below Python's
+#: default recursion limit, so that every reader can decode it.
+MAX_JSON_DEPTH = 512
+#: A JSON string (skipped whole: brackets inside it do not nest) or a bracket.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _nested_deeper_than(text: str, limit: int) -> bool:
+    """Whether the JSON ``text`` nests arrays and objects more than ``limit`` levels deep."""
+    if text.count("[") + text.count("{") <= limit:  # the common case, at C speed
+        return False
+    depth = 0
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token == "[" or token == "{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif token == "]" or token == "}":
+            depth -= 1
+    return False
 
 
 def log_extra(wf: Workflow) -> dict[str, Any]:
@@ -42,6 +64,10 @@ def to_json(value: Any, what: str) -> str:
         raise InvalidInput(f"{what} must be JSON-serialisable: {exc}") from exc
     except RecursionError:
         raise InvalidInput(f"{what} is nested too deeply to serialise as JSON") from None
+    if _nested_deeper_than(text, MAX_JSON_DEPTH):
+        raise InvalidInput(
+            f"{what} is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects"
+        )
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise InvalidInput(f"{what} must not contain NUL characters (\\u0000): PostgreSQL cannot store them")
     if "\\ud" in text or "\\uD" in text:  # a surrogate escape: a pair (fine) or a lone one (not Unicode)
