@@ -59,6 +59,27 @@ def engine(tmp_path: Path) -> Iterator[WorkflowEngine]:
 
 
 # -- in one process --------------------------------------------------------------------
+def test_every_series_of_a_type_exists_at_zero_before_its_first_count(engine: WorkflowEngine) -> None:
+    """So that rate() and increase() see a type's first failure: a series that appeared only with
+    its first count would hide it. Registered types start at zero when the engine is instrumented,
+    any other type at its first status change."""
+    inst = metrics.instrument(engine, metrics.Instruments())
+    m = scrape_registry(engine, inst)
+    for kind in ("ok", "bad", "flaky"):
+        assert value(m, "workflow_engine_workflows_created_total", type=kind) == 0
+        assert value(m, "workflow_engine_attempts_failed_total", type=kind) == 0
+        assert value(m, "workflow_engine_workflow_duration_seconds_count", type=kind) == 0
+        for status in ("completed", "failed", "cancelled", "rejected"):
+            assert value(m, "workflow_engine_workflows_finished_total", type=kind, status=status) == 0
+    assert value(m, "workflow_engine_workflows_created_total", type="later") is None
+
+    engine.create_workflow(workflow_type_id="later")  # registered nowhere: its series start now
+    m = scrape_registry(engine, inst)
+    assert value(m, "workflow_engine_workflows_created_total", type="later") == 1
+    assert value(m, "workflow_engine_workflows_finished_total", type="later", status="failed") == 0
+    assert value(m, "workflow_engine_attempts_failed_total", type="later") == 0
+
+
 def test_the_listener_counts_creations_finishes_failed_attempts_and_observes_durations(
     engine: WorkflowEngine,
 ) -> None:
@@ -79,7 +100,7 @@ def test_the_listener_counts_creations_finishes_failed_attempts_and_observes_dur
     assert value(m, "workflow_engine_workflows_finished_total", type="flaky", status="completed") == 1
     assert value(m, "workflow_engine_attempts_failed_total", type="bad") == 1
     assert value(m, "workflow_engine_attempts_failed_total", type="flaky") == 2  # two retries
-    assert value(m, "workflow_engine_attempts_failed_total", type="ok") is None
+    assert value(m, "workflow_engine_attempts_failed_total", type="ok") == 0  # there, at zero
     assert value(m, "workflow_engine_workflow_duration_seconds_count", type="ok") == 3
     assert value(m, "workflow_engine_workflow_duration_seconds_count", type="bad") == 1
     assert value(m, "workflow_engine_queue_wait_seconds_count") == 3 + 1 + 3  # one per claim
@@ -214,7 +235,7 @@ def test_a_forking_worker_serves_exact_counts_of_20_workflows_of_which_5_fail(
         assert value(m, "workflow_engine_workflows_finished_total", type="ok", status="completed") == 15
         assert value(m, "workflow_engine_workflows_finished_total", type="bad", status="failed") == 5
         assert value(m, "workflow_engine_attempts_failed_total", type="bad") == 5
-        assert value(m, "workflow_engine_attempts_failed_total", type="ok") is None
+        assert value(m, "workflow_engine_attempts_failed_total", type="ok") == 0
         assert value(m, "workflow_engine_workflow_duration_seconds_count", type="ok") == 15
         assert value(m, "workflow_engine_workflow_duration_seconds_count", type="bad") == 5
         assert value(m, "workflow_engine_queue_wait_seconds_count") == 20

@@ -106,6 +106,8 @@ class Instruments:
             registry=None,
         )
         self._engines: weakref.WeakSet[WorkflowEngine] = weakref.WeakSet()
+        #: Types whose series exist (at zero until counted): see :meth:`_series_for`.
+        self._types: set[str] = set()
 
     def collectors(self) -> list[Collector]:
         return [self.created, self.finished, self.attempts_failed, self.duration, self.queue_wait]
@@ -115,6 +117,9 @@ class Instruments:
         if engine in self._engines:
             return
         self._engines.add(engine)
+        with _LOCK:
+            for kind in list(engine._handlers):
+                self._series_for(kind)
         ref = weakref.ref(engine)
         engine.add_listener(lambda wf, from_status: self.record(wf, from_status, engine=ref()))
 
@@ -127,6 +132,7 @@ class Instruments:
         if from_status is S.QUEUED and to is S.RUNNING and engine is not None:
             wait = _queue_wait(engine, wf)  # a database read: outside the lock
         with _LOCK:
+            self._series_for(kind)
             if from_status is None:
                 self.created.labels(kind).inc()
             if from_status is S.RUNNING and to in (S.QUEUED, S.FAILED):
@@ -138,6 +144,19 @@ class Instruments:
                     self.duration.labels(kind).observe(max(seconds, 0.0))
             if wait is not None:
                 self.queue_wait.observe(wait)
+
+    def _series_for(self, kind: str) -> None:
+        """Create every series of a workflow type at zero, once (under ``_LOCK``): a series that
+        appears only with its first count hides that count from ``rate()`` and ``increase()``,
+        so the first failure of a type would never show on a dashboard or fire an alert."""
+        if kind in self._types:
+            return
+        self._types.add(kind)
+        self.created.labels(kind)
+        self.attempts_failed.labels(kind)
+        self.duration.labels(kind)
+        for status in sorted(TERMINAL, key=lambda s: s.value):
+            self.finished.labels(kind, status.value)
 
 
 def _queue_wait(engine: WorkflowEngine, claimed: Workflow) -> float | None:
