@@ -15,7 +15,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import analytics, approval, config, recovery
 from .errors import (
@@ -52,6 +52,10 @@ from .stores import Store, open_store
 from .stores.base import ANY_JOB, Change, NewEvent
 from .stores.urls import shown
 from .transport import Transport, connect, new_job_id
+
+if TYPE_CHECKING:
+    import redis
+    import rq
 
 log = logging.getLogger("workflow_engine")
 S = WorkflowStatus
@@ -115,7 +119,7 @@ class WorkflowEngine:
         heartbeat_interval: float = config.DEFAULT_HEARTBEAT_INTERVAL,
         stale_after: float = config.DEFAULT_STALE_AFTER,
         store: Store | None = None,
-        redis_connection: Any = None,
+        redis_connection: redis.Redis | None = None,
     ) -> None:
         if not isinstance(queue_name, str) or not queue_name.strip():
             raise InvalidInput(f"queue_name must be a non-empty string, got {queue_name!r}")
@@ -171,12 +175,12 @@ class WorkflowEngine:
         return now + timedelta(seconds=self.stale_after)
 
     @property
-    def redis(self) -> Any:
+    def redis(self) -> redis.Redis:
         """The Redis connection RQ uses."""
         return self.transport.connection
 
     @property
-    def queue(self) -> Any:
+    def queue(self) -> rq.Queue:
         """The ``rq.Queue`` workflows are put on."""
         return self.transport.queue
 

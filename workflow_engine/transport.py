@@ -56,7 +56,7 @@ def new_job_id(workflow_id: str) -> str:
     return f"{workflow_id}-{secrets.token_hex(4)}"
 
 
-def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5.0) -> Any:
+def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5.0) -> redis.Redis:
     """A Redis connection for ``redis://``, ``rediss://``, ``unix://`` or an in-process ``fakeredis://``."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
@@ -87,7 +87,7 @@ class Transport:
     """Puts workflow jobs on one RQ queue and asks Redis about them."""
 
     def __init__(
-        self, connection: Any, queue_name: str, *, is_async: bool = True, in_process: bool = False
+        self, connection: redis.Redis, queue_name: str, *, is_async: bool = True, in_process: bool = False
     ) -> None:
         self.connection = connection
         self.queue_name = queue_name
