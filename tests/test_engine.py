@@ -27,6 +27,7 @@ from workflow_engine import (
     WorkflowEngineError,
     WorkflowNotFound,
     WorkflowStatus,
+    cancel_requested,
     config,
     execution,
     models,
@@ -1337,6 +1338,42 @@ def test_an_in_process_attempt_that_outlives_stale_after_is_not_taken_for_lost(t
     assert report.requeued_stale == [] and report.failed_stale == [] and report.cancelled_stale == []
     assert (wf.status, wf.attempts, wf.result) == (S.COMPLETED, 1, {"attempt": 1})
     assert wf.heartbeat_at is not None and wf.started_at is not None and wf.heartbeat_at > wf.started_at
+    engine.close()
+
+
+_LOSING: dict[str, Any] = {}
+
+
+def loses_its_workflow_then_asks(wf: Workflow) -> dict[str, int]:
+    """First attempt: its lease is let expire and reconcile hands the workflow to a new job."""
+    engine: WorkflowEngine = _LOSING["engine"]
+    if wf.attempts == 1:
+        _LOSING["before"] = cancel_requested()
+        expired = utcnow() - timedelta(seconds=engine.stale_after + 60)
+        engine.store.compare_and_set(
+            wf.id, expected_status=S.RUNNING, changes={"lease_until": expired}, event=None
+        )
+        _LOSING["requeued"] = engine.reconcile().requeued_stale
+        _LOSING["after"] = cancel_requested()
+    return {"attempt": wf.attempts}
+
+
+def test_cancel_requested_is_true_as_soon_as_the_attempt_has_lost_its_workflow(tmp_path: Path) -> None:
+    """Each call reads the database: a handler learns it lost the workflow at its next check,
+    not only at the next heartbeat (here a minute away)."""
+    engine = WorkflowEngine(
+        database_url=f"sqlite:///{tmp_path / 'w.db'}",
+        redis_url="fakeredis://",
+        is_async=False,
+        heartbeat_interval=60,
+        stale_after=120,
+    )
+    _LOSING["engine"] = engine
+    engine.register_handler("losing", loses_its_workflow_then_asks, max_retries=3)
+    wid = engine.create_workflow(workflow_type_id="losing", enqueue=True)
+    assert (_LOSING["before"], _LOSING["requeued"], _LOSING["after"]) == (False, [wid], True)
+    wf = engine.get_workflow(wid)
+    assert (wf.status, wf.attempts, wf.result) == (S.COMPLETED, 2, {"attempt": 2})  # the new job's
     engine.close()
 
 

@@ -169,6 +169,17 @@ class _Attempt:
     lost: bool = False
     last_beat: float = field(default_factory=time.monotonic)
 
+    def lose(self) -> None:
+        """Another job carries the workflow now (reconcile took this attempt's for lost)."""
+        if not self.lost:
+            self.lost = True
+            log.warning(
+                "workflow %s was taken over by another job (this attempt's lease expired); "
+                "its result will be discarded, and cancel_requested() now returns True",
+                self.workflow_id,
+                extra={"workflow_id": self.workflow_id},
+            )
+
 
 _current: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
     "workflow_engine_attempt", default=None
@@ -189,7 +200,10 @@ def cancel_requested() -> bool:
     if attempt.cancel_requested or attempt.lost:
         return True
     wf = attempt.engine.store.get(attempt.workflow_id)
-    attempt.cancel_requested = bool(wf and wf.cancel_requested_at is not None)
+    if wf is None or wf.status is not S.RUNNING or wf.job_id != attempt.job_id:
+        attempt.lose()  # noticed here at once, not only at the next heartbeat
+        return True
+    attempt.cancel_requested = wf.cancel_requested_at is not None
     return attempt.cancel_requested
 
 
@@ -353,14 +367,8 @@ class _Beater(threading.Thread):
             attempt.workflow_id, job_id=attempt.job_id, now=at, lease_until=engine.lease_from(at)
         )
         attempt.cancel_requested = attempt.cancel_requested or beat.cancel_requested
-        if not beat.owned and not attempt.lost:
-            attempt.lost = True
-            log.warning(
-                "workflow %s was taken over by another job (this attempt's lease expired); "
-                "its result will be discarded, and cancel_requested() now returns True",
-                attempt.workflow_id,
-                extra={"workflow_id": attempt.workflow_id},
-            )
+        if not beat.owned:
+            attempt.lose()
 
     def run(self) -> None:  # pragma: no cover - timing-dependent, covered by the process tests
         while True:
