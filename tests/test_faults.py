@@ -349,6 +349,35 @@ def test_a_stale_workflow_requeued_while_redis_is_down_is_also_reported_undelive
     assert h.get(wid).status is S.QUEUED
 
 
+@pytest.mark.usefixtures("no_redelivery_grace")
+def test_a_retry_that_comes_due_while_redis_is_down_is_left_as_it_is_until_redis_is_back(h: Harness) -> None:
+    """It has no job to ask Redis about, but reconcile still asks Redis first: it writes no new
+    job id and no "redelivered" event for a job that could not be delivered."""
+    h.register("ok", "record_success")
+    wid = h.submit("ok")
+    due = utcnow() - timedelta(seconds=1)
+    waiting = h.engine.store.compare_and_set(  # a retry whose backoff has just passed
+        wid,
+        expected_status=S.QUEUED,
+        changes={"job_id": None, "run_after": due, "updated_at": due},
+        event=None,
+    )
+    assert waiting is not None
+    events = len(h.engine.get_events(wid))
+    h.redis_server.stop()
+
+    report = h.engine.reconcile()
+    assert report.undeliverable == [wid] and report.redelivered == [] and report.total == 0
+    assert h.get(wid).job_id is None and len(h.engine.get_events(wid)) == events
+
+    h.redis_server.start()
+    report = h.engine.reconcile()
+    assert report.redelivered == [wid]
+    assert h.engine.get_events(wid)[-1].detail == "redelivered: retry due"
+    h.run_burst()
+    assert h.get(wid).status is S.COMPLETED and successes(h.effects, wid) == 1
+
+
 # -- duplicates --------------------------------------------------------------
 def test_duplicate_enqueues_and_duplicate_rq_jobs_run_each_handler_exactly_once(h: Harness) -> None:
     h.register("ok", "record_success")

@@ -156,8 +156,11 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
         if not candidates:
             break
         after = (candidates[-1].created_at, candidates[-1].id)
+        job_ids = [wf.job_id for wf in candidates if wf.job_id]
         try:
-            statuses = engine.transport.job_statuses([wf.job_id for wf in candidates if wf.job_id])
+            statuses = engine.transport.job_statuses(job_ids)
+            if not job_ids:  # only due retries, no job to ask about: still change nothing while Redis is down
+                engine.transport.ping()
         except QueueUnavailable:
             report["undeliverable"].extend(wf.id for wf in candidates)
             break
