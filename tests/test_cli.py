@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -399,6 +400,10 @@ def test_demo_runs_three_workflows_in_process_and_prints_their_outcomes(tmp_path
     rows = [line.split()[1:3] for line in out.stdout.splitlines() if line[:1].isalnum() and "_" in line]
     assert ["website_creation", "completed"] in rows and ["import_contacts", "failed"] in rows
     assert (tmp_path / "demo.db").exists()
+    # It says how to look at its file with the other commands, which default to workflows.db.
+    hint = next(line for line in out.stdout.splitlines() if line.strip().startswith("workflow-engine list"))
+    listed = run(*shlex.split(hint)[1:])
+    assert listed.code == 0 and listed.stdout.count("website_creation") == 1, listed.stdout
 
 
 def test_reconcile_once_prints_its_report(db: str) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -279,6 +280,11 @@ def demo(database: str) -> None:
                 f"  {ev.at:%H:%M:%S.%f}  {ev.from_status or '-':>9} -> {ev.to_status:9}  {ev.detail or ''}"
             )
         engine.close()
+        # The other commands default to workflows.db: say how to point them at this file.
+        url = shlex.quote(f"sqlite:///{os.path.abspath(database)}")
+        click.echo("\nLook at them with the other commands:")
+        for command in ("list", f"show {ids[1]}", "stats"):
+            click.echo(f"  workflow-engine {command} --database-url {url}")
     finally:
         engine_log.setLevel(level)
 
