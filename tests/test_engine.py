@@ -1255,6 +1255,9 @@ def test_from_env_reads_the_documented_variables() -> None:
 def test_from_env_refuses_timings_that_are_not_numbers() -> None:
     with pytest.raises(ConfigurationError, match="WORKFLOW_ENGINE_STALE_AFTER must be a number"):
         WorkflowEngine.from_env({"WORKFLOW_ENGINE_STALE_AFTER": "soon"})
+    for raw in ("0", "-1", "nan", "1e12"):  # refused naming the variable that was set, not the argument
+        with pytest.raises(ConfigurationError, match=r"WORKFLOW_ENGINE_HEARTBEAT_INTERVAL must be .* > 0"):
+            WorkflowEngine.from_env({"WORKFLOW_ENGINE_HEARTBEAT_INTERVAL": raw})
     with pytest.raises(ConfigurationError, match="at least twice heartbeat_interval"):
         WorkflowEngine(
             database_url="sqlite:///:memory:", redis_url="fakeredis://", heartbeat_interval=5, stale_after=6

@@ -82,8 +82,10 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+    if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:  # as check_timing, naming the variable
+        raise ConfigurationError(
+            f"{name} must be a number of seconds > 0 and at most {MAX_SECONDS:.0f} (ten years), got {raw!r}"
+        )
     return value
 
 
