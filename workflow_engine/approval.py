@@ -98,7 +98,8 @@ def vote(
         if earlier is not None and earlier.approve == approve:
             decide(engine, wf.id, council)
         raise DuplicateVote(
-            f"{voter_id!r} has already voted on workflow {wf.id!r}; pass change=True to change the vote"
+            f"{voter_id!r} has already voted on workflow {wf.id!r}; "
+            'to change the vote, pass change=True (in the REST API, "change": true)'
         )
     if outcome != "recorded":
         raise InvalidTransition(
