@@ -15,7 +15,10 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
+
+import redis
+import rq
 
 from . import analytics, approval, config, recovery
 from .errors import (
@@ -52,10 +55,6 @@ from .stores import Store, open_store
 from .stores.base import ANY_JOB, Change, NewEvent
 from .stores.urls import shown
 from .transport import Transport, connect, new_job_id
-
-if TYPE_CHECKING:
-    import redis
-    import rq
 
 log = logging.getLogger("workflow_engine")
 S = WorkflowStatus
