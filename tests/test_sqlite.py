@@ -20,7 +20,7 @@ from workflow_engine.execution import _call_with_timeout
 from workflow_engine.stores import queries as q
 from workflow_engine.stores.sqlite import SQLiteStore
 
-from support import a_workflow
+from support import a_workflow, wait_for
 
 
 @pytest.fixture
@@ -78,6 +78,60 @@ def test_a_child_forked_while_another_thread_writes_never_hangs(store: SQLiteSto
         stop.set()
         thread.join()
     assert all(outcomes), f"{outcomes.count(False)} of {len(outcomes)} forked children hung"
+
+
+#: A worker parent that has used the store, then forks a work-horse that opens its own connection
+#: and waits for the word to write; the parent then only waits to be killed.
+ORPHAN_SCRIPT = """
+import os, sys, time
+from workflow_engine import WorkflowEngine
+db, wid_file, go_file, done_file = sys.argv[1:]
+engine = WorkflowEngine(database_url=f"sqlite:///{db}", redis_url="fakeredis://")
+wid = engine.create_workflow(workflow_type_id="t")  # the parent's connection is open
+if os.fork() == 0:  # the work-horse
+    engine.get_workflow(wid)  # its own connection, as at its claim
+    open(wid_file, "w").write(wid)
+    while not os.path.exists(go_file):
+        time.sleep(0.02)
+    engine.cancel(wid, reason="by the orphaned work-horse")
+    open(done_file, "w").write("done")
+    os._exit(0)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_work_horse_whose_parent_was_killed_keeps_its_writes_when_another_process_closes(
+    tmp_path: Path,
+) -> None:
+    """A forked child must hold its own SQLite locks. Before the parent closed its connection
+    at fork, the child's connection reused the parent's lock bookkeeping without its locks:
+    once the parent died, the next process to close the file took itself for the last one,
+    deleted the WAL, and the child's commit went into the deleted file."""
+    db, wid_file, go_file, done_file = (tmp_path / n for n in ("w.db", "wid", "go", "done"))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT, str(db), str(wid_file), str(go_file), str(done_file)],
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: wid_file.exists() and wid_file.read_text(), 20, what="the work-horse to be ready")
+        os.kill(parent.pid, signal.SIGKILL)  # the worker parent dies; its work-horse runs on
+        parent.wait()
+        other = SQLiteStore(str(db))  # another process comes and goes (a `workflow-engine list`)
+        other.get("nothing")
+        other.close()
+        go_file.write_text("go")
+        wait_for(done_file.exists, 20, what="the orphaned work-horse to write")
+    finally:
+        try:  # the parent and, if the test failed half-way, the work-horse: the group we started
+            os.killpg(parent.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        parent.wait()
+    seen = SQLiteStore(str(db))
+    wf = seen.get(wid_file.read_text())
+    seen.close()
+    assert wf is not None and wf.status.value == "cancelled", "the orphaned work-horse's write was lost"
 
 
 # -- query plans: what SQLite does without statistics, as on every embedded database ---------------

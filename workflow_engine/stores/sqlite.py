@@ -73,15 +73,26 @@ _held_for_fork: list[threading.RLock] = []
 
 
 def _before_fork() -> None:
-    """Hold each store's lock across ``os.fork()``. Every SQLite call of a store runs under
-    its lock, so no other thread is inside SQLite when the process forks: a child forked
-    while another thread held one of SQLite's mutexes (its allocator's, say) would hang at
-    its first SQLite call. ``workflow-engine worker`` forks a work-horse per job while its
-    reconcile thread uses the store."""
+    """Hold each store's lock across ``os.fork()``, and close its connection first.
+
+    Every SQLite call of a store runs under its lock, so no other thread is inside SQLite
+    when the process forks: a child forked while another thread held one of SQLite's mutexes
+    (its allocator's, say) would hang at its first SQLite call. ``workflow-engine worker``
+    forks a work-horse per job while its reconcile thread uses the store.
+
+    The connection is closed because SQLite keeps, per process, what it knows of each open
+    file and the locks it holds on it. A child inherits that memory but not the locks (POSIX
+    locks belong to the process that took them), and its own new connection reuses it: it
+    believes it holds the WAL's shared lock without holding it. If the parent then dies (a
+    worker killed while its work-horse runs), the next process to close the database takes
+    itself for the last, checkpoints and deletes the WAL, and the child's commits go into the
+    deleted file: lost. Closed here, the parent's state is gone before the fork; the parent
+    reopens on its next call."""
     for store in list(_stores):
         lock = store._lock
         lock.acquire()
         _held_for_fork.append(lock)
+        store._close_for_fork()
 
 
 def _after_fork_in_parent() -> None:
@@ -202,6 +213,19 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
+
+    def _close_for_fork(self) -> None:
+        """Close this process's connection to a file before ``os.fork()`` (see ``_before_fork``).
+        Runs under the store's lock; a connection inside a transaction, or an in-memory
+        database (closing it would lose it), is left open."""
+        conn = self._conn
+        if conn is None or self._pid != os.getpid() or self.path == ":memory:" or conn.in_transaction:
+            return
+        self._conn = None
+        try:
+            conn.close()
+        except sqlite3.Error:  # pragma: no cover - closing an idle connection does not fail
+            pass
 
     def close(self) -> None:
         with self._lock:
