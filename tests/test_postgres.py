@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from workflow_engine import StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus
+from workflow_engine import StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus, cancel_requested
 from workflow_engine.errors import ConfigurationError, MissingDependency, StoreError
 from workflow_engine.models import utcnow
 from workflow_engine.stores import open_store
@@ -97,6 +97,28 @@ def test_a_terminated_backend_is_replaced_and_the_next_call_succeeds(pg_url: str
         )
     assert engine.get_workflow(wid).status is S.PENDING
     assert engine.update_status(wid, "cancelled").status is S.CANCELLED
+    engine.close()
+
+
+def polls_until_cancelled(wf: Workflow) -> None:
+    while not cancel_requested():  # a store read after another, until the timeout cuts in
+        pass
+
+
+def test_timeouts_that_fire_inside_the_handlers_store_calls_never_lose_a_pooled_connection(
+    pg_url: str,
+) -> None:
+    """The timeout is an exception raised from SIGALRM wherever the main thread is. Raised inside
+    the pool's bookkeeping, it left a connection checked out for good, and after a few dozen
+    timeouts no store call got one. It now waits for the store call to end."""
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://", is_async=False)
+    engine.register_handler("poll", polls_until_cancelled, max_retries=0, timeout=0.02)
+    for _ in range(150):
+        wf = engine.get_workflow(engine.create_workflow(workflow_type_id="poll", enqueue=True))
+        assert wf.status is S.FAILED and "timed out" in (wf.error or ""), (wf.status, wf.error)
+    pool = engine.store._pool  # type: ignore[attr-defined]
+    stats = pool.get_stats()
+    assert stats["pool_available"] == stats["pool_size"], stats  # every connection is back
     engine.close()
 
 

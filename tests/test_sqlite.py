@@ -201,9 +201,9 @@ def test_a_timeout_that_fires_while_a_write_waits_for_the_lock_leaves_no_transac
     store: SQLiteStore,
 ) -> None:
     """A handler that writes through the engine can time out while its BEGIN IMMEDIATE waits for
-    another process's write lock: the SIGALRM exception is raised the moment BEGIN returns. The
-    transaction must be rolled back, or this process's one connection would hold the write lock
-    for good and lock out every writer, its own failure record and heartbeats included."""
+    another process's write lock. The timeout waits for the store call to end, then is raised: no
+    transaction may be left open, or this process's one connection would hold the write lock for
+    good and lock out every writer, its own failure record and heartbeats included."""
     other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     release = threading.Timer(0.4, lambda: other.execute("COMMIT"))

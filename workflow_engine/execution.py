@@ -27,6 +27,7 @@ from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
 from .handlers import HandlerFunc, describe
 from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
+from .stores.base import after_store_call, in_store_call
 from .stores.urls import shown
 
 if TYPE_CHECKING:
@@ -312,6 +313,11 @@ def _failed(
 
 
 # -- timeouts ----------------------------------------------------------------
+#: How long past its timeout a handler's store call (a read, a write, a pool checkout) may delay
+#: the timeout, which waits for it to end; past that it is raised there all the same.
+STORE_CALL_GRACE = 10.0
+
+
 def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
     """Run ``func(wf)``; past ``timeout`` seconds raise HandlerTimeout.
 
@@ -330,8 +336,18 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
             raise HandlerTimeout(message)
         return result
 
-    def on_alarm(signum: int, frame: Any) -> None:
+    def timed_out() -> None:
         raise HandlerTimeout(message)
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        # Never inside a store call (a pool's bookkeeping cut in two could lose a connection for
+        # good): raised as that call ends, or where it stands if it outlasts the grace.
+        if in_store_call() and time.monotonic() - start < timeout + STORE_CALL_GRACE:
+            after_store_call(timed_out)
+            signal.setitimer(signal.ITIMER_REAL, STORE_CALL_GRACE)
+            return
+        after_store_call(None)
+        timed_out()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -341,6 +357,7 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
         try:
             signal.setitimer(signal.ITIMER_REAL, 0)
         finally:  # even if the alarm fired just as the handler returned: it fires once, so this runs
+            after_store_call(None)  # a timeout handed to a store call that has not ended is void now
             signal.signal(signal.SIGALRM, previous)
             if outer_delay > 0:  # put back RQ's own (longer) alarm, minus the time spent
                 signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 0.001))

@@ -13,8 +13,9 @@ and how its driver encodes JSON and timestamps.
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -214,6 +215,38 @@ def _lock_order(items: Sequence[T], key: Callable[[T], str]) -> list[int]:
     if len(items) == 1:
         return [0]
     return sorted(range(len(items)), key=lambda i: (key(items[i]), i))
+
+
+_calls = threading.local()
+
+
+@contextmanager
+def store_call() -> Iterator[None]:
+    """Mark a store call (a transaction, a migration) running in this thread.
+
+    A handler's timeout is an exception raised from a signal handler, wherever the main thread
+    is: inside a connection pool's bookkeeping it could leave a connection checked out for good
+    (after a few dozen, no store call gets one). So while a store call runs, the timeout is
+    handed to :func:`after_store_call`, and raised here once the outermost call has ended."""
+    _calls.depth = getattr(_calls, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _calls.depth -= 1
+        if not _calls.depth:
+            pending, _calls.pending = getattr(_calls, "pending", None), None
+            if pending is not None:
+                pending()
+
+
+def in_store_call() -> bool:
+    """Whether this thread is inside a store call (see :func:`store_call`)."""
+    return bool(getattr(_calls, "depth", 0))
+
+
+def after_store_call(action: Callable[[], None] | None) -> None:
+    """Run ``action`` (which raises) when this thread's store call ends; None forgets it."""
+    _calls.pending = action
 
 
 class Tx(Protocol):

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, MissingDependency, StoreError, StoreUnavailable
 from . import queries as q
-from .base import SQLStore, Tx
+from .base import SQLStore, Tx, store_call
 from .urls import secrets
 
 try:
@@ -145,24 +145,25 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
 
     @contextmanager
     def transaction(self, *, write: bool = True, single: bool = False) -> Iterator[Tx]:
-        pool = self._get_pool()
-        if not self._migrated:
-            self.migrate()
-        try:
-            with pool.connection() as conn:
-                if single:  # autocommit: the statement is its own transaction, one round trip
-                    yield _PgTx(conn)
-                else:
-                    with conn.transaction():  # BEGIN … COMMIT
-                        if not write:  # several reads: one snapshot for all (stats' figures agree)
-                            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        with store_call():  # a handler's timeout waits: see store_call
+            pool = self._get_pool()
+            if not self._migrated:
+                self.migrate()
+            try:
+                with pool.connection() as conn:
+                    if single:  # autocommit: the statement is its own transaction, one round trip
                         yield _PgTx(conn)
-        except psycopg.Error as exc:
-            raise _store_error(exc, url=self.url) from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("psycopg_pool"):
-                raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc, self.url)}") from exc
-            raise
+                    else:
+                        with conn.transaction():  # BEGIN … COMMIT
+                            if not write:  # several reads: one snapshot for all (stats' figures agree)
+                                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                            yield _PgTx(conn)
+            except psycopg.Error as exc:
+                raise _store_error(exc, url=self.url) from exc
+            except Exception as exc:
+                if type(exc).__module__.startswith("psycopg_pool"):
+                    raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc, self.url)}") from exc
+                raise
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
@@ -186,7 +187,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
     def migrate(self) -> int:
         pool = self._get_pool()
         try:
-            with pool.connection() as conn, conn.transaction():
+            with store_call(), pool.connection() as conn, conn.transaction():
                 tx = _PgTx(conn)
                 tx.fetch("SELECT pg_advisory_xact_lock(%(id)s)", {"id": MIGRATION_LOCK_ID})
                 conn.execute(

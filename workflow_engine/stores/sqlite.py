@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError, StoreUnavailable
 from . import queries as q
-from .base import SQLStore, Tx
+from .base import SQLStore, Tx, store_call
 
 if TYPE_CHECKING:  # imported on demand only: sqlite_utils takes about 45 ms to import
     import sqlite_utils
@@ -240,7 +240,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         # Every write takes BEGIN IMMEDIATE, one statement or several: a lone statement would
         # start as a reader, and SQLite fails its upgrade to writer at once if another process
         # wrote in between, instead of waiting.
-        with self._lock:
+        with store_call(), self._lock:
             conn = self._connect()
             try:
                 if write:
