@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -120,6 +121,55 @@ def test_timeouts_that_fire_inside_the_handlers_store_calls_never_lose_a_pooled_
     stats = pool.get_stats()
     assert stats["pool_available"] == stats["pool_size"], stats  # every connection is back
     engine.close()
+
+
+#: A worker parent that forks a work-horse while its reconcile thread holds the advisory lock,
+#: then waits to be killed; the work-horse runs on (a long handler).
+LOCK_HOLDER = """
+import os, sys, time
+from workflow_engine.stores import open_store
+url, ready = sys.argv[1:]
+store = open_store(url)
+store.get("nothing")  # the pool is open too
+with store.exclusive("workflow_engine.reconcile") as mine:
+    assert mine
+    if os.fork() == 0:
+        store.get("nothing")  # the work-horse's own pool
+        time.sleep(60)
+        os._exit(0)
+    open(ready, "w").write("ready")
+    time.sleep(60)
+"""
+
+
+def test_reconcile_lock_of_a_killed_worker_is_free_while_its_work_horse_still_runs(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A work-horse inherits its parent's sockets; the server keeps a session while any process
+    holds its socket. The child lets go of them at the fork, so a killed parent's lock (and any
+    transaction it had open) ends with it, not with its last work-horse."""
+    ready = tmp_path / "ready"
+    parent = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, pg_url, str(ready)], start_new_session=True)
+    store = open_store(pg_url)
+    try:
+        wait_for(ready.exists, 30, what="the worker to hold the lock and fork")
+        with store.exclusive("workflow_engine.reconcile") as mine:
+            assert not mine  # held by the live worker
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+
+        def free() -> bool:
+            with store.exclusive("workflow_engine.reconcile") as mine:
+                return mine
+
+        wait_for(free, 10, 0.1, "the killed worker's reconcile lock to be released")
+    finally:
+        try:  # the work-horse too: the group we started
+            os.killpg(parent.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        parent.wait()
+        store.close()
 
 
 def test_reconcilers_take_turns_under_an_advisory_lock(pg_url: str) -> None:

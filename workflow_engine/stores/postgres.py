@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import weakref
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +37,35 @@ MIGRATION_LOCK_ID = 0x77666C6F  # "wflo"
 
 _SQL_CACHE: dict[str, str] = {}
 _ABANDONED: list[Any] = []  # pools inherited across a fork: kept alive, never closed in the child
+#: Every connection this process opened (the pools', and reconcile's lock connections).
+_OPENED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Let go of the child's copies of the parent's sockets.
+
+    A session lives on the server as long as any process holds its socket. A work-horse
+    forked while the parent held reconcile's advisory lock (the worker reconciles in a thread)
+    kept that lock for as long as it ran once the parent was killed, and no reconcile anywhere
+    could run; a parent killed inside a transaction left it open, its row locks held. Each
+    inherited socket is pointed at /dev/null instead: the child never uses the parent's
+    connections (it opens its own pool), and whatever closes them later closes nothing real."""
+    inherited = [conn for conn in list(_OPENED) if not conn.closed]
+    _OPENED.clear()
+    if not inherited:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for conn in inherited:
+            try:
+                os.dup2(devnull, conn.pgconn.socket)
+            except (psycopg.Error, OSError):  # already gone
+                pass
+    finally:
+        os.close(devnull)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _PgTx:
@@ -113,6 +143,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                     timeout=self.connect_timeout,
                     # A connection whose backend was terminated is replaced at checkout, not handed out.
                     check=ConnectionPool.check_connection,
+                    configure=_OPENED.add,  # for a forked child to let go of (_after_fork_in_child)
                     open=False,
                     name="workflow_engine",
                 )
@@ -177,6 +208,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
             )
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from exc
+        _OPENED.add(conn)
         with conn:
             try:
                 got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
