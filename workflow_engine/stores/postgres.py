@@ -39,6 +39,20 @@ _SQL_CACHE: dict[str, str] = {}
 _ABANDONED: list[Any] = []  # pools inherited across a fork: kept alive, never closed in the child
 #: Every connection this process opened (the pools', and reconcile's lock connections).
 _OPENED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+#: Held while a connection is made and recorded, and across ``os.fork()``: a child forked in
+#: between would hold a socket that ``_OPENED`` does not know of yet.
+_CONNECTING = threading.Lock()
+
+
+class _Connection(psycopg.Connection[Any]):
+    """A connection that a forked child can let go of (see :func:`_after_fork_in_child`)."""
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> _Connection:
+        with _CONNECTING:
+            conn = super().connect(conninfo, **kwargs)
+            _OPENED.add(conn)
+        return conn
 
 
 def _after_fork_in_child() -> None:
@@ -50,6 +64,7 @@ def _after_fork_in_child() -> None:
     could run; a parent killed inside a transaction left it open, its row locks held. Each
     inherited socket is pointed at /dev/null instead: the child never uses the parent's
     connections (it opens its own pool), and whatever closes them later closes nothing real."""
+    _CONNECTING.release()
     inherited = [conn for conn in list(_OPENED) if not conn.closed]
     _OPENED.clear()
     if not inherited:
@@ -65,7 +80,9 @@ def _after_fork_in_child() -> None:
         os.close(devnull)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_CONNECTING.acquire, after_in_parent=_CONNECTING.release, after_in_child=_after_fork_in_child
+)
 
 
 class _PgTx:
@@ -143,7 +160,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                     timeout=self.connect_timeout,
                     # A connection whose backend was terminated is replaced at checkout, not handed out.
                     check=ConnectionPool.check_connection,
-                    configure=_OPENED.add,  # for a forked child to let go of (_after_fork_in_child)
+                    connection_class=_Connection,  # for a forked child to let go of (_after_fork_in_child)
                     open=False,
                     name="workflow_engine",
                 )
@@ -203,12 +220,11 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
         Closing the connection releases the lock, whatever happened in the block."""
         key = zlib.crc32(name.encode()) & 0x7FFFFFFF
         try:
-            conn = psycopg.connect(
+            conn = _Connection.connect(
                 self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)), **_KEEPALIVES
             )
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from exc
-        _OPENED.add(conn)
         with conn:
             try:
                 got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
