@@ -64,7 +64,8 @@ def _after_fork_in_child() -> None:
     could run; a parent killed inside a transaction left it open, its row locks held. Each
     inherited socket is pointed at /dev/null instead: the child never uses the parent's
     connections (it opens its own pool), and whatever closes them later closes nothing real."""
-    _CONNECTING.release()
+    if _CONNECTING.locked():  # taken by the fork (or by a parent's thread that is not in the child)
+        _CONNECTING.release()
     inherited = [conn for conn in list(_OPENED) if not conn.closed]
     _OPENED.clear()
     if not inherited:
