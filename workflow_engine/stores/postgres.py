@@ -180,7 +180,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
         password fails at once with the server's own words, where the pool would retry it
         for its whole timeout and then say only that it could not fill itself."""
         try:
-            psycopg.connect(
+            _Connection.connect(
                 self.url, connect_timeout=max(1, int(self.connect_timeout)), **_KEEPALIVES
             ).close()
         except psycopg.Error as exc:
