@@ -266,7 +266,8 @@ def demo(database: str) -> None:
         ]
         for wid in ids:
             engine.enqueue_execution(wid)
-        click.echo(f"database: {os.path.abspath(database)} (in-process queue)\n")
+        path = os.path.abspath(database)
+        click.echo(f"database: {path} (in-process queue)\n")
         click.echo(f"{'id':32}  {'type':16}  {'status':9}  {'attempts':8}  result / error")
         for wid in ids:
             wf = engine.get_workflow(wid)
@@ -281,7 +282,7 @@ def demo(database: str) -> None:
             )
         engine.close()
         # The other commands default to workflows.db: say how to point them at this file.
-        url = shlex.quote(f"sqlite:///{os.path.abspath(database)}")
+        url = shlex.quote(f"sqlite:///{path}")
         click.echo("\nLook at them with the other commands:")
         for command in ("list", f"show {ids[1]}", "stats"):
             click.echo(f"  workflow-engine {command} --database-url {url}")

@@ -82,25 +82,26 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:  # as check_timing, naming the variable
-        raise ConfigurationError(
-            f"{name} must be a number of seconds > 0 and at most {MAX_SECONDS:.0f} (ten years), got {raw!r}"
-        )
+    _check_seconds(name, value)  # named as the variable, not the argument it becomes
     return value
 
 
+def _check_seconds(name: str, value: object) -> None:
+    """``value`` is a timing: a number of seconds above 0 and at most ten years."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_SECONDS
+    ):
+        raise ConfigurationError(
+            f"{name} must be a number of seconds > 0 and at most {MAX_SECONDS:.0f} (ten years), got {value!r}"
+        )
+
+
 def check_timing(heartbeat_interval: float, stale_after: float) -> None:
-    for name, value in (("heartbeat_interval", heartbeat_interval), ("stale_after", stale_after)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or not 0 < value <= MAX_SECONDS
-        ):
-            raise ConfigurationError(
-                f"{name} must be a number of seconds > 0 and at most {MAX_SECONDS:.0f} (ten years), "
-                f"got {value!r}"
-            )
+    _check_seconds("heartbeat_interval", heartbeat_interval)
+    _check_seconds("stale_after", stale_after)
     if stale_after < 2 * heartbeat_interval:
         raise ConfigurationError(
             f"stale_after ({stale_after:g} s) must be at least twice heartbeat_interval "
