@@ -95,6 +95,25 @@ def test_a_workflow_with_every_field_set_reads_back_exactly(store: Store) -> Non
     assert store.get(wf.id) == wf
 
 
+def test_timestamps_that_share_one_value_and_ones_that_do_not_read_back_each_as_given(store: Store) -> None:
+    now = utcnow()
+    later = now + timedelta(seconds=1)
+    wf = new().model_copy(
+        update={
+            "status": S.RUNNING,
+            "created_at": now,
+            "updated_at": now,
+            "started_at": later,
+            "finished_at": now,
+            "heartbeat_at": later,
+            "lease_until": later + timedelta(seconds=30),
+            "queued_at": now,
+        }
+    )
+    [(stored, _)] = store.insert([wf])
+    assert store.get(wf.id) == stored == wf
+
+
 def test_getting_a_missing_id_returns_none(store: Store) -> None:
     assert store.get("missing") is None
     assert store.events("missing") == []

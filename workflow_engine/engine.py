@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import uuid
 import weakref
@@ -77,6 +78,12 @@ _CREATE_ARGUMENTS = frozenset(
         "requires_approval",
     }
 )
+
+
+def new_workflow_id() -> str:
+    """A new workflow's id: 128 random bits as 32 hex characters (``uuid4().hex`` without the
+    ``UUID`` object around it, which cost a create four times as much)."""
+    return os.urandom(16).hex()
 
 
 def _check_count(name: str, value: object) -> None:
@@ -402,7 +409,7 @@ class WorkflowEngine:
                 raise UnknownWorkflowType(workflow_type_id, "a workflow awaiting approval must be runnable")
         now = utcnow()
         return Workflow(
-            id=uuid.uuid4().hex,
+            id=new_workflow_id(),
             workflow_type_id=workflow_type_id,
             status=S.AWAITING_APPROVAL if requires_approval else S.PENDING,
             created_by_agent=created_by_agent,

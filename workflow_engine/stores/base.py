@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -27,6 +27,8 @@ from ..status import WorkflowStatus
 from . import queries as q
 
 T = TypeVar("T")
+#: The time columns in table order: a new workflow's equal stamps come one after another.
+_TIME_COLUMNS_IN_ORDER = tuple(c for c in q.WORKFLOW_COLUMNS if c in q.TIME_COLUMNS)
 
 #: Pass as ``expected_job_id`` to put no condition on the job id.
 ANY_JOB: Any = False
@@ -220,23 +222,33 @@ def _lock_order(items: Sequence[T], key: Callable[[T], str]) -> list[int]:
 _calls = threading.local()
 
 
-@contextmanager
-def store_call() -> Iterator[None]:
+class _StoreCall:
+    """The context of :func:`store_call`: a class, not a generator, as it wraps every store call."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _calls.depth = getattr(_calls, "depth", 0) + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        _calls.depth -= 1
+        if not _calls.depth:
+            pending, _calls.pending = getattr(_calls, "pending", None), None
+            if pending is not None:
+                pending()
+
+
+_STORE_CALL = _StoreCall()
+
+
+def store_call() -> _StoreCall:
     """Mark a store call (a transaction, a migration) running in this thread.
 
     A handler's timeout is an exception raised from a signal handler, wherever the main thread
     is: inside a connection pool's bookkeeping it could leave a connection checked out for good
     (after a few dozen, no store call gets one). So while a store call runs, the timeout is
     handed to :func:`after_store_call`, and raised here once the outermost call has ended."""
-    _calls.depth = getattr(_calls, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _calls.depth -= 1
-        if not _calls.depth:
-            pending, _calls.pending = getattr(_calls, "pending", None), None
-            if pending is not None:
-                pending()
+    return _STORE_CALL
 
 
 def in_store_call() -> bool:
@@ -360,19 +372,21 @@ class SQLStore(Store):
         return Workflow.from_row(self.decode_row(row))
 
     def _workflow_params(self, wf: Workflow) -> dict[str, Any]:
-        """The parameters of ``queries.INSERT_WORKFLOW``: ``encode(wf.model_dump())``, column by
-        column, without building the dump first (this runs on every create's path)."""
-        params: dict[str, Any] = {}
-        for column in q.WORKFLOW_COLUMNS:
-            value = getattr(wf, column)
+        """The parameters of ``queries.INSERT_WORKFLOW``: ``encode(wf.model_dump())``, without
+        building the dump (this runs on every create's path): the fields as they are, then the
+        few that need encoding. A new workflow's timestamps are mostly one value, encoded once."""
+        params: dict[str, Any] = wf.__dict__.copy()  # pydantic keeps every field there: its columns
+        for column in q.JSON_COLUMNS:
+            if params[column] is not None:
+                params[column] = self.encode_json(params[column])
+        last: datetime | None = None
+        for column in _TIME_COLUMNS_IN_ORDER:
+            value = params[column]
             if value is not None:
-                if column in q.JSON_COLUMNS:
-                    value = self.encode_json(value)
-                elif column in q.TIME_COLUMNS:
-                    value = self.encode_time(value)
-                elif column == "status":
-                    value = value.value
-            params[column] = value
+                if value is not last:
+                    last, encoded = value, self.encode_time(value)
+                params[column] = encoded
+        params["status"] = wf.status.value
         return params
 
     def _event_params(self, wf: Workflow, event: NewEvent) -> dict[str, Any]:

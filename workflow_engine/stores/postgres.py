@@ -7,7 +7,6 @@ pool; the parent's connections are left untouched.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import weakref
@@ -18,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import ConfigurationError, MissingDependency, StoreError, StoreUnavailable
+from ..models import compact_json
 from . import queries as q
 from .base import SQLStore, Tx, store_call
 from .urls import secrets
@@ -264,17 +264,13 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
         return value
 
     def encode_json(self, value: Any) -> Any:
-        return Jsonb(value, dumps=_dumps)
+        return Jsonb(value, dumps=compact_json)
 
     def encode_time(self, value: datetime) -> Any:
         return value
 
     def decode_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return dict(row)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 #: TCP keepalives (libpq's), so that a connection whose server vanished without closing it (a

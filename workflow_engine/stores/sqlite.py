@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError, StoreUnavailable
+from ..models import compact_json
 from . import queries as q
 from .base import SQLStore, Tx, store_call
 
@@ -311,7 +312,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         return json.loads(value) if isinstance(value, str) else value
 
     def encode_json(self, value: Any) -> Any:
-        return json.dumps(value, separators=(",", ":"))
+        return compact_json(value)
 
     def encode_time(self, value: datetime) -> Any:
         return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
