@@ -140,6 +140,7 @@ def instrument() -> None:
     _count(redis.connection.AbstractConnection, "send_packed_command", "redis round trips")
     _count(sqlite_utils.Database, "execute", "SQL statements")  # the floor's statements
     _count(_SQLiteTx, "fetch", "SQL statements")  # the store's statements, which go to sqlite3 directly
+    _count(_SQLiteTx, "execute", "SQL statements")  # its INSERTs, which return no rows
     _count_transactions(SQLiteStore, begin_commit=True)  # its BEGIN IMMEDIATE and COMMIT, also sqlite3
     try:
         import psycopg

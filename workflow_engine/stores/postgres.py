@@ -96,6 +96,9 @@ class _PgTx:
             return []
         return list(cur.fetchall())
 
+    def execute(self, sql: str, params: Mapping[str, Any]) -> int:
+        return self.conn.execute(sql, params).rowcount
+
 
 class PostgresStore(SQLStore):
     dialect = "postgres"

@@ -44,6 +44,9 @@ class _SQLiteTx:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    def execute(self, sql: str, params: Mapping[str, Any]) -> int:
+        return self.conn.execute(sql, params if isinstance(params, dict) else dict(params)).rowcount
+
 
 #: SQLite's result codes for a database that cannot serve now (busy past the timeout, the disk,
 #: the file), as opposed to a statement it refuses (a missing table, a constraint): worth a retry.
