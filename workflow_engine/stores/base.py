@@ -482,7 +482,7 @@ class SQLStore(Store):
             return None
         wf = self._workflow(rows[0])
         if event is not None:
-            tx.fetch(self.sql(q.INSERT_EVENT), self._event_params(wf, event))
+            tx.execute(self.sql(q.INSERT_EVENT), self._event_params(wf, event))
         return wf
 
     def _update(self, change: Change) -> tuple[str, dict[str, Any]]:
@@ -699,7 +699,7 @@ class SQLStore(Store):
                 "detail": detail,
                 "attempt": found[0]["attempts"],
             }
-            tx.fetch(self.sql(q.INSERT_EVENT), self.encode(event))
+            tx.execute(self.sql(q.INSERT_EVENT), self.encode(event))
         return "recorded"
 
     def votes(self, workflow_id: str) -> list[Vote]:
