@@ -1,10 +1,12 @@
 """What bounds the end-to-end ratio: one stock worker, four kinds of job, side by side.
 
-    python benchmarks/e2e_floor.py [--n 2000] [--rounds 5]
+    python benchmarks/e2e_floor.py [--n 2000] [--rounds 5] [--worker simple|fork]
 
 Each round runs one ``rq worker workflows --burst -w rq.SimpleWorker`` process (the stock
 command, as in ``bench.py``'s e2e rows) over N jobs of each kind, in turn, on a private Redis
-and a fresh SQLite WAL file:
+and a fresh SQLite WAL file. With ``--worker fork`` it runs the default forking worker instead,
+with ``-c workflow_engine.rq_preload`` for every kind but ``raw`` (as ``bench.py``'s preloaded
+row): then each job's work-horse opens the database afresh, as any durable job must after a fork.
 
 - ``raw``: RQ's no-op job, as raw RQ runs it in ``bench.py``;
 - ``shape``: a job with a workflow job's arguments, options (timeout, result TTL, description,
@@ -48,6 +50,7 @@ from workflow_engine.transport import RESULT_TTL
 TYPE = "bench"
 HANDLER = "bench_jobs:noop_workflow"
 KINDS = ("raw", "shape", "sql floor", "workflow")
+WORKERS = {"simple": "-w rq.SimpleWorker ", "fork": "(forking; -c workflow_engine.rq_preload but for raw) "}
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,8 @@ class Run:
 
 
 class Floor:
-    def __init__(self, tmp: Path, redis: RedisServer, n: int) -> None:
-        self.tmp, self.redis, self.n = tmp, redis, n
+    def __init__(self, tmp: Path, redis: RedisServer, n: int, worker_class: str = "simple") -> None:
+        self.tmp, self.redis, self.n, self.worker_class = tmp, redis, n, worker_class
         self.connection = redis_lib.Redis.from_url(redis.url)
         self.queue = Queue(QUEUE, connection=self.connection)
         self.runs = 0
@@ -68,7 +71,9 @@ class Floor:
         """One stock burst worker over the queue: its jobs/s from start to exit, at its steady pace
         (from the end of its first job to the end of its last: no start-up, no first import), and
         the CPU time it used a job, which the hypervisor's steal barely touches."""
-        cmd = harness.rq_worker_cmd(self.redis.url, "simple")
+        cmd = harness.rq_worker_cmd(self.redis.url, self.worker_class)
+        if self.worker_class == "fork" and database_url is not None:
+            cmd += ["-c", "workflow_engine.rq_preload"]  # the package and the engine, built once
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = harness.start(cmd, harness.worker_env(database_url, self.redis.url), self.tmp)
@@ -160,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--n", type=int, default=2000, help="jobs per run (default 2000)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (default 5)")
+    parser.add_argument(
+        "--worker",
+        choices=("simple", "fork"),
+        default="simple",
+        help="rq.SimpleWorker (default), or the forking Worker with the package preloaded (try --n 200)",
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or args.rounds < 1:
         parser.error("--n and --rounds must be at least 1")
@@ -169,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         redis = RedisServer(Path(tmp_name))
         try:
             redis.start()
-            floor = Floor(Path(tmp_name), redis, args.n)
+            floor = Floor(Path(tmp_name), redis, args.n, args.worker)
             runs = harness.alternating(
                 KINDS,
                 args.rounds,
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             redis.stop()
     stolen = harness.steal_percent(times_before, harness.cpu_times())
     print(
-        f"\n`rq worker -w rq.SimpleWorker --burst`, SQLite WAL, N={args.n}, median of {args.rounds}; "
+        f"\n`rq worker {WORKERS[args.worker]}--burst`, SQLite WAL, N={args.n}, median of {args.rounds}; "
         f"CPU stolen by the hypervisor over the run: {stolen}. Whole: from the worker's start to its "
         "exit. Steady: from the end of its first job to the end of its last. CPU: the worker "
         "process's own user and system time a job, start-up included.\n"
