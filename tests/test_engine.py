@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -85,11 +86,14 @@ def test_a_new_workflow_is_pending_with_a_creation_event(workflow_engine: Workfl
     assert (event.from_status, event.to_status, event.workflow_id) == (None, S.PENDING, wid)
 
 
-def test_workflow_ids_are_32_hex_characters_and_valid_rq_job_ids(workflow_engine: WorkflowEngine) -> None:
+def test_workflow_ids_are_random_uuids_as_32_hex_characters_and_valid_rq_job_ids(
+    workflow_engine: WorkflowEngine,
+) -> None:
     ids = {create(workflow_engine) for _ in range(50)}
     assert len(ids) == 50
     for wid in ids:
         assert re.fullmatch(r"[0-9a-f]{32}", wid) and re.fullmatch(r"[A-Za-z0-9_-]+", wid)
+        assert uuid.UUID(wid).version == 4 and uuid.UUID(wid).hex == wid
 
 
 def test_timestamps_are_timezone_aware_utc(workflow_engine: WorkflowEngine) -> None:

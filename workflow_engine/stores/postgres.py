@@ -97,7 +97,7 @@ class _PgTx:
         return list(cur.fetchall())
 
     def execute(self, sql: str, params: Mapping[str, Any]) -> int:
-        return self.conn.execute(sql, params).rowcount
+        return self.conn.execute(sql, params, prepare=True).rowcount
 
 
 class PostgresStore(SQLStore):
