@@ -529,6 +529,9 @@ def test_enqueue_in_async_mode_only_queues_the_job(async_engine: WorkflowEngine)
         wf.job_id,
     )  # the id and the path: no inputs, no credentials
     assert job.timeout == -1  # no timeout means none, not RQ's 180 s default
+    # The job names its function and its stopped-callback; both names import.
+    assert job.func is execution.run_workflow and job.func_name == "workflow_engine.execution.run_workflow"
+    assert job.stopped_callback is execution.on_job_stopped
     work(async_engine)
     assert async_engine.get_workflow(wid).status is S.COMPLETED
 

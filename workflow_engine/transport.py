@@ -44,6 +44,12 @@ TAKEN_MARK_TTL = 24 * 3600
 
 log = logging.getLogger("workflow_engine.transport")
 
+#: What a workflow job runs, and the callback RQ runs when its work-horse is stopped, by name:
+#: the job records names either way, and RQ resolves a function to its name on every job
+#: (``workflow_engine.execution`` imports this module, so naming them also avoids an import).
+RUN_WORKFLOW = "workflow_engine.execution.run_workflow"
+ON_JOB_STOPPED = Callback("workflow_engine.execution.on_job_stopped")
+
 #: The sync-mode jobs this thread still has to perform, while it performs one (else None).
 _sync = threading.local()
 
@@ -107,7 +113,6 @@ class Transport:
         """
         if not workflows:
             return
-        from .execution import on_job_stopped, run_workflow
 
         def options(wf: Workflow) -> dict[str, Any]:
             # RQ int()s its timeout and caps an unset one at 180 s: "none" is -1, and a set
@@ -120,7 +125,7 @@ class Transport:
                 "result_ttl": RESULT_TTL,
                 "job_id": wf.job_id,
                 "description": f"workflow {wf.workflow_type_id} {wf.id}",
-                "on_stopped": Callback(on_job_stopped),
+                "on_stopped": ON_JOB_STOPPED,
             }
 
         try:
@@ -158,7 +163,7 @@ class Transport:
             # pipeline that is sent once (it also registers the queue once, not once a job).
             with self.connection.pipeline() as pipe:
                 self.queue.enqueue_many(
-                    [Queue.prepare_data(run_workflow, **options(wf)) for wf in workflows], pipeline=pipe
+                    [Queue.prepare_data(RUN_WORKFLOW, **options(wf)) for wf in workflows], pipeline=pipe
                 )
                 pipe.execute()
         except _REDIS_ERRORS as exc:
