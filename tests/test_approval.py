@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from workflow_engine import InvalidTransition, StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus
+from workflow_engine import (
+    InvalidTransition,
+    StoreUnavailable,
+    Workflow,
+    WorkflowEngine,
+    WorkflowNotFound,
+    WorkflowStatus,
+)
 from workflow_engine.errors import DuplicateVote, InvalidInput, NotACouncilMember, UnknownWorkflowType
 
 S = WorkflowStatus
@@ -61,8 +68,30 @@ def test_the_quorum_of_rejections_rejects_it_for_good(engine: WorkflowEngine) ->
     assert tally.status is S.REJECTED and tally.rejections == 2
     with pytest.raises(InvalidTransition):
         engine.requeue(wid)
-    with pytest.raises(InvalidTransition, match="votes are taken only while it awaits approval"):
+    with pytest.raises(
+        InvalidTransition, match=f"workflow '{wid}' is rejected, not awaiting approval: votes are taken only"
+    ) as raised:
         engine.vote(wid, voter_id="bo", approve=True)
+    assert (raised.value.from_status, raised.value.to_status) == ("rejected", "awaiting_approval")
+
+
+def test_a_vote_read_before_another_decided_it_names_the_status_the_workflow_has_now(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wid = gated(engine)
+    awaiting = engine.get_workflow(wid)
+    engine.vote(wid, voter_id="ana", approve=False)
+    engine.vote(wid, voter_id="cy", approve=False)
+    # The vote read the workflow while it still awaited approval; the store's check finds it decided.
+    monkeypatch.setattr(engine, "get_workflow", lambda workflow_id: awaiting)
+    with pytest.raises(InvalidTransition, match=f"workflow '{wid}' is rejected, not awaiting approval"):
+        engine.vote(wid, voter_id="bo", approve=True)
+    # And one whose row is gone by then is not found.
+    gone = awaiting.model_copy(update={"id": "gone"})
+    monkeypatch.setattr(engine, "get_workflow", lambda workflow_id: gone)
+    with pytest.raises(WorkflowNotFound):
+        engine.vote(wid, voter_id="bo", approve=True)
+    assert [v.voter_id for v in engine.store.votes(wid)] == ["ana", "cy"]
 
 
 def test_each_member_votes_once_unless_the_vote_is_explicitly_changed(engine: WorkflowEngine) -> None:

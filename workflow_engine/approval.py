@@ -13,6 +13,7 @@ from .errors import (
     InvalidVote,
     NotACouncilMember,
     QueueUnavailable,
+    WorkflowNotFound,
 )
 from .handlers import check_id, check_text
 from .models import Council, Tally, Vote, log_extra, utcnow
@@ -75,12 +76,7 @@ def vote(
     wf = engine.get_workflow(workflow_id)
     council = engine.store.get_council(wf.assigned_council_id) if wf.assigned_council_id else None
     if wf.status is not S.AWAITING_APPROVAL:
-        raise InvalidTransition(
-            wf.id,
-            wf.status.value,
-            S.AWAITING_APPROVAL.value,
-            "votes are taken only while it awaits approval",
-        )
+        raise _not_awaiting(wf.id, wf.status.value)
     if council is None:
         raise InvalidVote(f"workflow {wf.id!r} has no configured council to vote")
     if voter_id not in council.members:
@@ -101,11 +97,22 @@ def vote(
             f"{voter_id!r} has already voted on workflow {wf.id!r}; "
             'to change the vote, pass change=True (in the REST API, "change": true)'
         )
-    if outcome != "recorded":
-        raise InvalidTransition(
-            wf.id, outcome, S.AWAITING_APPROVAL.value, "votes are taken only while it awaits approval"
-        )
+    if outcome == "missing":
+        raise WorkflowNotFound(wf.id)
+    if outcome != "recorded":  # decided by another vote since it was read: the status it has now
+        raise _not_awaiting(wf.id, outcome)
     return decide(engine, wf.id, council)
+
+
+def _not_awaiting(workflow_id: str, status: str) -> InvalidTransition:
+    """A vote on a workflow that is not awaiting approval: it says the status, not a transition."""
+    return InvalidTransition(
+        workflow_id,
+        status,
+        S.AWAITING_APPROVAL.value,
+        message=f"workflow {workflow_id!r} is {status}, not awaiting approval: "
+        "votes are taken only while it awaits approval",
+    )
 
 
 def tally(engine: WorkflowEngine, workflow_id: str) -> Tally:

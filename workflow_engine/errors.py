@@ -49,9 +49,11 @@ class InvalidTransition(WorkflowEngineError):
         from_status: str | None = None,
         to_status: str | None = None,
         hint: str | None = None,
+        *,
+        message: str | None = None,
     ) -> None:
-        msg = None
-        if workflow_id is not None:
+        msg = message
+        if msg is None and workflow_id is not None:
             msg = f"workflow {workflow_id!r} cannot go from {from_status!r} to {to_status!r}"
             if hint:
                 msg += f": {hint}"
