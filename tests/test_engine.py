@@ -86,6 +86,20 @@ def test_a_new_workflow_is_pending_with_a_creation_event(workflow_engine: Workfl
     assert (event.from_status, event.to_status, event.workflow_id) == (None, S.PENDING, wid)
 
 
+def file_engine(
+    tmp_path: Path, *, heartbeat_interval: float, stale_after: float, is_async: bool = False
+) -> WorkflowEngine:
+    """An engine on a SQLite file in ``tmp_path`` and fakeredis (in-process unless ``is_async``),
+    with the recovery timings a test is about."""
+    return WorkflowEngine(
+        database_url=f"sqlite:///{tmp_path / 'w.db'}",
+        redis_url="fakeredis://",
+        is_async=is_async,
+        heartbeat_interval=heartbeat_interval,
+        stale_after=stale_after,
+    )
+
+
 def test_workflow_ids_are_random_uuids_as_32_hex_characters_and_valid_rq_job_ids(
     workflow_engine: WorkflowEngine,
 ) -> None:
@@ -293,12 +307,7 @@ def test_a_handler_whose_module_takes_longer_than_stale_after_to_import_keeps_it
 ) -> None:
     """A plain forking worker imports the handler's module in every work-horse, after the claim.
     The heartbeat runs from the claim on, so a slow import is not taken for a lost worker."""
-    engine = WorkflowEngine(
-        database_url=f"sqlite:///{tmp_path / 'w.db'}",
-        redis_url="fakeredis://",
-        heartbeat_interval=0.1,
-        stale_after=0.5,
-    )
+    engine = file_engine(tmp_path, heartbeat_interval=0.1, stale_after=0.5, is_async=True)
     engine.register_handler("slow", "we_slow_import:run")  # by path: imported when the job runs
     wid = engine.create_workflow(workflow_type_id="slow", enqueue=True)
     wf = engine.get_workflow(wid)
@@ -1331,13 +1340,7 @@ def slow(wf: Workflow) -> dict[str, Any]:
 def test_an_in_process_attempt_that_outlives_stale_after_is_not_taken_for_lost(tmp_path: Path) -> None:
     """In-process mode heartbeats as a worker does: a reconcile while a long handler runs in a
     request thread finds its lease renewed, and never runs the workflow a second time."""
-    engine = WorkflowEngine(
-        database_url=f"sqlite:///{tmp_path / 'w.db'}",
-        redis_url="fakeredis://",
-        is_async=False,
-        heartbeat_interval=0.1,
-        stale_after=0.3,
-    )
+    engine = file_engine(tmp_path, heartbeat_interval=0.1, stale_after=0.3)
     engine.register_handler("slow", slow, max_retries=3)
     wid = engine.create_workflow(workflow_type_id="slow", inputs={"seconds": 0.9})
     request = threading.Thread(target=engine.enqueue_execution, args=(wid,))
@@ -1373,13 +1376,7 @@ def loses_its_workflow_then_asks(wf: Workflow) -> dict[str, int]:
 def test_cancel_requested_is_true_as_soon_as_the_attempt_has_lost_its_workflow(tmp_path: Path) -> None:
     """Each call reads the database: a handler learns it lost the workflow at its next check,
     not only at the next heartbeat (here a minute away)."""
-    engine = WorkflowEngine(
-        database_url=f"sqlite:///{tmp_path / 'w.db'}",
-        redis_url="fakeredis://",
-        is_async=False,
-        heartbeat_interval=60,
-        stale_after=120,
-    )
+    engine = file_engine(tmp_path, heartbeat_interval=60, stale_after=120)
     _LOSING["engine"] = engine
     engine.register_handler("losing", loses_its_workflow_then_asks, max_retries=3)
     wid = engine.create_workflow(workflow_type_id="losing", enqueue=True)
