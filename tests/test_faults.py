@@ -44,7 +44,10 @@ HANDLERS = "we_test_handlers"
 class Harness:
     """One test's world: an engine on a SQLite file, a private Redis, and the workers it started."""
 
-    def __init__(self, tmp_path: Path, redis_server: RedisServer, effects: Path) -> None:
+    def __init__(self, tmp_path: Path, redis_server: RedisServer, effects: Path, kind: str = "rq") -> None:
+        self.kind = (
+            kind  # the worker command: "rq" (stock `rq worker`) or "engine" (`workflow-engine worker`)
+        )
         self.tmp_path = tmp_path
         self.redis_server = redis_server
         self.effects = effects
@@ -72,8 +75,11 @@ class Harness:
         return self.engine.get_workflow(workflow_id)
 
     def worker(
-        self, *, kind: str = "rq", worker_class: str = "fork", burst: bool = True, **kwargs: Any
+        self, *, kind: str | None = None, worker_class: str = "fork", burst: bool = True, **kwargs: Any
     ) -> Worker:
+        kind = kind or self.kind
+        if kind == "engine" and "--reconcile-every" not in kwargs.get("extra_args", []):
+            kwargs["extra_args"] = [*kwargs.get("extra_args", []), "--reconcile-every", "0"]  # as `rq worker`
         worker = start_worker(
             self.tmp_path,
             redis_url=self.redis_server.url,
@@ -126,8 +132,10 @@ class Harness:
 
 
 @pytest.fixture
-def h(tmp_path: Path, redis_server: RedisServer, effects: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path, redis_server, effects)
+def h(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer, effects: Path
+) -> Iterator[Harness]:
+    harness = Harness(tmp_path, redis_server, effects, getattr(request, "param", "rq"))
     try:
         yield harness
     finally:
@@ -138,6 +146,11 @@ def h(tmp_path: Path, redis_server: RedisServer, effects: Path) -> Iterator[Harn
 def no_redelivery_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let reconcile redeliver a queued workflow at once instead of after REDELIVERY_GRACE (5 s)."""
     monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
+
+
+#: Both forking worker commands: a stock `rq worker`, whose work-horse claims and records, and
+#: `workflow-engine worker`, whose worker process does (``WorkflowWorker``).
+both_forking_workers = pytest.mark.parametrize("h", ["rq", "engine"], indirect=True)
 
 
 def process_alive(pid: int) -> bool:
@@ -160,6 +173,7 @@ def claims(h: Harness, workflow_id: str) -> int:
 
 
 # -- retries -----------------------------------------------------------------
+@both_forking_workers
 def test_a_flaky_handler_is_retried_by_a_stock_burst_worker_until_it_succeeds_once(h: Harness) -> None:
     h.register("flaky", "flaky", max_retries=3, retry_backoff=0)
     wid = h.submit("flaky", {"fail_times": 2})
@@ -178,6 +192,7 @@ def test_a_flaky_handler_is_retried_by_a_stock_burst_worker_until_it_succeeds_on
     assert "RuntimeError: flaky failure on attempt 2" in events[1]
 
 
+@both_forking_workers
 def test_a_workflow_that_always_fails_keeps_its_error_and_runs_again_with_a_fresh_budget_when_requeued(
     h: Harness,
 ) -> None:
@@ -206,6 +221,7 @@ def test_a_workflow_that_always_fails_keeps_its_error_and_runs_again_with_a_fres
 
 
 # -- a worker lost -----------------------------------------------------------
+@both_forking_workers
 def test_a_workflow_whose_worker_and_work_horse_are_killed_is_requeued_after_stale_after_and_completes_once(
     h: Harness,
 ) -> None:
@@ -379,6 +395,7 @@ def test_a_retry_that_comes_due_while_redis_is_down_is_left_as_it_is_until_redis
 
 
 # -- duplicates --------------------------------------------------------------
+@both_forking_workers
 def test_duplicate_enqueues_and_duplicate_rq_jobs_run_each_handler_exactly_once(h: Harness) -> None:
     h.register("ok", "record_success")
     ids = [h.create("ok", {"n": i}) for i in range(10)]
@@ -431,6 +448,7 @@ def test_a_workflow_cancelled_while_queued_never_runs(h: Harness) -> None:
     assert successes(h.effects, keep) == 1
 
 
+@both_forking_workers
 def test_cancelling_a_running_workflow_kills_its_work_horse_and_ends_it_cancelled(h: Harness) -> None:
     h.register("sleepy", "sleepy", max_retries=3, retry_backoff=0)
     worker = h.worker(burst=False)
@@ -455,6 +473,7 @@ def test_cancelling_a_running_workflow_kills_its_work_horse_and_ends_it_cancelle
 
 
 # -- shutdown and timeouts ---------------------------------------------------
+@both_forking_workers
 def test_sigterm_lets_a_forking_worker_finish_its_current_workflow_before_exiting(h: Harness) -> None:
     h.register("sleepy", "sleepy", max_retries=3, retry_backoff=0)
     worker = h.worker(burst=False)
@@ -471,6 +490,7 @@ def test_sigterm_lets_a_forking_worker_finish_its_current_workflow_before_exitin
     assert successes(h.effects, wid) == 1
 
 
+@both_forking_workers
 def test_a_handler_that_swallows_exceptions_is_still_stopped_at_its_timeout(h: Harness) -> None:
     h.register("stubborn", "swallow_everything", timeout=1, max_retries=0)
     wid = h.submit("stubborn", {"seconds": 20})

@@ -10,6 +10,8 @@ the database: it must run the handler and nothing else. The last test runs the r
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from workflow_engine.engine import WorkflowEngine
 from workflow_engine.execution import OUTCOME_PIPE_LIMIT, ForkedAttempt
 from workflow_engine.status import WorkflowStatus
 
-from support import RedisServer, effects_of, start_worker
+from support import RedisServer, effects_of, start_worker, wait_for
 
 S = WorkflowStatus
 H = "we_test_handlers"
@@ -284,4 +286,39 @@ def test_workflow_engine_worker_runs_a_mix_of_outcomes_to_their_ends_with_its_fo
         assert horse_pids(effects, ids["ok"]).isdisjoint({worker.proc.pid})
         assert len({wf.worker for wf in wfs.values()}) == 1  # the worker's name, recorded by its own process
     finally:
+        client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_a_work_horse_whose_workflow_engine_worker_was_killed_keeps_its_lease_and_records_its_outcome(
+    tmp_path: Path, redis_server: RedisServer, effects: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'workflows.db'}"
+    client = WorkflowEngine(database_url=url, redis_url=redis_server.url)
+    worker = start_worker(
+        tmp_path,
+        redis_url=redis_server.url,
+        database_url=url,
+        effects=effects,
+        kind="engine",
+        burst=False,
+        extra_args=["--reconcile-every", "0"],
+        extra_env={"WORKFLOW_ENGINE_HEARTBEAT_INTERVAL": "0.2", "WORKFLOW_ENGINE_STALE_AFTER": "1"},
+    )
+    try:
+        client.register_handler("sleepy", f"{H}:sleepy")
+        wid = client.create_workflow(workflow_type_id="sleepy", inputs={"seconds": 3}, enqueue=True)
+        wait_for(lambda: effects_of(effects, wid), 30, what="the handler to start")
+
+        os.kill(worker.proc.pid, signal.SIGKILL)  # the worker process alone: its work-horse runs on
+        worker.proc.wait(10)
+        time.sleep(1.5)  # past stale_after: the work-horse's heartbeat keeps the lease
+        assert client.reconcile().total == 0 and client.get_workflow(wid).status is S.RUNNING
+        wait_for(lambda: client.get_workflow(wid).status is S.COMPLETED, 20, what="the work-horse to record")
+        wf = client.get_workflow(wid)
+        assert (wf.attempts, wf.result) == (1, {"slept": 3})
+        assert [line.split()[0] for line in effects_of(effects, wid)] == ["start", "success"]
+    finally:
+        worker.stop()
         client.close()
