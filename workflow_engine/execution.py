@@ -21,7 +21,7 @@ import traceback as tb
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import recovery
 from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
@@ -261,8 +261,7 @@ def claim_attempt(
     return wf
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How a handler's run ended, before anything is recorded: what :func:`record_outcome` is given.
 
     ``kind`` is ``completed`` (with ``result`` and ``duration``), ``failed`` (the handler
@@ -277,7 +276,7 @@ class Outcome:
     traceback: str | None = None
 
     def to_json(self) -> str:
-        return compact_json([self.kind, self.result, self.duration, self.error, self.traceback])
+        return compact_json(self)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Outcome:
