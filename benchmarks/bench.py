@@ -63,13 +63,11 @@ def say(message: str) -> None:
 
 
 #: Extra `rq worker` options of the workflow side: its parent preloads the package, or it runs
-#: the one-round-trip heartbeat class, or the forking class of `workflow-engine worker`, which
-#: claims and records in the worker process (preloaded, as that command is).
+#: the one-round-trip heartbeat class.
 PRELOAD = ("-c", "workflow_engine.rq_preload")
 ONETRIP = ("-w", "workflow_engine.workers.SimpleWorkflowWorker")
-FORKED = (*PRELOAD, "-w", "workflow_engine.workers.WorkflowWorker")
 #: The key suffix of an e2e row whose workflow side runs with extra `rq worker` options.
-EXTRA_KEYS = {PRELOAD: "-preload", ONETRIP: "-onetrip", FORKED: "-workflowworker"}
+EXTRA_KEYS = {PRELOAD: "-preload", ONETRIP: "-onetrip"}
 
 
 @dataclass
@@ -389,10 +387,6 @@ class Bench:
             # The workflow side's forking worker preloads workflow_engine in its parent (RQ's -c settings
             # module), so that a work-horse does not import it per job; raw RQ runs the plain command.
             configs.append(("fork", 1, self.fork_n, PRELOAD))
-        if hasattr(importlib.import_module("workflow_engine.execution"), "ForkedAttempt"):
-            # `workflow-engine worker`'s forking class: the worker process claims each workflow before
-            # the fork and records its outcome after, so the work-horse runs only the handler.
-            configs.append(("fork", 1, self.fork_n, FORKED))
         if backend == "sqlite" and importlib.util.find_spec("workflow_engine.workers") is not None:
             # The workflow side's SimpleWorker with one-round-trip heartbeats (what `workflow-engine
             # worker -w simple` runs), against raw RQ's stock SimpleWorker: beyond RQ's own ceiling.

@@ -14,11 +14,7 @@ row): then each job's work-horse opens the database afresh, as any durable job m
 - ``sql floor``: the same job running exactly the SQL of a workflow's claim and completion,
   two durable transactions with the store's own statements and PRAGMAs, and nothing else
   (``bench_jobs.sql_floor_job``): the cost of the guarantees;
-- ``workflow``: the real workflow job, ``run_workflow``, through the engine;
-- ``WorkflowWorker`` (with ``--worker fork`` only): the same workflow jobs on
-  ``-w workflow_engine.workers.WorkflowWorker``, the class ``workflow-engine worker`` runs, which
-  claims each workflow in the worker process before the fork and records the outcome there
-  after the work-horse exits. Not the same worker class as raw's, so not the target's like for like.
+- ``workflow``: the real workflow job, ``run_workflow``, through the engine.
 
 It prints each kind's median rate and its ratio to ``raw``, with every round's figures.
 ``sql floor`` ÷ ``raw`` is the highest end-to-end ratio that any engine keeping a durable
@@ -54,7 +50,6 @@ from workflow_engine.transport import RESULT_TTL
 TYPE = "bench"
 HANDLER = "bench_jobs:noop_workflow"
 KINDS = ("raw", "shape", "sql floor", "workflow")
-FORK_KINDS = (*KINDS, "WorkflowWorker")
 WORKERS = {"simple": "-w rq.SimpleWorker ", "fork": "(forking; -c workflow_engine.rq_preload but for raw) "}
 
 
@@ -72,15 +67,13 @@ class Floor:
         self.queue = Queue(QUEUE, connection=self.connection)
         self.runs = 0
 
-    def worker(self, database_url: str | None, job_ids: list[str], *, workflow_worker: bool = False) -> Run:
+    def worker(self, database_url: str | None, job_ids: list[str]) -> Run:
         """One stock burst worker over the queue: its jobs/s from start to exit, at its steady pace
         (from the end of its first job to the end of its last: no start-up, no first import), and
         the CPU time it used a job, which the hypervisor's steal barely touches."""
         cmd = harness.rq_worker_cmd(self.redis.url, self.worker_class)
         if self.worker_class == "fork" and database_url is not None:
             cmd += ["-c", "workflow_engine.rq_preload"]  # the package and the engine, built once
-        if workflow_worker:
-            cmd += ["-w", "workflow_engine.workers.WorkflowWorker"]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = harness.start(cmd, harness.worker_env(database_url, self.redis.url), self.tmp)
@@ -161,7 +154,7 @@ class Floor:
             return rates
         if kind == "sql floor":
             self.shaped(bench_jobs.sql_floor_job, workflows)
-        rates = self.worker(engine.database_url, job_ids, workflow_worker=kind == "WorkflowWorker")
+        rates = self.worker(engine.database_url, job_ids)
         self.completed(engine)
         return rates
 
@@ -188,9 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             redis.start()
             floor = Floor(Path(tmp_name), redis, args.n, args.worker)
-            kinds = FORK_KINDS if args.worker == "fork" else KINDS
             runs = harness.alternating(
-                kinds,
+                KINDS,
                 args.rounds,
                 floor.run,
                 lambda run: f"{run.whole:,.0f}/s ({run.steady:,.0f}/s steady, {run.cpu_ms:.3f} ms CPU)",
@@ -210,14 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     def median(kind: str, field: str) -> float:
         return statistics.median(getattr(run, field) for run in runs[kind])
 
-    for kind in kinds:
+    for kind in KINDS:
         whole, steady, cpu = (median(kind, f) for f in ("whole", "steady", "cpu_ms"))
         print(
             f"| {kind} | {whole:,.0f} | {whole / median('raw', 'whole'):.2f} | {steady:,.0f} "
             f"| {steady / median('raw', 'steady'):.2f} | {cpu:.3f} | {cpu - median('raw', 'cpu_ms'):+.3f} |"
         )
     print("\nEvery round, whole jobs/s / steady jobs/s / CPU ms a job:")
-    for kind in kinds:
+    for kind in KINDS:
         print(
             f"- {kind}: "
             + ", ".join(f"{r.whole:,.0f} / {r.steady:,.0f} / {r.cpu_ms:.3f}" for r in runs[kind])

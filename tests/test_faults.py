@@ -148,8 +148,8 @@ def no_redelivery_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
 
 
-#: Both forking worker commands: a stock `rq worker`, whose work-horse claims and records, and
-#: `workflow-engine worker`, whose worker process does (``WorkflowWorker``).
+#: Both forking worker commands: a stock `rq worker`, and `workflow-engine worker` (its own class,
+#: ``workflow_engine.workers.WorkflowWorker``, with the package preloaded and a reconcile thread).
 both_forking_workers = pytest.mark.parametrize("h", ["rq", "engine"], indirect=True)
 
 

@@ -1,7 +1,7 @@
 """Prometheus metrics: counters fed by the engine's listener, gauges read from the database.
 
 The process test runs a real forking ``workflow-engine worker --metrics-port`` and checks
-that the counts of work that ran in work-horses that exited are all there.
+that counts made in work-horses that exited are all there.
 """
 
 from __future__ import annotations
@@ -296,12 +296,9 @@ def test_a_forking_worker_serves_exact_counts_of_20_workflows_of_which_5_fail(
         assert value(m, "workflow_engine_workflows_stale") == 0
         assert value(m, "workflow_engine_workers") == 1
         assert value(m, "workflow_engine_database_up") == 1
-        # the producer's and the worker's files: the worker process counted what its 20 work-horses
-        # did (it records their outcomes), and no work-horse left a file of its own
+        # 20 work-horses took turns on one set of files, instead of leaving a file each
         counter_files = sorted(p.name for p in shared.glob("counter_*.db"))
-        assert len(counter_files) == 2 and not any(n.endswith("_horse.db") for n in counter_files), (
-            counter_files
-        )
+        assert len(counter_files) <= 3 and any(n.endswith("_horse.db") for n in counter_files), counter_files
         worker.terminate()
         assert worker.wait(30) == 0, worker.output()
     finally:

@@ -401,8 +401,8 @@ def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: st
     type=click.Choice(["fork", "simple"]),
     default="fork",
     show_default=True,
-    help="fork: rq.Worker, a work-horse per job that only runs the handler (this process claims and "
-    "records); simple: rq.SimpleWorker, jobs in this process (both in workflow_engine.workers).",
+    help="fork: rq.Worker, a work-horse per job; simple: rq.SimpleWorker, jobs in this process "
+    "(each with one-round-trip heartbeats: workflow_engine.workers).",
 )
 @click.option(
     "--reconcile-every",

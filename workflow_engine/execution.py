@@ -10,7 +10,6 @@ thread stamps the database, and records the outcome.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import os
 import signal
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import recovery
 from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
 from .handlers import HandlerFunc, describe
-from .models import Workflow, compact_json, log_extra, to_json, utcnow
+from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
 from .stores.base import after_store_call, in_store_call
 from .stores.urls import shown
@@ -120,10 +119,6 @@ def run_workflow(
 
     engine = worker_engine(engine_key)
     job = get_current_job()
-    claimed = _horse_claim
-    if claimed is not None and claimed.job_id == job_id and engine_key is None:
-        if claimed.worker_pid != os.getpid():  # a work-horse of a WorkflowWorker that claimed for it
-            return claimed.run_in_work_horse(engine, handler, job)
     transport = engine.transport if job is None or engine_key is not None else _job_transport(job)
     worker = (getattr(job, "worker_name", None) if job else None) or os.environ.get("RQ_WORKER_ID")
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
@@ -275,16 +270,6 @@ class Outcome(NamedTuple):
     error: str | None = None
     traceback: str | None = None
 
-    def to_json(self) -> str:
-        return compact_json(self)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Outcome:
-        kind, result, duration, error, trace = json.loads(text)
-        if kind not in ("completed", "failed", "unknown_type"):
-            raise ValueError(f"unknown outcome {kind!r}")
-        return cls(kind, result, float(duration), error, trace)
-
 
 def run_handler(engine: WorkflowEngine, wf: Workflow, job_id: str, handler: str | None) -> Outcome:
     """Run the claimed workflow's handler under its timeout, with a heartbeat; record nothing."""
@@ -426,154 +411,6 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
             signal.signal(signal.SIGALRM, previous)
             if outer_delay > 0:  # put back RQ's own (longer) alarm, minus the time spent
                 signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 0.001))
-
-
-# -- a forking WorkflowWorker: the attempt around its work-horse -------------------------
-#: The largest outcome a work-horse hands back through its pipe (a pipe holds 64 KiB on Linux and
-#: at least 16 KiB elsewhere, so the write never blocks); a larger result or traceback the
-#: work-horse records itself, as a stock worker's work-horse records every outcome.
-OUTCOME_PIPE_LIMIT = 16 * 1024
-
-
-@dataclass
-class ForkedAttempt:
-    """A workflow job in a forking :class:`~workflow_engine.workers.WorkflowWorker`.
-
-    The worker process, where the engine, its connections and its code are warm, claims the
-    workflow before it forks and records the outcome after the work-horse exits. The
-    work-horse only runs the handler, under its heartbeat, and writes the outcome to a pipe:
-    it opens no database connection (unless the handler reads one through
-    ``cancel_requested()``) and logs nothing of its own. A stock forking worker's work-horse
-    does all three, at the cost of a cold process each job.
-
-    Nothing is lost if either process dies. A work-horse killed before it reported: the worker
-    process records a failed attempt at once (a stock worker leaves it to the lease). A worker
-    process killed while its work-horse runs: the work-horse keeps the lease with its heartbeat,
-    finds the pipe broken, and records the outcome itself.
-    """
-
-    engine: WorkflowEngine
-    job: Any
-    job_id: str
-    wf: Workflow | None  # None: the claim was refused, and ``skipped`` says why
-    skipped: str
-    worker_pid: int
-    read_fd: int
-    write_fd: int
-
-    @classmethod
-    def begin(cls, job: Any, worker_name: str) -> ForkedAttempt | None:
-        """In the worker process, before the fork: claim ``job``'s workflow for it.
-
-        None for any other job, or if the claim could not be made (the store is down, say):
-        the work-horse then runs the job as a stock worker's would."""
-        global _horse_claim
-        from .transport import RUN_WORKFLOW
-
-        try:
-            if job.func_name != RUN_WORKFLOW or job.kwargs.get("engine_key") is not None:
-                return None
-            workflow_id, _handler, job_id = job.args[:3]
-        except Exception:  # a job RQ cannot read: its work-horse fails it, as a stock worker's does
-            return None
-        engine = worker_engine()
-        read_fd, write_fd = os.pipe()  # first: once claimed, the work-horse must find the claim
-        try:
-            claimed = claim_attempt(engine, workflow_id, job_id=job_id, worker=worker_name)
-        except Exception:
-            os.close(read_fd)
-            os.close(write_fd)
-            log.warning(
-                "could not claim %s before the fork; the work-horse tries", workflow_id, exc_info=True
-            )
-            return None
-        wf, skipped = (None, claimed) if isinstance(claimed, str) else (claimed, "")
-        _horse_claim = cls(engine, job, job_id, wf, skipped, os.getpid(), read_fd, write_fd)
-        return _horse_claim
-
-    def run_in_work_horse(self, engine: WorkflowEngine, handler: str, job: Any) -> dict[str, Any]:
-        """In the work-horse: run the claimed workflow's handler and hand the outcome back."""
-        os.close(self.read_fd)  # the worker process alone reads: with it gone, a write breaks
-        try:
-            if self.wf is None:
-                return {"workflow_id": self.job.args[0], "status": self.skipped}
-            outcome = run_handler(engine, self.wf, self.job_id, handler)
-            payload = outcome.to_json().encode()
-            status = "completed" if outcome.kind == "completed" else "failed"
-            try:
-                os.set_blocking(self.write_fd, False)  # a full pipe must not block: the reader waits for us
-                if len(payload) > OUTCOME_PIPE_LIMIT or os.write(self.write_fd, payload) != len(payload):
-                    raise BlockingIOError("the outcome does not fit the pipe")
-            except OSError:  # too large, or the worker process is gone (a broken pipe)
-                transport = engine.transport if job is None else _job_transport(job)
-                status = record_outcome(engine, self.wf, self.job_id, outcome, transport)
-            return {"workflow_id": self.wf.id, "status": status}
-        finally:
-            os.close(self.write_fd)
-
-    def end(self, horse_status: int | None, *, horse_exited: bool = True) -> None:
-        """In the worker process, after the work-horse: record the outcome it reported.
-
-        With no report from a work-horse that exited (killed, or it died before it wrote),
-        the attempt failed: recorded so, unless the workflow no longer runs for this job
-        (stopped on request, or recorded by the work-horse itself). ``horse_exited`` False
-        (the worker is stopping in a hurry) records only a report already made."""
-        global _horse_claim
-        _horse_claim = None
-        os.close(self.write_fd)
-        try:
-            payload = _read_available(self.read_fd)
-        finally:
-            os.close(self.read_fd)
-        if self.wf is None:
-            return
-        try:
-            outcome = Outcome.from_json(payload) if payload else None
-        except (ValueError, TypeError):
-            log.warning("unreadable outcome from the work-horse of %s", self.wf.id, extra=log_extra(self.wf))
-            outcome = None
-        try:
-            if outcome is not None:
-                record_outcome(self.engine, self.wf, self.job_id, outcome, _job_transport(self.job))
-            elif horse_exited:
-                self._horse_died(horse_status)
-        except Exception:  # the worker goes on; the lease runs out and reconcile recovers the workflow
-            log.exception("could not record the attempt of %s", self.wf.id, extra=log_extra(self.wf))
-
-    def _horse_died(self, horse_status: int | None) -> None:
-        assert self.wf is not None
-        current = self.engine.store.get(self.wf.id)
-        if current is None or current.status is not S.RUNNING or current.job_id != self.job_id:
-            return
-        if horse_status is not None and os.WIFSIGNALED(horse_status):
-            how = f"was killed by signal {os.WTERMSIG(horse_status)}"
-        elif horse_status is not None and os.WIFEXITED(horse_status) and os.WEXITSTATUS(horse_status):
-            how = f"exited with status {os.WEXITSTATUS(horse_status)}"
-        else:
-            how = "exited"
-        error = f"the work-horse {how} before it reported the outcome"
-        recovery.attempt_failed(
-            self.engine, current, error=error, traceback=None, transport=_job_transport(self.job)
-        )
-
-
-_horse_claim: ForkedAttempt | None = None
-
-
-def _read_available(fd: int) -> bytes:
-    """What the pipe ``fd`` holds now, without waiting (a process the handler started may hold
-    the pipe's other end open after the work-horse exited)."""
-    os.set_blocking(fd, False)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # -- heartbeats --------------------------------------------------------------

@@ -3,10 +3,8 @@
 Two sources, each used where it is exact:
 
 - **Events** (counters and histograms): an engine listener counts every status change
-  the engine makes in its process. A forking worker may change statuses in work-horses
-  that exit after one job (a stock one always does; ``WorkflowWorker`` records in its own
-  process, but for the outcomes a work-horse records itself), so the worker runs
-  prometheus_client's *multiprocess mode*:
+  the engine makes in its process. A forking worker changes statuses in work-horses
+  that exit after one job, so the worker runs prometheus_client's *multiprocess mode*:
   every process writes its counts into files under ``PROMETHEUS_MULTIPROC_DIR``, and a
   scrape sums the files, those of exited work-horses included.
 - **State** (gauges): a collector reads the database (and Redis) at scrape time, so

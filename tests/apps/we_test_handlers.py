@@ -67,28 +67,3 @@ def swallow_everything(wf: Workflow) -> str:
         pass
     _record(wf, "success")
     return "slept"
-
-
-def unserializable(wf: Workflow) -> object:
-    """Returns something JSON cannot hold."""
-    return {"when": time}
-
-
-def big_result(wf: Workflow) -> dict[str, Any]:
-    """Returns ``inputs['size']`` characters: more than a pipe takes at once, if asked."""
-    _record(wf, "success")
-    return {"text": "x" * int(wf.inputs.get("size", 100_000))}
-
-
-def kill_own_process(wf: Workflow) -> None:
-    """Kills the process it runs in (a work-horse) with SIGKILL, as the OOM killer would."""
-    import signal
-
-    _record(wf, "start")
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def exit_own_process(wf: Workflow) -> None:
-    """Leaves the process it runs in at once, with ``inputs['code']``, without a word to anyone."""
-    _record(wf, "start")
-    os._exit(int(wf.inputs.get("code", 3)))
