@@ -45,9 +45,8 @@ class Harness:
     """One test's world: an engine on a SQLite file, a private Redis, and the workers it started."""
 
     def __init__(self, tmp_path: Path, redis_server: RedisServer, effects: Path, kind: str = "rq") -> None:
-        self.kind = (
-            kind  # the worker command: "rq" (stock `rq worker`) or "engine" (`workflow-engine worker`)
-        )
+        # The worker command: "rq" (a stock `rq worker`) or "engine" (`workflow-engine worker`).
+        self.kind = kind
         self.tmp_path = tmp_path
         self.redis_server = redis_server
         self.effects = effects
@@ -174,7 +173,7 @@ def claims(h: Harness, workflow_id: str) -> int:
 
 # -- retries -----------------------------------------------------------------
 @both_forking_workers
-def test_a_flaky_handler_is_retried_by_a_stock_burst_worker_until_it_succeeds_once(h: Harness) -> None:
+def test_a_flaky_handler_is_retried_by_a_burst_worker_until_it_succeeds_once(h: Harness) -> None:
     h.register("flaky", "flaky", max_retries=3, retry_backoff=0)
     wid = h.submit("flaky", {"fail_times": 2})
 
