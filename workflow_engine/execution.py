@@ -312,13 +312,15 @@ def record_outcome(
     extra = log_extra(wf)
     if outcome.kind == "completed":
         now = utcnow()
-        changes = {"result": outcome.result, "error": None, "traceback": None}
+        ending = {
+            "result": outcome.result,
+            "error": None,
+            "traceback": None,
+            "finished_at": now,
+            "updated_at": now,
+        }
         done = engine._change(
-            wf,
-            S.COMPLETED,
-            {**changes, "finished_at": now, "updated_at": now},
-            detail=f"completed in {outcome.duration:.3f} s",
-            expected_job_id=job_id,
+            wf, S.COMPLETED, ending, detail=f"completed in {outcome.duration:.3f} s", expected_job_id=job_id
         )
         if done is None:
             message = "attempt %d finished but the workflow was taken over; result discarded"
