@@ -36,16 +36,19 @@ class _SQLiteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def fetch(self, sql: str, params: Mapping[str, Any], *, prepare: bool = True) -> list[dict[str, Any]]:
+    def _run(self, sql: str, params: Mapping[str, Any]) -> sqlite3.Cursor:
         # Named parameters must be a dict.
-        cursor = self.conn.execute(sql, params if isinstance(params, dict) else dict(params))
+        return self.conn.execute(sql, params if isinstance(params, dict) else dict(params))
+
+    def fetch(self, sql: str, params: Mapping[str, Any], *, prepare: bool = True) -> list[dict[str, Any]]:
+        cursor = self._run(sql, params)
         if cursor.description is None:
             return []
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def execute(self, sql: str, params: Mapping[str, Any]) -> int:
-        return self.conn.execute(sql, params if isinstance(params, dict) else dict(params)).rowcount
+        return self._run(sql, params).rowcount
 
 
 #: SQLite's result codes for a database that cannot serve now (busy past the timeout, the disk,
