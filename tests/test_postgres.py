@@ -101,6 +101,55 @@ def test_a_terminated_backend_is_replaced_and_the_next_call_succeeds(pg_url: str
     engine.close()
 
 
+def _terminate_the_others(pg_url: str) -> None:
+    """End every other session on the database, as a restart would, and wait until they are gone."""
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"SELECT pg_terminate_backend(pid) {others}")
+        wait_for(lambda: admin.execute(f"SELECT count(*) {others}").fetchone() == (0,), timeout=10)
+
+
+def test_after_every_pooled_connection_dies_the_next_create_gets_a_new_one_at_once(pg_url: str) -> None:
+    """A restart ends every session at once. The pool waits longer after each failed check (1 s,
+    then 2 s), so a pool of four dead connections took its whole 5 s timeout and failed the call,
+    and ``create_workflow`` is not retried. The first dead one now has the others checked too."""
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
+    pool = engine.store._get_pool()  # type: ignore[attr-defined]
+    held = [pool.getconn() for _ in range(4)]  # grow the pool to four
+    for conn in held:
+        pool.putconn(conn)
+    engine.create_workflow(workflow_type_id="t")
+    _terminate_the_others(pg_url)
+    start = time.monotonic()
+    wid = engine.create_workflow(workflow_type_id="t")
+    assert time.monotonic() - start < 1.0
+    assert engine.get_workflow(wid).status is S.PENDING
+    engine.close()
+
+
+def test_a_live_pooled_connection_is_handed_out_without_a_round_trip(pg_url: str, tmp_path: Path) -> None:
+    """The checkout's check asks the server only when the socket says the session may be over
+    (see the test above); a live connection's check sends nothing. Read from libpq's trace."""
+    from psycopg import pq
+
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
+    wid = engine.create_workflow(workflow_type_id="t")
+    pool = engine.store._get_pool()  # type: ignore[attr-defined]
+    pool.resize(1, 1)  # one connection, so that the trace sees every checkout
+    with open(tmp_path / "libpq.trace", "w") as out:
+        with pool.connection() as conn:
+            conn.pgconn.trace(out.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        for _ in range(3):
+            assert engine.get_workflow(wid).status is S.PENDING
+        with pool.connection() as conn:
+            conn.pgconn.untrace()
+    sent = [line for line in (tmp_path / "libpq.trace").read_text().splitlines() if line.startswith("F")]
+    assert [line.split("\t")[2] for line in sent].count("Execute") == 3, sent  # the three reads
+    assert not [line for line in sent if line.split("\t")[2] == "Query"], sent  # no check's empty query
+    engine.close()
+
+
 def polls_until_cancelled(wf: Workflow) -> None:
     while not cancel_requested():  # a store read after another, until the timeout cuts in
         pass

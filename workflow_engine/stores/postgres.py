@@ -8,11 +8,12 @@ pool; the parent's connections are left untouched.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import weakref
 import zlib
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
 
@@ -163,7 +164,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                     },
                     timeout=self.connect_timeout,
                     # A connection whose backend was terminated is replaced at checkout, not handed out.
-                    check=ConnectionPool.check_connection,
+                    check=self._check_connection,
                     connection_class=_Connection,  # for a forked child to let go of (_after_fork_in_child)
                     open=False,
                     name="workflow_engine",
@@ -177,6 +178,34 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                 self._pid = os.getpid()
             pool = self._pool
         return pool
+
+    def _check_connection(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check at checkout, with a round trip only when the connection may be dead.
+
+        An idle connection has nothing to read. A server that ended its session (a restart, a
+        failover, ``pg_terminate_backend``) sent its last message or closed the socket, and either
+        makes the socket readable. Only then, or when libpq already knows the connection is
+        broken, is the server asked (psycopg_pool's own check, an empty query). A live connection
+        costs one ``poll`` instead of a round trip. A server that vanished without a word is found
+        by neither: the keepalives end that one.
+
+        A dead connection is replaced instead of handed out, and the pool's other idle connections
+        are checked at once: after a restart they are all dead, and the pool waits longer after
+        each failed check (1 s, 2 s, …), so that a pool of four took its whole timeout and failed
+        the call instead of reaching a new connection.
+        """
+        if not (
+            conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK or _readable(conn.pgconn.socket)
+        ):
+            return
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            pool = self._pool
+            if pool is not None:
+                with suppress(Exception):
+                    pool.check()  # the idle ones; the dead are replaced in the background
+            raise
 
     def _probe(self) -> None:
         """Connect once, directly, before building the pool: a wrong database name, role or
@@ -274,6 +303,15 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
 
     def decode_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return dict(row)
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read (or an error or hang-up to report), without waiting."""
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows
+        return bool(select.select([fd], [], [fd], 0)[0])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)  # POLLERR and POLLHUP are always reported
+    return bool(poller.poll(0))
 
 
 #: TCP keepalives (libpq's), so that a connection whose server vanished without closing it (a
