@@ -20,7 +20,7 @@ import traceback as tb
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from . import recovery
 from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
@@ -264,7 +264,7 @@ class Outcome(NamedTuple):
     or ``unknown_type`` (no handler could be imported: retrying cannot help).
     """
 
-    kind: str
+    kind: Literal["completed", "failed", "unknown_type"]
     result: Any = None
     duration: float = 0.0
     error: str | None = None
