@@ -286,6 +286,40 @@ def test_a_claim_whose_reply_was_lost_after_its_commit_is_still_won(store: Store
     assert [e.to_status for e in store.events(wf.id)] == [S.PENDING, S.QUEUED, S.RUNNING]
 
 
+def test_an_insert_whose_reply_was_lost_after_its_commit_is_not_repeated(store: Store) -> None:
+    keyed = new(key="order-1")
+    store.insert([keyed])
+    fresh, again = new(), new(key="order-1")
+    with reply_lost_after_the_next_commit(store):
+        out = store.insert([fresh, again])
+    assert [(wf.id, created) for wf, created in out] == [(fresh.id, True), (keyed.id, False)]
+    assert [e.to_status for e in store.events(fresh.id)] == [S.PENDING]  # one row, one event
+    assert store.get(again.id) is None
+
+
+def test_an_insert_that_failed_before_its_commit_is_run_again(store: Store) -> None:
+    real = store.transaction  # type: ignore[attr-defined]
+    failed: list[bool] = []
+
+    @contextmanager
+    def transaction(*, write: bool = True, single: bool = False) -> Iterator[Any]:
+        if write and not failed:
+            failed.append(True)
+            raise StoreUnavailable("the connection failed before the statement")
+        with real(write=write, single=single) as tx:
+            yield tx
+
+    retries = store.retry_unavailable  # type: ignore[attr-defined]
+    store.transaction, store.retry_unavailable = transaction, True  # type: ignore[attr-defined]
+    try:
+        wf = new()
+        [(stored, created)] = store.insert([wf])
+    finally:
+        del store.transaction  # type: ignore[attr-defined]
+        store.retry_unavailable = retries  # type: ignore[attr-defined]
+    assert failed and created and stored.id == wf.id and store.get(wf.id) is not None
+
+
 def test_a_landed_claim_is_still_won_when_a_cancel_request_came_in_between(store: Store) -> None:
     wf = new()
     store.insert([wf])

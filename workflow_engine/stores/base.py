@@ -432,26 +432,48 @@ class SQLStore(Store):
     ) -> list[tuple[Workflow, bool]]:
         if history is not None and len(history) != len(workflows):
             raise ValueError("history needs one sequence of events per workflow")
-        out: list[tuple[Workflow, bool] | None] = [None] * len(workflows)
-        insert_sql = self.sql(q.INSERT_WORKFLOW)
-        event_sql = self.sql(q.INSERT_EVENT)
         by_key_sql = self.sql(q.GET_BY_IDEMPOTENCY_KEY)
-        with self.transaction() as tx:
-            for i in _lock_order(workflows, lambda wf: wf.idempotency_key or ""):
-                wf = workflows[i]
-                if tx.execute(insert_sql, self._workflow_params(wf)):  # inserted as given: not read back
-                    events = history[i] if history is not None else (NewEvent(None, wf.status),)
-                    if len(events) == 1:
-                        tx.execute(event_sql, self._event_params(wf, events[0]))
-                    elif events:  # one statement for all: one round trip on a client-server database
-                        tx.execute(
-                            self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events)
-                        )
-                    out[i] = (wf, True)
-                else:
+
+        def op() -> list[tuple[Workflow, bool]]:
+            out: list[tuple[Workflow, bool] | None] = [None] * len(workflows)
+            insert_sql = self.sql(q.INSERT_WORKFLOW)
+            event_sql = self.sql(q.INSERT_EVENT)
+            with self.transaction() as tx:
+                for i in _lock_order(workflows, lambda wf: wf.idempotency_key or ""):
+                    wf = workflows[i]
+                    if tx.execute(insert_sql, self._workflow_params(wf)):  # inserted as given: not read back
+                        events = history[i] if history is not None else (NewEvent(None, wf.status),)
+                        if len(events) == 1:
+                            tx.execute(event_sql, self._event_params(wf, events[0]))
+                        elif events:  # one statement for all: one round trip on a client-server database
+                            tx.execute(
+                                self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events)
+                            )
+                        out[i] = (wf, True)
+                    else:
+                        existing = tx.fetch(by_key_sql, {"idempotency_key": wf.idempotency_key})
+                        out[i] = (self._workflow(existing[0]), False)
+            return [row for row in out if row is not None]
+
+        def committed() -> list[tuple[Workflow, bool]] | None:
+            """What the insert did, if it committed with only its reply lost: the ids are new
+            and random, so finding any of them means it did. None if none is there."""
+            found = self.get_many([wf.id for wf in workflows])
+            if not found:
+                return None
+            out = []
+            for wf in workflows:
+                if wf.id in found:
+                    out.append((found[wf.id], True))
+                    continue
+                with self.transaction(write=False, single=True) as tx:  # one kept by its key
                     existing = tx.fetch(by_key_sql, {"idempotency_key": wf.idempotency_key})
-                    out[i] = (self._workflow(existing[0]), False)
-        return [row for row in out if row is not None]
+                if not existing:
+                    return None
+                out.append((self._workflow(existing[0]), False))
+            return out
+
+        return self._once_more(op, committed)
 
     def apply(self, changes: Sequence[Change]) -> list[Workflow | None]:
         if not changes:
