@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -125,6 +129,135 @@ def test_after_every_pooled_connection_dies_the_next_create_gets_a_new_one_at_on
     assert time.monotonic() - start < 1.0
     assert engine.get_workflow(wid).status is S.PENDING
     engine.close()
+
+
+def test_an_interrupt_while_the_idle_connections_are_checked_loses_none_of_them(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's check holds its idle connections in a list of its own while it checks them. An
+    exception raised in the caller's thread meanwhile (here a KeyboardInterrupt, from a signal)
+    dropped them for good, the pool still counting them, so that it never grew back: the check
+    now runs on a thread of its own."""
+    from psycopg_pool import ConnectionPool
+
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
+    pool = engine.store._get_pool()  # type: ignore[attr-defined]
+    held = [pool.getconn() for _ in range(4)]
+    for conn in held:
+        pool.putconn(conn)
+    wid = engine.create_workflow(workflow_type_id="t")
+    check_one = ConnectionPool.check_connection
+
+    def slow_check_one(conn: Any) -> None:
+        time.sleep(0.1)
+        check_one(conn)
+
+    monkeypatch.setattr(ConnectionPool, "check_connection", staticmethod(slow_check_one))
+    _terminate_the_others(pg_url)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.25)  # the checkout's check fails at 0.1 s; the sweep runs on
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.get_workflow(wid)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    monkeypatch.undo()
+    at_once = [pool.getconn(timeout=5) for _ in range(4)]  # all four are there (or come back)
+    for conn in at_once:
+        pool.putconn(conn)
+    assert engine.get_workflow(wid).status is S.PENDING
+    engine.close()
+
+
+class _Relay:
+    """A TCP relay to PostgreSQL that can play a failover to another host: after :meth:`failover`
+    the server's side of every relayed connection is closed, the client's side hears nothing,
+    and the first bytes a client sends on one get a reset, as from a host that never had such
+    a connection. New connections are relayed as before (the new primary)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream, self.pairs, self.lock = upstream, [], threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            pair = {"client": client, "server": socket.create_connection(self.upstream), "dead": False}
+            with self.lock:
+                self.pairs.append(pair)
+            threading.Thread(target=self._pump, args=(pair, "client", "server"), daemon=True).start()
+            threading.Thread(target=self._pump, args=(pair, "server", "client"), daemon=True).start()
+
+    def _pump(self, pair: dict[str, Any], source: str, sink: str) -> None:
+        while True:
+            try:
+                data = pair[source].recv(65536)
+            except OSError:
+                return
+            if pair["dead"]:
+                if source == "client":  # a reset: close at once, without lingering
+                    pair["client"].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    pair["client"].close()
+                return
+            try:
+                if not data:
+                    pair[sink].shutdown(socket.SHUT_WR)
+                    return
+                pair[sink].sendall(data)
+            except OSError:
+                return
+
+    def failover(self) -> None:
+        with self.lock:
+            for pair in self.pairs:
+                pair["dead"] = True
+                pair["server"].close()  # the old server's sessions end; the client is not told
+
+    def close(self) -> None:
+        self.server.close()
+        with self.lock:
+            for pair in self.pairs:
+                for end in ("client", "server"):
+                    with contextlib.suppress(OSError):
+                        pair[end].close()
+
+
+def test_after_a_failover_that_leaves_the_connections_silent_the_pool_recovers_in_one_call(
+    pg_url: str,
+) -> None:
+    """A server whose address moved to another host closes nothing: the sockets stay quiet, and
+    the checkout's poll hands a dead connection out. The statement fails on it; the pool's idle
+    connections are then checked at once, so that the call's one retry gets a new connection
+    (not another dead one) and every later call works."""
+    host, rest = pg_url.split("@", 1)[1].split("/", 1)
+    relay = _Relay((host.split(":")[0], int(host.split(":")[1])))
+    url = f"{pg_url.split('@', 1)[0]}@127.0.0.1:{relay.port}/{rest}"
+    engine = WorkflowEngine(database_url=url, redis_url="fakeredis://")
+    try:
+        pool = engine.store._get_pool()  # type: ignore[attr-defined]
+        held = [pool.getconn() for _ in range(4)]  # grow the pool to four
+        for conn in held:
+            pool.putconn(conn)
+        wid = engine.create_workflow(workflow_type_id="t")
+        relay.failover()
+        start = time.monotonic()
+        for _ in range(4):  # as many as the dead connections: the first is retried, the rest find none
+            engine.create_workflow(workflow_type_id="t")
+        assert engine.get_workflow(wid).status is S.PENDING
+        assert time.monotonic() - start < 2.0
+    finally:
+        engine.close()
+        relay.close()
 
 
 def test_a_live_pooled_connection_is_handed_out_without_a_round_trip(pg_url: str, tmp_path: Path) -> None:

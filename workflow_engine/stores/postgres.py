@@ -186,13 +186,18 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
         failover, ``pg_terminate_backend``) sent its last message or closed the socket, and either
         makes the socket readable. Only then, or when libpq already knows the connection is
         broken, is the server asked (psycopg_pool's own check, an empty query). A live connection
-        costs one ``poll`` instead of a round trip. A server that vanished without a word is found
-        by neither: the keepalives end that one.
+        costs one ``poll`` instead of a round trip.
 
         A dead connection is replaced instead of handed out, and the pool's other idle connections
         are checked at once: after a restart they are all dead, and the pool waits longer after
         each failed check (1 s, 2 s, …), so that a pool of four took its whole timeout and failed
         the call instead of reaching a new connection.
+
+        What this cannot see is a server that vanished without closing anything (its address
+        moved to another host, which has never heard of the connection): the socket stays quiet.
+        The first statement sent on such a connection fails, and :meth:`transaction` then has
+        the idle connections checked the same way; the empty query would have drawn the new
+        host's reset at checkout instead, a round trip on every call to save one failed call.
         """
         if not (
             conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK or _readable(conn.pgconn.socket)
@@ -201,10 +206,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
         try:
             ConnectionPool.check_connection(conn)
         except Exception:
-            pool = self._pool
-            if pool is not None:
-                with suppress(Exception):
-                    pool.check()  # the idle ones; the dead are replaced in the background
+            _sweep(self._pool, self.connect_timeout)
             raise
 
     def _probe(self) -> None:
@@ -230,6 +232,7 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
             pool = self._get_pool()
             if not self._migrated:
                 self.migrate()
+            conn: psycopg.Connection[Any] | None = None
             try:
                 with pool.connection() as conn:
                     if single:  # autocommit: the statement is its own transaction, one round trip
@@ -240,6 +243,8 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
                                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                             yield _PgTx(conn)
             except psycopg.Error as exc:
+                if conn is not None and conn.broken:  # lost under the call: the idle ones may be too
+                    _sweep(pool, self.connect_timeout)
                 raise _store_error(exc, url=self.url) from exc
             except Exception as exc:
                 if type(exc).__module__.startswith("psycopg_pool"):
@@ -303,6 +308,26 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
 
     def decode_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return dict(row)
+
+
+def _sweep(pool: ConnectionPool | None, timeout: float) -> None:
+    """Have ``pool`` check its idle connections now, replacing the dead ones: one was just found
+    dead, and after a restart or a failover they all are.
+
+    On a thread of its own, waited for (up to ``timeout``): ``pool.check()`` holds the idle
+    connections in a list of its own while it checks them, and an exception raised in the
+    caller's thread meanwhile (a KeyboardInterrupt) would drop them for good, the pool still
+    counting them and never growing back."""
+    if pool is None:
+        return
+
+    def check() -> None:
+        with suppress(Exception):
+            pool.check()
+
+    sweeper = threading.Thread(target=check, name="workflow_engine-pool-check", daemon=True)
+    sweeper.start()
+    sweeper.join(timeout)
 
 
 def _readable(fd: int) -> bool:
