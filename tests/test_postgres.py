@@ -174,6 +174,44 @@ def test_an_interrupt_while_the_idle_connections_are_checked_loses_none_of_them(
     engine.close()
 
 
+def test_an_insert_retried_while_its_first_attempt_still_commits_returns_that_workflow(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection failed after COMMIT was sent, before the server finished it (a proxy in
+    between dropped). The retry's INSERT waits for that transaction, then finds the row it
+    wrote: created, with its event written once, not a primary-key error."""
+    from workflow_engine.stores import queries as q
+    from workflow_engine.stores.base import NewEvent
+
+    store = open_store(pg_url)
+    store.migrate()
+    wf = a_workflow(workflow_type_id="t")
+    first = psycopg.connect(pg_url)  # the first attempt, still open on the server
+    first.execute(store.sql(q.INSERT_WORKFLOW), store._workflow_params(wf))  # type: ignore[attr-defined]
+    first.execute(
+        store.sql(q.INSERT_EVENT),  # type: ignore[attr-defined]
+        store._event_params(wf, NewEvent(None, S.PENDING)),  # type: ignore[attr-defined]
+    )
+    real = store.transaction  # type: ignore[attr-defined]
+    lost: list[bool] = []
+
+    @contextlib.contextmanager
+    def transaction(*, write: bool = True, single: bool = False) -> Any:
+        if write and not lost:
+            lost.append(True)
+            threading.Timer(0.5, first.commit).start()  # it lands while the retry waits
+            raise StoreUnavailable("the connection failed after COMMIT was sent")
+        with real(write=write, single=single) as tx:
+            yield tx
+
+    monkeypatch.setattr(store, "transaction", transaction)
+    [(stored, created)] = store.insert([wf])
+    first.close()
+    assert lost and created and stored.id == wf.id
+    assert [e.to_status for e in store.events(wf.id)] == [S.PENDING]
+    store.close()
+
+
 class _Relay:
     """A TCP relay to PostgreSQL that can play a failover to another host: after :meth:`failover`
     the server's side of every relayed connection is closed, the client's side hears nothing,

@@ -21,7 +21,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
-from ..errors import ConfigurationError, StoreUnavailable
+from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ..models import Council, Vote, Workflow, WorkflowEvent, utcnow
 from ..status import WorkflowStatus
 from . import queries as q
@@ -432,7 +432,6 @@ class SQLStore(Store):
     ) -> list[tuple[Workflow, bool]]:
         if history is not None and len(history) != len(workflows):
             raise ValueError("history needs one sequence of events per workflow")
-        by_key_sql = self.sql(q.GET_BY_IDEMPOTENCY_KEY)
 
         def op() -> list[tuple[Workflow, bool]]:
             out: list[tuple[Workflow, bool] | None] = [None] * len(workflows)
@@ -451,29 +450,26 @@ class SQLStore(Store):
                             )
                         out[i] = (wf, True)
                     else:
-                        existing = tx.fetch(by_key_sql, {"idempotency_key": wf.idempotency_key})
-                        out[i] = (self._workflow(existing[0]), False)
+                        out[i] = self._kept(tx, wf)
             return [row for row in out if row is not None]
 
-        def committed() -> list[tuple[Workflow, bool]] | None:
-            """What the insert did, if it committed with only its reply lost: the ids are new
-            and random, so finding any of them means it did. None if none is there."""
-            found = self.get_many([wf.id for wf in workflows])
-            if not found:
-                return None
-            out = []
-            for wf in workflows:
-                if wf.id in found:
-                    out.append((found[wf.id], True))
-                    continue
-                with self.transaction(write=False, single=True) as tx:  # one kept by its key
-                    existing = tx.fetch(by_key_sql, {"idempotency_key": wf.idempotency_key})
-                if not existing:
-                    return None
-                out.append((self._workflow(existing[0]), False))
-            return out
+        # Safe to run again: a row that an attempt whose reply was lost did insert is found by its
+        # id (ids are new and random), with the events that attempt wrote, and nothing is repeated.
+        return self._once_more(op)
 
-        return self._once_more(op, committed)
+    def _kept(self, tx: Tx, wf: Workflow) -> tuple[Workflow, bool]:
+        """The row that kept ``wf`` from being inserted: another workflow with its idempotency key
+        (not created), or ``wf`` itself, inserted by an earlier attempt of this very insert whose
+        reply was lost (created). The INSERT waited for that attempt's transaction if it was
+        still open on the server."""
+        if wf.idempotency_key is not None:
+            rows = tx.fetch(self.sql(q.GET_BY_IDEMPOTENCY_KEY), {"idempotency_key": wf.idempotency_key})
+            if rows and rows[0]["id"] != wf.id:
+                return self._workflow(rows[0]), False
+        rows = tx.fetch(self.sql(q.GET_WORKFLOW), {"id": wf.id})
+        if not rows:
+            raise StoreError(f"workflow {wf.id!r} was neither inserted nor found")
+        return self._workflow(rows[0]), True
 
     def apply(self, changes: Sequence[Change]) -> list[Workflow | None]:
         if not changes:
@@ -577,15 +573,18 @@ class SQLStore(Store):
         return self._once_more(op)
 
     def get_many(self, workflow_ids: Sequence[str]) -> dict[str, Workflow]:
-        found: dict[str, Workflow] = {}
-        with self.transaction(write=False) as tx:
-            for chunk in iter_chunks(list(workflow_ids), 500):
-                names = [f"id{i}" for i in range(len(chunk))]
-                sql = q.GET_MANY.format(ids=", ".join(":" + n for n in names))
-                for row in tx.fetch(self.sql(sql), dict(zip(names, chunk, strict=True))):
-                    wf = self._workflow(row)
-                    found[wf.id] = wf
-        return found
+        def op() -> dict[str, Workflow]:
+            found: dict[str, Workflow] = {}
+            with self.transaction(write=False) as tx:
+                for chunk in iter_chunks(list(workflow_ids), 500):
+                    names = [f"id{i}" for i in range(len(chunk))]
+                    sql = q.GET_MANY.format(ids=", ".join(":" + n for n in names))
+                    for row in tx.fetch(self.sql(sql), dict(zip(names, chunk, strict=True))):
+                        wf = self._workflow(row)
+                        found[wf.id] = wf
+            return found
+
+        return self._once_more(op)
 
     def find(
         self,
@@ -648,6 +647,9 @@ class SQLStore(Store):
         return self._once_more(op)
 
     def stats(self, *, since: datetime | None, recent: datetime) -> StatsRows:
+        return self._once_more(lambda: self._stats(since=since, recent=recent))
+
+    def _stats(self, *, since: datetime | None, recent: datetime) -> StatsRows:
         params: dict[str, Any] = {"recent": self.encode_time(recent)}
         cond = ""
         if since is not None:
@@ -686,14 +688,21 @@ class SQLStore(Store):
     def save_council(self, council: Council) -> Council:
         params = self.encode(council.model_dump())
         params["members"] = self.encode_json(council.members)
-        with self.transaction(single=True) as tx:
-            [row] = tx.fetch(self.sql(q.SAVE_COUNCIL), params)
-        return self._council(row)
+
+        def op() -> Council:  # an upsert of the whole row: the same if it runs twice
+            with self.transaction(single=True) as tx:
+                [row] = tx.fetch(self.sql(q.SAVE_COUNCIL), params)
+            return self._council(row)
+
+        return self._once_more(op)
 
     def get_council(self, council_id: str) -> Council | None:
-        with self.transaction(write=False, single=True) as tx:
-            rows = tx.fetch(self.sql(q.GET_COUNCIL), {"id": council_id})
-        return self._council(rows[0]) if rows else None
+        def op() -> Council | None:
+            with self.transaction(write=False, single=True) as tx:
+                rows = tx.fetch(self.sql(q.GET_COUNCIL), {"id": council_id})
+            return self._council(rows[0]) if rows else None
+
+        return self._once_more(op)
 
     def _council(self, row: Mapping[str, Any]) -> Council:
         data = self.decode_row(row)
@@ -725,9 +734,12 @@ class SQLStore(Store):
         return "recorded"
 
     def votes(self, workflow_id: str) -> list[Vote]:
-        with self.transaction(write=False, single=True) as tx:
-            rows = tx.fetch(self.sql(q.GET_VOTES), {"workflow_id": workflow_id})
-        return [Vote.model_validate(self.decode_row(r)) for r in rows]
+        def op() -> list[Vote]:
+            with self.transaction(write=False, single=True) as tx:
+                rows = tx.fetch(self.sql(q.GET_VOTES), {"workflow_id": workflow_id})
+            return [Vote.model_validate(self.decode_row(r)) for r in rows]
+
+        return self._once_more(op)
 
     def _apply_migrations(self, tx: Tx, current: int) -> int:
         version = current

@@ -77,7 +77,9 @@ EVENT_COLUMNS = ("workflow_id", "from_status", "to_status", "at", "detail", "att
 INSERT_WORKFLOW = (
     f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) "
     f"VALUES ({', '.join(':' + c for c in WORKFLOW_COLUMNS)}) "
-    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+    # Any conflict: another workflow's idempotency key, or this one's id, inserted by an earlier
+    # attempt of the same insert whose reply was lost (``Store.insert`` tells them apart).
+    "ON CONFLICT DO NOTHING"
 )
 INSERT_EVENT = (
     f"INSERT INTO workflow_events ({', '.join(EVENT_COLUMNS)}) "
