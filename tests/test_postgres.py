@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -298,23 +298,32 @@ def test_after_a_failover_that_leaves_the_connections_silent_the_pool_recovers_i
         relay.close()
 
 
-def test_a_live_pooled_connection_is_handed_out_without_a_round_trip(pg_url: str, tmp_path: Path) -> None:
-    """The checkout's check asks the server only when the socket says the session may be over
-    (see the test above); a live connection's check sends nothing. Read from libpq's trace."""
+@contextlib.contextmanager
+def _traced(engine: WorkflowEngine, path: Path) -> Iterator[None]:
+    """Write libpq's trace of what the engine's pooled connection sends (F) and gets back (B) to
+    ``path``, while the block runs."""
     from psycopg import pq
 
-    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
-    wid = engine.create_workflow(workflow_type_id="t")
     pool = engine.store._get_pool()  # type: ignore[attr-defined]
-    pool.resize(1, 1)  # one connection, so that the trace sees every checkout
-    with open(tmp_path / "libpq.trace", "w") as out:
+    pool.resize(1, 1)  # never more than one connection from here on,
+    assert pool.get_stats()["pool_size"] == 1  # nor before: the trace sees every statement
+    with open(path, "w") as out:
         with pool.connection() as conn:
             conn.pgconn.trace(out.fileno())
             conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-        for _ in range(3):
-            assert engine.get_workflow(wid).status is S.PENDING
+        yield
         with pool.connection() as conn:
             conn.pgconn.untrace()
+
+
+def test_a_live_pooled_connection_is_handed_out_without_a_round_trip(pg_url: str, tmp_path: Path) -> None:
+    """The checkout's check asks the server only when the socket says the session may be over
+    (see the test above); a live connection's check sends nothing. Read from libpq's trace."""
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
+    wid = engine.create_workflow(workflow_type_id="t")
+    with _traced(engine, tmp_path / "libpq.trace"):
+        for _ in range(3):
+            assert engine.get_workflow(wid).status is S.PENDING
     sent = [line for line in (tmp_path / "libpq.trace").read_text().splitlines() if line.startswith("F")]
     assert [line.split("\t")[2] for line in sent].count("Execute") == 3, sent  # the three reads
     assert not [line for line in sent if line.split("\t")[2] == "Query"], sent  # no check's empty query
@@ -593,19 +602,12 @@ def test_a_claim_and_a_completion_are_one_statement_each_without_begin_or_commit
 ) -> None:
     """A compare-and-set carries its event in the same statement, and a lone statement runs in
     autocommit: no BEGIN and COMMIT round trips. Read from libpq's own trace of what it sent."""
-    from psycopg import pq
-
     engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
     engine.register_handler("t", "workflow_engine.demo:create_website")
     wid = engine.create_workflow(workflow_type_id="t", enqueue=True)
     queued = engine.get_workflow(wid)
     assert queued.status is S.QUEUED and queued.job_id is not None
-    pool = engine.store._get_pool()  # type: ignore[attr-defined]
-    pool.resize(1, 1)  # one connection, so that the trace sees every statement
-    with open(tmp_path / "libpq.trace", "w") as out:
-        with pool.connection() as conn:
-            conn.pgconn.trace(out.fileno())
-            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+    with _traced(engine, tmp_path / "libpq.trace"):
         now = utcnow()
         claimed = engine.store.claim(
             wid, job_id=queued.job_id, worker="w", now=now, lease_until=engine.lease_from(now)
@@ -615,8 +617,6 @@ def test_a_claim_and_a_completion_are_one_statement_each_without_begin_or_commit
             claimed, S.COMPLETED, {"finished_at": utcnow()}, detail="done", expected_job_id=queued.job_id
         )
         assert done is not None and done.status is S.COMPLETED
-        with pool.connection() as conn:
-            conn.pgconn.untrace()
     sent = (tmp_path / "libpq.trace").read_text()  # what went to the server (F) and came back (B)
     assert sent.count("WITH u AS (UPDATE workflows") == 2, sent  # the claim, then the completion
     assert sent.count("INSERT INTO workflow_events") == 2, sent  # each event inside its statement
