@@ -105,6 +105,22 @@ def test_a_terminated_backend_is_replaced_and_the_next_call_succeeds(pg_url: str
     engine.close()
 
 
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
+def test_every_pooled_connection_gives_up_on_data_unacknowledged_for_a_minute(pg_url: str) -> None:
+    """Keepalives probe only a quiet connection: a statement sent to a server that vanished
+    would wait through TCP's retransmissions (about 15 minutes) without a user timeout."""
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
+    engine.create_workflow(workflow_type_id="t")
+    with engine.store._get_pool().connection() as conn:  # type: ignore[attr-defined]
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        finally:
+            sock.close()
+    engine.close()
+
+
 def _terminate_the_others(pg_url: str) -> None:
     """End every other session on the database, as a restart would, and wait until they are gone."""
     others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"

@@ -341,12 +341,15 @@ def _readable(fd: int) -> bool:
 
 #: TCP keepalives (libpq's), so that a connection whose server vanished without closing it (a
 #: failover, a dropped network) is found dead within about a minute, not the system's two hours:
-#: a reconcile thread or a heartbeat waiting on it would hang until then.
+#: a reconcile thread or a heartbeat waiting on it would hang until then. Keepalives probe only a
+#: quiet connection; one whose statement went unacknowledged would retransmit for about 15
+#: minutes instead, so sent data unacknowledged for 60 s ends it too (``TCP_USER_TIMEOUT``).
 _KEEPALIVES: dict[str, Any] = {
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
     "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # milliseconds
 }
 
 
