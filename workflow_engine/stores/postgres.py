@@ -183,8 +183,8 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
         """The pool's check at checkout, with a round trip only when the connection may be dead.
 
         An idle connection has nothing to read. A server that ended its session (a restart, a
-        failover, ``pg_terminate_backend``) sent its last message or closed the socket, and either
-        makes the socket readable. Only then, or when libpq already knows the connection is
+        crashed backend, ``pg_terminate_backend``) sent its last message or closed the socket, and
+        either makes the socket readable. Only then, or when libpq already knows the connection is
         broken, is the server asked (psycopg_pool's own check, an empty query). A live connection
         costs one ``poll`` instead of a round trip.
 
