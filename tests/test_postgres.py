@@ -92,14 +92,20 @@ def test_a_database_that_does_not_exist_is_named_at_once(pg_url: str) -> None:
     assert time.monotonic() - start < 3  # not the pool's whole timeout, twice
 
 
+def _terminate_the_others(pg_url: str, *, wait: bool = False) -> None:
+    """End every other session on the database, as a restart would; with ``wait``, return only
+    once they are all gone (otherwise the next statement may race the backends' exit)."""
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"SELECT pg_terminate_backend(pid) {others}")
+        if wait:
+            wait_for(lambda: admin.execute(f"SELECT count(*) {others}").fetchone() == (0,), timeout=10)
+
+
 def test_a_terminated_backend_is_replaced_and_the_next_call_succeeds(pg_url: str) -> None:
     engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
     wid = engine.create_workflow(workflow_type_id="t")
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+    _terminate_the_others(pg_url)
     assert engine.get_workflow(wid).status is S.PENDING
     assert engine.update_status(wid, "cancelled").status is S.CANCELLED
     engine.close()
@@ -121,14 +127,6 @@ def test_every_pooled_connection_gives_up_on_data_unacknowledged_for_a_minute(pg
     engine.close()
 
 
-def _terminate_the_others(pg_url: str) -> None:
-    """End every other session on the database, as a restart would, and wait until they are gone."""
-    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute(f"SELECT pg_terminate_backend(pid) {others}")
-        wait_for(lambda: admin.execute(f"SELECT count(*) {others}").fetchone() == (0,), timeout=10)
-
-
 def test_after_every_pooled_connection_dies_the_next_create_gets_a_new_one_at_once(pg_url: str) -> None:
     """A restart ends every session at once. The pool waits longer after each failed check (1 s,
     then 2 s), so a pool of four dead connections took its whole 5 s timeout and failed the call,
@@ -139,7 +137,7 @@ def test_after_every_pooled_connection_dies_the_next_create_gets_a_new_one_at_on
     for conn in held:
         pool.putconn(conn)
     engine.create_workflow(workflow_type_id="t")
-    _terminate_the_others(pg_url)
+    _terminate_the_others(pg_url, wait=True)
     start = time.monotonic()
     wid = engine.create_workflow(workflow_type_id="t")
     assert time.monotonic() - start < 1.0
@@ -169,7 +167,7 @@ def test_an_interrupt_while_the_idle_connections_are_checked_loses_none_of_them(
         check_one(conn)
 
     monkeypatch.setattr(ConnectionPool, "check_connection", staticmethod(slow_check_one))
-    _terminate_the_others(pg_url)
+    _terminate_the_others(pg_url, wait=True)
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -595,11 +593,7 @@ def test_a_worker_whose_connection_is_terminated_mid_run_still_completes_the_wor
     )
     try:
         wait_for(lambda: engine.get_workflow(wid).status is S.RUNNING, timeout=30, what="the workflow to run")
-        with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
+        _terminate_the_others(pg_url)
         engine.store.close()
 
         def finished() -> bool:

@@ -250,11 +250,22 @@ def test_only_the_job_that_carries_a_workflow_can_claim_it_and_only_once(store: 
 def reply_lost_after_the_next_commit(store: Store) -> Iterator[None]:
     """The next write commits, then the connection fails before its reply arrives (a backend
     terminated at the wrong moment). The store is made to retry, as PostgreSQL's does."""
+    with _the_next_write_fails(store, after_commit=True):
+        yield
+
+
+@contextmanager
+def _the_next_write_fails(store: Store, *, after_commit: bool) -> Iterator[None]:
+    """The next write's connection fails: after its commit, or before anything was sent. The
+    store is made to retry, as PostgreSQL's does."""
     real = store.transaction  # type: ignore[attr-defined]
     lost: list[bool] = []
 
     @contextmanager
     def transaction(*, write: bool = True, single: bool = False) -> Iterator[Any]:
+        if write and not lost and not after_commit:
+            lost.append(True)
+            raise StoreUnavailable("the connection failed before the statement")
         with real(write=write, single=single) as tx:
             yield tx
         if write and not lost:
@@ -298,26 +309,10 @@ def test_an_insert_whose_reply_was_lost_after_its_commit_is_not_repeated(store: 
 
 
 def test_an_insert_that_failed_before_its_commit_is_run_again(store: Store) -> None:
-    real = store.transaction  # type: ignore[attr-defined]
-    failed: list[bool] = []
-
-    @contextmanager
-    def transaction(*, write: bool = True, single: bool = False) -> Iterator[Any]:
-        if write and not failed:
-            failed.append(True)
-            raise StoreUnavailable("the connection failed before the statement")
-        with real(write=write, single=single) as tx:
-            yield tx
-
-    retries = store.retry_unavailable  # type: ignore[attr-defined]
-    store.transaction, store.retry_unavailable = transaction, True  # type: ignore[attr-defined]
-    try:
-        wf = new()
+    wf = new()
+    with _the_next_write_fails(store, after_commit=False):  # it asserts that the write failed
         [(stored, created)] = store.insert([wf])
-    finally:
-        del store.transaction  # type: ignore[attr-defined]
-        store.retry_unavailable = retries  # type: ignore[attr-defined]
-    assert failed and created and stored.id == wf.id and store.get(wf.id) is not None
+    assert created and stored.id == wf.id and store.get(wf.id) is not None
 
 
 def test_a_landed_claim_is_still_won_when_a_cancel_request_came_in_between(store: Store) -> None:
