@@ -199,10 +199,8 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
         the idle connections checked the same way; the empty query would have drawn the new
         host's reset at checkout instead, a round trip on every call to save one failed call.
         """
-        if not (
-            conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK or _readable(conn.pgconn.socket)
-        ):
-            return
+        if conn.pgconn.status == psycopg.pq.ConnStatus.OK and not _readable(conn.pgconn.socket):
+            return  # (a closed connection's status is BAD)
         try:
             ConnectionPool.check_connection(conn)
         except Exception:
