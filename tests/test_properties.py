@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -13,7 +14,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from workflow_engine import InvalidTransition, Workflow, WorkflowEngine, WorkflowStatus
 from workflow_engine.errors import DuplicateVote
-from workflow_engine.models import utcnow
+from workflow_engine.models import compact_json, load_json, to_json, utcnow
 from workflow_engine.status import TERMINAL, TRANSITIONS
 from workflow_engine.stores import open_store
 
@@ -59,6 +60,22 @@ def workflows(draw: st.DrawFn) -> Workflow:
         timeout=draw(st.none() | st.floats(0.001, 1000)),
         job_id=draw(st.none() | text),
     )
+
+
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(text, children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=any_json)
+def test_the_stores_json_decoder_reads_what_json_loads_reads(value: object) -> None:
+    written = to_json(value, "value")
+    decoded = load_json(written)
+    assert compact_json(decoded) == compact_json(json.loads(written))  # 1 and 1.0 told apart
+    assert load_json(written.encode()) == decoded
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from workflow_engine.errors import ConfigurationError, StoreUnavailable
-from workflow_engine.models import Council, Vote, Workflow, utcnow
+from workflow_engine.models import MAX_JSON_DEPTH, Council, Vote, Workflow, utcnow
 from workflow_engine.status import WorkflowStatus
 from workflow_engine.stores import Store, open_store
 from workflow_engine.stores import queries as q
@@ -59,6 +59,18 @@ def test_a_workflow_reads_back_exactly_as_it_was_inserted(store: Store) -> None:
     [(stored, created)] = store.insert([wf])
     assert created and stored == wf
     assert store.get(wf.id) == wf
+
+
+def test_json_nested_as_deep_as_allowed_reads_back_exactly(store: Store) -> None:
+    deepest: list[object] = []
+    for _ in range(MAX_JSON_DEPTH - 2):  # inside the inputs object and its "deep" key's list
+        deepest = [deepest]
+    wf = new(deep=deepest, big=2**70, small=1e-300, smile="\U0001f600").model_copy(
+        update={"calculated_savings": {"deep": deepest}, "result": {"deep": deepest}}
+    )
+    store.insert([wf])
+    assert store.get(wf.id) == wf
+    assert store.find(limit=1, filters={}) == [wf]
 
 
 def test_a_workflow_with_every_field_set_reads_back_exactly(store: Store) -> None:

@@ -8,7 +8,6 @@ apply it with a compare-and-set and record its event.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -46,6 +45,7 @@ from .models import (
     Tally,
     Workflow,
     WorkflowEvent,
+    load_json,
     log_extra,
     storable_text,
     to_json,
@@ -390,11 +390,11 @@ class WorkflowEngine:
         if idempotency_key is not None and not idempotency_key:
             raise InvalidInput("idempotency_key must not be empty")
         # Round-trip through JSON so that what is stored is exactly what a reader gets back.
-        inputs_value = json.loads(to_json(dict(inputs), "inputs"))
+        inputs_value = load_json(to_json(dict(inputs), "inputs"))
         savings_value = (
             None
             if calculated_savings is None
-            else json.loads(to_json(dict(calculated_savings), "calculated_savings"))
+            else load_json(to_json(dict(calculated_savings), "calculated_savings"))
         )
         spec = self._handlers.get(workflow_type_id)
         requires_approval = False if requires_approval is None else requires_approval

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic_core import from_json
 
 from .errors import InvalidInput
 from .status import WorkflowStatus
@@ -57,6 +58,19 @@ _STRICT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 #: ``json.dumps(value, separators=(",", ":"))``, built once: how the stores write JSON they were
 #: handed already checked (by :func:`to_json`).
 compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def load_json(text: str | bytes) -> Any:
+    """Decode JSON the stores wrote, as ``json.loads`` would, about five times faster.
+
+    pydantic's own parser (``pydantic_core.from_json``) gives the same values for what
+    :func:`to_json` writes: exact floats, big integers, surrogate pairs, the last of two equal
+    keys. It refuses to nest deeper than about 200 levels, where :data:`MAX_JSON_DEPTH` allows
+    512, and then ``json.loads`` decodes the text instead."""
+    try:
+        return from_json(text)
+    except ValueError:
+        return json.loads(text)
 
 
 def log_extra(wf: Workflow) -> dict[str, Any]:

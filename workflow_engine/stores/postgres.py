@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import ConfigurationError, MissingDependency, StoreError, StoreUnavailable
-from ..models import compact_json
+from ..models import compact_json, load_json
 from . import queries as q
 from .base import SQLStore, Tx, store_call
 from .urls import secrets
@@ -26,7 +26,7 @@ from .urls import secrets
 try:
     import psycopg
     from psycopg.rows import dict_row
-    from psycopg.types.json import Jsonb
+    from psycopg.types.json import Jsonb, set_json_loads
     from psycopg_pool import ConnectionPool
 except ImportError as exc:  # pragma: no cover - exercised by the import test
     raise MissingDependency(
@@ -46,13 +46,16 @@ _CONNECTING = threading.Lock()
 
 
 class _Connection(psycopg.Connection[Any]):
-    """A connection that a forked child can let go of (see :func:`_after_fork_in_child`)."""
+    """A connection that a forked child can let go of (see :func:`_after_fork_in_child`), and
+    that decodes ``jsonb`` with :func:`~workflow_engine.models.load_json` (psycopg's default is
+    ``json.loads``: a fifth of a 50-row listing's time went to it)."""
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> _Connection:
         with _CONNECTING:
             conn = super().connect(conninfo, **kwargs)
             _OPENED.add(conn)
+        set_json_loads(load_json, conn)  # this connection only: never the application's own
         return conn
 
 

@@ -12,7 +12,6 @@ SQLite's own mutexes held, and hang at its first call.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -24,7 +23,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError, StoreUnavailable
-from ..models import compact_json
+from ..models import compact_json, load_json
 from . import queries as q
 from .base import SQLStore, Tx, store_call
 
@@ -315,7 +314,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         return text
 
     def decode_json(self, value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str) else value
+        return load_json(value) if isinstance(value, str) else value
 
     def encode_json(self, value: Any) -> Any:
         return compact_json(value)
@@ -327,7 +326,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         out = dict(row)
         for key in q.JSON_COLUMNS.intersection(out):
             if out[key] is not None:
-                out[key] = json.loads(out[key])
+                out[key] = load_json(out[key])
         for key in q.TIME_COLUMNS.union({"at"}).intersection(out):
             if out[key] is not None:
                 out[key] = datetime.fromisoformat(out[key])
