@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import fakeredis
+import pydantic
 import pytest
 import rq
 
@@ -114,6 +115,18 @@ def test_timestamps_are_timezone_aware_utc(workflow_engine: WorkflowEngine) -> N
     wf = workflow_engine.get_workflow(create(workflow_engine))
     assert wf.created_at.tzinfo is not None and wf.created_at.utcoffset() == timedelta(0)
     assert wf.created_at.tzinfo == timezone.utc
+
+
+def test_a_workflow_model_refuses_naive_timestamps_and_converts_other_offsets_to_utc(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    wf = workflow_engine.get_workflow(create(workflow_engine))
+    later = datetime(2030, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    moved = Workflow.model_validate({**wf.model_dump(), "started_at": later})
+    assert moved.started_at == later and moved.started_at.tzinfo is timezone.utc
+    assert moved.started_at.hour == 10
+    with pytest.raises(pydantic.ValidationError, match="timezone-aware"):
+        Workflow.model_validate({**wf.model_dump(), "started_at": later.replace(tzinfo=None)})
 
 
 def test_to_dict_is_json_safe_with_iso_8601_datetimes(workflow_engine: WorkflowEngine) -> None:

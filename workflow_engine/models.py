@@ -117,9 +117,11 @@ def storable_text(text: str | None) -> str | None:
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+    if value is None or value.tzinfo is timezone.utc:  # every timestamp a store reads back
+        return value
+    if value.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware (UTC)")
-    return value.astimezone(timezone.utc) if value is not None else None
+    return value.astimezone(timezone.utc)
 
 
 class Workflow(BaseModel):
