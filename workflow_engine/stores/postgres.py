@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the import test
 MIGRATION_LOCK_ID = 0x77666C6F  # "wflo"
 
 _SQL_CACHE: dict[str, str] = {}
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 _ABANDONED: list[Any] = []  # pools inherited across a fork: kept alive, never closed in the child
 #: Every connection this process opened (the pools', and reconcile's lock connections).
 _OPENED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
@@ -96,7 +97,8 @@ class _PgTx:
 
     def fetch(self, sql: str, params: Mapping[str, Any], *, prepare: bool = True) -> list[dict[str, Any]]:
         cur = self.conn.execute(sql, params, prepare=prepare)
-        if cur.description is None:
+        result = cur.pgresult  # not cur.description, which builds a Column object per column each time
+        if result is None or result.status != _TUPLES_OK:
             return []
         return list(cur.fetchall())
 
