@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -56,6 +56,8 @@ SMOKE_BELOW = 1000
 FULL_ROWS = (100_000, 1_000_000)
 SMOKE_ROWS = (2_000,)
 LABEL = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+#: Raw RQ's turn in an e2e round (see Bench.e2e).
+RAW = "raw"
 
 
 def say(message: str) -> None:
@@ -374,28 +376,38 @@ class Bench:
             w.log.unlink(missing_ok=True)
         return elapsed
 
-    def e2e(self, backend: str) -> None:
+    def e2e(self, backends: Sequence[str]) -> None:
+        """Stock ``rq worker --burst`` over N workflows on each of ``backends``, and over N raw no-ops.
+
+        Each worker configuration runs every backend and raw RQ in one alternating sequence,
+        (SQLite, raw, PostgreSQL), then (PostgreSQL, raw, SQLite), …: both backends' rows share
+        raw RQ's rounds, which are measured once instead of once per backend (about 1.5 minutes
+        of a slow instance's suite), and each workflow round still runs next to a raw one."""
         from rq import Queue
 
-        label = LABEL[backend]
-        configs: list[tuple[str, int, int, tuple[str, ...]]] = [
-            *(("simple", procs, self.n, ()) for procs in self.simple_procs),
-            ("fork", 1, self.fork_n, ()),
-            ("fork", 2, self.fork_n, ()),
+        configs: list[tuple[str, int, int, tuple[str, ...], tuple[str, ...]]] = [
+            *(("simple", procs, self.n, (), ("sqlite", "postgres")) for procs in self.simple_procs),
+            ("fork", 1, self.fork_n, (), ("sqlite", "postgres")),
+            ("fork", 2, self.fork_n, (), ("sqlite", "postgres")),
         ]
         if importlib.util.find_spec("workflow_engine.rq_preload") is not None:
             # The workflow side's forking worker preloads workflow_engine in its parent (RQ's -c settings
             # module), so that a work-horse does not import it per job; raw RQ runs the plain command.
-            configs.append(("fork", 1, self.fork_n, PRELOAD))
-        if backend == "sqlite" and importlib.util.find_spec("workflow_engine.workers") is not None:
+            configs.append(("fork", 1, self.fork_n, PRELOAD, ("sqlite", "postgres")))
+        if importlib.util.find_spec("workflow_engine.workers") is not None:
             # The workflow side's SimpleWorker with one-round-trip heartbeats (what `workflow-engine
             # worker -w simple` runs), against raw RQ's stock SimpleWorker: beyond RQ's own ceiling.
             # SQLite only and at N/2, to keep the suite under 10 minutes; on PostgreSQL the engine's
             # own database round trips weigh more than the heartbeats' (docs/performance.md).
-            configs.append(("simple", 1, max(self.n // 2, 10), ONETRIP))
-        for worker_class, procs, n, extra in configs:
+            configs.append(("simple", 1, max(self.n // 2, 10), ONETRIP, ("sqlite",)))
+        later: list[Row] = []  # PostgreSQL's rows, listed after SQLite's
+        for worker_class, procs, n, extra, on in configs:
+            arms = [backend for backend in backends if backend in on]
+            if not arms:
+                continue
 
             def engine_run(
+                backend: str,
                 worker_class: str = worker_class,
                 procs: int = procs,
                 n: int = n,
@@ -428,17 +440,32 @@ class Bench:
 
             kind = "SimpleWorker" if worker_class == "simple" else "forking Worker"
             options = f" ({' '.join(extra)} on the workflow side)" if extra else ""
-            self.rows.append(
-                compare(
-                    f"e2e {label}: `rq worker --burst` {kind} x{procs}{options}, N={n}",
-                    self.rounds,
-                    engine_run,
-                    rq_run,
+            rows = {
+                backend: Row(
+                    f"e2e {LABEL[backend]}: `rq worker --burst` {kind} x{procs}{options}, N={n}",
                     "wf/s",
                     "jobs/s",
                     key=f"e2e-{backend}-{worker_class}-{procs}{EXTRA_KEYS.get(extra, '')}",
                 )
-            )
+                for backend in arms
+            }
+            raw: list[float] = []
+            for r in range(self.rounds):
+                order = [arms[0], RAW, *arms[1:]]
+                for who in order if r % 2 == 0 else reversed(order):
+                    if who == RAW:
+                        raw.append(rq_run())
+                    else:
+                        rows[who].a.append(engine_run(who))
+                figures = ", ".join(f"{LABEL[b]} {rows[b].a[-1]:,.0f} wf/s" for b in arms)
+                say(
+                    f"  e2e {kind} x{procs}{options}, N={n}, round {r + 1}/{self.rounds}: "
+                    f"{figures}, raw RQ {raw[-1]:,.0f} jobs/s"
+                )
+            for backend in arms:
+                rows[backend].b = list(raw)
+                (self.rows if backend == "sqlite" else later).append(rows[backend])
+        self.rows.extend(later)
         self.redis.flushall()
 
     def worker_startup(self) -> None:
@@ -502,7 +529,7 @@ def format_scaling(rows: list[Row]) -> str:
         return ""
     header = " | ".join(f"{LABEL[b]} wf/s" for b in backends)
     lines = [
-        f"| `rq worker -w rq.SimpleWorker` processes | {header} | raw RQ jobs/s (all its runs) |",
+        f"| `rq worker -w rq.SimpleWorker` processes | {header} | raw RQ jobs/s |",
         "|---|" + "---|" * (len(backends) + 1),
     ]
     for p in procs:
@@ -510,8 +537,8 @@ def format_scaling(rows: list[Row]) -> str:
         for backend in backends:
             row = by_key.get(f"e2e-{backend}-simple-{p}")
             cells.append(f"{row.median_a:,.0f}" if row else "not run")
-            if row:
-                raw.extend(row.b)
+            if row and not raw:
+                raw = list(row.b)  # one set of raw rounds, shared by both backends' rows (Bench.e2e)
         raw_cell = f"{statistics.median(raw):,.0f}" if raw else "not run"
         lines.append(f"| {p} | {' | '.join(cells)} | {raw_cell} |")
     return "\n".join(lines)
@@ -818,12 +845,10 @@ def main(argv: list[str] | None = None) -> int:
                         bench.bulk(backend)
             if "e2e" in only or "postgres" in only:
                 bench.worker_startup()
-            if "e2e" in only:
-                with bench.section("c. end to end, SQLite"):
-                    bench.e2e("sqlite")
-            if "postgres" in only:
-                with bench.section("d. end to end, PostgreSQL"):
-                    bench.e2e("postgres")
+            e2e = [backend for backend, name in (("sqlite", "e2e"), ("postgres", "postgres")) if name in only]
+            if e2e:
+                with bench.section(f"c. end to end, {' and '.join(LABEL[b] for b in e2e)}"):
+                    bench.e2e(e2e)
             if "peers" in only:
                 with bench.section("g. peers: Celery, Dramatiq, Huey"):
                     bench.run_peers()
