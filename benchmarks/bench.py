@@ -401,71 +401,76 @@ class Bench:
             # own database round trips weigh more than the heartbeats' (docs/performance.md).
             configs.append(("simple", 1, max(self.n // 2, 10), ONETRIP, ("sqlite",)))
         later: list[Row] = []  # PostgreSQL's rows, listed after SQLite's
-        for worker_class, procs, n, extra, on in configs:
-            arms = [backend for backend in backends if backend in on]
-            if not arms:
-                continue
+        try:
+            for worker_class, procs, n, extra, on in configs:
+                arms = [backend for backend in backends if backend in on]
+                if not arms:
+                    continue
 
-            def engine_run(
-                backend: str,
-                worker_class: str = worker_class,
-                procs: int = procs,
-                n: int = n,
-                extra: tuple[str, ...] = extra,
-            ) -> float:
-                self.redis.flushall()
-                with self.database(backend) as url:
-                    engine = WorkflowEngine(database_url=url, redis_url=self.redis.url, queue_name=QUEUE)
-                    engine.register_handler(TYPE, HANDLER_PATH)
-                    for done in range(0, n, self.batch):
-                        engine.enqueue_many(
-                            engine.create_workflows([{"workflow_type_id": TYPE}] * min(self.batch, n - done))
+                def engine_run(
+                    backend: str,
+                    worker_class: str = worker_class,
+                    procs: int = procs,
+                    n: int = n,
+                    extra: tuple[str, ...] = extra,
+                ) -> float:
+                    self.redis.flushall()
+                    with self.database(backend) as url:
+                        engine = WorkflowEngine(database_url=url, redis_url=self.redis.url, queue_name=QUEUE)
+                        engine.register_handler(TYPE, HANDLER_PATH)
+                        for done in range(0, n, self.batch):
+                            engine.enqueue_many(
+                                engine.create_workflows(
+                                    [{"workflow_type_id": TYPE}] * min(self.batch, n - done)
+                                )
+                            )
+                        elapsed = self.run_workers(n, worker_class, procs, url, extra)
+                        self.check_completed(engine, n)
+                        engine.close()
+                    return n / elapsed
+
+                def rq_run(worker_class: str = worker_class, procs: int = procs, n: int = n) -> float:
+                    self.redis.flushall()
+                    queue = self.raw_queue()
+                    queue.enqueue_many([Queue.prepare_data(bench_jobs.noop) for _ in range(n)])
+                    elapsed = self.run_workers(n, worker_class, procs, None)
+                    done, failed = queue.finished_job_registry.count, queue.failed_job_registry.count
+                    if done != n or failed or queue.count:
+                        raise BenchFailure(
+                            f"raw RQ: {done} of {n} jobs finished, {failed} failed, "
+                            f"{queue.count} still queued"
                         )
-                    elapsed = self.run_workers(n, worker_class, procs, url, extra)
-                    self.check_completed(engine, n)
-                    engine.close()
-                return n / elapsed
+                    return n / elapsed
 
-            def rq_run(worker_class: str = worker_class, procs: int = procs, n: int = n) -> float:
-                self.redis.flushall()
-                queue = self.raw_queue()
-                queue.enqueue_many([Queue.prepare_data(bench_jobs.noop) for _ in range(n)])
-                elapsed = self.run_workers(n, worker_class, procs, None)
-                done, failed = queue.finished_job_registry.count, queue.failed_job_registry.count
-                if done != n or failed or queue.count:
-                    raise BenchFailure(
-                        f"raw RQ: {done} of {n} jobs finished, {failed} failed, {queue.count} still queued"
+                kind = "SimpleWorker" if worker_class == "simple" else "forking Worker"
+                options = f" ({' '.join(extra)} on the workflow side)" if extra else ""
+                rows = {
+                    backend: Row(
+                        f"e2e {LABEL[backend]}: `rq worker --burst` {kind} x{procs}{options}, N={n}",
+                        "wf/s",
+                        "jobs/s",
+                        key=f"e2e-{backend}-{worker_class}-{procs}{EXTRA_KEYS.get(extra, '')}",
                     )
-                return n / elapsed
-
-            kind = "SimpleWorker" if worker_class == "simple" else "forking Worker"
-            options = f" ({' '.join(extra)} on the workflow side)" if extra else ""
-            rows = {
-                backend: Row(
-                    f"e2e {LABEL[backend]}: `rq worker --burst` {kind} x{procs}{options}, N={n}",
-                    "wf/s",
-                    "jobs/s",
-                    key=f"e2e-{backend}-{worker_class}-{procs}{EXTRA_KEYS.get(extra, '')}",
-                )
-                for backend in arms
-            }
-            raw: list[float] = []
-            for r in range(self.rounds):
-                order = [arms[0], RAW, *arms[1:]]
-                for who in order if r % 2 == 0 else reversed(order):
-                    if who == RAW:
-                        raw.append(rq_run())
-                    else:
-                        rows[who].a.append(engine_run(who))
-                figures = ", ".join(f"{LABEL[b]} {rows[b].a[-1]:,.0f} wf/s" for b in arms)
-                say(
-                    f"  e2e {kind} x{procs}{options}, N={n}, round {r + 1}/{self.rounds}: "
-                    f"{figures}, raw RQ {raw[-1]:,.0f} jobs/s"
-                )
-            for backend in arms:
-                rows[backend].b = list(raw)
-                (self.rows if backend == "sqlite" else later).append(rows[backend])
-        self.rows.extend(later)
+                    for backend in arms
+                }
+                raw: list[float] = []
+                for r in range(self.rounds):
+                    order = [arms[0], RAW, *arms[1:]]
+                    for who in order if r % 2 == 0 else reversed(order):
+                        if who == RAW:
+                            raw.append(rq_run())
+                        else:
+                            rows[who].a.append(engine_run(who))
+                    figures = ", ".join(f"{LABEL[b]} {rows[b].a[-1]:,.0f} wf/s" for b in arms)
+                    say(
+                        f"  e2e {kind} x{procs}{options}, N={n}, round {r + 1}/{self.rounds}: "
+                        f"{figures}, raw RQ {raw[-1]:,.0f} jobs/s"
+                    )
+                for backend in arms:
+                    rows[backend].b = list(raw)
+                    (self.rows if backend == "sqlite" else later).append(rows[backend])
+        finally:  # the rows measured before a failure are reported with it
+            self.rows.extend(later)
         self.redis.flushall()
 
     def worker_startup(self) -> None:

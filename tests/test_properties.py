@@ -78,6 +78,13 @@ def test_the_stores_json_decoder_reads_what_json_loads_reads(value: object) -> N
     assert load_json(written.encode()) == decoded
 
 
+def test_the_stores_json_decoder_falls_back_to_json_loads_where_pydantics_parser_refuses() -> None:
+    deep = "[" * 300 + "]" * 300  # past pydantic_core's nesting limit (about 200)
+    assert load_json(deep) == json.loads(deep)
+    lone = '"\ud800"'  # a str holding a lone surrogate: pydantic_core raises TypeError
+    assert load_json(lone) == json.loads(lone) == "\ud800"
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(wf=workflows())
 def test_a_workflow_survives_the_round_trip_through_every_store(database_url: str, wf: Workflow) -> None:
