@@ -635,6 +635,34 @@ def test_a_claim_and_a_completion_are_one_statement_each_without_begin_or_commit
     engine.close()
 
 
+def test_a_create_is_one_statement_with_its_events_and_a_batch_one_statement_a_workflow(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A new workflow and its events are written by one statement: a lone create in autocommit
+    (no BEGIN or COMMIT), a batch inside one transaction. Read from libpq's own trace."""
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
+    engine.register_handler("t", "workflow_engine.demo:create_website")
+    engine.create_workflow(workflow_type_id="t")  # migrated and connected before the trace
+    with _traced(engine, tmp_path / "one.trace"):
+        wid = engine.create_workflow(workflow_type_id="t", enqueue=True, idempotency_key="k")
+    sent = [line for line in (tmp_path / "one.trace").read_text().splitlines() if line.startswith("F")]
+    assert [line.split("\t")[2] for line in sent].count("Execute") == 1, sent
+    assert not [line for line in sent if "BEGIN" in line or "COMMIT" in line], sent
+    assert [(e.from_status, e.to_status) for e in engine.get_events(wid)] == [
+        (None, S.PENDING),
+        (S.PENDING, S.QUEUED),
+    ]
+    again = engine.create_workflow(workflow_type_id="t", idempotency_key="k")  # kept: nothing written
+    assert again == wid and len(engine.get_events(wid)) == 2
+    with _traced(engine, tmp_path / "batch.trace"):
+        ids = engine.create_workflows([{"workflow_type_id": "t"}] * 3)
+    sent = [line for line in (tmp_path / "batch.trace").read_text().splitlines() if line.startswith("F")]
+    assert [line.split("\t")[2] for line in sent].count("Execute") == 3, sent  # one a workflow
+    assert sum("BEGIN" in line for line in sent) == 1 and sum("COMMIT" in line for line in sent) == 1, sent
+    assert all([e.to_status for e in engine.get_events(i)] == [S.PENDING] for i in ids)
+    engine.close()
+
+
 def test_migration_0004_refuses_an_invalid_index_left_by_a_failed_concurrent_build(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

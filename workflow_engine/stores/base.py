@@ -433,24 +433,35 @@ class SQLStore(Store):
         if history is not None and len(history) != len(workflows):
             raise ValueError("history needs one sequence of events per workflow")
 
+        # Where the database has data-modifying CTEs, a workflow and its events are one statement
+        # (one round trip each), and a lone workflow needs no BEGIN and COMMIT around it.
+        one_statement = self.event_in_update
+
         def op() -> list[tuple[Workflow, bool]]:
             out: list[tuple[Workflow, bool] | None] = [None] * len(workflows)
             insert_sql = self.sql(q.INSERT_WORKFLOW)
             event_sql = self.sql(q.INSERT_EVENT)
-            with self.transaction() as tx:
+            with self.transaction(single=one_statement and len(workflows) == 1) as tx:
                 for i in _lock_order(workflows, lambda wf: wf.idempotency_key or ""):
                     wf = workflows[i]
-                    if tx.execute(insert_sql, self._workflow_params(wf)):  # inserted as given: not read back
-                        events = history[i] if history is not None else (NewEvent(None, wf.status),)
+                    events = history[i] if history is not None else (NewEvent(None, wf.status),)
+                    if one_statement and events:
+                        params = self._workflow_params(wf)
+                        params.update(self._events_params(wf, events))
+                        inserted = bool(tx.fetch(self.sql(q.insert_with_events_sql(len(events))), params))
+                    elif tx.execute(
+                        insert_sql, self._workflow_params(wf)
+                    ):  # inserted as given: not read back
+                        inserted = True
                         if len(events) == 1:
                             tx.execute(event_sql, self._event_params(wf, events[0]))
                         elif events:  # one statement for all: one round trip on a client-server database
                             tx.execute(
                                 self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events)
                             )
-                        out[i] = (wf, True)
                     else:
-                        out[i] = self._kept(tx, wf)
+                        inserted = False
+                    out[i] = (wf, True) if inserted else self._kept(tx, wf)
             return [row for row in out if row is not None]
 
         # Safe to run again: a row that an attempt whose reply was lost did insert is found by its
