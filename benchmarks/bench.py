@@ -379,8 +379,8 @@ class Bench:
     def e2e(self, backends: Sequence[str]) -> None:
         """Stock ``rq worker --burst`` over N workflows on each of ``backends``, and over N raw no-ops.
 
-        Each worker configuration runs every backend and raw RQ in one alternating sequence,
-        (SQLite, raw, PostgreSQL), then (PostgreSQL, raw, SQLite), …: both backends' rows share
+        Each worker configuration runs every backend and raw RQ in one alternating sequence:
+        (SQLite, raw, PostgreSQL), then (PostgreSQL, raw, SQLite), … Both backends' rows share
         raw RQ's rounds, which are measured once instead of once per backend (about 1.5 minutes
         of a slow instance's suite), and each workflow round still runs next to a raw one."""
         from rq import Queue

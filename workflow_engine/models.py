@@ -118,7 +118,7 @@ def storable_text(text: str | None) -> str | None:
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is timezone.utc:  # every timestamp a store reads back
+    if value is None or value.tzinfo is timezone.utc:  # the engine's own, and SQLite's rows
         return value
     if value.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware (UTC)")

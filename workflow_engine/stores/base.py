@@ -449,9 +449,7 @@ class SQLStore(Store):
                         params = self._workflow_params(wf)
                         params.update(self._events_params(wf, events))
                         inserted = bool(tx.fetch(self.sql(q.insert_with_events_sql(len(events))), params))
-                    elif tx.execute(
-                        insert_sql, self._workflow_params(wf)
-                    ):  # inserted as given: not read back
+                    elif tx.execute(insert_sql, self._workflow_params(wf)):  # as given: not read back
                         inserted = True
                         if len(events) == 1:
                             tx.execute(event_sql, self._event_params(wf, events[0]))

@@ -49,7 +49,7 @@ _CONNECTING = threading.Lock()
 class _Connection(psycopg.Connection[Any]):
     """A connection that a forked child can let go of (see :func:`_after_fork_in_child`), and
     that decodes ``jsonb`` with :func:`~workflow_engine.models.load_json` (psycopg's default is
-    ``json.loads``: a fifth of a 50-row listing's time went to it)."""
+    ``json.loads``: a quarter or more of a 50-row listing's time went to it)."""
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> _Connection:
