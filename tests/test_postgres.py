@@ -415,6 +415,44 @@ def test_reconcile_lock_of_a_killed_worker_is_free_while_its_work_horse_still_ru
         store.close()
 
 
+#: Counts the connections a forked work-horse opens for its first store call: with its parent's
+#: store already connected, and with a store the parent never used.
+FORK_CONNECTS = """
+import os, sys
+from workflow_engine.stores import open_store, postgres
+url = sys.argv[1]
+used, unused = open_store(url), open_store(url)
+used.get("nothing")  # the parent's pool is open
+r, w = os.pipe()
+if os.fork() == 0:
+    opened = []
+    connect = postgres._Connection.connect.__func__
+    postgres._Connection.connect = classmethod(lambda cls, *a, **k: opened.append(1) or connect(cls, *a, **k))
+    used.get("nothing")
+    counts = [len(opened)]
+    unused.get("nothing")
+    counts.append(len(opened) - counts[0])
+    os.write(w, repr(counts).encode())
+    os._exit(0)
+os.wait()
+print(os.read(r, 100).decode())
+"""
+
+
+def test_a_work_horse_opens_one_connection_where_its_parent_connected_to_the_url_already(
+    pg_url: str,
+) -> None:
+    """A store's first call connects once directly (a wrong name or password fails at once with
+    the server's words), then opens its pool. A forked work-horse of a parent whose store was
+    connected skips that probe: its parent reached the URL already, and a preloaded forking
+    worker pays the connection on every job."""
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_CONNECTS, pg_url], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1, 2]", out  # the pool's connection only; probe and pool
+
+
 def test_reconcilers_take_turns_under_an_advisory_lock(pg_url: str) -> None:
     first, second = open_store(pg_url), open_store(pg_url)
     with first.exclusive("workflow_engine.reconcile") as mine:

@@ -149,11 +149,13 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
         if pool is not None and self._pid == os.getpid():
             return pool
         with self._lock:
-            if self._pool is not None and self._pid != os.getpid():
+            inherited = self._pool is not None and self._pid != os.getpid()
+            if inherited:
                 _ABANDONED.append(self._pool)
                 self._pool = None
             if self._pool is None:
-                self._probe()
+                if not inherited:  # a forked work-horse's parent connected to this URL already
+                    self._probe()
                 self._pool = ConnectionPool(
                     self.url,
                     min_size=1,
@@ -215,7 +217,8 @@ SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
     def _probe(self) -> None:
         """Connect once, directly, before building the pool: a wrong database name, role or
         password fails at once with the server's own words, where the pool would retry it
-        for its whole timeout and then say only that it could not fill itself."""
+        for its whole timeout and then say only that it could not fill itself. Not done in a
+        forked child whose parent's pool reached the URL (a work-horse, once a job)."""
         try:
             _Connection.connect(
                 self.url, connect_timeout=max(1, int(self.connect_timeout)), **_KEEPALIVES
