@@ -449,16 +449,14 @@ class SQLStore(Store):
                         params = self._workflow_params(wf)
                         params.update(self._events_params(wf, events))
                         inserted = bool(tx.fetch(self.sql(q.insert_with_events_sql(len(events))), params))
-                    elif tx.execute(insert_sql, self._workflow_params(wf)):  # as given: not read back
-                        inserted = True
-                        if len(events) == 1:
+                    else:  # as given: not read back
+                        inserted = bool(tx.execute(insert_sql, self._workflow_params(wf)))
+                        if inserted and len(events) == 1:
                             tx.execute(event_sql, self._event_params(wf, events[0]))
-                        elif events:  # one statement for all: one round trip on a client-server database
+                        elif inserted and events:  # one statement for all: one round trip on a server
                             tx.execute(
                                 self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events)
                             )
-                    else:
-                        inserted = False
                     out[i] = (wf, True) if inserted else self._kept(tx, wf)
             return [row for row in out if row is not None]
 
