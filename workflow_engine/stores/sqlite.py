@@ -50,6 +50,9 @@ class _SQLiteTx:
         return self._run(sql, params).rowcount
 
 
+#: The columns decode_row parses as timestamps: a workflow's, and an event's ``at``.
+_TIME_KEYS = q.TIME_COLUMNS | {"at"}
+
 #: SQLite's result codes for a database that cannot serve now (busy past the timeout, the disk,
 #: the file), as opposed to a statement it refuses (a missing table, a constraint): worth a retry.
 _UNAVAILABLE = (
@@ -327,7 +330,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         for key in q.JSON_COLUMNS.intersection(out):
             if out[key] is not None:
                 out[key] = load_json(out[key])
-        for key in q.TIME_COLUMNS.union({"at"}).intersection(out):
+        for key in _TIME_KEYS.intersection(out):
             if out[key] is not None:
                 out[key] = datetime.fromisoformat(out[key])
         return out
