@@ -701,6 +701,52 @@ def test_a_create_is_one_statement_with_its_events_and_a_batch_one_statement_a_w
     engine.close()
 
 
+def _messages(trace: Path) -> list[str]:
+    """``F <message>`` / ``B <message>`` for each line of libpq's trace: who sent what, in order."""
+    return [f"{line.split(chr(9))[0]} {line.split(chr(9))[2]}" for line in trace.read_text().splitlines()]
+
+
+def test_a_batch_sends_every_statement_before_it_reads_a_reply(pg_url: str, tmp_path: Path) -> None:
+    """A batch's statements go out in pipeline mode: all of them, one Sync, then every reply. Its
+    round trips are BEGIN, the batch and COMMIT, not one a workflow. Read from libpq's trace."""
+    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
+    engine.register_handler("t", "workflow_engine.demo:create_website")
+    engine.create_workflow(workflow_type_id="t")  # migrated and connected before the trace
+    for name, call in (
+        ("create", lambda: engine.create_workflows([{"workflow_type_id": "t"}] * 3, enqueue=True)),
+        ("enqueue", lambda: engine.enqueue_many(engine.create_workflows([{"workflow_type_id": "t"}] * 3))),
+    ):
+        trace = tmp_path / f"{name}.trace"
+        with _traced(engine, trace):
+            call()
+        messages = _messages(trace)
+        batch = messages[messages.index("F Query") + 3 : len(messages) - 3]  # after BEGIN, before COMMIT
+        if name == "enqueue":  # the batch of changes, after the creating transaction
+            batch = batch[batch.index("F Query", batch.index("F Query") + 1) + 3 :]
+        sent = [m for m in batch if m.startswith("F")]
+        assert [m for m in sent if m != "F Flush"][-1] == "F Sync" and sent.count("F Sync") == 1, batch
+        assert sent.count("F Execute") == 3, batch
+        assert batch.index("F Sync") < min(batch.index(m) for m in batch if m.startswith("B")), batch
+    assert {wf.status for wf in engine.list_workflows()} == {S.PENDING, S.QUEUED}
+    assert all(len(engine.get_events(wf.id)) == 2 for wf in engine.list_workflows(status="queued"))
+    engine.close()
+
+
+def test_a_batch_whose_statement_the_server_refuses_writes_nothing(pg_url: str) -> None:
+    """The statements of a batch are sent before their replies are read, but in one transaction:
+    one refused rolls back the others, sent before it or after it; the connection serves on."""
+    store = open_store(pg_url)
+    store.migrate()
+    too_long = a_workflow(idempotency_key=base64.b64encode(os.urandom(6000)).decode())  # index row too big
+    before, after = a_workflow(), a_workflow()
+    with pytest.raises(StoreError, match="index row size"):
+        store.insert([before, too_long, after])
+    assert [store.get(wf.id) for wf in (before, too_long, after)] == [None, None, None]
+    [(stored, created)] = store.insert([before])
+    assert created and stored == before and len(store.events(before.id)) == 1
+    store.close()
+
+
 def test_migration_0004_refuses_an_invalid_index_left_by_a_failed_concurrent_build(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

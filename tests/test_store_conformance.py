@@ -187,6 +187,37 @@ def test_compare_and_set_applies_only_when_the_status_still_matches(store: Store
     assert [e.to_status for e in store.events(wf.id)] == [S.PENDING, S.QUEUED]  # no event for the loser
 
 
+def test_a_batch_of_changes_applies_each_that_still_matches_with_its_event_and_skips_the_others(
+    store: Store,
+) -> None:
+    first, moved, last = new(), new(), new()
+    store.insert([first, moved, last])
+    queued(store, moved)  # no longer pending: its change in the batch must miss, alone
+    changes = [
+        Change(
+            wf.id,
+            S.PENDING,
+            {"status": S.QUEUED, "job_id": f"job-{wf.id}", "updated_at": utcnow()},
+            NewEvent(S.PENDING, S.QUEUED, "enqueued"),
+        )
+        for wf in (last, moved, first)  # not in the order the rows are locked in
+    ]
+    out = store.apply(changes)
+    assert [None if wf is None else (wf.id, wf.status, wf.job_id) for wf in out] == [
+        (last.id, S.QUEUED, f"job-{last.id}"),
+        None,
+        (first.id, S.QUEUED, f"job-{first.id}"),
+    ]
+    for wf in (first, last):
+        assert store.get(wf.id) == out[changes.index(next(c for c in changes if c.workflow_id == wf.id))]
+        assert [(e.to_status, e.detail) for e in store.events(wf.id)] == [
+            (S.PENDING, None),
+            (S.QUEUED, "enqueued"),
+        ]
+    assert [e.to_status for e in store.events(moved.id)] == [S.PENDING, S.QUEUED]  # not a second one
+    assert store.apply([]) == []
+
+
 def test_compare_and_set_can_require_a_job_id_or_its_absence(store: Store) -> None:
     wf = new()
     store.insert([wf])

@@ -274,6 +274,11 @@ class Tx(Protocol):
         Cheaper than ``fetch`` of a RETURNING clause: SQLite gathers those rows first."""
         ...
 
+    def fetch_each(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> list[list[dict[str, Any]]]:
+        """Run each ``(sql, params)`` in order, as ``fetch`` would; each one's rows. A server-side
+        database is sent them all before their replies are read: one round trip, not one each."""
+        ...
+
 
 class SQLStore(Store):
     """The contract written once over named SQL. Subclasses supply the driver."""
@@ -437,32 +442,45 @@ class SQLStore(Store):
         # (one round trip each), and a lone workflow needs no BEGIN and COMMIT around it.
         one_statement = self.event_in_update
 
+        def events_of(i: int) -> Sequence[NewEvent]:
+            return history[i] if history is not None else (NewEvent(None, workflows[i].status),)
+
         def op() -> list[tuple[Workflow, bool]]:
             out: list[tuple[Workflow, bool] | None] = [None] * len(workflows)
             insert_sql = self.sql(q.INSERT_WORKFLOW)
             event_sql = self.sql(q.INSERT_EVENT)
+            order = _lock_order(workflows, lambda wf: wf.idempotency_key or "")
             with self.transaction(single=one_statement and len(workflows) == 1) as tx:
-                for i in _lock_order(workflows, lambda wf: wf.idempotency_key or ""):
-                    wf = workflows[i]
-                    events = history[i] if history is not None else (NewEvent(None, wf.status),)
-                    if one_statement and events:
-                        params = self._workflow_params(wf)
-                        params.update(self._events_params(wf, events))
-                        inserted = bool(tx.fetch(self.sql(q.insert_with_events_sql(len(events))), params))
-                    else:  # as given: not read back
-                        inserted = bool(tx.execute(insert_sql, self._workflow_params(wf)))
-                        if inserted and len(events) == 1:
-                            tx.execute(event_sql, self._event_params(wf, events[0]))
-                        elif inserted and events:  # one statement for all: one round trip on a server
-                            tx.execute(
-                                self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events)
-                            )
+                if one_statement:  # every workflow's statement sent at once, then their replies read
+                    statements = [self._insert_statement(workflows[i], events_of(i)) for i in order]
+                    for i, rows in zip(order, tx.fetch_each(statements), strict=True):
+                        out[i] = (workflows[i], True) if rows else self._kept(tx, workflows[i])
+                    return [row for row in out if row is not None]
+                for i in order:
+                    wf, events = workflows[i], events_of(i)
+                    # As given: not read back.
+                    inserted = bool(tx.execute(insert_sql, self._workflow_params(wf)))
+                    if inserted and len(events) == 1:
+                        tx.execute(event_sql, self._event_params(wf, events[0]))
+                    elif inserted and events:
+                        tx.execute(
+                            self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events)
+                        )
                     out[i] = (wf, True) if inserted else self._kept(tx, wf)
             return [row for row in out if row is not None]
 
         # Safe to run again: a row that an attempt whose reply was lost did insert is found by its
         # id (ids are new and random), with the events that attempt wrote, and nothing is repeated.
         return self._once_more(op)
+
+    def _insert_statement(self, wf: Workflow, events: Sequence[NewEvent]) -> tuple[str, dict[str, Any]]:
+        """``wf`` and its ``events`` as one statement (``event_in_update`` databases), which
+        returns the workflow's id only if it was inserted (not on a conflict)."""
+        params = self._workflow_params(wf)
+        if not events:
+            return self.sql(f"{q.INSERT_WORKFLOW} RETURNING id"), params
+        params.update(self._events_params(wf, events))
+        return self.sql(q.insert_with_events_sql(len(events))), params
 
     def _kept(self, tx: Tx, wf: Workflow) -> tuple[Workflow, bool]:
         """The row that kept ``wf`` from being inserted: another workflow with its idempotency key
@@ -487,20 +505,37 @@ class SQLStore(Store):
 
         def op() -> list[Workflow | None]:
             out: list[Workflow | None] = [None] * len(changes)
+            order = _lock_order(changes, lambda change: change.workflow_id)
             with self.transaction(single=single) as tx:
-                for i in _lock_order(changes, lambda change: change.workflow_id):
+                if self.event_in_update:  # each change one statement: all sent at once
+                    statements = [
+                        self._one_statement(*self._update(changes[i]), changes[i].event) for i in order
+                    ]
+                    for i, rows in zip(order, tx.fetch_each(statements), strict=True):
+                        out[i] = self._workflow(rows[0]) if rows else None
+                    return out
+                for i in order:
                     out[i] = self._changed(tx, *self._update(changes[i]), changes[i].event)
             return out
 
         return self._once_more(op, committed=lambda: self._landed(changes))
 
+    def _one_statement(
+        self, sql: str, params: dict[str, Any], event: NewEvent | None
+    ) -> tuple[str, dict[str, Any]]:
+        """A compare-and-set (``sql`` ends in RETURNING *) that records ``event`` in the same
+        statement, if it matches (``event_in_update`` databases only)."""
+        if event is None:
+            return self.sql(sql), params
+        params["event_from"] = event.from_status.value if event.from_status is not None else None
+        params["event_to"] = event.to_status.value
+        params["event_detail"] = event.detail
+        return self.sql(q.with_event(sql)), params
+
     def _changed(self, tx: Tx, sql: str, params: dict[str, Any], event: NewEvent | None) -> Workflow | None:
         """Run one compare-and-set (``sql`` ends in RETURNING *) and record its event if it matched."""
-        if event is not None and self.event_in_update:
-            params["event_from"] = event.from_status.value if event.from_status is not None else None
-            params["event_to"] = event.to_status.value
-            params["event_detail"] = event.detail
-            rows = tx.fetch(self.sql(q.with_event(sql)), params)
+        if self.event_in_update:
+            rows = tx.fetch(*self._one_statement(sql, params, event))
             return self._workflow(rows[0]) if rows else None
         rows = tx.fetch(self.sql(sql), params)
         if not rows:

@@ -12,7 +12,7 @@ import select
 import threading
 import weakref
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
@@ -38,6 +38,7 @@ MIGRATION_LOCK_ID = 0x77666C6F  # "wflo"
 
 _SQL_CACHE: dict[str, str] = {}
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+_PIPELINE = psycopg.Pipeline.is_supported()  # libpq 14 or later
 _ABANDONED: list[Any] = []  # pools inherited across a fork: kept alive, never closed in the child
 #: Every connection this process opened (the pools', and reconcile's lock connections).
 _OPENED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
@@ -91,19 +92,32 @@ os.register_at_fork(
 )
 
 
+def _rows(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
+    result = cur.pgresult  # not cur.description, which builds a Column object per column each time
+    if result is None or result.status != _TUPLES_OK:
+        return []
+    return list(cur.fetchall())
+
+
 class _PgTx:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
     def fetch(self, sql: str, params: Mapping[str, Any], *, prepare: bool = True) -> list[dict[str, Any]]:
-        cur = self.conn.execute(sql, params, prepare=prepare)
-        result = cur.pgresult  # not cur.description, which builds a Column object per column each time
-        if result is None or result.status != _TUPLES_OK:
-            return []
-        return list(cur.fetchall())
+        return _rows(self.conn.execute(sql, params, prepare=prepare))
 
     def execute(self, sql: str, params: Mapping[str, Any]) -> int:
         return self.conn.execute(sql, params, prepare=True).rowcount
+
+    def fetch_each(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> list[list[dict[str, Any]]]:
+        if len(statements) < 2 or not _PIPELINE:
+            return [self.fetch(sql, params) for sql, params in statements]
+        # Pipeline mode: every statement is sent, then one Sync, then the replies are read. The
+        # server runs them in order, as it would one by one; an error fails the whole transaction,
+        # as it would. 500 compare-and-sets took a third of the time they took one by one.
+        with self.conn.pipeline():  # leaving it sends the Sync and reads every reply
+            cursors = [self.conn.execute(sql, params, prepare=True) for sql, params in statements]
+        return [_rows(cur) for cur in cursors]
 
 
 class PostgresStore(SQLStore):
