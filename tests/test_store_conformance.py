@@ -163,6 +163,25 @@ def test_a_taken_idempotency_key_returns_the_existing_workflow(store: Store) -> 
     assert len(store.events(first.id)) == 1
 
 
+def test_a_batch_sent_again_returns_each_workflow_its_keys_already_took_and_writes_only_the_new(
+    store: Store,
+) -> None:
+    batch = [new(key=f"order-{n}", n=n) for n in range(4)]
+    first = store.insert(batch)
+    assert [created for _, created in first] == [True] * 4
+    again = [new(key=f"order-{n}", n=-n) for n in (3, 1)] + [new(key="order-9"), new()]
+    out = store.insert(again)
+    assert [(wf.id, created) for wf, created in out] == [
+        (batch[3].id, False),
+        (batch[1].id, False),
+        (again[2].id, True),
+        (again[3].id, True),
+    ]
+    assert [wf for wf, _ in out[:2]] == [batch[3], batch[1]]  # as first stored, not as sent again
+    assert store.get(again[0].id) is None and store.get(again[1].id) is None
+    assert all(len(store.events(wf.id)) == 1 for wf in batch + again[2:])
+
+
 def test_of_two_workflows_with_one_idempotency_key_in_a_batch_the_first_is_stored(store: Store) -> None:
     first = new(key="k", n=1).model_copy(update={"id": "b-first"})
     second = new(key="k", n=2).model_copy(update={"id": "a-second"})  # an id that sorts first

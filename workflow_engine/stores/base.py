@@ -446,28 +446,28 @@ class SQLStore(Store):
             return history[i] if history is not None else (NewEvent(None, workflows[i].status),)
 
         def op() -> list[tuple[Workflow, bool]]:
-            out: list[tuple[Workflow, bool] | None] = [None] * len(workflows)
-            insert_sql = self.sql(q.INSERT_WORKFLOW)
-            event_sql = self.sql(q.INSERT_EVENT)
+            inserted = [False] * len(workflows)
             order = _lock_order(workflows, lambda wf: wf.idempotency_key or "")
             with self.transaction(single=one_statement and len(workflows) == 1) as tx:
                 if one_statement:  # every workflow's statement sent at once, then their replies read
                     statements = [self._insert_statement(workflows[i], events_of(i)) for i in order]
                     for i, rows in zip(order, tx.fetch_each(statements), strict=True):
-                        out[i] = (workflows[i], True) if rows else self._kept(tx, workflows[i])
-                    return [row for row in out if row is not None]
-                for i in order:
-                    wf, events = workflows[i], events_of(i)
-                    # As given: not read back.
-                    inserted = bool(tx.execute(insert_sql, self._workflow_params(wf)))
-                    if inserted and len(events) == 1:
-                        tx.execute(event_sql, self._event_params(wf, events[0]))
-                    elif inserted and events:
-                        tx.execute(
-                            self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events)
-                        )
-                    out[i] = (wf, True) if inserted else self._kept(tx, wf)
-            return [row for row in out if row is not None]
+                        inserted[i] = bool(rows)
+                else:
+                    insert_sql, event_sql = self.sql(q.INSERT_WORKFLOW), self.sql(q.INSERT_EVENT)
+                    for i in order:
+                        wf, events = workflows[i], events_of(i)
+                        # As given: not read back.
+                        inserted[i] = bool(tx.execute(insert_sql, self._workflow_params(wf)))
+                        if inserted[i] and len(events) == 1:
+                            tx.execute(event_sql, self._event_params(wf, events[0]))
+                        elif inserted[i] and events:
+                            tx.execute(
+                                self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events)
+                            )
+                missed = [i for i in order if not inserted[i]]
+                kept = dict(zip(missed, self._kept(tx, [workflows[i] for i in missed]), strict=True))
+            return [(wf, True) if inserted[i] else kept[i] for i, wf in enumerate(workflows)]
 
         # Safe to run again: a row that an attempt whose reply was lost did insert is found by its
         # id (ids are new and random), with the events that attempt wrote, and nothing is repeated.
@@ -482,19 +482,27 @@ class SQLStore(Store):
         params.update(self._events_params(wf, events))
         return self.sql(q.insert_with_events_sql(len(events))), params
 
-    def _kept(self, tx: Tx, wf: Workflow) -> tuple[Workflow, bool]:
-        """The row that kept ``wf`` from being inserted: another workflow with its idempotency key
-        (not created), or ``wf`` itself, inserted by an earlier attempt of this very insert whose
-        reply was lost (created). The INSERT waited for that attempt's transaction if it was
-        still open on the server."""
-        if wf.idempotency_key is not None:
-            rows = tx.fetch(self.sql(q.GET_BY_IDEMPOTENCY_KEY), {"idempotency_key": wf.idempotency_key})
-            if rows and rows[0]["id"] != wf.id:
-                return self._workflow(rows[0]), False
-        rows = tx.fetch(self.sql(q.GET_WORKFLOW), {"id": wf.id})
-        if not rows:
-            raise StoreError(f"workflow {wf.id!r} was neither inserted nor found")
-        return self._workflow(rows[0]), True
+    def _kept(self, tx: Tx, workflows: Sequence[Workflow]) -> list[tuple[Workflow, bool]]:
+        """For each of ``workflows``, which were not inserted, the row that kept it out: another
+        workflow with its idempotency key (not created), or the workflow itself, inserted by an
+        earlier attempt of this very insert whose reply was lost (created). The INSERT waited
+        for that attempt's transaction if it was still open on the server. The reads of a
+        batch go out together, as its inserts did: a batch retried whole is two round trips."""
+        kept: list[tuple[Workflow, bool] | None] = [None] * len(workflows)
+        keyed = [i for i, wf in enumerate(workflows) if wf.idempotency_key is not None]
+        by_key = self.sql(q.GET_BY_IDEMPOTENCY_KEY)
+        found = tx.fetch_each([(by_key, {"idempotency_key": workflows[i].idempotency_key}) for i in keyed])
+        for i, rows in zip(keyed, found, strict=True):
+            if rows and rows[0]["id"] != workflows[i].id:
+                kept[i] = (self._workflow(rows[0]), False)
+        rest = [i for i, row in enumerate(kept) if row is None]
+        by_id = self.sql(q.GET_WORKFLOW)
+        found = tx.fetch_each([(by_id, {"id": workflows[i].id}) for i in rest])
+        for i, rows in zip(rest, found, strict=True):
+            if not rows:
+                raise StoreError(f"workflow {workflows[i].id!r} was neither inserted nor found")
+            kept[i] = (self._workflow(rows[0]), True)
+        return [row for row in kept if row is not None]
 
     def apply(self, changes: Sequence[Change]) -> list[Workflow | None]:
         if not changes:
