@@ -737,13 +737,14 @@ def test_a_batch_whose_statement_the_server_refuses_writes_nothing(pg_url: str) 
     one refused rolls back the others, sent before it or after it; the connection serves on."""
     store = open_store(pg_url)
     store.migrate()
-    too_long = a_workflow(idempotency_key=base64.b64encode(os.urandom(6000)).decode())  # index row too big
-    before, after = a_workflow(), a_workflow()
+    # Rows are locked, so sent, in key order: "a", then the refused one's "m…", then "z".
+    too_long = a_workflow(idempotency_key="m" + base64.b64encode(os.urandom(6000)).decode())
+    sent_last, sent_first = a_workflow(idempotency_key="z"), a_workflow(idempotency_key="a")
     with pytest.raises(StoreError, match="index row size"):
-        store.insert([before, too_long, after])
-    assert [store.get(wf.id) for wf in (before, too_long, after)] == [None, None, None]
-    [(stored, created)] = store.insert([before])
-    assert created and stored == before and len(store.events(before.id)) == 1
+        store.insert([sent_last, too_long, sent_first])
+    assert [store.get(wf.id) for wf in (sent_first, too_long, sent_last)] == [None, None, None]
+    [(stored, created)] = store.insert([sent_last])
+    assert created and stored == sent_last and len(store.events(sent_last.id)) == 1
     store.close()
 
 

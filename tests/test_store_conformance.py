@@ -209,7 +209,9 @@ def test_compare_and_set_applies_only_when_the_status_still_matches(store: Store
 def test_a_batch_of_changes_applies_each_that_still_matches_with_its_event_and_skips_the_others(
     store: Store,
 ) -> None:
-    first, moved, last = new(), new(), new()
+    # Ids that sort against the order given: rows are locked in id order, and each result must
+    # still come back in the place of its change.
+    first, moved, last = (new().model_copy(update={"id": i}) for i in ("c-first", "b-moved", "a-last"))
     store.insert([first, moved, last])
     queued(store, moved)  # no longer pending: its change in the batch must miss, alone
     changes = [
@@ -219,16 +221,16 @@ def test_a_batch_of_changes_applies_each_that_still_matches_with_its_event_and_s
             {"status": S.QUEUED, "job_id": f"job-{wf.id}", "updated_at": utcnow()},
             NewEvent(S.PENDING, S.QUEUED, "enqueued"),
         )
-        for wf in (last, moved, first)  # not in the order the rows are locked in
+        for wf in (first, moved, last)
     ]
     out = store.apply(changes)
     assert [None if wf is None else (wf.id, wf.status, wf.job_id) for wf in out] == [
-        (last.id, S.QUEUED, f"job-{last.id}"),
+        ("c-first", S.QUEUED, "job-c-first"),
         None,
-        (first.id, S.QUEUED, f"job-{first.id}"),
+        ("a-last", S.QUEUED, "job-a-last"),
     ]
-    for wf in (first, last):
-        assert store.get(wf.id) == out[changes.index(next(c for c in changes if c.workflow_id == wf.id))]
+    for wf, applied in ((first, out[0]), (last, out[2])):
+        assert store.get(wf.id) == applied
         assert [(e.to_status, e.detail) for e in store.events(wf.id)] == [
             (S.PENDING, None),
             (S.QUEUED, "enqueued"),
@@ -362,11 +364,16 @@ def test_a_claim_whose_reply_was_lost_after_its_commit_is_still_won(store: Store
 def test_an_insert_whose_reply_was_lost_after_its_commit_is_not_repeated(store: Store) -> None:
     keyed = new(key="order-1")
     store.insert([keyed])
-    fresh, again = new(), new(key="order-1")
+    fresh, again, fresh_keyed = new(), new(key="order-1"), new(key="order-2")
     with reply_lost_after_the_next_commit(store):
-        out = store.insert([fresh, again])
-    assert [(wf.id, created) for wf, created in out] == [(fresh.id, True), (keyed.id, False)]
-    assert [e.to_status for e in store.events(fresh.id)] == [S.PENDING]  # one row, one event
+        out = store.insert([fresh, again, fresh_keyed])
+    assert [(wf.id, created) for wf, created in out] == [
+        (fresh.id, True),
+        (keyed.id, False),
+        (fresh_keyed.id, True),  # its key was taken by this very insert's first attempt: created
+    ]
+    for wf in (fresh, fresh_keyed):
+        assert [e.to_status for e in store.events(wf.id)] == [S.PENDING]  # one row, one event
     assert store.get(again.id) is None
 
 
