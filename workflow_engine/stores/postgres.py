@@ -126,7 +126,7 @@ class PostgresStore(SQLStore):
     row_lock = "FOR UPDATE"
     event_in_update = True
     savings_sql = """
-SELECT j.key AS key, SUM((j.value #>> '{{}}')::numeric) AS total
+SELECT j.key AS key, SUM(j.value::numeric) AS total
   FROM workflows AS w, jsonb_each(w.calculated_savings) AS j
  WHERE w.calculated_savings IS NOT NULL AND jsonb_typeof(j.value) = 'number' {since}
  GROUP BY j.key
