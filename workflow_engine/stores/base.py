@@ -438,8 +438,8 @@ class SQLStore(Store):
         if history is not None and len(history) != len(workflows):
             raise ValueError("history needs one sequence of events per workflow")
 
-        # Where the database has data-modifying CTEs, a workflow and its events are one statement
-        # (one round trip each), and a lone workflow needs no BEGIN and COMMIT around it.
+        # Where the database has data-modifying CTEs, a workflow and its events are one statement, a
+        # batch's statements go out together, and a lone workflow needs no BEGIN and COMMIT around it.
         one_statement = self.event_in_update
 
         def events_of(i: int) -> Sequence[NewEvent]:

@@ -114,7 +114,7 @@ class _PgTx:
             return [self.fetch(sql, params) for sql, params in statements]
         # Pipeline mode: every statement is sent, then one Sync, then the replies are read. The
         # server runs them in order, as it would one by one; an error fails the whole transaction,
-        # as it would. 500 compare-and-sets took a third of the time they took one by one.
+        # as it would. 500 one-row INSERTs over loopback: 0.052 ms each, against 0.175 one by one.
         with self.conn.pipeline():  # leaving it sends the Sync and reads every reply
             cursors = [self.conn.execute(sql, params, prepare=True) for sql, params in statements]
         return [_rows(cur) for cur in cursors]
