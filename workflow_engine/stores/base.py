@@ -466,7 +466,11 @@ class SQLStore(Store):
                                 self.sql(q.insert_events_sql(len(events))), self._events_params(wf, events)
                             )
                 missed = [i for i in order if not inserted[i]]
-                kept = dict(zip(missed, self._kept(tx, [workflows[i] for i in missed]), strict=True))
+                kept = (
+                    dict(zip(missed, self._kept(tx, [workflows[i] for i in missed]), strict=True))
+                    if missed
+                    else {}
+                )
             return [(wf, True) if inserted[i] else kept[i] for i, wf in enumerate(workflows)]
 
         # Safe to run again: a row that an attempt whose reply was lost did insert is found by its
@@ -515,7 +519,7 @@ class SQLStore(Store):
             out: list[Workflow | None] = [None] * len(changes)
             order = _lock_order(changes, lambda change: change.workflow_id)
             with self.transaction(single=single) as tx:
-                if self.event_in_update:  # each change one statement: all sent at once
+                if self.event_in_update and len(changes) > 1:  # each change one statement: all sent at once
                     statements = [
                         self._one_statement(*self._update(changes[i]), changes[i].event) for i in order
                     ]
