@@ -21,7 +21,11 @@ Paths:
   parent never imported ``workflow_engine``: a fresh interpreter that has ``rq`` loaded imports
   ``workflow_engine.execution`` and runs one ``run_workflow``; then what a work-horse forked from a
   parent that preloaded the package (``-c workflow_engine.rq_preload``) pays: ``os.fork()``, one
-  ``run_workflow`` in the child, exit, against the same fork for a raw no-op.
+  ``run_workflow`` in the child, exit, against the same fork for a raw no-op;
+- ``pages``: what SQLite writes per workflow at each durable step of its life (the fused create,
+  the claim, the completion): WAL frames (one per database page changed, written with two
+  ``pwrite`` calls) by the table or index the page belongs to, read from the log itself and
+  named by SQLite's ``dbstat`` table.
 
 With ``--postgres-url`` (an admin URL) the ``api``, ``bulk`` and ``worker`` paths also run on
 a scratch PostgreSQL database, created and dropped there.
@@ -61,7 +65,7 @@ from harness import QUEUE, RedisServer
 
 from workflow_engine import WorkflowEngine
 
-PATHS = ("floor", "inprocess", "api", "bulk", "worker", "horse")
+PATHS = ("floor", "inprocess", "api", "bulk", "worker", "horse", "pages")
 BATCH = 500
 TYPE = "bench_noop"
 
@@ -411,6 +415,91 @@ def horse(tmp: Path, redis: RedisServer, rounds: int = 5) -> None:
     horse_forked(tmp, redis)
 
 
+def pages(tmp: Path, redis: RedisServer, n: int) -> None:
+    """WAL frames per workflow, by table and index, for each durable step of a workflow's life.
+
+    The store's own connection stops checkpointing; before each step the log is emptied, after it
+    the frames in it are counted by page, and each page is named by ``dbstat`` once checkpointed.
+    """
+    import sqlite3
+
+    import workflow_engine.execution as execution
+
+    redis.flushall()
+    path = tmp / "pages.db"
+    engine = WorkflowEngine(database_url=f"sqlite:///{path}", redis_url=redis.url, queue_name=QUEUE)
+    engine.register_handler(TYPE, "bench_jobs:noop_workflow")
+    conn = engine.store._connect()  # type: ignore[attr-defined]  # the store's own: its commits are counted
+    try:
+        conn.execute("SELECT 1 FROM dbstat LIMIT 1").fetchall()
+    except sqlite3.OperationalError:
+        print("\n### pages: skipped, this SQLite has no dbstat table to name the pages")
+        engine.close()
+        return
+    conn.execute("PRAGMA wal_autocheckpoint = 0")  # nothing leaves the log before it is counted
+    for _ in range(20):  # warm up: the tables' first pages exist
+        engine.create_workflow(workflow_type_id=TYPE, enqueue=True)
+    ids: list[str] = []
+    claimed: list[Any] = []
+    outcome = execution.Outcome("completed", result=None, duration=0.001)
+
+    def create() -> None:
+        ids.extend(engine.create_workflow(workflow_type_id=TYPE, enqueue=True) for _ in range(n))
+
+    def claim() -> None:
+        for wid in ids:
+            job_id = str(engine.get_workflow(wid).job_id)  # a read: writes nothing
+            wf = execution.claim_attempt(engine, wid, job_id=job_id, worker="pages")
+            if isinstance(wf, str):
+                raise harness.BenchFailure(f"workflow {wid} was not claimed: {wf}")
+            claimed.append(wf)
+
+    def complete() -> None:
+        for wf in claimed:
+            if execution.record_outcome(engine, wf, str(wf.job_id), outcome, None) != "completed":
+                raise harness.BenchFailure(f"workflow {wf.id} was not completed")
+
+    print(f"\n### SQLite pages written per workflow (WAL frames, N={n}; a frame is two pwrite calls)")
+    for label, step in (
+        ("create_workflow(enqueue=True)", create),
+        ("the claim (queued -> running + event)", claim),
+        ("the completion (running -> completed + event)", complete),
+    ):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        step()
+        frames, commits = _wal_frames(Path(f"{path}-wal"))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        owner = dict(conn.execute("SELECT pageno, name FROM dbstat").fetchall())
+        by_name: dict[str, int] = {}
+        for page, count in frames.items():
+            name = owner.get(page, "(freed pages)")
+            by_name[name] = by_name.get(name, 0) + count
+        total = sum(frames.values())
+        print(f"    {label:50} {total / n:6.2f} frames, {commits / n:.2f} commits")
+        for name, count in sorted(by_name.items(), key=lambda item: -item[1]):
+            print(f"      {name:48} {count / n:6.2f}")
+    engine.close()
+    redis.flushall()
+
+
+def _wal_frames(wal: Path) -> tuple[dict[int, int], int]:
+    """Frames in a WAL file by page number, and how many of them end a commit (SQLite's WAL format:
+    a 32-byte header holding the page size, then frames of a 24-byte header and one page)."""
+    import struct
+
+    data = wal.read_bytes()
+    if len(data) < 32:
+        return {}, 0
+    page_size = struct.unpack(">I", data[8:12])[0]
+    frames: dict[int, int] = {}
+    commits = 0
+    for offset in range(32, len(data) - 23, 24 + page_size):
+        page, size_after_commit = struct.unpack(">II", data[offset : offset + 8])
+        frames[page] = frames.get(page, 0) + 1
+        commits += size_after_commit != 0
+    return frames, commits
+
+
 def _fork_and_time(child: Callable[[], str]) -> tuple[float, str]:
     """Fork; the child runs ``child`` and reports its text; return (ms from fork to child exit, text)."""
     read_end, write_end = os.pipe()
@@ -523,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bulk": [lambda: bulk(tmp, redis, args.n, args.cprofile)],
                 "worker": [lambda: worker(tmp, redis, args.n, args.cprofile)],
                 "horse": [lambda: horse(tmp, redis)],
+                "pages": [lambda: pages(tmp, redis, args.n)],
             }
             if pg:
                 steps["api"].append(lambda: api(tmp, redis, args.n, args.cprofile, pg))
