@@ -419,7 +419,8 @@ def pages(tmp: Path, redis: RedisServer, n: int) -> None:
     """WAL frames per workflow, by table and index, for each durable step of a workflow's life.
 
     The store's own connection stops checkpointing; before each step the log is emptied, after it
-    the frames in it are counted by page, and each page is named by ``dbstat`` once checkpointed.
+    the frames in it are counted by page, and each page is named by ``dbstat`` once checkpointed
+    (by what owns it after the step: a page freed in the step shows as freed).
     """
     import sqlite3
 
@@ -459,46 +460,60 @@ def pages(tmp: Path, redis: RedisServer, n: int) -> None:
             if execution.record_outcome(engine, wf, str(wf.job_id), outcome, None) != "completed":
                 raise harness.BenchFailure(f"workflow {wf.id} was not completed")
 
-    def empty_the_log() -> None:
+    def empty_the_log() -> int:
+        """Checkpoint the whole log and truncate it; return how many frames it held."""
+        _, logged, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # TRUNCATE reports 0
         busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:  # another connection reads: the log was not emptied, and the count would be wrong
             raise harness.BenchFailure("the WAL could not be checkpointed and emptied")
+        return int(logged)
 
-    print(f"\n### SQLite pages written per workflow (WAL frames, N={n}; a frame is two pwrite calls)")
-    for label, step in (
-        ("create_workflow(enqueue=True)", create),
-        ("the claim (queued -> running + event)", claim),
-        ("the completion (running -> completed + event)", complete),
-    ):
-        empty_the_log()
-        step()
-        frames, commits = _wal_frames(Path(f"{path}-wal"))
-        empty_the_log()  # every page in the database file, where dbstat names it
-        owner = dict(conn.execute("SELECT pageno, name FROM dbstat").fetchall())
-        by_name: dict[str, int] = {}
-        for page, count in frames.items():
-            name = owner.get(page, "(freed pages)")
-            by_name[name] = by_name.get(name, 0) + count
-        total = sum(frames.values())
-        print(f"    {label:50} {total / n:6.2f} frames, {commits / n:.2f} commits")
-        for name, count in sorted(by_name.items(), key=lambda item: -item[1]):
-            print(f"      {name:48} {count / n:6.2f}")
-    engine.close()
+    try:
+        print(f"\n### SQLite pages written per workflow (WAL frames, N={n}; a frame is two pwrite calls)")
+        for label, step in (
+            ("create_workflow(enqueue=True)", create),
+            ("the claim (queued -> running + event)", claim),
+            ("the completion (running -> completed + event)", complete),
+        ):
+            empty_the_log()
+            step()
+            frames, commits = _wal_frames(Path(f"{path}-wal"))
+            if empty_the_log() != sum(frames.values()):  # now every page is where dbstat names it
+                raise harness.BenchFailure("the frames read from the WAL are not those SQLite logged")
+            owner = dict(conn.execute("SELECT pageno, name FROM dbstat").fetchall())
+            by_name: dict[str, int] = {}
+            for page, count in frames.items():
+                name = owner.get(page, "(freed pages)")
+                by_name[name] = by_name.get(name, 0) + count
+            total = sum(frames.values())
+            print(f"    {label:50} {total / n:6.2f} frames, {commits / n:.2f} commits")
+            for name, count in sorted(by_name.items(), key=lambda item: -item[1]):
+                print(f"      {name:48} {count / n:6.2f}")
+    finally:
+        engine.close()
     redis.flushall()
 
 
 def _wal_frames(wal: Path) -> tuple[dict[int, int], int]:
-    """Frames in a WAL file by page number, and how many of them end a commit (SQLite's WAL format:
-    a 32-byte header holding the page size, then frames of a 24-byte header and one page)."""
+    """Frames in a WAL file by page number, and how many of them end a commit.
+
+    SQLite's WAL format: a 32-byte header (the page size at bytes 8-12, the salts at 16-24), then
+    frames of a 24-byte header (the page number, the database size after a commit frame or 0,
+    the salts) and one page. Only frames of the log's current generation count: the first frame
+    whose salts differ from the header's, or that is cut short, ends the log.
+    """
     import struct
 
     data = wal.read_bytes()
     if len(data) < 32:
         return {}, 0
     page_size = struct.unpack(">I", data[8:12])[0]
+    salts = data[16:24]
     frames: dict[int, int] = {}
     commits = 0
-    for offset in range(32, len(data) - 23, 24 + page_size):
+    for offset in range(32, len(data) - (24 + page_size) + 1, 24 + page_size):
+        if data[offset + 8 : offset + 16] != salts:
+            break  # left over from an earlier generation of the log
         page, size_after_commit = struct.unpack(">II", data[offset : offset + 8])
         frames[page] = frames.get(page, 0) + 1
         commits += size_after_commit != 0
