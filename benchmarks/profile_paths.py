@@ -422,20 +422,27 @@ def pages(tmp: Path, redis: RedisServer, n: int) -> None:
     the frames in it are counted by page, and each page is named by ``dbstat`` once checkpointed
     (by what owns it after the step: a page freed in the step shows as freed).
     """
-    import sqlite3
-
-    import workflow_engine.execution as execution
-
     redis.flushall()
     path = tmp / "pages.db"
     engine = WorkflowEngine(database_url=f"sqlite:///{path}", redis_url=redis.url, queue_name=QUEUE)
     engine.register_handler(TYPE, "bench_jobs:noop_workflow")
+    try:
+        _count_pages(engine, path, n)
+    finally:
+        engine.close()
+    redis.flushall()
+
+
+def _count_pages(engine: WorkflowEngine, path: Path, n: int) -> None:
+    import sqlite3
+
+    import workflow_engine.execution as execution
+
     conn = engine.store._connect()  # type: ignore[attr-defined]  # the store's own: its commits are counted
     try:
         conn.execute("SELECT 1 FROM dbstat LIMIT 1").fetchall()
     except sqlite3.OperationalError:
         print("\n### pages: skipped, this SQLite has no dbstat table to name the pages")
-        engine.close()
         return
     conn.execute("PRAGMA wal_autocheckpoint = 0")  # nothing leaves the log before it is counted
     for _ in range(20):  # warm up: the tables' first pages exist
@@ -468,30 +475,26 @@ def pages(tmp: Path, redis: RedisServer, n: int) -> None:
             raise harness.BenchFailure("the WAL could not be checkpointed and emptied")
         return int(logged)
 
-    try:
-        print(f"\n### SQLite pages written per workflow (WAL frames, N={n}; a frame is two pwrite calls)")
-        for label, step in (
-            ("create_workflow(enqueue=True)", create),
-            ("the claim (queued -> running + event)", claim),
-            ("the completion (running -> completed + event)", complete),
-        ):
-            empty_the_log()
-            step()
-            frames, commits = _wal_frames(Path(f"{path}-wal"))
-            if empty_the_log() != sum(frames.values()):  # now every page is where dbstat names it
-                raise harness.BenchFailure("the frames read from the WAL are not those SQLite logged")
-            owner = dict(conn.execute("SELECT pageno, name FROM dbstat").fetchall())
-            by_name: dict[str, int] = {}
-            for page, count in frames.items():
-                name = owner.get(page, "(freed pages)")
-                by_name[name] = by_name.get(name, 0) + count
-            total = sum(frames.values())
-            print(f"    {label:50} {total / n:6.2f} frames, {commits / n:.2f} commits")
-            for name, count in sorted(by_name.items(), key=lambda item: -item[1]):
-                print(f"      {name:48} {count / n:6.2f}")
-    finally:
-        engine.close()
-    redis.flushall()
+    print(f"\n### SQLite pages written per workflow (WAL frames, N={n}; a frame is two pwrite calls)")
+    for label, step in (
+        ("create_workflow(enqueue=True)", create),
+        ("the claim (queued -> running + event)", claim),
+        ("the completion (running -> completed + event)", complete),
+    ):
+        empty_the_log()
+        step()
+        frames, commits = _wal_frames(path.with_name(f"{path.name}-wal"))
+        total = sum(frames.values())
+        if empty_the_log() != total:  # now every page is where dbstat names it
+            raise harness.BenchFailure("the frames read from the WAL are not those SQLite logged")
+        owner = dict(conn.execute("SELECT pageno, name FROM dbstat").fetchall())
+        by_name: dict[str, int] = {}
+        for page, count in frames.items():
+            name = owner.get(page, "(freed pages)")
+            by_name[name] = by_name.get(name, 0) + count
+        print(f"    {label:50} {total / n:6.2f} frames, {commits / n:.2f} commits")
+        for name, count in sorted(by_name.items(), key=lambda item: -item[1]):
+            print(f"      {name:48} {count / n:6.2f}")
 
 
 def _wal_frames(wal: Path) -> tuple[dict[int, int], int]:
