@@ -354,6 +354,23 @@ def test_a_handler_that_always_raises_fails_after_one_plus_max_retries_attempts_
     ]
 
 
+@pytest.mark.services
+@pytest.mark.parametrize("worker_class", ["fork", "simple"])
+def test_a_handler_that_calls_sys_exit_fails_its_attempt_at_once_and_its_retry_runs(
+    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine, worker_class: str
+) -> None:
+    engine.register_handler("exiting", f"{HANDLERS}:exits_first", max_retries=1, retry_backoff=0)
+    [wid] = submit_many(engine, "exiting", 1)
+
+    run_burst_workers(tmp_path, redis_server, effects, [worker_class])
+
+    wf = engine.get_workflow(wid)
+    assert wf.status is S.COMPLETED and wf.attempts == 2, f"{wf.status.value}: {wf.error}"
+    assert [line.split()[:2] for line in effects_of(effects, wid)] == [["exit", "1"], ["success", "2"]]
+    [failure] = [e for e in engine.get_events(wid) if e.from_status is S.RUNNING and e.to_status is S.QUEUED]
+    assert failure.attempt == 1 and failure.detail is not None and "SystemExit: 3" in failure.detail
+
+
 # -- several processes writing one SQLite file --------------------------------
 WRITER_SCRIPT = textwrap.dedent(
     """

@@ -219,11 +219,18 @@ def run_attempt(
     worker: str | None,
     transport: Transport | None = None,
 ) -> str:
-    """Claim the workflow for ``job_id``, run its handler, record the outcome; return the final status."""
+    """Claim the workflow for ``job_id``, run its handler, record the outcome; return the final status.
+
+    A ``KeyboardInterrupt`` or ``SystemExit`` from the handler is raised again once its failed
+    attempt is recorded: it asks the process to stop."""
     wf = claim_attempt(engine, workflow_id, job_id=job_id, worker=worker)
     if isinstance(wf, str):
         return wf
-    return record_outcome(engine, wf, job_id, run_handler(engine, wf, job_id, handler), transport)
+    outcome = run_handler(engine, wf, job_id, handler)
+    status = record_outcome(engine, wf, job_id, outcome, transport)
+    if outcome.interrupt is not None:
+        raise outcome.interrupt
+    return status
 
 
 def claim_attempt(
@@ -261,7 +268,8 @@ class Outcome(NamedTuple):
 
     ``kind`` is ``completed`` (with ``result`` and ``duration``), ``failed`` (the handler
     raised, timed out, or returned something JSON cannot hold: ``error`` and ``traceback``),
-    or ``unknown_type`` (no handler could be imported: retrying cannot help).
+    or ``unknown_type`` (no handler could be imported: retrying cannot help). ``interrupt`` is
+    the ``KeyboardInterrupt`` or ``SystemExit`` that failed the attempt, to raise once it is recorded.
     """
 
     kind: Literal["completed", "failed", "unknown_type"]
@@ -269,6 +277,7 @@ class Outcome(NamedTuple):
     duration: float = 0.0
     error: str | None = None
     traceback: str | None = None
+    interrupt: BaseException | None = None
 
 
 def run_handler(engine: WorkflowEngine, wf: Workflow, job_id: str, handler: str | None) -> Outcome:
@@ -297,6 +306,11 @@ def run_handler(engine: WorkflowEngine, wf: Workflow, job_id: str, handler: str 
         return Outcome("failed", error=str(exc))
     except Exception as exc:
         return Outcome("failed", error=describe(exc), traceback=tb.format_exc())
+    except BaseException as exc:  # SystemExit (sys.exit, a CLI library), asyncio.CancelledError, …
+        # The attempt failed all the same: left unrecorded, it would stay running until its lease ran
+        # out and reconcile called its worker lost. A stop request is raised again once recorded.
+        stop = exc if isinstance(exc, (KeyboardInterrupt, SystemExit)) else None
+        return Outcome("failed", error=describe(exc), traceback=tb.format_exc(), interrupt=stop)
     finally:
         _current.reset(token)
     return Outcome("completed", result=result, duration=time.monotonic() - started)

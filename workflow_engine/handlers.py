@@ -190,12 +190,12 @@ def _import_failed(path: str, workflow_type_id: str, exc: BaseException) -> Unkn
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: message``, even for an exception whose ``__str__`` itself raises."""
+    """``Type: message`` (``Type`` alone for no message), even for an exception whose ``__str__`` raises."""
     try:
         text = str(exc)
     except Exception:
         text = f"<{type(exc).__name__} whose str() raised>"
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def preload_handlers(names: Iterable[str]) -> list[str]:

@@ -7,6 +7,7 @@ so a test counts what a handler did, not only the statuses the engine wrote.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -43,6 +44,15 @@ def flaky(wf: Workflow) -> dict[str, Any]:
 def always_fail(wf: Workflow) -> None:
     _record(wf, "failure")
     raise ValueError("this handler always fails")
+
+
+def exits_first(wf: Workflow) -> dict[str, Any]:
+    """Calls ``sys.exit(3)`` on its first attempt (as a CLI library would), then succeeds."""
+    if wf.attempts == 1:
+        _record(wf, "exit")
+        sys.exit(3)
+    _record(wf, "success")
+    return {"attempts": wf.attempts}
 
 
 def sleepy(wf: Workflow) -> dict[str, Any]:
