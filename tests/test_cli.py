@@ -286,6 +286,37 @@ def test_requeue_all_failed_with_redis_down_counts_them_requeued_and_says_they_w
     assert {engine.get_workflow(w).status for w in failed} == {S.QUEUED}
 
 
+@pytest.mark.parametrize("command", ["enqueue", "requeue"])
+def test_enqueue_or_requeue_with_redis_down_prints_the_queued_workflow_and_warns_that_it_waits(
+    engine: WorkflowEngine, db: str, command: str
+) -> None:
+    wid = ran(engine, "bad") if command == "requeue" else engine.create_workflow(workflow_type_id="ok")
+    down = ["--database-url", db, "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]
+    out = run(command, wid, *down, "--json")
+    assert out.code == 0 and json.loads(out.stdout) == engine.get_workflow(wid).to_dict()
+    assert engine.get_workflow(wid).status is S.QUEUED
+    [warning] = [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
+    assert "Redis is unavailable" in warning and "reconcile" in warning
+
+
+def test_control_characters_in_stored_text_are_written_out_not_sent_to_the_terminal(
+    engine: WorkflowEngine, db: str
+) -> None:
+    wid = ran(engine, "ok", created_by_agent="agent", inputs={})
+    forged = "x\nFAKE-ROW completed\x1b]0;pwned\x07\x9b2J"
+    engine.create_workflow(workflow_type_id=forged)
+    out = run("list", *on(db))
+    assert out.code == 0 and not {"\x1b", "\x07", "\x9b"} & set(out.stdout)
+    assert not any(line.startswith("FAKE-ROW") for line in out.stdout.splitlines())
+    assert "x\\x0aFAKE-ROW completed\\x1b]0;pwned\\x07\\x9b2J" in out.stdout
+    assert len(out.stdout.splitlines()) == 3, out.stdout  # the header and one row a workflow
+    assert wid in out.stdout
+    out = run("list", "--type", forged, *on(db), "--status", "pending")
+    assert out.code == 0 and "\x1b" not in out.stdout
+    err = run("enqueue", engine.list_workflows(workflow_type_id=forged)[0].id, *on(db))
+    assert err.code == 1 and "\x1b" not in err.stderr and len(err.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -37,6 +38,7 @@ from workflow_engine import (
 )
 from workflow_engine.errors import ConfigurationError, HandlerTimeout, InvalidInput
 from workflow_engine.models import utcnow
+from workflow_engine.stores import open_store
 
 import we_test_handlers
 from support import a_workflow, wait_for
@@ -54,6 +56,14 @@ def boom(wf: Workflow) -> None:
 
 def not_json(wf: Workflow) -> object:
     return {"when": object()}
+
+
+def exits(wf: Workflow) -> None:
+    sys.exit(3)  # as a CLI library called from a handler would
+
+
+def cancelled(wf: Workflow) -> None:
+    raise asyncio.CancelledError()  # as asyncio.run() of a task that was cancelled would
 
 
 def create(engine: WorkflowEngine, type_id: str = "double", **inputs: object) -> str:
@@ -239,6 +249,25 @@ def test_a_failing_handler_is_recorded_as_failed_not_raised(workflow_engine: Wor
     assert wf.status is S.FAILED
     assert wf.error == "RuntimeError: boom"
     assert wf.traceback is not None and "raise RuntimeError" in wf.traceback
+
+
+def test_a_base_exception_from_a_handler_fails_its_attempt_and_only_a_stop_request_is_raised_again(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("cancelled", cancelled, max_retries=0)
+    wid = create(workflow_engine, "cancelled")
+    workflow_engine.enqueue_execution(wid)  # does not raise
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.status, wf.error) == (S.FAILED, "CancelledError")
+    assert wf.traceback is not None and "asyncio.CancelledError()" in wf.traceback
+
+    workflow_engine.register_handler("exits", exits, max_retries=0)
+    wid = create(workflow_engine, "exits")
+    with pytest.raises(SystemExit):  # the process was asked to stop: it is, once the attempt is written
+        workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.status, wf.error, wf.attempts) == (S.FAILED, "SystemExit: 3", 1)
+    assert [e.to_status for e in workflow_engine.get_events(wid)][-2:] == [S.RUNNING, S.FAILED]
 
 
 def test_a_long_retry_budget_runs_in_process_without_exhausting_the_stack(
@@ -1281,6 +1310,57 @@ def test_from_env_reads_the_documented_variables() -> None:
     )
     assert (engine.queue_name, engine.heartbeat_interval, engine.stale_after) == ("wf2", 2.0, 9.0)
     assert isinstance(engine.redis, fakeredis.FakeRedis)
+
+
+def test_from_env_ignores_whitespace_around_values_as_a_crlf_env_file_leaves_it(tmp_path: Path) -> None:
+    engine = WorkflowEngine.from_env(
+        {
+            "WORKFLOW_ENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}\r",
+            "WORKFLOW_ENGINE_REDIS_URL": " fakeredis://\r\n",
+            "WORKFLOW_ENGINE_QUEUE": "wf2\r",
+        }
+    )
+    engine.create_workflow(workflow_type_id="x")
+    assert engine.database_url == f"sqlite:///{tmp_path / 'app.db'}" and engine.queue_name == "wf2"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("app.db-")) == ["app.db"]
+    assert WorkflowEngine.from_env({"WORKFLOW_ENGINE_QUEUE": " \r"}).queue_name == "workflows"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"database_url": "sqlite:///app.db\r"}, ConfigurationError, "whitespace around it or a control"),
+        ({"database_url": "sqlite:///:memory: "}, ConfigurationError, "whitespace around it or a control"),
+        ({"database_url": "sqlite:///a\nb.db"}, ConfigurationError, "whitespace around it or a control"),
+        ({"redis_url": "redis://localhost/0\n"}, ConfigurationError, "whitespace around it or a control"),
+        ({"redis_url": "redis://localhost:6379/workflows"}, ConfigurationError, "must be a database number"),
+        ({"redis_url": "redis://:secret@localhost/1x"}, ConfigurationError, "must be a database number"),
+        ({"queue_name": "workflows\r"}, InvalidInput, "whitespace around it or control characters"),
+        ({"queue_name": " workflows"}, InvalidInput, "whitespace around it or control characters"),
+    ],
+)
+def test_a_url_or_queue_name_that_would_silently_name_something_else_is_refused(
+    arguments: dict[str, str], error: type[Exception], message: str
+) -> None:
+    settings = {"database_url": "sqlite:///:memory:", "redis_url": "fakeredis://", **arguments}
+    with pytest.raises(error, match=message) as info:
+        WorkflowEngine(**settings)  # type: ignore[arg-type]
+    assert "secret" not in str(info.value)
+
+
+def test_an_engine_given_a_store_reports_the_stores_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'given.db'}"
+    engine = WorkflowEngine(store=open_store(url), redis_url="fakeredis://")
+    assert engine.database_url == url and "given.db" in repr(engine)
+    same = WorkflowEngine(database_url=url, store=open_store(url), redis_url="fakeredis://")
+    assert same.database_url == url
+    with pytest.raises(InvalidInput, match="is not the store's"):
+        WorkflowEngine(database_url="sqlite:///other.db", store=open_store(url), redis_url="fakeredis://")
+
+
+def test_a_listener_that_is_not_callable_is_refused(workflow_engine: WorkflowEngine) -> None:
+    with pytest.raises(InvalidInput, match="a listener must be callable, got str"):
+        workflow_engine.add_listener("metrics")  # type: ignore[arg-type]
 
 
 def test_from_env_refuses_timings_that_are_not_numbers() -> None:

@@ -155,7 +155,7 @@ def _errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except WorkflowEngineError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(display.printable(str(exc), lines=True)) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -630,8 +630,17 @@ def _action_command(name: str, doc: str, action: Callable[[WorkflowEngine, str],
     @_errors
     def command(workflow_id: str, as_json: bool, **options: Any) -> None:
         engine = _make_engine(**options)
-        action(engine, workflow_id)
+        _undelivered_ok(lambda: action(engine, workflow_id))
         _print_outcome(engine.get_workflow(workflow_id), as_json)
+
+
+def _undelivered_ok(change: Callable[[], Any]) -> None:
+    """Make ``change`` (an enqueue or a requeue); if it is recorded but Redis is down, warn on stderr
+    instead of failing: the workflow is ``queued`` in the database, and reconcile delivers it."""
+    try:
+        change()
+    except QueueUnavailable as exc:
+        click.echo(f"warning: {display.printable(str(exc))}", err=True)  # it says what happens next
 
 
 def _print_outcome(wf: Workflow, as_json: bool) -> None:
@@ -681,7 +690,8 @@ def requeue(
         raise click.UsageError("--type goes with --all-failed")
     engine = _make_engine(**options)
     if workflow_id is not None:
-        _print_outcome(engine.requeue(workflow_id), as_json)
+        _undelivered_ok(lambda: engine.requeue(workflow_id))
+        _print_outcome(engine.get_workflow(workflow_id), as_json)
         return
     ids = _failed_ids(engine, workflow_type_id)
     requeued: list[str] = []
@@ -701,7 +711,7 @@ def requeue(
         _echo_json({"requeued": requeued, "undelivered": undelivered, "errors": errors})
     else:
         for wid, message in errors.items():
-            click.echo(f"{wid}: not requeued: {message}")
+            click.echo(f"{wid}: not requeued: {display.printable(message)}")
         click.echo(f"requeued {len(requeued)} of {len(ids)} failed workflows")
         if undelivered:
             click.echo(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,6 +42,16 @@ ENVIRONMENT: dict[str, str] = {
 }
 
 
+#: Characters no URL or queue name holds: C0 controls, DEL and C1 controls.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def unclean(value: str) -> bool:
+    """True if ``value`` (a URL, a queue name) has whitespace around it or a control character in
+    it: a CRLF ``.env`` file or a pasted newline, which would name another file or queue silently."""
+    return value != value.strip() or _CONTROL.search(value) is not None
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -53,9 +64,9 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         return cls(
-            database_url=env.get("WORKFLOW_ENGINE_DATABASE_URL") or DEFAULT_DATABASE_URL,
-            redis_url=env.get("WORKFLOW_ENGINE_REDIS_URL") or env.get("REDIS_URL") or DEFAULT_REDIS_URL,
-            queue_name=env.get("WORKFLOW_ENGINE_QUEUE") or DEFAULT_QUEUE,
+            database_url=_text(env, "WORKFLOW_ENGINE_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            redis_url=_text(env, "WORKFLOW_ENGINE_REDIS_URL") or _text(env, "REDIS_URL") or DEFAULT_REDIS_URL,
+            queue_name=_text(env, "WORKFLOW_ENGINE_QUEUE") or DEFAULT_QUEUE,
             heartbeat_interval=_seconds(
                 env, "WORKFLOW_ENGINE_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL
             ),
@@ -72,6 +83,11 @@ def preload_names(environ: Mapping[str, str] | None = None) -> list[str]:
 def split_names(text: str) -> list[str]:
     """Module names or handler paths, separated by commas or spaces."""
     return text.replace(",", " ").split()
+
+
+def _text(env: Mapping[str, str], name: str) -> str:
+    """The variable's value without the whitespace around it (a CRLF ``.env`` file's ``\\r``); "" if unset."""
+    return (env.get(name) or "").strip()
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

@@ -35,6 +35,19 @@ STATUS_STYLES = {
 }
 
 
+#: Control characters (C0, DEL, C1), each written out as ``\xNN``: a terminal would obey them. Stored
+#: text (a type id, an agent, a handler's error quoting its inputs) could otherwise retitle the window,
+#: clear the screen, or forge a row of ``list`` with a newline.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+#: The same, keeping line breaks and tabs: for a traceback or an error message of several lines.
+_CONTROLS_IN_LINES = {c: e for c, e in _CONTROLS.items() if chr(c) not in "\n\t"}
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` with its control characters written out (but line breaks and tabs if ``lines``)."""
+    return text.translate(_CONTROLS_IN_LINES if lines else _CONTROLS)
+
+
 def is_tty() -> bool:
     """True when standard output is a terminal."""
     return sys.stdout.isatty()
@@ -54,7 +67,7 @@ def _cell(value: Any) -> str:
         # 0.0000001, 2.0 as 2, -0.0 as 0.
         text = format(Decimal(repr(value)).normalize(), "f")
         return "0" if text in ("-0", "0") else text
-    return str(value)
+    return printable(str(value))
 
 
 def table(
@@ -121,6 +134,7 @@ def key_values(pairs: Sequence[tuple[str, Any]], *, title: str | None = None) ->
 def _status_line(status: str, name: str, detail: str) -> None:
     """One health-check line: ``ok``/``FAIL``/``skip``, the check, what was seen."""
     label = {"ok": "ok", "fail": "FAIL", "skip": "skip"}[status]
+    detail = printable(detail)  # it may quote a server's error
     if is_tty():
         from rich.console import Console
         from rich.text import Text
@@ -160,7 +174,7 @@ def workflow(wf: Workflow, events: Sequence[WorkflowEvent]) -> None:
         ]
     )
     if wf.traceback:
-        click.echo("\ntraceback:\n" + wf.traceback.rstrip())
+        click.echo("\ntraceback:\n" + printable(wf.traceback.rstrip(), lines=True))
     click.echo()
     table(
         ["at", "from", "to", "attempt", "detail"],

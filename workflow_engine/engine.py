@@ -54,7 +54,7 @@ from .models import (
 from .status import TERMINAL, WorkflowStatus, can_transition
 from .stores import Store, open_store
 from .stores.base import ANY_JOB, Change, NewEvent
-from .stores.urls import shown
+from .stores.urls import parse_database_url, shown
 from .transport import Transport, connect, new_job_id
 
 log = logging.getLogger("workflow_engine")
@@ -121,7 +121,7 @@ class WorkflowEngine:
     def __init__(
         self,
         *,
-        database_url: str = config.DEFAULT_DATABASE_URL,
+        database_url: str | None = None,
         redis_url: str = config.DEFAULT_REDIS_URL,
         queue_name: str = config.DEFAULT_QUEUE,
         is_async: bool = True,
@@ -132,6 +132,11 @@ class WorkflowEngine:
     ) -> None:
         if not isinstance(queue_name, str) or not queue_name.strip():
             raise InvalidInput(f"queue_name must be a non-empty string, got {queue_name!r}")
+        if config.unclean(queue_name):  # "workflows\r" is a queue no worker listens on
+            raise InvalidInput(
+                "queue_name must not have whitespace around it or control characters in it, "
+                f"got {queue_name!r}"
+            )
         if not isinstance(is_async, bool):
             raise InvalidInput(f"is_async must be true or false, got {is_async!r}")
         config.check_timing(heartbeat_interval, stale_after)
@@ -139,13 +144,25 @@ class WorkflowEngine:
             raise InvalidInput(
                 f"store must be a workflow_engine store (from stores.open_store), got {type(store).__name__}"
             )
-        self.database_url = database_url
+        if (
+            store is not None
+            and database_url is not None
+            and parse_database_url(database_url) != parse_database_url(store.url)
+        ):
+            raise InvalidInput(
+                f"database_url {shown(database_url)!r} is not the store's {shown(store.url)!r}; "
+                "pass one of them"
+            )
+        #: The database's URL: the store's own when a store is given.
+        if store is not None:
+            database_url = store.url
+        self.database_url = config.DEFAULT_DATABASE_URL if database_url is None else database_url
         self.redis_url = redis_url
         self.queue_name = queue_name
         self.is_async = is_async
         self.heartbeat_interval = float(heartbeat_interval)
         self.stale_after = float(stale_after)
-        self.store: Store = store if store is not None else open_store(database_url)
+        self.store: Store = store if store is not None else open_store(self.database_url)
         connection = redis_connection if redis_connection is not None else connect(redis_url)
         _check_redis_connection(connection)  # given, or made from a URL (?decode_responses=true)
         # Only this process can run the jobs: with fakeredis, or in sync mode (RQ runs them inline).
@@ -549,6 +566,8 @@ class WorkflowEngine:
         made the change (a web process, a worker, a work-horse); an exception in one is
         logged and never fails the change. Metrics use this.
         """
+        if not callable(listener):
+            raise InvalidInput(f"a listener must be callable, got {type(listener).__name__}")
         self._listeners.append(listener)
 
     def notify(self, workflow: Workflow, from_status: WorkflowStatus | None) -> None:

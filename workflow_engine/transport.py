@@ -10,12 +10,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import secrets
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -24,8 +26,10 @@ from rq import Callback, Queue
 from rq.job import Job
 from rq.utils import get_version, utcparse
 
+from .config import unclean
 from .errors import ConfigurationError, QueueUnavailable
 from .models import Workflow
+from .stores.urls import shown
 
 #: Seconds RQ keeps a finished job. The database holds the result; a short TTL is cheaper than 0,
 #: which makes RQ delete the job and its keys at once (measured: about 0.5 ms a job more).
@@ -68,6 +72,10 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         raise ConfigurationError(
             f"malformed Redis URL {url!r}; use redis://host:6379/0, rediss://…, unix:///path or fakeredis://"
         )
+    if unclean(url):
+        raise ConfigurationError(
+            f"malformed Redis URL {shown(url)!r}: it has whitespace around it or a control character in it"
+        )
     scheme = url.split("://", 1)[0].lower()
     if scheme == "fakeredis":
         import fakeredis
@@ -76,6 +84,10 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(
             f"unsupported Redis URL scheme {scheme!r}; use redis://, rediss://, unix:// or fakeredis://"
+        )
+    if scheme != "unix" and not re.fullmatch("/?[0-9]*", _path(url)):  # redis-py would take db 0
+        raise ConfigurationError(
+            f"malformed Redis URL {shown(url)!r}: its path must be a database number, as in redis://host:6379/0"
         )
     try:
         return redis.Redis.from_url(
@@ -87,6 +99,13 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         )
     except ValueError as exc:
         raise ConfigurationError(f"malformed Redis URL: {exc}") from exc
+
+
+def _path(url: str) -> str:
+    try:
+        return urlsplit(url).path
+    except ValueError:  # an unclosed IPv6 bracket: redis-py's to judge, in from_url
+        return ""
 
 
 class Transport:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from ..config import unclean
 from ..errors import ConfigurationError
 
 _HELP = "use sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory: or postgresql://user@host:5432/dbname"
@@ -62,6 +63,12 @@ def shown(url: str) -> str:
 def parse_database_url(url: str) -> DatabaseURL:
     if not isinstance(url, str) or not url.strip():
         raise ConfigurationError(f"the database URL must be a non-empty string, got {url!r}; {_HELP}")
+    if unclean(url):  # "sqlite:///app.db\r" would be another file, ":memory: " a file on disk
+        text = url if url.lower().startswith("sqlite:") else shown(url)  # no password either way
+        raise ConfigurationError(
+            f"malformed database URL {text!r}: it has whitespace around it or a control character "
+            f"in it; {_HELP}"
+        )
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigurationError(f"malformed database URL {url!r}: it has no scheme; {_HELP}")
