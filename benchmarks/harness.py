@@ -255,7 +255,7 @@ def scratch_postgres(admin_url: str) -> Iterator[str]:
     try:
         import psycopg
     except ImportError as exc:
-        raise BenchFailure('PostgreSQL needs psycopg: pip install "workflow_engine[postgres]"') from exc
+        raise BenchFailure('PostgreSQL needs psycopg: pip install ".[postgres]" in the checkout') from exc
     name = f"we_bench_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -39,7 +39,7 @@ def pg_url() -> Iterator[str]:
     try:
         import psycopg
     except ImportError:
-        service_unavailable('psycopg is not installed: pip install "workflow_engine[postgres]"')
+        service_unavailable('psycopg is not installed: pip install ".[postgres]"')
         raise
     name = f"we_test_{uuid.uuid4().hex[:12]}"
     try:

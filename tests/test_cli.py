@@ -383,7 +383,7 @@ def test_metrics_without_their_extra_stop_a_service_before_it_creates_anything(
     out = run(
         *command, "--metrics-port", "0", "--database-url", f"sqlite:///{db}", "--redis-url", "fakeredis://"
     )
-    assert out.code == 1 and 'pip install "workflow_engine[metrics]"' in out.stderr
+    assert out.code == 1 and 'pip install "prometheus_client>=0.20"' in out.stderr
     assert not db.exists()
 
 

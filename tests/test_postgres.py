@@ -35,7 +35,8 @@ def test_a_missing_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyP
         if name == "psycopg" or name.startswith(("psycopg.", "workflow_engine.stores.postgres")):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    with pytest.raises(MissingDependency, match=r'pip install "workflow_engine\[postgres\]"'):
+    needed = r'pip install "psycopg\[binary\]>=3.1" "psycopg-pool>=3.2" \(or pip install "\.\[postgres\]"'
+    with pytest.raises(MissingDependency, match=needed):
         open_store("postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (``pip install "workflow_engine[metrics]"``).
+"""Prometheus metrics (``pip install ".[metrics]"`` in a checkout).
 
 Two sources, each used where it is exact:
 
@@ -62,7 +62,8 @@ def _require() -> None:
         import prometheus_client  # noqa: F401
     except ImportError as exc:
         raise MissingDependency(
-            'metrics need prometheus_client: pip install "workflow_engine[metrics]"'
+            'metrics need prometheus_client, the metrics extra: pip install "prometheus_client>=0.20" '
+            '(or pip install ".[metrics]" in a checkout of workflow_engine)'
         ) from exc
 
 

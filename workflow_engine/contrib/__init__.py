@@ -1,5 +1,5 @@
 """Integrations with web frameworks, each behind its own extra.
 
 - :mod:`workflow_engine.contrib.flask`: REST endpoints, an OpenAPI document and an
-  HTML page for Flask (``pip install "workflow_engine[flask]"``).
+  HTML page for Flask (``pip install ".[flask]"`` in a checkout).
 """

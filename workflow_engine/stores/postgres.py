@@ -1,6 +1,6 @@
 """The PostgreSQL store: psycopg 3 and a small connection pool per process.
 
-Install with ``pip install "workflow_engine[postgres]"``. A pool is never
+Install with ``pip install ".[postgres]"`` in a checkout. A pool is never
 used across a fork: a forked work-horse sees a new PID and opens its own
 pool; the parent's connections are left untouched.
 """
@@ -30,7 +30,8 @@ try:
     from psycopg_pool import ConnectionPool
 except ImportError as exc:  # pragma: no cover - exercised by the import test
     raise MissingDependency(
-        'PostgreSQL support needs psycopg 3: pip install "workflow_engine[postgres]"'
+        'PostgreSQL support needs psycopg 3, the postgres extra: pip install "psycopg[binary]>=3.1" '
+        '"psycopg-pool>=3.2" (or pip install ".[postgres]" in a checkout of workflow_engine)'
     ) from exc
 
 #: Migrations run under this advisory lock, so that workers starting together do not race.

@@ -8,7 +8,7 @@
     engine = WorkflowEngine.from_env()
     WorkflowEngineFlask(app, engine, url_prefix="/api", ui=True)
 
-Install it with ``pip install "workflow_engine[flask]"``. See docs/flask.md.
+Install it with ``pip install ".[flask]"`` in a checkout. See docs/flask.md.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     from ...errors import MissingDependency
 
     raise MissingDependency(
-        'workflow_engine.contrib.flask needs Flask: pip install "workflow_engine[flask]"'
+        'workflow_engine.contrib.flask needs Flask, the flask extra: pip install "flask>=3.1" '
+        '(or pip install ".[flask]" in a checkout of workflow_engine)'
     ) from exc
 
 from .errors import ApiError
