@@ -466,6 +466,64 @@ def test_reconcilers_take_turns_under_an_advisory_lock(pg_url: str) -> None:
     second.close()
 
 
+def test_a_database_set_to_another_date_style_is_read_and_written_as_usual(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE \"{pg_url.rsplit('/', 1)[1]}\" SET datestyle = 'SQL, DMY'")
+    store = open_store(pg_url)
+    try:
+        [(wf, created)] = store.insert([a_workflow()])
+        assert created and store.get(wf.id) == wf  # psycopg parses ISO dates only
+        with store.transaction() as tx:
+            [row] = tx.fetch("SELECT current_setting('datestyle') AS d", {})
+        assert row["d"].startswith("ISO")
+    finally:
+        store.close()
+
+
+def test_every_connection_asks_the_server_to_probe_its_peer_as_the_client_does(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that vanished holding the reconcile lock (or a migration's) is found dead by the server
+    within about a minute, not after the server's default of two hours and more."""
+    from workflow_engine.stores import postgres
+
+    keepalives = (
+        "SELECT current_setting('tcp_keepalives_idle') AS idle,"
+        " current_setting('tcp_keepalives_interval') AS every,"
+        " current_setting('tcp_keepalives_count') AS count"
+    )
+    store = open_store(pg_url)
+    try:
+        with store.transaction() as tx:
+            [pooled] = tx.fetch(keepalives, {})
+        seen: list[dict[str, str]] = []
+        connect = postgres._Connection.connect
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            conn = connect(*args, **kwargs)
+            original = conn.execute
+
+            def execute(query: Any, params: Any = None, **kw: Any) -> Any:
+                cursor = original(query, params, **kw)
+                if "pg_try_advisory_lock" in str(query):
+                    now = original(keepalives)
+                    seen.append(
+                        dict(zip([c.name for c in now.description or ()], now.fetchone() or (), strict=True))
+                    )
+                return cursor
+
+            conn.execute = execute  # type: ignore[method-assign]
+            return conn
+
+        monkeypatch.setattr(postgres._Connection, "connect", spy)
+        with store.exclusive("reconcile") as got:
+            assert got
+    finally:
+        store.close()
+    assert dict(pooled) == {"idle": "30", "every": "10", "count": "3"}
+    assert seen == [{"idle": "30", "every": "10", "count": "3"}]
+
+
 def test_json_columns_are_jsonb(pg_url: str) -> None:
     open_store(pg_url).migrate()
     with psycopg.connect(pg_url) as conn:

@@ -187,6 +187,7 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                     timeout=self.connect_timeout,
                     # A connection whose backend was terminated is replaced at checkout, not handed out.
                     check=self._check_connection,
+                    configure=_configure,
                     connection_class=_Connection,  # for a forked child to let go of (_after_fork_in_child)
                     open=False,
                     name="workflow_engine",
@@ -286,6 +287,7 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from exc
         with conn:
             try:
+                _configure(conn)
                 got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
             except psycopg.Error as exc:
                 raise _store_error(exc, url=self.url) from exc
@@ -372,6 +374,23 @@ _KEEPALIVES: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 60_000,  # milliseconds
 }
+#: Each connection's session settings, one round trip when it is made:
+#: - the server's keepalives too, not only the client's above: a host that vanished (power lost, a
+#:   partition) while it held the reconcile lock or a migration's would otherwise keep its session,
+#:   and the lock, for the server's default (two hours and more) while nothing tells it the peer is
+#:   gone; with these it is found dead within about a minute. (Ignored on a Unix socket.)
+#: - the ISO date style, the only one psycopg parses: a database or role set to another (or the
+#:   client's PGDATESTYLE) made every read fail with NotImplementedError, after a write had committed.
+_SESSION = (
+    "SELECT set_config('tcp_keepalives_idle', '30', false),"
+    " set_config('tcp_keepalives_interval', '10', false),"
+    " set_config('tcp_keepalives_count', '3', false), set_config('datestyle', 'ISO', false)"
+)
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Apply :data:`_SESSION` to a new connection (autocommit: no transaction is left open)."""
+    conn.execute(_SESSION)
 
 
 def _store_error(exc: psycopg.Error, what: str | None = None, *, url: str | None = None) -> StoreError:
