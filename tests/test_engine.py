@@ -35,6 +35,7 @@ from workflow_engine import (
     execution,
     models,
     recovery,
+    transport,
 )
 from workflow_engine.errors import ConfigurationError, HandlerTimeout, InvalidInput
 from workflow_engine.models import utcnow
@@ -342,6 +343,28 @@ def parent_that_enqueues_its_child_twice(wf: Workflow) -> dict[str, str]:
     cid = engine.create_workflow(workflow_type_id="child", enqueue=True)
     engine.enqueue_execution(cid)  # queued, its job waiting: nothing to do, as in production
     return {"child": cid}
+
+
+def test_rqs_job_timeout_during_a_slow_import_fails_the_attempt_with_retries_not_the_workflow_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RQ's backstop (the handler's timeout plus a grace) runs from the job's start: an import that
+    outlasts it is the attempt's failure, as a timeout is, not a handler that cannot be imported."""
+    (tmp_path / "we_very_slow_import.py").write_text(
+        "import time\ntime.sleep(1.0)\ndef run(workflow):\n    return None\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(transport, "TIMEOUT_GRACE", 0)  # RQ's backstop: ceil(0.5) + 0 = 1 s
+    engine = file_engine(tmp_path, heartbeat_interval=5, stale_after=30, is_async=True)
+    engine.register_handler("slow", "we_very_slow_import:run", timeout=0.5, max_retries=1, retry_backoff=0)
+    wid = engine.create_workflow(workflow_type_id="slow", enqueue=True)
+
+    rq.SimpleWorker([engine.queue], connection=engine.redis).work(burst=True)
+
+    wf = engine.get_workflow(wid)
+    assert (wf.status, wf.attempts) == (S.FAILED, 2), wf.error
+    assert wf.error is not None and wf.error.startswith("JobTimeoutException: "), wf.error
+    assert "cannot import" not in wf.error
 
 
 def test_a_handler_whose_module_takes_longer_than_stale_after_to_import_keeps_its_lease(

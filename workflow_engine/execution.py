@@ -29,6 +29,7 @@ from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
 from .stores.base import after_store_call, in_store_call
 from .stores.urls import shown
+from .transport import TIMEOUT_GRACE
 
 if TYPE_CHECKING:
     from .engine import WorkflowEngine
@@ -425,8 +426,11 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
         finally:  # even if the alarm fired just as the handler returned: it fires once, so this runs
             after_store_call(None)  # a timeout handed to a store call that has not ended is void now
             signal.signal(signal.SIGALRM, previous)
-            if outer_delay > 0:  # put back RQ's own (longer) alarm, minus the time spent
-                signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 0.001))
+            if outer_delay > 0:  # put back RQ's own (longer) alarm, minus the time spent, but leave
+                # the outcome's write its grace: a slow import may have spent most of it already,
+                # and RQ's timeout inside that write would lose an attempt that ended in time.
+                left = outer_delay - (time.monotonic() - start)
+                signal.setitimer(signal.ITIMER_REAL, max(left, TIMEOUT_GRACE))
 
 
 # -- heartbeats --------------------------------------------------------------

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from rq.timeouts import BaseTimeoutException
+
 from .config import MAX_SECONDS
 from .errors import ConfigurationError, InvalidInput, UnknownWorkflowType
 from .models import Workflow
@@ -156,6 +158,8 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
             f"no module named {exc.name!r}; start the worker where it can import it "
             f"(rq worker --path <app dir>), or register the type with a path it can import: {register}",
         ) from exc
+    except BaseTimeoutException:  # RQ's job timeout, during a slow import: the attempt's, retryable
+        raise
     except Exception as exc:
         raise _import_failed(path, workflow_type_id, exc) from exc
     try:
