@@ -350,6 +350,24 @@ def test_enqueue_with_redis_down_raises_quickly_keeps_the_workflow_queued_and_re
     assert successes(h.effects, wid) == 1
 
 
+def test_a_redis_that_accepts_connections_but_never_answers_fails_an_enqueue_within_its_socket_timeout(
+    h: Harness,
+) -> None:
+    """A hung Redis (stopped, or a failover's old host): one socket timeout (5 s), not redis-py's
+    retries of the handshake and then of the command, 4 x 5 s."""
+    h.register("ok", "record_success")
+    h.engine.redis.ping()
+    assert h.redis_server.proc is not None
+    h.redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(QueueUnavailable, match="stays queued"):
+            h.engine.create_workflow(workflow_type_id="ok", enqueue=True)
+        assert time.monotonic() - started < 9
+    finally:
+        h.redis_server.proc.send_signal(signal.SIGCONT)
+
+
 def test_a_stale_workflow_requeued_while_redis_is_down_is_also_reported_undeliverable(h: Harness) -> None:
     """Reconcile requeues it in the database, but its new job cannot reach Redis: the report says
     both, so that nobody reads "requeued" as "on its way"; the next pass delivers it."""

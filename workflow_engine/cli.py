@@ -31,6 +31,7 @@ from .engine import WorkflowEngine
 from .errors import ConfigurationError, QueueUnavailable, WorkflowEngineError
 from .models import Workflow
 from .stores.urls import parse_database_url
+from .transport import connect
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("workflow_engine.cli")
@@ -478,7 +479,10 @@ def worker(
             ).start()
         cls = SimpleWorkflowWorker if worker_class == "simple" else WorkflowWorker
         try:
-            rq_worker = cls([engine.queue], connection=engine.redis, name=name)
+            # RQ raises its connection's socket timeout to its dequeue timeout plus 10 s (415 s):
+            # on a connection of its own, so that the reconcile thread keeps the engine's 5 s.
+            rq_connection = engine.redis if engine.transport.in_process else connect(engine.redis_url)
+            rq_worker = cls([engine.queue_name], connection=rq_connection, name=name)
             rq_worker.work(burst=burst, with_scheduler=False)
         except redis.exceptions.RedisError as exc:  # RQ's own calls: registering, dequeueing
             raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc

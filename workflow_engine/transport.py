@@ -94,7 +94,10 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
             url,
             socket_connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 1),
+            # One retry for a connection found closed (a restart, an idle timeout), none for a
+            # timeout: redis-py would retry the handshake and then the command, so that a Redis
+            # that accepts connections and never answers held a call for 4 x 5 s, not 5.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
             health_check_interval=30,
         )
     except ValueError as exc:
