@@ -227,6 +227,60 @@ def test_an_insert_retried_while_its_first_attempt_still_commits_returns_that_wo
     store.close()
 
 
+def test_a_claim_retried_while_its_first_attempt_still_waits_on_the_server_is_won_not_lost(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection failed on this side only, while the claim still ran on the server (waiting on
+    a row lock). The look for a landed claim finds nothing yet; the retry then waits behind the
+    first attempt, and misses once that commits. The claim is won, with one event, not reported lost
+    (which left the workflow running with no worker until its lease ran out)."""
+    from datetime import timedelta
+
+    from workflow_engine.stores import queries as q
+    from workflow_engine.stores.base import Change, NewEvent
+
+    store = open_store(pg_url)
+    store.migrate()
+    [(wf, _)] = store.insert([a_workflow(workflow_type_id="t")])
+    now = utcnow()
+    queued = {"status": S.QUEUED, "job_id": "job-1", "updated_at": now}
+    [moved] = store.apply([Change(wf.id, S.PENDING, queued, NewEvent(S.PENDING, S.QUEUED))])
+    assert moved is not None
+    now, lease = utcnow(), utcnow() + timedelta(seconds=30)
+    params = {
+        "id": wf.id,
+        "job_id": "job-1",
+        "worker": "w",
+        "now": store.encode_time(now),  # type: ignore[attr-defined]
+        "lease_until": store.encode_time(lease),  # type: ignore[attr-defined]
+    }
+    sql, params = store._one_statement(  # type: ignore[attr-defined]
+        q.CLAIM.strip(), params, NewEvent(S.QUEUED, S.RUNNING, "claimed by w")
+    )
+    first = psycopg.connect(pg_url)  # the first attempt, still open on the server
+    assert first.execute(store.sql(sql), params).fetchall()  # type: ignore[attr-defined]
+    real = store.transaction  # type: ignore[attr-defined]
+    lost: list[bool] = []
+
+    @contextlib.contextmanager
+    def transaction(*, write: bool = True, single: bool = False) -> Any:
+        if write and not lost:
+            lost.append(True)
+            raise StoreUnavailable("the connection failed on this side while the server ran the claim")
+        if write:  # the retry: the first attempt lands while it waits on the row
+            threading.Timer(0.5, first.commit).start()
+        with real(write=write, single=single) as tx:
+            yield tx
+
+    monkeypatch.setattr(store, "transaction", transaction)
+    claimed = store.claim(wf.id, job_id="job-1", worker="w", now=now, lease_until=lease)
+    first.close()
+    assert lost and claimed is not None
+    assert (claimed.status, claimed.job_id, claimed.attempts) == (S.RUNNING, "job-1", 1)
+    assert [e.to_status for e in store.events(wf.id)] == [S.PENDING, S.QUEUED, S.RUNNING]
+    store.close()
+
+
 class _Relay:
     """A TCP relay to PostgreSQL that can play a failover to another host: after :meth:`failover`
     the server's side of every relayed connection is closed, the client's side hears nothing,

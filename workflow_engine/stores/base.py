@@ -294,6 +294,11 @@ class SQLStore(Store):
         would then miss (a claim that did succeed would look lost) or match again (one change,
         two events). So ``committed`` looks first: it returns what the write did if the rows
         carry its exact stamp, and None if it never landed.
+
+        The first attempt may also still be running on the server, its connection lost on this
+        side only (a proxy or a network between them failed): it lands after that look. The
+        retry's compare-and-set then waits on the row lock it holds, and misses once it commits.
+        So a retry that missed looks once more.
         """
         if not self.retry_unavailable:
             return op()
@@ -304,7 +309,12 @@ class SQLStore(Store):
                 done = committed()
                 if done is not None:
                     return done
-            return op()
+            result = op()
+            if committed is not None and (result is None or (isinstance(result, list) and None in result)):
+                done = committed()
+                if done is not None:
+                    return done
+            return result
 
     def _landed(self, changes: Sequence[Change]) -> list[Workflow | None] | None:
         """The rows of ``changes`` if their transaction committed, else None.
