@@ -75,6 +75,19 @@ def test_the_quorum_of_rejections_rejects_it_for_good(engine: WorkflowEngine) ->
     assert (raised.value.from_status, raised.value.to_status) == ("rejected", "awaiting_approval")
 
 
+def test_a_quorum_lowered_under_a_split_vote_rejects_at_the_next_vote_as_a_quorum_objected(
+    engine: WorkflowEngine,
+) -> None:
+    engine.configure_council("c1", members=["ana", "bo", "cy", "di", "ed"], quorum=3)
+    wid = gated(engine)
+    for voter, approve in (("ana", True), ("bo", True), ("cy", False), ("di", False)):
+        assert not engine.vote(wid, voter_id=voter, approve=approve).decided
+    engine.configure_council("c1", members=["ana", "bo", "cy", "di", "ed"], quorum=2)
+    tally = engine.vote(wid, voter_id="ed", approve=True)
+    assert (tally.approvals, tally.rejections, tally.status) == (3, 2, S.REJECTED)
+    assert engine.get_workflow(wid).result is None  # it never ran
+
+
 def test_a_vote_read_before_another_decided_it_names_the_status_the_workflow_has_now(
     engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -139,12 +139,9 @@ def decide(engine: WorkflowEngine, workflow_id: str, council: Council) -> Tally:
     approvals = sum(v.approve for v in votes)
     rejections = len(votes) - approvals
     wf = engine.get_workflow(workflow_id)
-    if wf.status is S.AWAITING_APPROVAL and approvals >= council.quorum:
-        try:
-            engine._queue(wf, detail=f"approved by council {council.id} ({approvals} of {council.quorum})")
-        except QueueUnavailable:
-            log.warning("approved, but Redis is down; reconcile will deliver it", extra=log_extra(wf))
-    elif wf.status is S.AWAITING_APPROVAL and rejections >= council.quorum:
+    # Rejections first: both sides reach the quorum only once a council's quorum was lowered
+    # under votes already cast, and then a quorum that objects keeps the workflow from running.
+    if wf.status is S.AWAITING_APPROVAL and rejections >= council.quorum:
         now = utcnow()
         engine._change(
             wf,
@@ -152,6 +149,11 @@ def decide(engine: WorkflowEngine, workflow_id: str, council: Council) -> Tally:
             {"finished_at": now, "updated_at": now},
             detail=f"rejected by council {council.id} ({rejections} of {council.quorum})",
         )
+    elif wf.status is S.AWAITING_APPROVAL and approvals >= council.quorum:
+        try:
+            engine._queue(wf, detail=f"approved by council {council.id} ({approvals} of {council.quorum})")
+        except QueueUnavailable:
+            log.warning("approved, but Redis is down; reconcile will deliver it", extra=log_extra(wf))
     return Tally(
         workflow_id=workflow_id,
         council_id=council.id,
