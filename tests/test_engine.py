@@ -512,6 +512,24 @@ def test_a_handler_past_its_timeout_fails_with_a_timeout_error_even_if_it_catche
     assert wf.status is S.FAILED and "timed out after 0.3 s" in (wf.error or "")
 
 
+def swallow_even_its_timeout(wf: Workflow) -> str:
+    try:
+        time.sleep(5)
+    except:  # noqa: E722 - a bare except, which catches HandlerTimeout too
+        pass
+    return "done anyway"
+
+
+def test_a_handler_that_catches_its_own_timeout_and_returns_still_fails_as_timed_out(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("stubborn", swallow_even_its_timeout, max_retries=0, timeout=0.2)
+    wid = create(workflow_engine, "stubborn")
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.status, wf.error, wf.result) == (S.FAILED, "handler timed out after 0.2 s", None)
+
+
 def test_an_alarm_that_fires_as_the_handler_returns_still_restores_rqs_alarm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

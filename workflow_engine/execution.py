@@ -403,7 +403,11 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
             raise HandlerTimeout(message)
         return result
 
+    fired = False
+
     def timed_out() -> None:
+        nonlocal fired
+        fired = True
         raise HandlerTimeout(message)
 
     def on_alarm(signum: int, frame: Any) -> None:
@@ -419,7 +423,10 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
     previous = signal.signal(signal.SIGALRM, on_alarm)
     outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        return func(wf)
+        result = func(wf)
+        if fired:  # the handler caught its timeout (a bare ``except:``) and returned all the same
+            raise HandlerTimeout(message)
+        return result
     finally:
         try:
             signal.setitimer(signal.ITIMER_REAL, 0)
