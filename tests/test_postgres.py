@@ -189,10 +189,34 @@ def test_an_interrupt_while_the_idle_connections_are_checked_loses_none_of_them(
     engine.close()
 
 
+def _lose_the_first_write(
+    store: Any, first: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> list[bool]:
+    """The store's first write fails with StoreUnavailable, as if its connection were lost on this
+    side only, while the server still ran it: in ``first``, open and not committed. ``first``
+    commits half a second into the retry, while the retry waits on its rows. The list returned
+    holds True once the failure happened."""
+    real = store.transaction
+    lost: list[bool] = []
+
+    @contextlib.contextmanager
+    def transaction(*, write: bool = True, single: bool = False) -> Any:
+        if write and not lost:
+            lost.append(True)
+            raise StoreUnavailable("the connection failed on this side, while the server ran the write")
+        if write:
+            threading.Timer(0.5, first.commit).start()
+        with real(write=write, single=single) as tx:
+            yield tx
+
+    monkeypatch.setattr(store, "transaction", transaction)
+    return lost
+
+
 def test_an_insert_retried_while_its_first_attempt_still_commits_returns_that_workflow(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The connection failed after COMMIT was sent, before the server finished it (a proxy in
+    """The connection failed after the INSERT was sent, before the server committed it (a proxy in
     between dropped). The retry's INSERT waits for that transaction, then finds the row it
     wrote: created, with its event written once, not a primary-key error."""
     from workflow_engine.stores import queries as q
@@ -207,19 +231,7 @@ def test_an_insert_retried_while_its_first_attempt_still_commits_returns_that_wo
         store.sql(q.INSERT_EVENT),  # type: ignore[attr-defined]
         store._event_params(wf, NewEvent(None, S.PENDING)),  # type: ignore[attr-defined]
     )
-    real = store.transaction  # type: ignore[attr-defined]
-    lost: list[bool] = []
-
-    @contextlib.contextmanager
-    def transaction(*, write: bool = True, single: bool = False) -> Any:
-        if write and not lost:
-            lost.append(True)
-            threading.Timer(0.5, first.commit).start()  # it lands while the retry waits
-            raise StoreUnavailable("the connection failed after COMMIT was sent")
-        with real(write=write, single=single) as tx:
-            yield tx
-
-    monkeypatch.setattr(store, "transaction", transaction)
+    lost = _lose_the_first_write(store, first, monkeypatch)
     [(stored, created)] = store.insert([wf])
     first.close()
     assert lost and created and stored.id == wf.id
@@ -259,20 +271,7 @@ def test_a_claim_retried_while_its_first_attempt_still_waits_on_the_server_is_wo
     )
     first = psycopg.connect(pg_url)  # the first attempt, still open on the server
     assert first.execute(store.sql(sql), params).fetchall()  # type: ignore[attr-defined]
-    real = store.transaction  # type: ignore[attr-defined]
-    lost: list[bool] = []
-
-    @contextlib.contextmanager
-    def transaction(*, write: bool = True, single: bool = False) -> Any:
-        if write and not lost:
-            lost.append(True)
-            raise StoreUnavailable("the connection failed on this side while the server ran the claim")
-        if write:  # the retry: the first attempt lands while it waits on the row
-            threading.Timer(0.5, first.commit).start()
-        with real(write=write, single=single) as tx:
-            yield tx
-
-    monkeypatch.setattr(store, "transaction", transaction)
+    lost = _lose_the_first_write(store, first, monkeypatch)
     claimed = store.claim(wf.id, job_id="job-1", worker="w", now=now, lease_until=lease)
     first.close()
     assert lost and claimed is not None
