@@ -126,6 +126,38 @@ def test_timestamps_that_share_one_value_and_ones_that_do_not_read_back_each_as_
     assert store.get(wf.id) == stored == wf
 
 
+def test_columns_added_to_every_table_while_the_store_runs_change_nothing_it_reads_or_writes(
+    store: Store,
+) -> None:
+    """A newer release's migration while this one still runs, or an operator's column for reports:
+    every read and every RETURNING names its columns, so neither the models nor a prepared
+    statement meets one it does not know."""
+    now = utcnow()
+    council = store.save_council(Council(id="c", members=["ana"], quorum=1, updated_at=now))
+    [(before, _)] = store.insert([a_workflow(status=S.AWAITING_APPROVAL, assigned_council_id="c")])
+    store.get(before.id), store.find(limit=5, filters={}), store.events(before.id)  # prepared, warm
+
+    with store.transaction() as tx:
+        for table in ("workflows", "workflow_events", "councils", "workflow_votes"):
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN report_tag TEXT", {})
+
+    [(wf, created)] = store.insert([a_workflow()])
+    assert created and store.get(wf.id) == wf and store.get_many([wf.id]) == {wf.id: wf}
+    assert [w.id for w in store.find(limit=5, filters={"status": "pending"})] == [wf.id]
+    change = {"status": S.QUEUED, "job_id": "j1", "updated_at": utcnow()}
+    [queued] = store.apply([Change(wf.id, S.PENDING, change, NewEvent(S.PENDING, S.QUEUED))])
+    assert queued is not None and queued.job_id == "j1"
+    claimed = store.claim(
+        wf.id, job_id="j1", worker="w", now=utcnow(), lease_until=utcnow() + timedelta(seconds=30)
+    )
+    assert claimed is not None and claimed.status is S.RUNNING
+    assert [e.to_status for e in store.events(wf.id)] == [S.PENDING, S.QUEUED, S.RUNNING]
+    assert store.get_council("c") == council
+    vote = Vote(workflow_id=before.id, voter_id="ana", approve=True, at=utcnow())
+    assert store.record_vote(vote, change=False, detail="vote: ana approves") == "recorded"
+    assert store.votes(before.id) == [vote]
+
+
 def test_getting_a_missing_id_returns_none(store: Store) -> None:
     assert store.get("missing") is None
     assert store.events("missing") == []

@@ -545,8 +545,8 @@ class SQLStore(Store):
     def _one_statement(
         self, sql: str, params: dict[str, Any], event: NewEvent | None
     ) -> tuple[str, dict[str, Any]]:
-        """A compare-and-set (``sql`` ends in RETURNING *) that records ``event`` in the same
-        statement, if it matches (``event_in_update`` databases only)."""
+        """A compare-and-set (``sql`` ends in RETURNING the workflow's columns) that records ``event``
+        in the same statement, if it matches (``event_in_update`` databases only)."""
         if event is None:
             return self.sql(sql), params
         params["event_from"] = event.from_status.value if event.from_status is not None else None
@@ -555,7 +555,8 @@ class SQLStore(Store):
         return self.sql(q.with_event(sql)), params
 
     def _changed(self, tx: Tx, sql: str, params: dict[str, Any], event: NewEvent | None) -> Workflow | None:
-        """Run one compare-and-set (``sql`` ends in RETURNING *) and record its event if it matched."""
+        """Run one compare-and-set (``sql`` ends in RETURNING the workflow's columns) and record its
+        event if it matched."""
         if self.event_in_update:
             rows = tx.fetch(*self._one_statement(sql, params, event))
             return self._workflow(rows[0]) if rows else None

@@ -74,6 +74,15 @@ FILTER_COLUMNS = frozenset({"status", "workflow_type_id", "created_by_agent"})
 
 EVENT_COLUMNS = ("workflow_id", "from_status", "to_status", "at", "detail", "attempt")
 
+#: What every read and every RETURNING names instead of ``*``, so that a column added to a table
+#: (by a newer release's migration while this one still runs, or by an operator, for reports)
+#: changes no result: the models refuse unknown fields, and PostgreSQL refuses a prepared
+#: statement whose result type changed (``cached plan must not change result type``).
+WORKFLOW = ", ".join(WORKFLOW_COLUMNS)
+EVENT = ", ".join(("id", *EVENT_COLUMNS))
+COUNCIL = "id, members, quorum, updated_at"
+VOTE = "workflow_id, voter_id, approve, comment, at"
+
 INSERT_WORKFLOW = (
     f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) "
     f"VALUES ({', '.join(':' + c for c in WORKFLOW_COLUMNS)}) "
@@ -85,21 +94,21 @@ INSERT_EVENT = (
     f"INSERT INTO workflow_events ({', '.join(EVENT_COLUMNS)}) "
     f"VALUES ({', '.join(':' + c for c in EVENT_COLUMNS)})"
 )
-GET_WORKFLOW = "SELECT * FROM workflows WHERE id = :id"
+GET_WORKFLOW = f"SELECT {WORKFLOW} FROM workflows WHERE id = :id"
 #: ``{ids}`` is a list of generated parameter names (:id0, :id1, …), never values.
-GET_MANY = "SELECT * FROM workflows WHERE id IN ({ids})"
-GET_BY_IDEMPOTENCY_KEY = "SELECT * FROM workflows WHERE idempotency_key = :idempotency_key"
-GET_EVENTS = "SELECT * FROM workflow_events WHERE workflow_id = :workflow_id ORDER BY id"
+GET_MANY = f"SELECT {WORKFLOW} FROM workflows WHERE id IN ({{ids}})"
+GET_BY_IDEMPOTENCY_KEY = f"SELECT {WORKFLOW} FROM workflows WHERE idempotency_key = :idempotency_key"
+GET_EVENTS = f"SELECT {EVENT} FROM workflow_events WHERE workflow_id = :workflow_id ORDER BY id"
 
 #: The claim: one compare-and-set, so two workers can never both run a workflow.
-CLAIM = """
+CLAIM = f"""
 UPDATE workflows
    SET status = 'running', attempts = attempts + 1, worker = :worker,
        started_at = COALESCE(started_at, :now), heartbeat_at = :now, lease_until = :lease_until,
        updated_at = :now,
        run_after = NULL
  WHERE id = :id AND status = 'queued' AND job_id = :job_id
-RETURNING *
+RETURNING {WORKFLOW}
 """
 
 HEARTBEAT = """
@@ -108,32 +117,32 @@ UPDATE workflows SET heartbeat_at = :now, lease_until = :lease_until
 RETURNING cancel_requested_at
 """
 
-STALE_RUNNING = """
-SELECT * FROM workflows
+STALE_RUNNING = f"""
+SELECT {WORKFLOW} FROM workflows
  WHERE status = 'running' AND lease_until < :now
  ORDER BY lease_until LIMIT :limit
 """
 
 #: Queued workflows that may need a delivery: retries that came due (no job yet),
 #: and any queued long enough that its job should have been picked up or be visible.
-DELIVERABLE_QUEUED = """
-SELECT * FROM workflows
+DELIVERABLE_QUEUED = f"""
+SELECT {WORKFLOW} FROM workflows
  WHERE status = 'queued'
    AND ((job_id IS NULL AND (run_after IS NULL OR run_after <= :now))
         OR (job_id IS NOT NULL AND updated_at < :queued_before))
-   {after}
+   {{after}}
  ORDER BY created_at, id LIMIT :limit
 """
 #: Keyset paging for DELIVERABLE_QUEUED, so a long backlog is walked to its end.
 DELIVERABLE_AFTER = "AND (created_at > :after_at OR (created_at = :after_at AND id > :after_id))"
 
-SAVE_COUNCIL = """
+SAVE_COUNCIL = f"""
 INSERT INTO councils (id, members, quorum, updated_at) VALUES (:id, :members, :quorum, :updated_at)
 ON CONFLICT (id) DO UPDATE SET members = excluded.members, quorum = excluded.quorum,
                                updated_at = excluded.updated_at
-RETURNING *
+RETURNING {COUNCIL}
 """
-GET_COUNCIL = "SELECT * FROM councils WHERE id = :id"
+GET_COUNCIL = f"SELECT {COUNCIL} FROM councils WHERE id = :id"
 #: The workflow's status, read inside the vote's transaction ({lock} locks the row where the store can).
 VOTE_STATUS = "SELECT status, attempts FROM workflows WHERE id = :workflow_id {lock}"
 INSERT_VOTE = """
@@ -149,7 +158,7 @@ ON CONFLICT (workflow_id, voter_id) DO UPDATE SET approve = excluded.approve, co
                                                   at = excluded.at
 RETURNING voter_id
 """
-GET_VOTES = "SELECT * FROM workflow_votes WHERE workflow_id = :workflow_id ORDER BY at, voter_id"
+GET_VOTES = f"SELECT {VOTE} FROM workflow_votes WHERE workflow_id = :workflow_id ORDER BY at, voter_id"
 
 # -- statistics ({since} is "" or "AND created_at >= :since") ------------------------------
 STATS_COUNTS = """
@@ -214,7 +223,7 @@ def update_sql(
         where += " AND lease_until < :lease_expired_at"
     if cancel_not_requested:
         where += " AND cancel_requested_at IS NULL"
-    return f"UPDATE workflows SET {sets} WHERE {where} RETURNING *"
+    return f"UPDATE workflows SET {sets} WHERE {where} RETURNING {WORKFLOW}"
 
 
 @functools.cache  # a handful of sizes: 1 and 2 events on every create's path
@@ -251,7 +260,8 @@ def insert_with_events_sql(count: int) -> str:
 
 
 def with_event(update: str) -> str:
-    """``update`` (an UPDATE … RETURNING *) that also records its event, in one statement.
+    """``update`` (an UPDATE … RETURNING the workflow's columns) that also records its event, in one
+    statement.
 
     For databases with data-modifying CTEs (PostgreSQL): the event takes the new row's
     ``updated_at`` and ``attempts``, as the two-statement form does, and is written only if
@@ -260,7 +270,7 @@ def with_event(update: str) -> str:
     return (
         f"WITH u AS ({update}), e AS (INSERT INTO workflow_events ({', '.join(EVENT_COLUMNS)}) "
         "SELECT u.id, CAST(:event_from AS TEXT), CAST(:event_to AS TEXT), u.updated_at, "
-        "CAST(:event_detail AS TEXT), u.attempts FROM u) SELECT * FROM u"
+        f"CAST(:event_detail AS TEXT), u.attempts FROM u) SELECT {WORKFLOW} FROM u"
     )
 
 
@@ -276,4 +286,4 @@ def list_sql(filters: Iterable[str], *, cursor: bool, index: str | None = None) 
         conds.append("(created_at, id) < (:cursor_at, :cursor_id)")
     where = f" WHERE {' AND '.join(conds)}" if conds else ""
     indexed = f" INDEXED BY {index}" if index else ""
-    return f"SELECT * FROM workflows{indexed}{where} ORDER BY created_at DESC, id DESC LIMIT :limit"
+    return f"SELECT {WORKFLOW} FROM workflows{indexed}{where} ORDER BY created_at DESC, id DESC LIMIT :limit"
