@@ -299,6 +299,20 @@ def test_enqueue_or_requeue_with_redis_down_prints_the_queued_workflow_and_warns
     assert "Redis is unavailable" in warning and "reconcile" in warning
 
 
+def test_the_commands_ignore_whitespace_around_their_variables_as_from_env_does(
+    engine: WorkflowEngine, db: str
+) -> None:
+    wid = engine.create_workflow(workflow_type_id="ok")
+    crlf = {
+        "WORKFLOW_ENGINE_DATABASE_URL": f"{db}\r",
+        "WORKFLOW_ENGINE_QUEUE": "workflows\r",
+        "REDIS_URL": " ",
+    }
+    result = CliRunner().invoke(main, ["list", "--json"], env=crlf, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert [wf["id"] for wf in json.loads(result.stdout)] == [wid]
+
+
 def test_control_characters_in_stored_text_are_written_out_not_sent_to_the_terminal(
     engine: WorkflowEngine, db: str
 ) -> None:

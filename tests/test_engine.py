@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import sys
@@ -528,6 +529,24 @@ def test_a_handler_that_catches_its_own_timeout_and_returns_still_fails_as_timed
     workflow_engine.enqueue_execution(wid)
     wf = workflow_engine.get_workflow(wid)
     assert (wf.status, wf.error, wf.result) == (S.FAILED, "handler timed out after 0.2 s", None)
+
+
+def test_a_callers_own_alarm_keeps_its_time_across_an_in_process_workflow_with_a_timeout(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    """Only RQ's backstop gets the grace for the outcome's write: a test's own alarm (pytest-timeout's
+    signal method, say) is put back with the time it had left."""
+    workflow_engine.register_handler("double", double, timeout=1)
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 3.0)
+        workflow_engine.enqueue_execution(create(workflow_engine))
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert 0 < left <= 3.0 and not fired
 
 
 def test_an_alarm_that_fires_as_the_handler_returns_still_restores_rqs_alarm(
@@ -1395,6 +1414,12 @@ def test_an_engine_given_a_store_reports_the_stores_database(tmp_path: Path) -> 
     assert engine.database_url == url and "given.db" in repr(engine)
     same = WorkflowEngine(database_url=url, store=open_store(url), redis_url="fakeredis://")
     assert same.database_url == url
+    relative = WorkflowEngine(
+        database_url=f"sqlite:///{os.path.relpath(tmp_path / 'given.db')}", store=open_store(url)
+    )
+    assert relative.database_url == url  # the same file, written another way
+    from_env = WorkflowEngine.from_env({"REDIS_URL": "fakeredis://"}, store=open_store(url))
+    assert from_env.database_url == url  # the variable is unset: no default to conflict with
     with pytest.raises(InvalidInput, match="is not the store's"):
         WorkflowEngine(database_url="sqlite:///other.db", store=open_store(url), redis_url="fakeredis://")
 

@@ -368,6 +368,27 @@ def test_a_redis_that_accepts_connections_but_never_answers_fails_an_enqueue_wit
         h.redis_server.proc.send_signal(signal.SIGCONT)
 
 
+def test_redis_connections_probe_a_quiet_peer_so_that_one_that_vanished_is_found_and_replaced(
+    h: Harness,
+) -> None:
+    """TCP keepalives keep a NAT's entry for an idle connection, and turn a peer gone silent into a
+    connection error, which is retried on a new connection (a timeout is not)."""
+    import socket
+
+    h.engine.redis.ping()
+    connection = h.engine.redis.connection_pool.get_connection()
+    try:
+        sock = connection._sock  # type: ignore[attr-defined]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        probes = [
+            sock.getsockopt(socket.IPPROTO_TCP, o)
+            for o in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+        ]
+        assert probes == [30, 10, 3]
+    finally:
+        h.engine.redis.connection_pool.release(connection)
+
+
 def test_a_stale_workflow_requeued_while_redis_is_down_is_also_reported_undeliverable(h: Harness) -> None:
     """Reconcile requeues it in the database, but its new job cannot reach Redis: the report says
     both, so that nobody reads "requeued" as "on its way"; the next pass delivers it."""

@@ -39,11 +39,21 @@ log = logging.getLogger("workflow_engine.cli")
 _PAGE = 500
 
 
+def _stripped(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The value without the whitespace around it (a CRLF ``.env`` file's ``\\r``), as
+    ``WorkflowEngine.from_env`` reads it; the default if nothing is left."""
+    if value is None:
+        return None
+    value = value.strip()
+    return value or (param.default if isinstance(param.default, str) else None)
+
+
 def _engine_options(func: F) -> F:
     """--database-url, --redis-url and --queue, each with its environment variable."""
     func = click.option(
         "--queue",
         "queue_name",
+        callback=_stripped,
         envvar="WORKFLOW_ENGINE_QUEUE",
         show_envvar=True,
         default=config.DEFAULT_QUEUE,
@@ -52,6 +62,7 @@ def _engine_options(func: F) -> F:
     )(func)
     func = click.option(
         "--redis-url",
+        callback=_stripped,
         envvar=["WORKFLOW_ENGINE_REDIS_URL", "REDIS_URL"],
         show_envvar=True,
         default=config.DEFAULT_REDIS_URL,
@@ -60,6 +71,7 @@ def _engine_options(func: F) -> F:
     )(func)
     func = click.option(
         "--database-url",
+        callback=_stripped,
         envvar="WORKFLOW_ENGINE_DATABASE_URL",
         show_envvar=True,
         default=config.DEFAULT_DATABASE_URL,

@@ -109,6 +109,14 @@ def _check_redis_connection(connection: Any) -> None:
         )
 
 
+def _same_database(a: str, b: str) -> bool:
+    """Whether two database URLs name one database: a SQLite file by its absolute path."""
+    first, second = parse_database_url(a), parse_database_url(b)
+    if first.backend == second.backend == "sqlite" and ":memory:" not in (first.target, second.target):
+        return os.path.abspath(first.target) == os.path.abspath(second.target)
+    return first == second
+
+
 class WorkflowEngine:
     """Durable workflows: a database row per workflow, RQ to run them.
 
@@ -144,11 +152,7 @@ class WorkflowEngine:
             raise InvalidInput(
                 f"store must be a workflow_engine store (from stores.open_store), got {type(store).__name__}"
             )
-        if (
-            store is not None
-            and database_url is not None
-            and parse_database_url(database_url) != parse_database_url(store.url)
-        ):
+        if store is not None and database_url is not None and not _same_database(database_url, store.url):
             raise InvalidInput(
                 f"database_url {shown(database_url)!r} is not the store's {shown(store.url)!r}; "
                 "pass one of them"
@@ -179,6 +183,7 @@ class WorkflowEngine:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkflowEngine:
         """An engine configured from ``WORKFLOW_ENGINE_*`` variables (see :data:`config.ENVIRONMENT`)."""
         settings = config.Settings.from_env(environ)
+        env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {
             "database_url": settings.database_url,
             "redis_url": settings.redis_url,
@@ -186,6 +191,8 @@ class WorkflowEngine:
             "heartbeat_interval": settings.heartbeat_interval,
             "stale_after": settings.stale_after,
         }
+        if overrides.get("store") is not None and not (env.get("WORKFLOW_ENGINE_DATABASE_URL") or "").strip():
+            del kwargs["database_url"]  # the store's own, not the default the variable would give
         kwargs.update(overrides)
         return cls(**kwargs)
 

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from rq.timeouts import BaseDeathPenalty
+
 from . import recovery
 from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
 from .handlers import HandlerFunc, describe
@@ -421,6 +423,8 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
         timed_out()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
+    # RQ's backstop (its death penalty's handler), or a caller's own alarm (a test's timeout).
+    backstop = isinstance(getattr(previous, "__self__", None), BaseDeathPenalty)
     outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         result = func(wf)
@@ -433,11 +437,12 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
         finally:  # even if the alarm fired just as the handler returned: it fires once, so this runs
             after_store_call(None)  # a timeout handed to a store call that has not ended is void now
             signal.signal(signal.SIGALRM, previous)
-            if outer_delay > 0:  # put back RQ's own (longer) alarm, minus the time spent, but leave
-                # the outcome's write its grace: a slow import may have spent most of it already,
-                # and RQ's timeout inside that write would lose an attempt that ended in time.
+            if outer_delay > 0:  # put back the outer alarm, minus the time spent; RQ's backstop with
+                # at least its grace for the outcome's write: a slow import may have spent most of
+                # it already, and RQ's timeout inside that write would lose an attempt that ended in
+                # time. (A caller's own alarm in the in-process mode keeps its time.)
                 left = outer_delay - (time.monotonic() - start)
-                signal.setitimer(signal.ITIMER_REAL, max(left, TIMEOUT_GRACE))
+                signal.setitimer(signal.ITIMER_REAL, max(left, TIMEOUT_GRACE if backstop else 0.001))
 
 
 # -- heartbeats --------------------------------------------------------------
