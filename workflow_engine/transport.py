@@ -86,7 +86,7 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         raise ConfigurationError(
             f"unsupported Redis URL scheme {scheme!r}; use redis://, rediss://, unix:// or fakeredis://"
         )
-    if scheme != "unix" and not re.fullmatch("/?[0-9]*", _path(url)):  # redis-py would take db 0
+    if scheme != "unix" and not re.fullmatch("/?[0-9]*/?", _path(url)):  # redis-py would take db 0
         raise ConfigurationError(
             f"malformed Redis URL {shown(url)!r}: its path must be a database number, as in redis://host:6379/0"
         )
