@@ -157,9 +157,9 @@ class WorkflowEngine:
                 f"database_url {shown(database_url)!r} is not the store's {shown(store.url)!r}; "
                 "pass one of them"
             )
-        #: The database's URL: the store's own when a store is given.
         if store is not None:
             database_url = store.url
+        #: The database's URL: the store's own when a store is given.
         self.database_url = config.DEFAULT_DATABASE_URL if database_url is None else database_url
         self.redis_url = redis_url
         self.queue_name = queue_name
