@@ -280,6 +280,37 @@ def test_a_claim_retried_while_its_first_attempt_still_waits_on_the_server_is_wo
     store.close()
 
 
+def test_a_cancel_request_retried_while_its_first_attempt_still_runs_on_the_server_is_recorded_once(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change that leaves the status as it is (running -> running) would match again on its retry,
+    after its first attempt landed: recorded twice. The cancel request (as ``engine.cancel`` makes
+    it) holds only while no cancel is requested, so its retry misses and finds the first."""
+    from workflow_engine.stores.base import Change, NewEvent
+
+    store = open_store(pg_url)
+    store.migrate()
+    [(wf, _)] = store.insert([a_workflow(status=S.RUNNING, job_id="job-1", attempts=1)])
+    now = utcnow()
+    request = Change(
+        wf.id,
+        S.RUNNING,
+        {"cancel_requested_at": now, "updated_at": now},
+        NewEvent(S.RUNNING, S.RUNNING, "cancel requested"),
+        expected_job_id="job-1",
+        cancel_not_requested=True,
+    )
+    first = psycopg.connect(pg_url)  # the first attempt, still open on the server
+    sql, params = store._update(request)  # type: ignore[attr-defined]
+    assert first.execute(*store._one_statement(sql, params, request.event)).fetchall()  # type: ignore[attr-defined]
+    lost = _lose_the_first_write(store, first, monkeypatch)
+    [marked] = store.apply([request])
+    first.close()
+    assert lost and marked is not None and marked.cancel_requested_at == now
+    assert [e.detail for e in store.events(wf.id)].count("cancel requested") == 1
+    store.close()
+
+
 class _Relay:
     """A TCP relay to PostgreSQL that can play a failover to another host: after :meth:`failover`
     the server's side of every relayed connection is closed, the client's side hears nothing,

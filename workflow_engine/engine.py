@@ -763,15 +763,17 @@ class WorkflowEngine:
                         self.transport.stop(wf.job_id)
                     return wf
                 now = utcnow()
-                marked = self.store.compare_and_set(
+                # Only if no cancel was requested yet: a request is recorded once, even when a
+                # retry after a lost connection meets its own first attempt, landed meanwhile.
+                request = Change(
                     wf.id,
-                    expected_status=S.RUNNING,
-                    changes={"cancel_requested_at": now, "updated_at": now},
-                    event=NewEvent(
-                        S.RUNNING, S.RUNNING, f"cancel requested{': ' + reason if reason else ''}"
-                    ),
+                    S.RUNNING,
+                    {"cancel_requested_at": now, "updated_at": now},
+                    NewEvent(S.RUNNING, S.RUNNING, f"cancel requested{': ' + reason if reason else ''}"),
                     expected_job_id=wf.job_id,
+                    cancel_not_requested=True,
                 )
+                [marked] = self.store.apply([request])
                 if marked is not None:
                     if marked.job_id:
                         self.transport.stop(marked.job_id)
