@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, Request
+from flask import Blueprint, Flask, Request, abort
 from flask.testing import FlaskClient
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import HTTPException, Unauthorized
 
-from workflow_engine import Workflow, WorkflowEngine, WorkflowStatus
+from workflow_engine import StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus
 from workflow_engine.contrib.flask import WorkflowEngineFlask
 from workflow_engine.errors import ConfigurationError
 
@@ -228,6 +228,25 @@ def test_a_body_over_max_body_bytes_answers_413(engine: WorkflowEngine) -> None:
     assert engine.list_workflows() == []
     small = {"workflow_type_id": "site", "inputs": {"x": "a" * 100}}
     assert client.post("/api/workflow_actions", json=small).status_code == 201
+
+
+def test_a_chunked_form_over_max_body_bytes_answers_413_and_records_nothing(engine: WorkflowEngine) -> None:
+    app = Flask(__name__)
+    WorkflowEngineFlask(app, engine, max_body_bytes=1000, ui=True)
+    client = app.test_client()
+    engine.configure_council("c1", members=["ana", "bo", "cy"], quorum=2)
+    wid = create(client, workflow_type_id="site", assigned_council_id="c1", requires_approval=True)["id"]
+    token = csrf(client, f"/workflows/{wid}")
+    form = f"csrf_token={token}&voter_id=ana&decision=approve&comment={'a' * 5000}".encode()
+    r = client.post(
+        f"/workflows/{wid}/vote",
+        input_stream=io.BytesIO(form),
+        content_type="application/x-www-form-urlencoded",
+        headers={"Transfer-Encoding": "chunked", "Origin": "http://localhost"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert r.status_code == 413  # not a vote with its comment cut at the limit
+    assert engine.store.votes(wid) == []
 
 
 # -- GET a workflow -------------------------------------------------------------
@@ -490,6 +509,45 @@ def test_an_apps_handler_for_every_http_error_still_serves_outside_the_api(engin
     client = app.test_client()
     assert client.get("/elsewhere").json == {"app": 404}
     assert_error(client.get("/api/nothing/here"), 404, "not_found")
+
+
+def test_a_blueprints_own_handler_for_http_errors_still_serves_its_404s(engine: WorkflowEngine) -> None:
+    app = Flask(__name__)
+    v2 = Blueprint("v2", __name__)
+    v2.register_error_handler(HTTPException, lambda exc: ({"v2": exc.code}, exc.code))
+    v2.add_url_rule("/missing", "missing", lambda: abort(404))
+    app.register_blueprint(v2, url_prefix="/v2")
+    WorkflowEngineFlask(app, engine)
+    client = app.test_client()
+    assert client.get("/v2/missing").json == {"v2": 404}  # as without the extension
+    assert_error(client.get("/api/nothing/here"), 404, "not_found")
+
+
+def test_a_database_outage_answers_503_as_the_openapi_document_says(
+    client: FlaskClient, engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only queue_unavailable means "created": a client must tell it from store_unavailable."""
+    import jsonschema_rs  # schemathesis's own validator
+
+    doc = client.get("/api/openapi.json").json
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("the database is unreachable")
+
+    monkeypatch.setattr(engine, "create_workflow", down)
+    monkeypatch.setattr(engine, "get_workflow", down)
+    calls = [
+        ("post", "/api/workflow_actions", "/api/workflow_actions", {"workflow_type_id": "site"}),
+        ("get", "/api/workflow_actions/x", "/api/workflow_actions/{workflow_id}", None),
+    ]
+    for method, path, template, body in calls:
+        r = getattr(client, method)(path, json=body) if body else getattr(client, method)(path)
+        assert_error(r, 503, "store_unavailable")
+        documented = doc["paths"][template][method]["responses"]["503"]
+        schema = {**documented["content"]["application/json"]["schema"], "components": doc["components"]}
+        jsonschema_rs.validate(schema, r.json)
+    created = doc["paths"]["/api/workflow_actions"]["post"]["responses"]["503"]["description"]
+    assert "queue_unavailable" in created and "store_unavailable" in created
 
 
 def test_a_server_bug_answers_a_json_500_and_is_logged(

@@ -77,18 +77,22 @@ class WorkflowEngineFlask:
 
 def _before_request() -> None:
     st = state()
-    request.max_content_length = st.max_body_bytes
-    if request.content_length is not None and request.content_length > st.max_body_bytes:
-        raise ApiError(
-            413,
-            "request_entity_too_large",
-            f"the body is {request.content_length} bytes; the limit is {st.max_body_bytes}",
-        )
+    request.max_content_length = limit = st.max_body_bytes
+    size = request.content_length
+    if size is not None and size > limit:
+        raise ApiError(413, "request_entity_too_large", f"the body is {size} bytes; the limit is {limit}")
     if st.auth is not None:
         try:
             st.auth(request)
         except PermissionError as exc:
             raise Forbidden(str(exc) or None) from exc
+    # A chunked body (no Content-Length) is read up to the limit and no further, quietly: one that
+    # filled it was cut. Read here (once the caller is let in), for the API's JSON and the page's
+    # forms alike (werkzeug parses a form from these cached bytes), so that neither acts on a cut body.
+    if size is None and len(request.get_data(cache=True)) >= limit:
+        raise ApiError(
+            413, "request_entity_too_large", f"the body is at least {limit} bytes; the limit is {limit}"
+        )
 
 
 def _json_for_routing_errors(app: Flask, prefix: str) -> None:
@@ -96,9 +100,11 @@ def _json_for_routing_errors(app: Flask, prefix: str) -> None:
 
     Flask tries an app's handlers for a status code before its handlers for an exception class,
     so these are registered for the two codes themselves. Elsewhere they hand the error to what
-    the app registered for that code before, or else to its handler for the exception's class
-    (``HTTPException``, ``Exception``), looked up at that moment: it may be registered later."""
-    spec = app.error_handler_spec[None]
+    the app registered for that code before, or else, as Flask would have, to a handler for the
+    exception's class (``HTTPException``, ``Exception``): the request's blueprints' first, then the
+    app's, looked up at that moment (they may be registered later)."""
+    specs = app.error_handler_spec
+    spec = specs[None]
 
     def json_under_prefix(code: int) -> Any:
         previous = spec[code].get(default_exceptions[code])
@@ -110,10 +116,12 @@ def _json_for_routing_errors(app: Flask, prefix: str) -> None:
                 return json_error(exc)
             if previous is not None:
                 return previous(exc)
-            for cls in type(exc).__mro__:
-                fallback = spec[None].get(cls)
-                if fallback is not None:
-                    return fallback(exc)
+            for name in (*request.blueprints, None):
+                by_class = specs[name][None] if name in specs else {}
+                for cls in type(exc).__mro__:
+                    fallback = by_class.get(cls)
+                    if fallback is not None:
+                        return fallback(exc)
             return exc
 
         return handle

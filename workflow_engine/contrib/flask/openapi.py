@@ -125,7 +125,8 @@ _ANALYTICS: dict[str, Any] = {
         "oldest_queued_age_s": _NUMBER_OR_NULL,
         "running": {"type": "integer"},
         "throughput_per_min": {"type": "number"},
-        "calculated_savings": {"type": "object", "additionalProperties": {"type": "number"}},
+        # None for a sum too large for a float (docs/api.md, stats)
+        "calculated_savings": {"type": "object", "additionalProperties": _NUMBER_OR_NULL},
     },
     "required": ["generated_at", "total", "by_status", "by_type", "calculated_savings"],
 }
@@ -173,6 +174,23 @@ _E403 = _error("The auth hook refused the request: not allowed.")
 _E404 = _error("No workflow has that id.")
 _E409 = _error("The state machine does not allow it (for example a vote on a decided workflow).")
 _E413 = _error("The body is larger than max_body_bytes.")
+_E503 = _error(
+    "store_unavailable: the database could not be reached, and nothing was done; try again (a create "
+    "with an idempotency_key, so that one that did commit is not repeated)."
+)
+
+
+def _queued_anyway(description: str) -> dict[str, Any]:
+    """503 on a call that queues: Redis down after the change (queue_unavailable: done, do not repeat
+    it) or the database down before it (store_unavailable: not done)."""
+    schema = {"anyOf": [_ref("QueueUnavailableError"), _ref("Error")]}
+    return {
+        "description": f"queue_unavailable: {description} store_unavailable: the database could not be "
+        "reached, and nothing was done; try again.",
+        "content": {JSON: {"schema": schema}},
+    }
+
+
 _LOCATION = {
     "Location": {"required": True, "schema": {"type": "string"}, "description": "The workflow's URL."}
 }
@@ -193,7 +211,7 @@ _LINKS = {
 
 
 def _guarded(responses: dict[str, Any]) -> dict[str, Any]:
-    return {"401": _E401, "403": _E403, **responses}
+    return {"401": _E401, "403": _E403, "503": _E503, **responses}
 
 
 def document(prefix: str, *, server: str | None = None) -> dict[str, Any]:
@@ -222,9 +240,9 @@ def document(prefix: str, *, server: str | None = None) -> dict[str, Any]:
                             "200": _ok("An idempotent replay: the first workflow, unchanged.", "Workflow"),
                             "400": _E400,
                             "413": _E413,
-                            "503": _error(
-                                "Created and queued, but Redis is unavailable: it runs once Redis is back.",
-                                "QueueUnavailableError",
+                            "503": _queued_anyway(
+                                "created and queued, but Redis is unavailable: it runs once Redis is back; "
+                                "do not create it again."
                             ),
                         }
                     ),
@@ -244,9 +262,8 @@ def document(prefix: str, *, server: str | None = None) -> dict[str, Any]:
                             "404": _E404,
                             "409": _E409,
                             "413": _E413,
-                            "503": _error(
-                                "Queued, but Redis is unavailable: it runs once Redis is back.",
-                                "QueueUnavailableError",
+                            "503": _queued_anyway(
+                                "queued, but Redis is unavailable: it runs once Redis is back."
                             ),
                         }
                     ),

@@ -102,6 +102,8 @@ def _utc(value: datetime) -> datetime:
 
 Text = Annotated[str, Field(pattern=NO_NUL), AfterValidator(_text)]
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=NO_NUL), AfterValidator(_text)]
+#: An identifier that may be empty (an agent), within the engine's length.
+Name = Annotated[str, Field(max_length=MAX_ID_LENGTH, pattern=NO_NUL), AfterValidator(_text)]
 JSONObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 Savings = Annotated[JSONObject | None, AfterValidator(_savings)]
 Status = Annotated[WorkflowStatus, Field(strict=False)]
@@ -129,7 +131,7 @@ class CreateWorkflow(BaseModel):
     )
 
     workflow_type_id: Id
-    created_by_agent: Text | None = None
+    created_by_agent: Name | None = None
     inputs: JSONObject = Field(default_factory=dict)
     calculated_savings: Savings = None
     assigned_council_id: Id | None = None
@@ -204,13 +206,7 @@ def json_body(model: type[M]) -> M:
             "invalid_json",
             f"send a JSON object with Content-Type: application/json (got {request.content_type or 'none'})",
         )
-    raw = request.get_data(cache=True)  # over max_body_bytes with a Content-Length: werkzeug raises 413
-    limit = request.max_content_length
-    if request.content_length is None and limit is not None and len(raw) >= limit:
-        # A chunked body is read up to the limit and no further, quietly: one that filled it was cut.
-        raise ApiError(
-            413, "request_entity_too_large", f"the body is at least {limit} bytes; the limit is {limit}"
-        )
+    raw = request.get_data(cache=True)  # its size was checked before the request (extension._before_request)
     try:
         data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
