@@ -601,6 +601,16 @@ def bearer(token: str) -> Any:
     return auth
 
 
+def test_a_cors_preflight_is_not_passed_to_the_auth_hook_and_gets_no_data(engine: WorkflowEngine) -> None:
+    app = Flask(__name__)
+    WorkflowEngineFlask(app, engine, auth=bearer("t"))
+    client = app.test_client()
+    preflight = {"Origin": "https://spa.example", "Access-Control-Request-Method": "POST"}
+    r = client.options("/api/workflow_actions", headers=preflight)
+    assert r.status_code == 200 and r.get_data() == b"" and "POST" in r.headers["Allow"]
+    assert client.options("/api/workflow_actions").status_code == 401  # a plain OPTIONS is guarded
+
+
 def test_the_auth_hook_refuses_with_401_or_403(engine: WorkflowEngine) -> None:
     app = Flask(__name__)
     WorkflowEngineFlask(app, engine, auth=bearer("s3cret"), ui=True)
