@@ -457,6 +457,35 @@ def test_reconcile_once_prints_its_report(db: str) -> None:
 
 
 # -- logs ----------------------------------------------------------------------------
+def test_json_logs_are_ascii_so_that_any_stream_encoding_keeps_them_json() -> None:
+    import logging
+
+    from workflow_engine.logs import JsonFormatter
+
+    line = JsonFormatter().format(logging.makeLogRecord({"msg": "café 😀", "levelname": "INFO"}))
+    assert line.isascii() and json.loads(line)["message"] == "café 😀"
+
+
+def test_the_workers_reconcile_thread_logs_one_line_a_failed_pass_when_the_database_is_down(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    from workflow_engine.cli import reconcile_loop
+    from workflow_engine.errors import StoreUnavailable
+
+    stop = threading.Event()
+
+    def down() -> None:
+        stop.set()
+        raise StoreUnavailable("PostgreSQL is unavailable: connection refused")
+
+    monkeypatch.setattr(engine, "reconcile", down)
+    reconcile_loop(engine, 0.001, stop)
+    [record] = [r for r in caplog.records if "reconcile failed" in r.getMessage()]
+    assert "connection refused" in record.getMessage() and record.exc_info is None  # no traceback
+
+
 def test_json_logs_stay_strict_json_and_keep_their_standard_keys() -> None:
     import logging
 

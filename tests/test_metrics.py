@@ -159,6 +159,21 @@ def test_an_unreachable_database_is_a_gauge_not_a_failed_scrape(tmp_path: Path) 
     assert value(m, "workflow_engine_redis_up") == 1
 
 
+def test_a_forked_work_horse_does_not_hold_the_metrics_port(engine: WorkflowEngine) -> None:
+    """Orphaned by a killed worker, a work-horse that held the listening socket kept the port: the
+    restarted worker could not serve its metrics."""
+    server = metrics.MetricsServer(engine, port=free_port(), host="127.0.0.1")
+    try:
+        pid = os.fork()
+        if pid == 0:  # the work-horse
+            os._exit(0 if server._server.socket.fileno() == -1 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).status == 200
+    finally:
+        server.close()
+
+
 def test_make_wsgi_app_serves_the_metrics_for_a_web_process(engine: WorkflowEngine) -> None:
     app = metrics.make_wsgi_app(engine)
     engine.create_workflow(workflow_type_id="ok")

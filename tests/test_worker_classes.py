@@ -74,3 +74,19 @@ def test_a_heartbeat_inside_rqs_own_pipeline_stays_in_it(
         assert round_trips(monkeypatch, lambda: worker.heartbeat(pipeline=pipe)) == 0
         assert round_trips(monkeypatch, pipe.execute) == 1
     assert connection.hget(worker.key, "last_heartbeat") is not None
+
+
+@pytest.mark.parametrize("cls", [SimpleWorkflowWorker, WorkflowWorker])
+def test_a_heartbeat_after_redis_lost_its_data_registers_the_worker_again(
+    cls: type[Any], connection: Any
+) -> None:
+    """A Redis restarted without persistence: RQ registers a worker only at its start, so a live
+    one stayed out of rq info and workflow-engine health (0 live workers) until it restarted."""
+    worker = cls([Queue("workflows", connection=connection)], connection=connection)
+    worker.register_birth()
+    assert [w.name for w in Worker.all(connection=connection)] == [worker.name]
+    connection.flushall()
+    assert Worker.all(connection=connection) == []
+    worker.heartbeat()
+    assert [w.name for w in Worker.all(connection=connection)] == [worker.name]
+    assert [w.name for w in Worker.all(queue=Queue("workflows", connection=connection))] == [worker.name]

@@ -365,6 +365,8 @@ def reconcile_loop(engine: WorkflowEngine, every: float, stop: threading.Event) 
     while not stop.wait(every):
         try:
             engine.reconcile()
+        except WorkflowEngineError as exc:  # the database or Redis is down: one line, as `reconcile --every`
+            log.error("reconcile failed: %s; trying again in %s s", exc, every)
         except Exception:
             log.exception("reconcile failed; trying again in %s s", every)
 

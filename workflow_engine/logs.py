@@ -53,7 +53,7 @@ class JsonFormatter(logging.Formatter):
             out["exception"] = record.exc_text
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, ensure_ascii=False)
+        return json.dumps(out)  # ASCII: a stream that cannot encode a character would break the JSON
 
 
 def _json_safe(value: Any) -> bool:

@@ -344,6 +344,9 @@ class MetricsServer:
         self._server: Any = server
         self._thread = thread
         self.port = int(server.server_port)
+        # A forked work-horse must not hold the listening socket: orphaned by a killed worker, it
+        # would keep the port, and the restarted worker could not serve its metrics.
+        os.register_at_fork(after_in_child=server.socket.close)
 
     def close(self) -> None:
         self._server.shutdown()

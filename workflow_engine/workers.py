@@ -10,6 +10,11 @@ commands were never atomic, so a pipeline without ``MULTI`` keeps their meaning.
 
 ``workflow-engine worker`` uses them. A stock ``rq worker`` can too:
 ``rq worker workflows -w workflow_engine.workers.SimpleWorkflowWorker``.
+
+One thing they add: a heartbeat that finds the worker's key gone (Redis restarted without
+persistence, or was flushed) registers the worker again, so that ``rq info`` and
+``workflow-engine health`` see it. RQ's own classes register a worker only when it starts,
+and stay invisible until they restart.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from rq import SimpleWorker, Worker
+from rq.worker_registration import register
 
 
 class _OneTripHeartbeat:
@@ -29,8 +35,11 @@ class _OneTripHeartbeat:
             super().heartbeat(timeout, pipeline=pipeline)  # type: ignore[misc]
             return
         with self.connection.pipeline(transaction=False) as pipe:
+            pipe.exists(self.key)  # type: ignore[attr-defined]
             super().heartbeat(timeout, pipeline=pipe)  # type: ignore[misc]
-            pipe.execute()
+            existed = pipe.execute()[0]
+        if not existed:  # Redis lost the worker's key: it lost the worker sets too
+            register(self, None)  # type: ignore[arg-type]  # into them again, as at its start
 
 
 class WorkflowWorker(_OneTripHeartbeat, Worker):
