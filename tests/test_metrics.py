@@ -41,9 +41,13 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 def scrape_registry(engine: WorkflowEngine, instruments: metrics.Instruments) -> Samples:
+    return scrape_registry_of(metrics.make_registry(engine, instruments))
+
+
+def scrape_registry_of(registry: Any) -> Samples:
     from prometheus_client import generate_latest
 
-    return parse(generate_latest(metrics.make_registry(engine, instruments)).decode())
+    return parse(generate_latest(registry).decode())
 
 
 @pytest.fixture
@@ -157,6 +161,38 @@ def test_an_unreachable_database_is_a_gauge_not_a_failed_scrape(tmp_path: Path) 
     assert value(m, "workflow_engine_database_up") == 0
     assert value(m, "workflow_engine_workflows", status="pending") is None
     assert value(m, "workflow_engine_redis_up") == 1
+
+
+def test_a_scrape_with_a_hung_database_or_redis_still_arrives_in_time_saying_which_is_down(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prometheus gives up on a scrape after 10 s by default: a scrape that waited out the store's
+    timeouts (5 s, and its retry) never delivered the ``*_up 0`` that the alerts look for."""
+    import threading
+    import time
+
+    monkeypatch.setattr(metrics, "SCRAPE_BUDGET", 0.5)
+    hung = threading.Event()
+    real_stats = engine.store.stats
+
+    def stats(**kwargs: Any) -> Any:
+        hung.wait(30)
+        return real_stats(**kwargs)
+
+    monkeypatch.setattr(engine.store, "stats", stats)
+    registry = metrics.make_registry(engine, metrics.Instruments())
+    try:
+        for _ in range(2):  # the second scrape waits for the same stuck read, not a new one
+            started = time.monotonic()
+            m = scrape_registry_of(registry)
+            assert time.monotonic() - started < 2
+            assert value(m, "workflow_engine_database_up") == 0 and value(m, "workflow_engine_redis_up") == 1
+            assert value(m, "workflow_engine_workers") == 0
+    finally:
+        hung.set()
+    time.sleep(0.1)
+    m = scrape_registry_of(registry)
+    assert value(m, "workflow_engine_database_up") == 1
 
 
 def test_a_forked_work_horse_does_not_hold_the_metrics_port(engine: WorkflowEngine) -> None:

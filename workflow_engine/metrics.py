@@ -20,8 +20,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, MissingDependency
@@ -230,14 +233,53 @@ def enable_multiprocess(path: str) -> None:
 
 
 # -- exposition ----------------------------------------------------------------------
+#: Seconds a scrape waits for the database and for Redis before it reports them down: well inside
+#: Prometheus's default ``scrape_timeout`` (10 s), so that a scrape with a dependency down or hung
+#: still arrives, with its ``*_up`` 0 (a store call alone may take twice its 5 s pool timeout).
+SCRAPE_BUDGET = 4.0
+
+
 class DatabaseCollector:
-    """Gauges read from the database and Redis at scrape time, so they hold across processes."""
+    """Gauges read from the database and Redis at scrape time, so they hold across processes.
+
+    The two are read side by side, each in a thread of the collector's own, within
+    :data:`SCRAPE_BUDGET`. A read that outlasts it goes on, and the next scrape waits for that
+    same read instead of starting another."""
 
     def __init__(self, engine: WorkflowEngine) -> None:
         self.engine = engine
+        self._lock = threading.Lock()
+        self._reads: dict[str, Future[Any]] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     def describe(self) -> list[Metric]:
         return []  # registering must not touch the database
+
+    def _start(self, name: str, read: Callable[[], Any]) -> Future[Any]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="workflow-engine-scrape")
+            running = self._reads.get(name)
+            if running is None or running.done():
+                running = self._reads[name] = self._pool.submit(read)
+            return running
+
+    def _read_database(self) -> tuple[dict[str, int], float, int]:
+        """Workflows by status, the oldest queued one's age, and the stale running ones."""
+        store, now = self.engine.store, utcnow()
+        rows = store.stats(since=None, recent=now)
+        by_status = {status.value: 0 for status in WorkflowStatus}
+        for _, status, count in rows.counts:
+            by_status[status] = by_status.get(status, 0) + count
+        oldest = max((now - rows.oldest_queued).total_seconds(), 0.0) if rows.oldest_queued else 0.0
+        return by_status, oldest, len(store.stale_running(now=now, limit=STALE_LIMIT))
+
+    def _read_redis(self) -> tuple[int, int]:
+        """The queue's depth and the live workers on it."""
+        from rq import Worker
+
+        engine = self.engine
+        return engine.transport.depth(), len(Worker.all(queue=engine.queue))
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
@@ -245,60 +287,52 @@ class DatabaseCollector:
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, value=value)
 
-        engine = self.engine
-        try:
-            stats = engine.stats()
-            stale = len(engine.store.stale_running(now=utcnow(), limit=STALE_LIMIT))
-        except Exception as exc:
-            log.warning("metrics: cannot read the database: %s", exc)
-            stats = None
+        database = self._start("database", self._read_database)
+        redis = self._start("redis", self._read_redis)
+        deadline = time.monotonic() + SCRAPE_BUDGET
+        read = _within(database, deadline, "the database")
         yield gauge(
             "workflow_engine_database_up",
             "1 when this scrape could read the database, else 0.",
-            1 if stats is not None else 0,
+            int(bool(read)),
         )
-        if stats is not None:
+        if read:
+            by_status, oldest, stale = read
             workflows = GaugeMetricFamily(
                 "workflow_engine_workflows", "Workflows in the database, by status.", labels=["status"]
             )
-            for status, count in stats["by_status"].items():
+            for status, count in by_status.items():
                 workflows.add_metric([status], count)
             yield workflows
             yield gauge(
                 "workflow_engine_oldest_queued_age_seconds",
                 "Age of the oldest queued workflow that is due (0 when none is queued).",
-                stats["oldest_queued_age_s"] or 0.0,
+                oldest,
             )
             yield gauge(
                 "workflow_engine_workflows_stale",
                 "Running workflows whose lease expired: their worker stopped heartbeating.",
                 stale,
             )
-            if stats["queue_depth"] is not None:
-                yield gauge(
-                    "workflow_engine_queue_depth",
-                    "Jobs waiting on the RQ queue.",
-                    stats["queue_depth"],
-                )
-        workers = _live_workers(engine)
+        queue = _within(redis, deadline, "Redis")
         yield gauge(
-            "workflow_engine_redis_up",
-            "1 when this scrape could reach Redis, else 0.",
-            int(workers is not None),
+            "workflow_engine_redis_up", "1 when this scrape could reach Redis, else 0.", int(bool(queue))
         )
-        if workers is not None:
+        if queue:
+            depth, workers = queue
+            yield gauge("workflow_engine_queue_depth", "Jobs waiting on the RQ queue.", depth)
             yield gauge("workflow_engine_workers", "Live RQ workers listening on the queue.", workers)
 
 
-def _live_workers(engine: WorkflowEngine) -> int | None:
-    """How many RQ workers are registered on the engine's queue; None if Redis cannot tell."""
-    from rq import Worker
-
+def _within(read: Future[Any], deadline: float, what: str) -> Any:
+    """``read``'s result, or None (logged) if it failed or is not done by ``deadline``."""
     try:
-        return len(Worker.all(queue=engine.queue))
+        return read.result(timeout=max(deadline - time.monotonic(), 0.0))
+    except FutureTimeout:
+        log.warning("metrics: %s did not answer within %g s", what, SCRAPE_BUDGET)
     except Exception as exc:
-        log.warning("metrics: cannot reach Redis: %s", exc)
-        return None
+        log.warning("metrics: cannot read %s: %s", what, exc)
+    return None
 
 
 def make_registry(engine: WorkflowEngine, instruments: Instruments | None = None) -> CollectorRegistry:
