@@ -457,6 +457,14 @@ def test_reconcile_once_prints_its_report(db: str) -> None:
 
 
 # -- logs ----------------------------------------------------------------------------
+def test_with_json_logs_an_error_is_a_json_record_too_so_that_stderr_stays_json(tmp_path: Path) -> None:
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    out = run("--log-format", "json", "list", "--database-url", missing, "--redis-url", "fakeredis://")
+    assert out.code == 1
+    [record] = [json.loads(line) for line in out.stderr.splitlines()]
+    assert record["level"] == "ERROR" and record["message"].startswith("no database file at ")
+
+
 def test_json_logs_are_ascii_so_that_any_stream_encoding_keeps_them_json() -> None:
     import logging
 

@@ -161,14 +161,21 @@ def _json_option(what: str) -> Callable[[F], F]:
 
 
 def _errors(func: F) -> F:
-    """Turn a WorkflowEngineError into a one-line message and exit code 1, never a traceback."""
+    """Turn a WorkflowEngineError into a one-line message and exit code 1, never a traceback: ``Error:
+    …``, or with ``--log-format json`` an ERROR record, so that stderr stays one JSON object a line
+    (a service's journal, read with ``jq``)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except WorkflowEngineError as exc:
-            raise click.ClickException(display.printable(str(exc), lines=True)) from exc
+            message = display.printable(str(exc), lines=True)
+            context = click.get_current_context(silent=True)
+            if context is not None and context.find_root().params.get("log_format") == "json":
+                log.error("%s", message)
+                raise SystemExit(1) from exc
+            raise click.ClickException(message) from exc
 
     return wrapper  # type: ignore[return-value]
 
