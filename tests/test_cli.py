@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,12 @@ class Outcome:
 
 
 def run(*args: str) -> Outcome:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    finally:
+        root.setLevel(level)  # a command's --log-level must not leak into the tests after it
     return Outcome(result.exit_code, result.stdout, result.stderr)
 
 
@@ -463,6 +469,8 @@ def test_with_json_logs_an_error_is_a_json_record_too_so_that_stderr_stays_json(
     assert out.code == 1
     [record] = [json.loads(line) for line in out.stderr.splitlines()]
     assert record["level"] == "ERROR" and record["message"].startswith("no database file at ")
+    quiet = run("--log-format", "json", "--log-level", "CRITICAL", "list", "--database-url", missing)
+    assert quiet.code == 1 and quiet.stderr.startswith("Error: no database file at ")  # not silence
 
 
 def test_json_logs_are_ascii_so_that_any_stream_encoding_keeps_them_json() -> None:
@@ -489,6 +497,7 @@ def test_the_workers_reconcile_thread_logs_one_line_a_failed_pass_when_the_datab
         raise StoreUnavailable("PostgreSQL is unavailable: connection refused")
 
     monkeypatch.setattr(engine, "reconcile", down)
+    caplog.set_level(logging.ERROR, logger="workflow_engine.cli")  # whatever level a command left
     reconcile_loop(engine, 0.001, stop)
     [record] = [r for r in caplog.records if "reconcile failed" in r.getMessage()]
     assert "connection refused" in record.getMessage() and record.exc_info is None  # no traceback

@@ -188,6 +188,8 @@ def test_a_scrape_with_a_hung_database_or_redis_still_arrives_in_time_saying_whi
             assert time.monotonic() - started < 2
             assert value(m, "workflow_engine_database_up") == 0 and value(m, "workflow_engine_redis_up") == 1
             assert value(m, "workflow_engine_workers") == 0
+        readers = [t for t in threading.enumerate() if t.name.startswith("workflow-engine-scrape")]
+        assert readers and all(t.daemon for t in readers)  # a hung read does not hold up the exit
     finally:
         hung.set()
     time.sleep(0.1)

@@ -89,4 +89,11 @@ def test_a_heartbeat_after_redis_lost_its_data_registers_the_worker_again(
     assert Worker.all(connection=connection) == []
     worker.heartbeat()
     assert [w.name for w in Worker.all(connection=connection)] == [worker.name]
-    assert [w.name for w in Worker.all(queue=Queue("workflows", connection=connection))] == [worker.name]
+    [found] = Worker.all(queue=Queue("workflows", connection=connection))
+    assert (found.name, found.pid, found.queue_names(), found.hostname) == (
+        worker.name,
+        worker.pid,
+        ["workflows"],
+        worker.hostname,
+    )  # the whole record, as `rq info` shows it, not the one field a heartbeat writes
+    assert 0 < connection.ttl(worker.key) <= worker.worker_ttl + 60

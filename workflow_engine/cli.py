@@ -172,7 +172,8 @@ def _errors(func: F) -> F:
         except WorkflowEngineError as exc:
             message = display.printable(str(exc), lines=True)
             context = click.get_current_context(silent=True)
-            if context is not None and context.find_root().params.get("log_format") == "json":
+            json_logs = context is not None and context.find_root().params.get("log_format") == "json"
+            if json_logs and log.isEnabledFor(logging.ERROR):  # else it would print nothing
                 log.error("%s", message)
                 raise SystemExit(1) from exc
             raise click.ClickException(message) from exc

@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
@@ -250,18 +250,20 @@ class DatabaseCollector:
         self.engine = engine
         self._lock = threading.Lock()
         self._reads: dict[str, Future[Any]] = {}
-        self._pool: ThreadPoolExecutor | None = None
 
     def describe(self) -> list[Metric]:
         return []  # registering must not touch the database
 
     def _start(self, name: str, read: Callable[[], Any]) -> Future[Any]:
+        """``read`` in a daemon thread of its own (a hung one must not hold up the process's exit),
+        unless the last one of that name still runs: then that one."""
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="workflow-engine-scrape")
             running = self._reads.get(name)
             if running is None or running.done():
-                running = self._reads[name] = self._pool.submit(read)
+                running = self._reads[name] = Future()
+                threading.Thread(
+                    target=_complete, args=(running, read), name=f"workflow-engine-scrape-{name}", daemon=True
+                ).start()
             return running
 
     def _read_database(self) -> tuple[dict[str, int], float, int]:
@@ -322,6 +324,14 @@ class DatabaseCollector:
             depth, workers = queue
             yield gauge("workflow_engine_queue_depth", "Jobs waiting on the RQ queue.", depth)
             yield gauge("workflow_engine_workers", "Live RQ workers listening on the queue.", workers)
+
+
+def _complete(future: Future[Any], read: Callable[[], Any]) -> None:
+    future.set_running_or_notify_cancel()
+    try:
+        future.set_result(read())
+    except BaseException as exc:
+        future.set_exception(exc)
 
 
 def _within(read: Future[Any], deadline: float, what: str) -> Any:

@@ -38,8 +38,16 @@ class _OneTripHeartbeat:
             pipe.exists(self.key)  # type: ignore[attr-defined]
             super().heartbeat(timeout, pipeline=pipe)  # type: ignore[misc]
             existed = pipe.execute()[0]
-        if not existed:  # Redis lost the worker's key: it lost the worker sets too
-            register(self, None)  # type: ignore[arg-type]  # into them again, as at its start
+        if not existed and getattr(self, "birth_date", None) is not None:
+            # Redis lost the worker's key, and the worker sets with it (a restart without persistence,
+            # a flush): the heartbeat made a key of one field. Write the whole record and register
+            # the worker again, as at its start (RQ's own heartbeats do the first, not the second).
+            worker: Any = self
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.hset(worker.key, mapping={**worker.serialize(), "state": worker.get_state()})
+                pipe.expire(worker.key, timeout or worker.worker_ttl + 60)
+                register(worker, pipe)
+                pipe.execute()
 
 
 class WorkflowWorker(_OneTripHeartbeat, Worker):
