@@ -18,6 +18,9 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "workflows"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_STALE_AFTER = 30.0
+#: TCP keepalives on every database and Redis connection: a probe after this many seconds of
+#: quiet, then one every interval, and this many unanswered end the connection (about a minute).
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
 #: The longest span of seconds the engine takes for a timing, a timeout or a backoff: ten years.
 #: Past it, datetime arithmetic overflows.
 MAX_SECONDS = 10 * 365 * 86400.0

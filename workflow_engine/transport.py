@@ -27,7 +27,7 @@ from rq import Callback, Queue
 from rq.job import Job
 from rq.utils import get_version, utcparse
 
-from .config import unclean
+from .config import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, unclean
 from .errors import ConfigurationError, QueueUnavailable
 from .models import Workflow
 from .stores.urls import shown
@@ -98,9 +98,9 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         keepalive = {
             "socket_keepalive": True,
             "socket_keepalive_options": {
-                socket.TCP_KEEPIDLE: 30,
-                socket.TCP_KEEPINTVL: 10,
-                socket.TCP_KEEPCNT: 3,
+                socket.TCP_KEEPIDLE: KEEPALIVE_IDLE,
+                socket.TCP_KEEPINTVL: KEEPALIVE_INTERVAL,
+                socket.TCP_KEEPCNT: KEEPALIVE_COUNT,
             },
         }
     try:

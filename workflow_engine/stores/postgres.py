@@ -17,6 +17,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
 
+from ..config import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
 from ..errors import ConfigurationError, MissingDependency, StoreError, StoreUnavailable
 from ..models import compact_json, load_json
 from . import queries as q
@@ -369,9 +370,9 @@ def _readable(fd: int) -> bool:
 #: minutes instead, so sent data unacknowledged for 60 s ends it too (``TCP_USER_TIMEOUT``).
 _KEEPALIVES: dict[str, Any] = {
     "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
+    "keepalives_idle": KEEPALIVE_IDLE,
+    "keepalives_interval": KEEPALIVE_INTERVAL,
+    "keepalives_count": KEEPALIVE_COUNT,
     "tcp_user_timeout": 60_000,  # milliseconds
 }
 #: Each connection's session settings, one round trip when it is made:
@@ -382,9 +383,9 @@ _KEEPALIVES: dict[str, Any] = {
 #: - the ISO date style, the only one psycopg parses: a database or role set to another (or the
 #:   client's PGDATESTYLE) made every read fail with NotImplementedError, after a write had committed.
 _SESSION = (
-    "SELECT set_config('tcp_keepalives_idle', '30', false),"
-    " set_config('tcp_keepalives_interval', '10', false),"
-    " set_config('tcp_keepalives_count', '3', false), set_config('datestyle', 'ISO', false)"
+    f"SELECT set_config('tcp_keepalives_idle', '{KEEPALIVE_IDLE}', false),"
+    f" set_config('tcp_keepalives_interval', '{KEEPALIVE_INTERVAL}', false),"
+    f" set_config('tcp_keepalives_count', '{KEEPALIVE_COUNT}', false), set_config('datestyle', 'ISO', false)"
 )
 
 
