@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, TypedDict
 
@@ -61,10 +62,9 @@ def compute_stats(engine: WorkflowEngine, since: datetime | None = None) -> Stat
             raise InvalidInput(f"since is out of range: {since!r}") from None
     now = utcnow()
     rows = engine.store.stats(since=since, recent=now - timedelta(minutes=STATS_WINDOW_MINUTES))
-    by_status = {status.value: 0 for status in WorkflowStatus}
+    by_status = status_totals(rows.counts)
     counts: dict[str, dict[str, int]] = {}
     for type_id, status, count in rows.counts:
-        by_status[status] = by_status.get(status, 0) + count
         of_type = counts.setdefault(type_id, {st.value: 0 for st in WorkflowStatus})
         of_type[status] = of_type.get(status, 0) + count
     by_type: dict[str, TypeStats] = {}
@@ -82,7 +82,7 @@ def compute_stats(engine: WorkflowEngine, since: datetime | None = None) -> Stat
         depth: int | None = engine.transport.depth()
     except QueueUnavailable:
         depth = None
-    oldest = rows.oldest_queued
+    age = queued_age(rows.oldest_queued, now)
     return {
         "since": since.isoformat() if since else None,
         "generated_at": now.isoformat(),
@@ -90,9 +90,23 @@ def compute_stats(engine: WorkflowEngine, since: datetime | None = None) -> Stat
         "by_status": by_status,
         "by_type": by_type,
         "queue_depth": depth,
-        "oldest_queued_age_s": round(max((now - oldest).total_seconds(), 0.0), 3) if oldest else None,
+        "oldest_queued_age_s": None if age is None else round(age, 3),
         "running": rows.running,
         "throughput_per_min": round(rows.finished_recently / STATS_WINDOW_MINUTES, 3),
         # A sum past the largest float is infinite, which JSON cannot carry: None says "too large".
         "calculated_savings": {k: v if math.isfinite(v) else None for k, v in sorted(rows.savings.items())},
     }
+
+
+def status_totals(counts: Iterable[tuple[str, str, int]]) -> dict[str, int]:
+    """Workflows by status, every status included (zeros too), from the store's (type, status, n) rows."""
+    by_status = {status.value: 0 for status in WorkflowStatus}
+    for _, status, count in counts:
+        by_status[status] = by_status.get(status, 0) + count
+    return by_status
+
+
+def queued_age(oldest: datetime | None, now: datetime) -> float | None:
+    """Seconds since the oldest queued workflow came due (the store's ``oldest_queued``), never
+    negative; None when none is queued."""
+    return max((now - oldest).total_seconds(), 0.0) if oldest else None

@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
+from .analytics import queued_age, status_totals
 from .errors import ConfigurationError, MissingDependency
 from .models import Workflow, utcnow
 from .status import TERMINAL, WorkflowStatus
@@ -270,11 +271,8 @@ class DatabaseCollector:
         """Workflows by status, the oldest queued one's age, and the stale running ones."""
         store, now = self.engine.store, utcnow()
         rows = store.stats(since=None, recent=now)
-        by_status = {status.value: 0 for status in WorkflowStatus}
-        for _, status, count in rows.counts:
-            by_status[status] = by_status.get(status, 0) + count
-        oldest = max((now - rows.oldest_queued).total_seconds(), 0.0) if rows.oldest_queued else 0.0
-        return by_status, oldest, len(store.stale_running(now=now, limit=STALE_LIMIT))
+        oldest = queued_age(rows.oldest_queued, now) or 0.0
+        return status_totals(rows.counts), oldest, len(store.stale_running(now=now, limit=STALE_LIMIT))
 
     def _read_redis(self) -> tuple[int, int]:
         """The queue's depth and the live workers on it."""
