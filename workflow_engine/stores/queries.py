@@ -84,7 +84,7 @@ COUNCIL = "id, members, quorum, updated_at"
 VOTE = "workflow_id, voter_id, approve, comment, at"
 
 INSERT_WORKFLOW = (
-    f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) "
+    f"INSERT INTO workflows ({WORKFLOW}) "
     f"VALUES ({', '.join(':' + c for c in WORKFLOW_COLUMNS)}) "
     # Any conflict: another workflow's idempotency key, or this one's id, inserted by an earlier
     # attempt of the same insert whose reply was lost (``Store.insert`` tells them apart).
