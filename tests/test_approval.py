@@ -211,6 +211,7 @@ def test_approval_needs_a_configured_council_and_a_handler(engine: WorkflowEngin
         (["a", "a"], 1, "must not repeat"),
         (["a", "b"], 3, "from 1 to 2"),
         (["a"], 0, "from 1 to 1"),
+        (["a", "b\nforged"], 1, "a member must not contain control characters"),
     ],
 )
 def test_a_council_is_validated(
@@ -218,6 +219,12 @@ def test_a_council_is_validated(
 ) -> None:
     with pytest.raises(InvalidInput, match=message):
         engine.configure_council("c2", members=members, quorum=quorum)
+
+
+def test_a_council_id_with_a_control_character_is_refused(engine: WorkflowEngine) -> None:
+    with pytest.raises(InvalidInput, match="council_id must not contain control characters"):
+        engine.configure_council("c\x1b[31m", members=["a"], quorum=1)
+    assert engine.get_council("c\x1b[31m") is None
 
 
 def test_a_waiting_workflow_can_be_cancelled(engine: WorkflowEngine) -> None:

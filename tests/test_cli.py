@@ -16,7 +16,7 @@ from workflow_engine import WorkflowEngine, WorkflowStatus, display
 from workflow_engine.cli import main
 from workflow_engine.stores import open_store
 
-from support import RedisServer, free_port
+from support import RedisServer, a_workflow, free_port
 
 S = WorkflowStatus
 
@@ -324,7 +324,8 @@ def test_control_characters_in_stored_text_are_written_out_not_sent_to_the_termi
 ) -> None:
     wid = ran(engine, "ok", created_by_agent="agent", inputs={})
     forged = "x\nFAKE-ROW completed\x1b]0;pwned\x07\x9b2J"
-    engine.create_workflow(workflow_type_id=forged)
+    # The engine refuses such a name now; an earlier release stored it.
+    engine.store.insert([a_workflow(workflow_type_id=forged)])
     out = run("list", *on(db))
     assert out.code == 0 and not {"\x1b", "\x07", "\x9b"} & set(out.stdout)
     assert not any(line.startswith("FAKE-ROW") for line in out.stdout.splitlines())

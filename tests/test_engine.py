@@ -810,6 +810,13 @@ def test_update_status_rejects_an_unknown_status_naming_the_valid_ones(
             "created_by_agent must be valid Unicode",
         ),
         ({"workflow_type_id": "t", "inputs": {"name": "bad\udc00"}}, "inputs must be valid Unicode"),
+        (
+            {"workflow_type_id": "t\nforged row"},
+            r"workflow_type_id must not contain control characters, got '\\n' at 1",
+        ),
+        ({"workflow_type_id": "t", "created_by_agent": "a\x1b[2J"}, "created_by_agent must not contain"),
+        ({"workflow_type_id": "t", "created_by_agent": "a\x85"}, "created_by_agent must not contain"),
+        ({"workflow_type_id": "t", "assigned_council_id": "c\r"}, "assigned_council_id must not contain"),
     ],
 )
 def test_bad_input_raises_a_clear_error_and_writes_nothing(
@@ -819,6 +826,18 @@ def test_bad_input_raises_a_clear_error_and_writes_nothing(
         workflow_engine.create_workflow(**kwargs)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
     assert row_count(workflow_engine) == 0
+
+
+def test_names_stored_before_control_characters_were_refused_are_still_found(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    """Only a name being written is refused: one already in the database stays listable."""
+    legacy = a_workflow(id="legacy", workflow_type_id="t\tlegacy", created_by_agent="bot\n")
+    workflow_engine.store.insert([legacy])
+    assert [wf.id for wf in workflow_engine.list_workflows(workflow_type_id="t\tlegacy")] == ["legacy"]
+    assert [wf.id for wf in workflow_engine.list_workflows(created_by_agent="bot\n")] == ["legacy"]
+    wid = workflow_engine.create_workflow(workflow_type_id="t", idempotency_key="key\twith a tab")
+    assert workflow_engine.get_workflow(wid).idempotency_key == "key\twith a tab"
 
 
 def test_text_outside_the_basic_plane_is_accepted_and_read_back(workflow_engine: WorkflowEngine) -> None:

@@ -15,7 +15,7 @@ from .errors import (
     QueueUnavailable,
     WorkflowNotFound,
 )
-from .handlers import check_id, check_text
+from .handlers import check_id, check_new_id, check_text
 from .models import Council, Tally, Vote, log_extra, utcnow
 from .status import WorkflowStatus
 
@@ -43,9 +43,9 @@ def configure_council(
         raise InvalidInput("members must be a non-empty list of non-empty strings")
     if len(set(members)) != len(members):
         raise InvalidInput("members must not repeat")
-    check_id("council_id", council_id)
+    check_new_id("council_id", council_id)
     for member in members:
-        check_id("a member", member)
+        check_new_id("a member", member)
     if isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= len(members):
         raise InvalidInput(f"quorum must be an integer from 1 to {len(members)} (the number of members)")
     return engine.store.save_council(

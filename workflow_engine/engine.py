@@ -33,6 +33,7 @@ from .handlers import (
     HandlerFunc,
     HandlerSpec,
     check_id,
+    check_new_id,
     check_text,
     import_handler,
     path_of,
@@ -409,8 +410,8 @@ class WorkflowEngine:
         ):
             if value is not None and not isinstance(value, str):
                 raise InvalidInput(f"{name} must be a string or None, got {type(value).__name__}")
-            if value is not None:
-                check_id(name, value)
+            if value is not None:  # an idempotency key is never printed: any text but NUL will do
+                (check_id if name == "idempotency_key" else check_new_id)(name, value)
         if idempotency_key is not None and not idempotency_key:
             raise InvalidInput("idempotency_key must not be empty")
         # Round-trip through JSON so that what is stored is exactly what a reader gets back.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,26 @@ def check_id(name: str, value: str) -> str:
     return value
 
 
+#: C0 controls, DEL and C1 controls: a line break or an escape sequence in a name that is
+#: printed (a type id, an agent, a council or a member) forges or garbles a line of output.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def check_new_id(name: str, value: str) -> str:
+    """:func:`check_id`, and no control characters: for a name being written, not looked up.
+
+    Lookups and filters use :func:`check_id` alone, so that a name stored before this check
+    existed is still found.
+    """
+    check_id(name, value)
+    found = _CONTROL_CHARACTERS.search(value)
+    if found is not None:
+        raise InvalidInput(
+            f"{name} must not contain control characters, got {found.group()!r} at {found.start()}"
+        )
+    return value
+
+
 def storable_id(value: object) -> bool:
     """True if ``value`` could be a stored identifier; a lookup by any other value finds nothing."""
     if not isinstance(value, str):
@@ -113,7 +134,7 @@ def validate_type_id(type_id: object) -> str:
         raise InvalidInput(f"workflow_type_id must be a string, got {type(type_id).__name__}")
     if not type_id.strip():
         raise InvalidInput("workflow_type_id must not be empty")
-    return check_id("workflow_type_id", type_id)
+    return check_new_id("workflow_type_id", type_id)
 
 
 def path_of(func: HandlerFunc) -> str:
