@@ -230,6 +230,34 @@ def test_a_body_over_max_body_bytes_answers_413(engine: WorkflowEngine) -> None:
     assert client.post("/api/workflow_actions", json=small).status_code == 201
 
 
+def test_a_body_of_exactly_max_body_bytes_is_accepted_with_or_without_a_content_length(
+    engine: WorkflowEngine,
+) -> None:
+    app = Flask(__name__)
+    WorkflowEngineFlask(app, engine, max_body_bytes=1000)
+    client = app.test_client()
+    head, tail = b'{"workflow_type_id": "site", "inputs": {"x": "', b'"}}'
+    exact = head + b"a" * (1000 - len(head) - len(tail)) + tail
+    assert len(exact) == 1000
+
+    def post(body: bytes, *, chunked: bool) -> Any:
+        if not chunked:
+            return client.post("/api/workflow_actions", data=body, content_type="application/json")
+        return client.post(
+            "/api/workflow_actions",
+            input_stream=io.BytesIO(body),
+            content_type="application/json",
+            headers={"Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
+
+    assert post(exact, chunked=False).status_code == 201
+    assert post(exact, chunked=True).status_code == 201
+    over = head + b"a" * (1001 - len(head) - len(tail)) + tail
+    assert_error(post(over, chunked=True), 413, "request_entity_too_large")
+    assert len(engine.list_workflows()) == 2
+
+
 def test_a_chunked_form_over_max_body_bytes_answers_413_and_records_nothing(engine: WorkflowEngine) -> None:
     app = Flask(__name__)
     WorkflowEngineFlask(app, engine, max_body_bytes=1000, ui=True)
@@ -548,6 +576,9 @@ def test_a_database_outage_answers_503_as_the_openapi_document_says(
         jsonschema_rs.validate(schema, r.json)
     created = doc["paths"]["/api/workflow_actions"]["post"]["responses"]["503"]["description"]
     assert "queue_unavailable" in created and "store_unavailable" in created
+    # The document itself reads no database: it is served, and promises no 503, whatever the outage.
+    assert client.get("/api/openapi.json").status_code == 200
+    assert "503" not in doc["paths"]["/api/openapi.json"]["get"]["responses"]
 
 
 def test_a_server_bug_answers_a_json_500_and_is_logged(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, request
-from werkzeug.exceptions import Forbidden, HTTPException, default_exceptions
+from werkzeug.exceptions import Forbidden, HTTPException, RequestEntityTooLarge, default_exceptions
 
 from ...engine import WorkflowEngine
 from ...errors import ConfigurationError
@@ -89,13 +89,23 @@ def _before_request() -> None:
             st.auth(request)
         except PermissionError as exc:
             raise Forbidden(str(exc) or None) from exc
-    # A chunked body (no Content-Length) is read up to the limit and no further, quietly: one that
-    # filled it was cut. Read here (once the caller is let in), for the API's JSON and the page's
-    # forms alike (werkzeug parses a form from these cached bytes), so that neither acts on a cut body.
-    if size is None and len(request.get_data(cache=True)) >= limit:
-        raise ApiError(
-            413, "request_entity_too_large", f"the body is at least {limit} bytes; the limit is {limit}"
-        )
+    # A chunked body (no Content-Length) is read up to werkzeug's limit and no further, quietly: one
+    # that fills it was cut. So it is read to one byte more than ours, which tells a body of exactly
+    # the limit (accepted, as with a Content-Length) from a longer one. Read here (once the caller is
+    # let in), for the API's JSON and the page's forms alike (werkzeug parses a form from these cached
+    # bytes), so that neither acts on a cut body.
+    if size is None:
+        request.max_content_length = limit + 1  # before the first read: it sizes request.stream
+        try:
+            read = len(request.get_data(cache=True))
+        except RequestEntityTooLarge:  # werkzeug's own refusal, for a stream that says it has ended
+            read = limit + 1
+        finally:
+            request.max_content_length = limit
+        if read > limit:
+            raise ApiError(
+                413, "request_entity_too_large", f"the body is over {limit} bytes; the limit is {limit}"
+            )
 
 
 def _json_for_routing_errors(app: Flask, prefix: str) -> None:

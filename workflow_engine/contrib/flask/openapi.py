@@ -210,8 +210,9 @@ _LINKS = {
 }
 
 
-def _guarded(responses: dict[str, Any]) -> dict[str, Any]:
-    return {"401": _E401, "403": _E403, "503": _E503, **responses}
+def _guarded(responses: dict[str, Any], *, reads_the_store: bool = True) -> dict[str, Any]:
+    unavailable = {"503": _E503} if reads_the_store else {}
+    return {"401": _E401, "403": _E403, **unavailable, **responses}
 
 
 def document(prefix: str, *, server: str | None = None) -> dict[str, Any]:
@@ -315,7 +316,8 @@ def document(prefix: str, *, server: str | None = None) -> dict[str, Any]:
                                 "description": "OpenAPI 3.1",
                                 "content": {JSON: {"schema": {"type": "object"}}},
                             }
-                        }
+                        },
+                        reads_the_store=False,  # the document is built from code alone
                     ),
                 }
             },
