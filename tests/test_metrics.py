@@ -230,6 +230,32 @@ def test_make_wsgi_app_serves_the_metrics_for_a_web_process(engine: WorkflowEngi
 
 
 # -- multiprocess mode ------------------------------------------------------------------
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="PID namespaces are Linux's")
+def test_a_worker_removes_the_metrics_directories_of_killed_workers_and_only_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a PID that no process has now
+    names = {
+        "killed": f"workflow-engine-metrics-{namespace}-{gone.pid}-abc",
+        "running": f"workflow-engine-metrics-{namespace}-{os.getpid()}-def",
+        "other namespace": f"workflow-engine-metrics-{namespace + 1}-{gone.pid}-ghi",
+        "older release": "workflow-engine-metrics-k3j2_x",
+        "not a worker's": f"other-{namespace}-{gone.pid}-jkl",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "counter_1.db").write_bytes(b"x")
+    new = metrics.make_temp_dir()
+    assert os.path.basename(new).startswith(f"workflow-engine-metrics-{namespace}-{os.getpid()}-")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {os.path.basename(new)} | (set(names.values()) - {names["killed"]})
+
+
 def test_in_multiprocess_mode_work_horses_count_into_one_shared_set_of_files_and_nothing_is_lost(
     tmp_path: Path,
 ) -> None:

@@ -15,7 +15,6 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -401,7 +400,7 @@ def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: st
         raise ConfigurationError(f"{metrics.MULTIPROC_ENV} {path!r} is not a directory")
     if forking:
         if path is None:
-            path = tempfile.mkdtemp(prefix="workflow-engine-metrics-")
+            path = metrics.make_temp_dir()  # and removes those of killed workers
             stack.callback(shutil.rmtree, path, ignore_errors=True)
         metrics.enable_multiprocess(path)
     metrics.instrument(engine)

@@ -233,6 +233,64 @@ def enable_multiprocess(path: str) -> None:
     values.ValueClass = values.MultiProcessValue(process_identifier=identifier)  # type: ignore[no-untyped-call]
 
 
+#: ``workflow-engine worker``'s own multiprocess directories: ``<prefix><pid namespace>-<pid>-<random>``.
+TEMP_DIR_PREFIX = "workflow-engine-metrics-"
+
+
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (Linux), or None where it cannot be told."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None
+
+
+def make_temp_dir() -> str:
+    """A new multiprocess directory for a worker, after removing those of dead workers.
+
+    A worker removes its own directory when it stops, but not when it is killed with
+    ``SIGKILL``; its files then stayed in the temporary directory for good. A directory is
+    removed only when its name says it belongs to this user's process in this PID namespace
+    and that process is gone: a container sharing ``/tmp`` with its own PID namespace, or a
+    directory named in an older release's way, is left alone.
+    """
+    import re
+    import shutil
+    import tempfile
+
+    namespace = _pid_namespace()
+    if namespace is None:  # the PIDs in names could not be checked
+        return tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX)
+    pattern = re.compile(re.escape(f"{TEMP_DIR_PREFIX}{namespace}-") + r"(\d+)-")
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        names = []
+    for name in names:
+        found = pattern.match(name)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        path = os.path.join(root, name)
+        try:
+            if os.lstat(path).st_uid == os.getuid():  # never another user's
+                shutil.rmtree(path)
+                log.info("removed the metrics directory %s of a worker that is gone", path)
+        except OSError:
+            pass  # removed by another worker starting at the same time, or not ours to remove
+    return tempfile.mkdtemp(prefix=f"{TEMP_DIR_PREFIX}{namespace}-{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process, alive
+        return True
+    return True
+
+
 # -- exposition ----------------------------------------------------------------------
 #: Seconds a scrape waits for the database and for Redis before it reports them down: well inside
 #: Prometheus's default ``scrape_timeout`` (10 s), so that a scrape with a dependency down or hung
