@@ -147,6 +147,8 @@ BAD_BODIES: list[tuple[str, bytes | str, str | None, str]] = [
     ("not JSON", b"{nope", J, "invalid_json"),
     ("empty", b"", J, "invalid_json"),
     ("not UTF-8", b'{"workflow_type_id": "\xff"}', J, "invalid_json"),
+    ("UTF-16", '{"workflow_type_id": "site"}'.encode("utf-16"), J, "invalid_json"),
+    ("UTF-32", '{"workflow_type_id": "site"}'.encode("utf-32"), J, "invalid_json"),
     ("a form", "workflow_type_id=site", "application/x-www-form-urlencoded", "invalid_json"),
     ("no content type", b'{"workflow_type_id": "site"}', None, "invalid_json"),
     ("text/plain", b'{"workflow_type_id": "site"}', "text/plain", "invalid_json"),
@@ -193,6 +195,13 @@ def test_a_bad_body_answers_400_never_500(
     if code == "validation_error":
         assert error["details"] and all({"loc", "msg", "type"} <= set(d) for d in error["details"])
     assert engine.list_workflows() == []
+
+
+def test_a_utf8_body_is_accepted_with_or_without_a_byte_order_mark(client: FlaskClient) -> None:
+    body = '{"workflow_type_id": "site", "created_by_agent": "café"}'.encode()
+    for raw in (body, b"\xef\xbb\xbf" + body):
+        r = client.post("/api/workflow_actions", data=raw, content_type="application/json")
+        assert r.status_code == 201 and r.json["created_by_agent"] == "café"
 
 
 def test_field_errors_name_every_bad_field(client: FlaskClient) -> None:

@@ -208,7 +208,8 @@ def json_body(model: type[M]) -> M:
         )
     raw = request.get_data(cache=True)  # its size was checked before the request (extension._before_request)
     try:
-        data = json.loads(raw, parse_constant=_no_constant)
+        # UTF-8 only (RFC 8259 8.1; a BOM is ignored): json.loads would guess UTF-16 and UTF-32 too.
+        data = json.loads(raw.decode("utf-8-sig"), parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
