@@ -125,8 +125,11 @@ class SQLiteStore(SQLStore):
     dialect = "sqlite"
     savings_sql = """
 SELECT j.key AS key, TOTAL(j.value) AS total
-  FROM workflows AS w, json_each(w.calculated_savings) AS j
- WHERE w.calculated_savings IS NOT NULL AND j.type IN ('integer', 'real') {since}
+  FROM workflows AS w,
+       json_each(CASE WHEN json_valid(w.calculated_savings) THEN
+                     CASE json_type(w.calculated_savings) WHEN 'object' THEN w.calculated_savings END
+                 END) AS j
+ WHERE j.type IN ('integer', 'real') {since}
  GROUP BY j.key
 """
 
@@ -307,13 +310,18 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         return version
 
     def run_script(self, tx: Tx, script: str) -> None:
-        # executescript() would COMMIT the open transaction, so run statement by statement
-        # (split on semicolons: a migration's comments must not contain one).
-        for statement in script.split(";"):
-            if statement.strip() and not all(
-                line.strip().startswith("--") or not line.strip() for line in statement.splitlines()
-            ):
-                tx.fetch(statement, {})
+        # executescript() would COMMIT the open transaction, so run statement by statement: each
+        # ends at the first semicolon after which SQLite's own tokenizer finds it complete (a
+        # trigger's body holds several).
+        statement = ""
+        for piece in script.split(";"):
+            statement += piece + ";"
+            if sqlite3.complete_statement(statement):
+                if _has_sql(statement):
+                    tx.fetch(statement, {})
+                statement = ""
+        if _has_sql(statement):
+            raise ValueError(f"a migration script ends inside a statement: {statement[-200:]!r}")
 
     # -- encoding ---------------------------------------------------------
     def sql(self, text: str) -> str:
@@ -337,3 +345,11 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             if out[key] is not None:
                 out[key] = datetime.fromisoformat(out[key])
         return out
+
+
+def _has_sql(statement: str) -> bool:
+    """True unless ``statement`` holds only blank lines and ``--`` comments."""
+    return any(
+        line.strip() and not line.strip().startswith("--")
+        for line in statement.rstrip().rstrip(";").splitlines()
+    )
