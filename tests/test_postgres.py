@@ -204,28 +204,45 @@ def test_an_interrupt_while_the_idle_connections_are_checked_loses_none_of_them(
     engine.close()
 
 
+class _LostWrite:
+    """What :func:`_lose_the_first_write` did: whether the failure happened, and the timer that
+    commits the first attempt, which :meth:`close` waits for before closing that connection (a
+    commit on a closed connection fails in the timer's thread, inside whichever test runs then)."""
+
+    def __init__(self, first: psycopg.Connection[Any]) -> None:
+        self.first = first
+        self.happened = False
+        self.timer: threading.Timer | None = None
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.join()
+        self.first.close()
+
+
 def _lose_the_first_write(
     store: Any, first: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
-) -> list[bool]:
+) -> _LostWrite:
     """The store's first write fails with StoreUnavailable, as if its connection were lost on this
     side only, while the server still ran it: in ``first``, open and not committed. ``first``
-    commits half a second into the retry, while the retry waits on its rows. The list returned
-    holds True once the failure happened."""
+    commits half a second into the retry (once, whatever else the retry writes), while the retry
+    waits on its rows."""
     real = store.transaction
-    lost: list[bool] = []
+    loss = _LostWrite(first)
 
     @contextlib.contextmanager
     def transaction(*, write: bool = True, single: bool = False) -> Any:
-        if write and not lost:
-            lost.append(True)
+        if write and not loss.happened:
+            loss.happened = True
             raise StoreUnavailable("the connection failed on this side, while the server ran the write")
-        if write:
-            threading.Timer(0.5, first.commit).start()
+        if write and loss.timer is None:
+            loss.timer = threading.Timer(0.5, first.commit)
+            loss.timer.start()
         with real(write=write, single=single) as tx:
             yield tx
 
     monkeypatch.setattr(store, "transaction", transaction)
-    return lost
+    return loss
 
 
 def test_an_insert_retried_while_its_first_attempt_still_commits_returns_that_workflow(
@@ -248,8 +265,8 @@ def test_an_insert_retried_while_its_first_attempt_still_commits_returns_that_wo
     )
     lost = _lose_the_first_write(store, first, monkeypatch)
     [(stored, created)] = store.insert([wf])
-    first.close()
-    assert lost and created and stored.id == wf.id
+    lost.close()
+    assert lost.happened and created and stored.id == wf.id
     assert [e.to_status for e in store.events(wf.id)] == [S.PENDING]
     store.close()
 
@@ -288,8 +305,8 @@ def test_a_claim_retried_while_its_first_attempt_still_waits_on_the_server_is_wo
     assert first.execute(store.sql(sql), params).fetchall()  # type: ignore[attr-defined]
     lost = _lose_the_first_write(store, first, monkeypatch)
     claimed = store.claim(wf.id, job_id="job-1", worker="w", now=now, lease_until=lease)
-    first.close()
-    assert lost and claimed is not None
+    lost.close()
+    assert lost.happened and claimed is not None
     assert (claimed.status, claimed.job_id, claimed.attempts) == (S.RUNNING, "job-1", 1)
     assert [e.to_status for e in store.events(wf.id)] == [S.PENDING, S.QUEUED, S.RUNNING]
     store.close()
@@ -320,8 +337,8 @@ def test_a_cancel_request_retried_while_its_first_attempt_still_runs_on_the_serv
     assert first.execute(*store._one_statement(sql, params, request.event)).fetchall()  # type: ignore[attr-defined]
     lost = _lose_the_first_write(store, first, monkeypatch)
     [marked] = store.apply([request])
-    first.close()
-    assert lost and marked is not None and marked.cancel_requested_at == now
+    lost.close()
+    assert lost.happened and marked is not None and marked.cancel_requested_at == now
     assert [e.detail for e in store.events(wf.id)].count("cancel requested") == 1
     store.close()
 
