@@ -188,6 +188,32 @@ def test_a_handler_the_worker_cannot_import_fails_the_workflow_with_a_message_sa
     assert engine.list_workflows(status="queued") == []
 
 
+@pytest.mark.services
+def test_a_stock_rq_worker_with_the_preload_and_json_logs_writes_only_json_lines(
+    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
+) -> None:
+    """RQ's own records included: a log shipper reads the worker's output one JSON object a line."""
+    engine.register_handler("echo", f"{HANDLERS}:record_success")
+    ids = submit_many(engine, "echo", 2)
+    worker = start_worker(
+        tmp_path,
+        redis_url=redis_server.url,
+        database_url=sqlite_url(tmp_path),
+        effects=effects,
+        extra_args=["-c", "workflow_engine.rq_preload"],
+        extra_env={"WORKFLOW_ENGINE_LOG_FORMAT": "json"},
+    )
+    try:
+        assert worker.wait(WORKER_TIMEOUT) == 0, worker.output()[-4000:]
+    finally:
+        worker.stop()
+    assert_each_completed_exactly_once(engine, effects, ids)
+    records = [json.loads(line) for line in worker.output().splitlines() if line.strip()]
+    loggers = {r["logger"] for r in records}
+    assert {"rq.worker", "workflow_engine.execution"} <= loggers, loggers
+    assert any(r.get("workflow_id") == ids[0] for r in records)
+
+
 @pytest.mark.slow
 @pytest.mark.services
 @pytest.mark.parametrize(

@@ -107,8 +107,9 @@ def configure_worker_logging() -> logging.Handler | None:
     """In a stock ``rq worker``, which configures only RQ's own logger, show the engine's records.
 
     Sends the ``workflow_engine`` logger's records to stderr, in ``WORKFLOW_ENGINE_LOG_FORMAT``
-    at ``WORKFLOW_ENGINE_LOG_LEVEL`` (text, INFO by default), and leaves RQ's and the root
-    logger's alone. Does nothing where logging is configured already: a handler on the root
+    at ``WORKFLOW_ENGINE_LOG_LEVEL`` (text, INFO by default), and leaves the root logger alone.
+    In ``json``, RQ's records go to the same handler (RQ then adds no text handler of its own);
+    in ``text``, RQ keeps its own. Does nothing where logging is configured already: a handler on the root
     logger or on ``workflow_engine``. ``workflow_engine.rq_preload`` calls it after the
     preload, so that an app module that configures logging when imported keeps its own.
     """
@@ -125,4 +126,11 @@ def configure_worker_logging() -> logging.Handler | None:
     except ValueError as exc:
         raise ConfigurationError(f"WORKFLOW_ENGINE_LOG_LEVEL: {exc}") from None
     logger.addHandler(handler)  # records still propagate: a root handler the app adds later gets them too
+    rq_logger = logging.getLogger("rq")
+    if log_format == "json" and not rq_logger.handlers:
+        # RQ's own records too, so that the worker's output is one JSON object a line. RQ gives
+        # `rq.worker` a text handler of its own only when no logger above it has one; like RQ's,
+        # this one keeps them from reaching a root handler as well.
+        rq_logger.addHandler(handler)
+        rq_logger.propagate = False
     return handler
