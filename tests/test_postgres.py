@@ -596,6 +596,24 @@ def test_a_database_set_to_another_date_style_is_read_and_written_as_usual(pg_ur
         store.close()
 
 
+def test_timestamps_read_back_in_utc_whatever_the_databases_time_zone(pg_url: str) -> None:
+    """The session runs in UTC, so that psycopg hands the models ``timezone.utc`` itself, which
+    they keep as it is; a zone of the database's own gave every timestamp a conversion."""
+    from datetime import timezone
+
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE \"{pg_url.rsplit('/', 1)[1]}\" SET timezone = 'America/New_York'")
+    store = open_store(pg_url)
+    try:
+        [(wf, _)] = store.insert([a_workflow()])
+        assert store.get(wf.id) == wf
+        with store.transaction() as tx:  # type: ignore[attr-defined]
+            [row] = tx.fetch("SELECT created_at, current_setting('timezone') AS zone FROM workflows", {})
+        assert row["zone"] == "UTC" and row["created_at"].tzinfo is timezone.utc  # no conversion left
+    finally:
+        store.close()
+
+
 def test_every_connection_asks_the_server_to_probe_its_peer_as_the_client_does(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -383,10 +383,14 @@ _KEEPALIVES: dict[str, Any] = {
 #:   gone; with these it is found dead within about a minute. (Ignored on a Unix socket.)
 #: - the ISO date style, the only one psycopg parses: a database or role set to another (or the
 #:   client's PGDATESTYLE) made every read fail with NotImplementedError, after a write had committed.
+#: - the UTC time zone: psycopg then gives each timestamp ``timezone.utc`` itself, which the models
+#:   take as it is, where the server's default (``Etc/UTC`` on Debian, or a local zone) made them
+#:   convert every timestamp of every row read (nine a workflow). The stored instants are the same.
 _SESSION = (
     f"SELECT set_config('tcp_keepalives_idle', '{KEEPALIVE_IDLE}', false),"
     f" set_config('tcp_keepalives_interval', '{KEEPALIVE_INTERVAL}', false),"
-    f" set_config('tcp_keepalives_count', '{KEEPALIVE_COUNT}', false), set_config('datestyle', 'ISO', false)"
+    f" set_config('tcp_keepalives_count', '{KEEPALIVE_COUNT}', false), set_config('datestyle', 'ISO', false),"
+    " set_config('timezone', 'UTC', false)"
 )
 
 
