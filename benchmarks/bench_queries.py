@@ -196,27 +196,14 @@ def _sqlite_indexes(conn: sqlite3.Connection) -> list[tuple[str, str]]:
     )
 
 
-#: The migration whose triggers keep the savings totals. The tables are loaded at the version
-#: before it, and migrated to it afterwards: it sums the loaded rows in one pass, where its
-#: triggers would have run once a row.
-SAVINGS_TOTALS = 6
-
-
-def migrate(url: str, *, before_savings_totals: bool) -> None:
-    store = open_store(url)
-    if before_savings_totals:
-        scripts = [(n, t) for n, t in store.migration_scripts() if n < SAVINGS_TOTALS]  # type: ignore[attr-defined]
-        store.migration_scripts = lambda: scripts  # type: ignore[attr-defined]
-    store.migrate()
-    store.close()
-
-
 def build_sqlite(path: Path, rows: int) -> float:
     """Create ``path`` with the store's schema and ``rows`` rows; return the seconds it took."""
     started = time.perf_counter()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    migrate(f"sqlite:///{path}", before_savings_totals=True)
+    store = open_store(f"sqlite:///{path}")
+    store.migrate()
+    store.close()
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous = OFF")
@@ -234,11 +221,6 @@ def build_sqlite(path: Path, rows: int) -> float:
             conn.execute(sql)
         # No ANALYZE: an app's SQLite file has no statistics either, and the plans must be good
         # without them. (PostgreSQL's autovacuum analyzes, so its table is analyzed below.)
-    finally:
-        conn.close()
-    migrate(f"sqlite:///{path}", before_savings_totals=False)
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
@@ -294,7 +276,9 @@ def postgres_table(admin_url: str, rows: int, source: Path | None = None) -> Ite
 
     with harness.scratch_postgres(admin_url) as url:
         started = time.perf_counter()
-        migrate(url, before_savings_totals=True)
+        store = open_store(url)
+        store.migrate()
+        store.close()
         with psycopg.connect(url) as conn:
             indexes = conn.execute(
                 "SELECT i.indexname, i.indexdef FROM pg_indexes i "
@@ -312,7 +296,6 @@ def postgres_table(admin_url: str, rows: int, source: Path | None = None) -> Ite
             conn.commit()
             conn.autocommit = True
             conn.execute("VACUUM ANALYZE workflows")
-        migrate(url, before_savings_totals=False)
         origin = "copied from the SQLite file" if source is not None else "generated"
         yield url, f"built in {time.perf_counter() - started:.1f} s (COPY of rows {origin}, scratch database)"
 

@@ -84,21 +84,6 @@ def test_reconcile_works_with_a_pool_of_one_connection(pg_url: str) -> None:
     engine.close()
 
 
-def test_savings_totals_are_emptied_by_a_truncate(pg_url: str) -> None:
-    """SQLite has no TRUNCATE (a DELETE without WHERE runs its delete trigger); PostgreSQL's skips
-    row and statement DELETE triggers, so migration 0006 has a TRUNCATE trigger of its own."""
-    engine = WorkflowEngine(database_url=pg_url, redis_url="fakeredis://")
-    for hours in (1, 2):
-        engine.create_workflow(workflow_type_id="t", calculated_savings={"hours": hours})
-    assert engine.stats()["calculated_savings"] == {"hours": 3.0}
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE workflows CASCADE")
-    assert engine.stats()["calculated_savings"] == {}
-    engine.create_workflow(workflow_type_id="t", calculated_savings={"hours": 5})
-    assert engine.stats()["calculated_savings"] == {"hours": 5.0}
-    engine.close()
-
-
 def test_a_database_that_does_not_exist_is_named_at_once(pg_url: str) -> None:
     url = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
     store = open_store(url)

@@ -311,3 +311,27 @@ def test_database_reads_through_a_connection_of_its_own_so_it_sees_only_committe
         assert [row["status"] for row in db["workflows"].rows] == ["completed"]
     finally:
         db.close()
+
+
+def test_a_migration_script_is_split_where_sqlite_finds_each_statement_complete(tmp_path: Path) -> None:
+    """Not at every semicolon: a trigger's body holds several, and so may a string or a comment."""
+    from workflow_engine.stores import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'split.db'}")
+    store.migrate()
+    script = """
+-- a comment; with a semicolon
+CREATE TABLE notes (body TEXT NOT NULL);
+CREATE TRIGGER notes_twice AFTER INSERT ON notes WHEN NEW.body NOT LIKE '%again%'
+BEGIN
+    INSERT INTO notes (body) VALUES (NEW.body || '; again');
+END;
+INSERT INTO notes (body) VALUES ('first; and more');
+"""
+    with store.transaction() as tx:  # type: ignore[attr-defined]
+        store.run_script(tx, script)  # type: ignore[attr-defined]
+        rows = tx.fetch("SELECT body FROM notes ORDER BY rowid", {})
+    assert [r["body"] for r in rows] == ["first; and more", "first; and more; again"]
+    with store.transaction() as tx, pytest.raises(ValueError, match="ends inside a statement"):  # type: ignore[attr-defined]
+        store.run_script(tx, "CREATE TRIGGER t AFTER INSERT ON notes BEGIN SELECT 1;")  # type: ignore[attr-defined]
+    store.close()

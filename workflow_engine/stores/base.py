@@ -365,9 +365,7 @@ class SQLStore(Store):
     #: True where a compare-and-set and its event can be one statement (a data-modifying CTE):
     #: one round trip less per change on a client-server database.
     event_in_update: bool = False
-    #: Sum of every numeric top-level field of calculated_savings, by key, for the workflows created
-    #: since ``:since`` (``{since}`` as in STATS_COUNTS). Without a ``since``, the running totals that
-    #: migration 0006's triggers keep are read instead (STATS_SAVINGS_TOTALS).
+    #: Sum of every numeric top-level field of calculated_savings, by key; ``{since}`` as in STATS_COUNTS.
     savings_sql: str
 
     def list_index(self, filters: Mapping[str, str]) -> str | None:
@@ -727,8 +725,7 @@ class SQLStore(Store):
             oldest = tx.fetch(self.sql(q.STATS_OLDEST_QUEUED), {})[0]["oldest"]
             running = tx.fetch(self.sql(q.STATS_RUNNING), {})[0]["n"]
             finished = tx.fetch(self.sql(q.STATS_FINISHED_SINCE), params)[0]["n"]
-            savings_sql = q.STATS_SAVINGS_TOTALS if since is None else self.savings_sql.format(since=cond)
-            savings = tx.fetch(self.sql(savings_sql), params)
+            savings = tx.fetch(self.sql(self.savings_sql.format(since=cond)), params)
             durations: dict[str, tuple[float, float]] = {}
             for type_id, status, n in ((r["workflow_type_id"], r["status"], int(r["n"])) for r in counts):
                 if status != WorkflowStatus.COMPLETED.value or n == 0:

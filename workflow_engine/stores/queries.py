@@ -186,12 +186,6 @@ SELECT COALESCE(SUM(CASE WHEN status IN ('completed', 'failed') THEN 1 ELSE 0 EN
   FROM workflows WHERE finished_at >= :recent
 """
 
-#: Every workflow's savings, summed by key: the running totals that migration 0006's triggers keep
-#: (in shards on PostgreSQL). ``n`` counts the workflows holding a key; a key none holds is left out.
-STATS_SAVINGS_TOTALS = """
-SELECT key, SUM(total) AS total FROM workflow_savings_totals GROUP BY key HAVING SUM(n) > 0
-"""
-
 SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) AS version FROM schema_version"
 RECORD_VERSION = "INSERT INTO schema_version (version, applied_at) VALUES (:version, :applied_at)"
 
