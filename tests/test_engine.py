@@ -840,6 +840,30 @@ def test_names_stored_before_control_characters_were_refused_are_still_found(
     assert workflow_engine.get_workflow(wid).idempotency_key == "key\twith a tab"
 
 
+def test_workflows_of_a_type_stored_before_control_characters_were_refused_still_run_and_requeue(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    """Enqueueing, requeueing and approving rebuild the handler policy from the stored workflow:
+    a lookup of its type id, not a new name. Only registering such a type is refused."""
+    legacy = "t\tlegacy"
+    policy = {"workflow_type_id": legacy, "handler": "we_test_handlers:noop", "max_retries": 0}
+    failed = a_workflow(id="f", status=WorkflowStatus.FAILED, **policy)
+    workflow_engine.store.insert([a_workflow(id="a", **policy), a_workflow(id="b", **policy), failed])
+    workflow_engine.enqueue_execution("a")
+    assert workflow_engine.get_workflow("a").status is WorkflowStatus.COMPLETED
+    workflow_engine.enqueue_many(["b"])
+    assert workflow_engine.get_workflow("b").status is WorkflowStatus.COMPLETED
+    workflow_engine.requeue("f")
+    assert workflow_engine.get_workflow("f").status is WorkflowStatus.COMPLETED
+    workflow_engine.configure_council("c", members=["ann"], quorum=1)
+    waiting = a_workflow(id="w", status=WorkflowStatus.AWAITING_APPROVAL, assigned_council_id="c", **policy)
+    workflow_engine.store.insert([waiting])
+    workflow_engine.vote("w", voter_id="ann", approve=True)
+    assert workflow_engine.get_workflow("w").status is WorkflowStatus.COMPLETED
+    with pytest.raises(InvalidInput, match="must not contain control characters"):
+        workflow_engine.register_handler(legacy, "we_test_handlers:noop")
+
+
 def test_text_outside_the_basic_plane_is_accepted_and_read_back(workflow_engine: WorkflowEngine) -> None:
     wid = workflow_engine.create_workflow(
         workflow_type_id="t", created_by_agent="🤖", inputs={"name": "café 😀"}

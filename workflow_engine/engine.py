@@ -265,6 +265,7 @@ class WorkflowEngine:
         else:
             raise InvalidInput(f"handler must be a function or an import path, got {type(handler).__name__}")
         spec = HandlerSpec(workflow_type_id, path, func, max_retries, retry_backoff, timeout)
+        check_new_id("workflow_type_id", workflow_type_id)
         self._handlers[workflow_type_id] = spec
         return spec
 
@@ -394,7 +395,7 @@ class WorkflowEngine:
         idempotency_key: str | None = None,
         requires_approval: bool | None = False,
     ) -> Workflow:
-        validate_type_id(workflow_type_id)
+        check_new_id("workflow_type_id", validate_type_id(workflow_type_id))
         inputs = {} if inputs is None else inputs
         if not isinstance(inputs, Mapping):
             raise InvalidInput(f"inputs must be a dict (a JSON object), got {type(inputs).__name__}")

@@ -134,7 +134,10 @@ def validate_type_id(type_id: object) -> str:
         raise InvalidInput(f"workflow_type_id must be a string, got {type(type_id).__name__}")
     if not type_id.strip():
         raise InvalidInput("workflow_type_id must not be empty")
-    return check_new_id("workflow_type_id", type_id)
+    # A lookup's check: a spec is also built from a stored workflow's policy (enqueueing or
+    # requeueing it), whose type id an earlier release may have stored with a control character.
+    # register_handler and create_workflow refuse those for new names (check_new_id).
+    return check_id("workflow_type_id", type_id)
 
 
 def path_of(func: HandlerFunc) -> str:
