@@ -267,6 +267,32 @@ def test_a_body_of_exactly_max_body_bytes_is_accepted_with_or_without_a_content_
     assert len(engine.list_workflows()) == 2
 
 
+def test_a_chunked_body_over_max_body_bytes_is_refused_even_when_the_auth_hook_reads_it_first(
+    engine: WorkflowEngine,
+) -> None:
+    """An auth hook that checks a signature over the body reads it before the engine does: it must
+    not get a body cut at the limit, which would then pass as whole."""
+    seen: list[int] = []
+    app = Flask(__name__)
+    WorkflowEngineFlask(app, engine, max_body_bytes=1000, auth=lambda r: seen.append(len(r.get_data())))
+    client = app.test_client()
+    head, tail = b'{"workflow_type_id": "site", "inputs": {"x": "', b'"}}'
+    for size, status in ((1000, 201), (1001, 413), (5000, 413)):
+        body = head + b"a" * (size - len(head) - len(tail)) + tail
+        r = client.post(
+            "/api/workflow_actions",
+            input_stream=io.BytesIO(body),
+            content_type="application/json",
+            headers={"Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
+        if status == 413:
+            assert_error(r, 413, "request_entity_too_large")
+        else:
+            assert r.status_code == status, (size, r.status_code, r.json)
+    assert len(engine.list_workflows()) == 1 and seen[0] == 1000
+
+
 def test_a_chunked_form_over_max_body_bytes_answers_413_and_records_nothing(engine: WorkflowEngine) -> None:
     app = Flask(__name__)
     WorkflowEngineFlask(app, engine, max_body_bytes=1000, ui=True)

@@ -77,8 +77,13 @@ class WorkflowEngineFlask:
 
 def _before_request() -> None:
     st = state()
-    request.max_content_length = limit = st.max_body_bytes
+    limit = st.max_body_bytes
     size = request.content_length
+    # A chunked body (no Content-Length) is read up to werkzeug's limit and no further, quietly: one
+    # that fills it was cut. So it is read to one byte more than ours, whoever reads it first (an
+    # auth hook that checks a signature, or the check below), which tells a body of exactly the
+    # limit (accepted, as with a Content-Length) from a longer one.
+    request.max_content_length = limit if size is not None else limit + 1
     if size is not None and size > limit:
         raise ApiError(413, "request_entity_too_large", f"the body is {size} bytes; the limit is {limit}")
     # A CORS preflight never carries credentials, and gets no data (Flask answers OPTIONS itself; a
@@ -89,13 +94,9 @@ def _before_request() -> None:
             st.auth(request)
         except PermissionError as exc:
             raise Forbidden(str(exc) or None) from exc
-    # A chunked body (no Content-Length) is read up to werkzeug's limit and no further, quietly: one
-    # that fills it was cut. So it is read to one byte more than ours, which tells a body of exactly
-    # the limit (accepted, as with a Content-Length) from a longer one. Read here (once the caller is
-    # let in), for the API's JSON and the page's forms alike (werkzeug parses a form from these cached
-    # bytes), so that neither acts on a cut body.
+    # Read here (once the caller is let in), for the API's JSON and the page's forms alike (werkzeug
+    # parses a form from these cached bytes), so that neither acts on a cut body.
     if size is None:
-        request.max_content_length = limit + 1  # before the first read: it sizes request.stream
         try:
             read = len(request.get_data(cache=True))
         except RequestEntityTooLarge:  # werkzeug's own refusal, for a stream that says it has ended
