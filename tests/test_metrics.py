@@ -6,7 +6,9 @@ that counts made in work-horses that exited are all there.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -230,6 +232,57 @@ def test_make_wsgi_app_serves_the_metrics_for_a_web_process(engine: WorkflowEngi
 
 
 # -- multiprocess mode ------------------------------------------------------------------
+_ORPHAN = """
+import os, sys, time
+from workflow_engine import metrics
+path = metrics.make_temp_dir()
+horse = os.fork()
+if horse == 0:  # a work-horse: it outlives its worker, as after a SIGKILL of the worker alone
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1), os.dup2(null, 2)  # so that the test's pipe ends with the worker
+    time.sleep(60)
+    os._exit(0)
+print(path, horse, flush=True)
+os._exit(0)  # the worker is gone
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie (its files, and so its locks, are closed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="PID namespaces are Linux's")
+def test_a_metrics_directory_is_kept_while_a_work_horse_of_its_dead_worker_still_counts_into_it(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import tempfile
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _ORPHAN], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    path, horse_pid = out.stdout.split()
+    horse = int(horse_pid)
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path)
+    try:
+        mine = metrics.make_temp_dir()
+        assert os.path.isdir(path), "removed under a work-horse that still holds its lock"
+        os.kill(horse, signal.SIGKILL)
+        wait_for(lambda: _gone(horse))
+        shutil.rmtree(mine)  # the next call keeps it: this process is alive
+        metrics.make_temp_dir()
+        assert not os.path.exists(path)
+    finally:
+        tempfile.tempdir = saved
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(horse, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="PID namespaces are Linux's")
 def test_a_worker_removes_the_metrics_directories_of_killed_workers_and_only_those(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -245,15 +245,23 @@ def _pid_namespace() -> str | None:
         return None
 
 
+#: Held (flock) by a worker for its life, and by its work-horses, which inherit the open file.
+_LOCK_NAME = "worker.lock"
+_held_locks: list[int] = []  # this process's own directory's lock: open until the process ends
+
+
 def make_temp_dir() -> str:
     """A new multiprocess directory for a worker, after removing those of dead workers.
 
     A worker removes its own directory when it stops, but not when it is killed with
     ``SIGKILL``; its files then stayed in the temporary directory for good. A directory is
-    removed only when its name says it belongs to this user's process in this PID namespace
-    and that process is gone: a container sharing ``/tmp`` with its own PID namespace, or a
-    directory named in an older release's way, is left alone.
+    removed only when its name says it belongs to this user's process in this PID namespace,
+    that process is gone, and nothing holds its lock: a work-horse outlives its worker's
+    ``SIGKILL`` (it has a process group of its own) and keeps counting into the directory,
+    holding the lock it inherited. A container sharing ``/tmp`` with its own PID namespace, or
+    a directory named in an older release's way, is left alone.
     """
+    import fcntl
     import re
     import shutil
     import tempfile
@@ -273,12 +281,22 @@ def make_temp_dir() -> str:
             continue
         path = os.path.join(root, name)
         try:
-            if os.lstat(path).st_uid == os.getuid():  # never another user's
+            if os.lstat(path).st_uid != os.getuid():  # never another user's
+                continue
+            fd = os.open(os.path.join(path, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a work-horse still holds it: OSError
                 shutil.rmtree(path)
-                log.info("removed the metrics directory %s of a worker that is gone", path)
+            finally:
+                os.close(fd)
+            log.info("removed the metrics directory %s of a worker that is gone", path)
         except OSError:
-            pass  # removed by another worker starting at the same time, or not ours to remove
-    return tempfile.mkdtemp(prefix=f"{TEMP_DIR_PREFIX}{namespace}-{os.getpid()}-")
+            pass  # still in use, removed by another worker starting now, or not ours to remove
+    path = tempfile.mkdtemp(prefix=f"{TEMP_DIR_PREFIX}{namespace}-{os.getpid()}-")
+    fd = os.open(os.path.join(path, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _held_locks.append(fd)
+    return path
 
 
 def _alive(pid: int) -> bool:
