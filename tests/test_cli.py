@@ -608,6 +608,35 @@ def test_a_reconcile_service_may_start_before_the_database_file_exists(
     assert f"no database file at {path} yet: creating an empty one" in caplog.text
 
 
+@pytest.mark.parametrize("app_configured_rq", [False, True])
+def test_json_worker_logging_takes_rqs_records_unless_the_app_configured_rqs_loggers(
+    monkeypatch: pytest.MonkeyPatch, app_configured_rq: bool
+) -> None:
+    """RQ's records in JSON too, but never twice: an app's own handler on `rq.worker` keeps them."""
+    import logging
+
+    from workflow_engine.logs import configure_worker_logging
+
+    monkeypatch.setenv("WORKFLOW_ENGINE_LOG_FORMAT", "json")
+    loggers = [logging.getLogger(n) for n in ("workflow_engine", "rq", "rq.worker")]
+    root = logging.getLogger()
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers], root.handlers[:]
+    for lg in loggers:
+        lg.handlers.clear()
+    root.handlers.clear()
+    app_handler = logging.NullHandler()
+    try:
+        if app_configured_rq:
+            loggers[2].addHandler(app_handler)
+        ours = configure_worker_logging()
+        assert ours is not None and loggers[0].handlers == [ours]
+        assert loggers[1].handlers == ([] if app_configured_rq else [ours])
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved[0], strict=True):
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+        root.handlers[:] = saved[1]
+
+
 def test_worker_logging_shows_the_engines_records_and_still_lets_the_app_have_them() -> None:
     """`rq worker -c workflow_engine.rq_preload`: RQ configures only its own logger. The engine's records
     go to stderr, and a root handler the app installs later still receives them."""

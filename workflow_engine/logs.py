@@ -103,6 +103,15 @@ def configure(log_format: str = "text", level: str | int = "INFO") -> logging.Ha
     return handler
 
 
+def _has_handlers_under(name: str) -> bool:
+    """True if the logger ``name`` or one below it (``rq.worker``) has a handler: the app's own."""
+    return any(
+        isinstance(logger, logging.Logger) and bool(logger.handlers)
+        for key, logger in list(logging.Logger.manager.loggerDict.items())
+        if key == name or key.startswith(name + ".")
+    )
+
+
 def configure_worker_logging() -> logging.Handler | None:
     """In a stock ``rq worker``, which configures only RQ's own logger, show the engine's records.
 
@@ -127,7 +136,7 @@ def configure_worker_logging() -> logging.Handler | None:
         raise ConfigurationError(f"WORKFLOW_ENGINE_LOG_LEVEL: {exc}") from None
     logger.addHandler(handler)  # records still propagate: a root handler the app adds later gets them too
     rq_logger = logging.getLogger("rq")
-    if log_format == "json" and not rq_logger.handlers:
+    if log_format == "json" and not _has_handlers_under("rq"):
         # RQ's own records too, so that the worker's output is one JSON object a line. RQ gives
         # `rq.worker` a text handler of its own only when no logger above it has one; like RQ's,
         # this one keeps them from reaching a root handler as well.
