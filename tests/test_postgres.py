@@ -249,8 +249,10 @@ def test_an_insert_retried_while_its_first_attempt_still_commits_returns_that_wo
         store._event_params(wf, NewEvent(None, S.PENDING)),  # type: ignore[attr-defined]
     )
     lost = _lose_the_first_write(store, first, monkeypatch)
-    [(stored, created)] = store.insert([wf])
-    lost.close()
+    try:
+        [(stored, created)] = store.insert([wf])
+    finally:
+        lost.close()
     assert lost.happened and created and stored.id == wf.id
     assert [e.to_status for e in store.events(wf.id)] == [S.PENDING]
     store.close()
@@ -289,8 +291,10 @@ def test_a_claim_retried_while_its_first_attempt_still_waits_on_the_server_is_wo
     first = psycopg.connect(pg_url)  # the first attempt, still open on the server
     assert first.execute(store.sql(sql), params).fetchall()  # type: ignore[attr-defined]
     lost = _lose_the_first_write(store, first, monkeypatch)
-    claimed = store.claim(wf.id, job_id="job-1", worker="w", now=now, lease_until=lease)
-    lost.close()
+    try:
+        claimed = store.claim(wf.id, job_id="job-1", worker="w", now=now, lease_until=lease)
+    finally:
+        lost.close()
     assert lost.happened and claimed is not None
     assert (claimed.status, claimed.job_id, claimed.attempts) == (S.RUNNING, "job-1", 1)
     assert [e.to_status for e in store.events(wf.id)] == [S.PENDING, S.QUEUED, S.RUNNING]
@@ -321,8 +325,10 @@ def test_a_cancel_request_retried_while_its_first_attempt_still_runs_on_the_serv
     sql, params = store._update(request)  # type: ignore[attr-defined]
     assert first.execute(*store._one_statement(sql, params, request.event)).fetchall()  # type: ignore[attr-defined]
     lost = _lose_the_first_write(store, first, monkeypatch)
-    [marked] = store.apply([request])
-    lost.close()
+    try:
+        [marked] = store.apply([request])
+    finally:
+        lost.close()
     assert lost.happened and marked is not None and marked.cancel_requested_at == now
     assert [e.detail for e in store.events(wf.id)].count("cancel requested") == 1
     store.close()
