@@ -239,6 +239,17 @@ def test_a_body_over_max_body_bytes_answers_413(engine: WorkflowEngine) -> None:
     assert client.post("/api/workflow_actions", json=small).status_code == 201
 
 
+def post_chunked(client: FlaskClient, body: bytes) -> Any:
+    """POST a JSON body without a Content-Length, as a chunked request arrives."""
+    return client.post(
+        "/api/workflow_actions",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
 def test_a_body_of_exactly_max_body_bytes_is_accepted_with_or_without_a_content_length(
     engine: WorkflowEngine,
 ) -> None:
@@ -248,22 +259,12 @@ def test_a_body_of_exactly_max_body_bytes_is_accepted_with_or_without_a_content_
     head, tail = b'{"workflow_type_id": "site", "inputs": {"x": "', b'"}}'
     exact = head + b"a" * (1000 - len(head) - len(tail)) + tail
     assert len(exact) == 1000
-
-    def post(body: bytes, *, chunked: bool) -> Any:
-        if not chunked:
-            return client.post("/api/workflow_actions", data=body, content_type="application/json")
-        return client.post(
-            "/api/workflow_actions",
-            input_stream=io.BytesIO(body),
-            content_type="application/json",
-            headers={"Transfer-Encoding": "chunked"},
-            environ_overrides={"wsgi.input_terminated": True},
-        )
-
-    assert post(exact, chunked=False).status_code == 201
-    assert post(exact, chunked=True).status_code == 201
+    assert (
+        client.post("/api/workflow_actions", data=exact, content_type="application/json").status_code == 201
+    )
+    assert post_chunked(client, exact).status_code == 201
     over = head + b"a" * (1001 - len(head) - len(tail)) + tail
-    assert_error(post(over, chunked=True), 413, "request_entity_too_large")
+    assert_error(post_chunked(client, over), 413, "request_entity_too_large")
     assert len(engine.list_workflows()) == 2
 
 
@@ -279,13 +280,7 @@ def test_a_chunked_body_over_max_body_bytes_is_refused_even_when_the_auth_hook_r
     head, tail = b'{"workflow_type_id": "site", "inputs": {"x": "', b'"}}'
     for size, status in ((1000, 201), (1001, 413), (5000, 413)):
         body = head + b"a" * (size - len(head) - len(tail)) + tail
-        r = client.post(
-            "/api/workflow_actions",
-            input_stream=io.BytesIO(body),
-            content_type="application/json",
-            headers={"Transfer-Encoding": "chunked"},
-            environ_overrides={"wsgi.input_terminated": True},
-        )
+        r = post_chunked(client, body)
         if status == 413:
             assert_error(r, 413, "request_entity_too_large")
         else:
