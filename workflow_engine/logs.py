@@ -117,10 +117,11 @@ def configure_worker_logging() -> logging.Handler | None:
 
     Sends the ``workflow_engine`` logger's records to stderr, in ``WORKFLOW_ENGINE_LOG_FORMAT``
     at ``WORKFLOW_ENGINE_LOG_LEVEL`` (text, INFO by default), and leaves the root logger alone.
-    In ``json``, RQ's records go to the same handler (RQ then adds no text handler of its own);
-    in ``text``, RQ keeps its own. Does nothing where logging is configured already: a handler on the root
-    logger or on ``workflow_engine``. ``workflow_engine.rq_preload`` calls it after the
-    preload, so that an app module that configures logging when imported keeps its own.
+    In ``json``, RQ's records go to the same handler (RQ then adds no text handler of its own),
+    unless the app gave an ``rq`` logger a handler; in ``text``, RQ keeps its own. Does nothing
+    where logging is configured already: a handler on the root logger or on ``workflow_engine``.
+    ``workflow_engine.rq_preload`` calls it after the preload, so that an app module that
+    configures logging when imported keeps its own.
     """
     import os
 
