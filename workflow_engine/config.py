@@ -45,14 +45,15 @@ ENVIRONMENT: dict[str, str] = {
 }
 
 
-#: Characters no URL or queue name holds: C0 controls, DEL and C1 controls.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: C0 controls, DEL and C1 controls: no URL or queue name holds one, and no name the engine
+#: writes (a type id, an agent, a council or a member), where it would forge a line of output.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def unclean(value: str) -> bool:
     """True if ``value`` (a URL, a queue name) has whitespace around it or a control character in
     it: a CRLF ``.env`` file or a pasted newline, which would name another file or queue silently."""
-    return value != value.strip() or _CONTROL.search(value) is not None
+    return value != value.strip() or CONTROL_CHARACTERS.search(value) is not None
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from rq.timeouts import BaseTimeoutException
 
-from .config import MAX_SECONDS
+from .config import CONTROL_CHARACTERS, MAX_SECONDS
 from .errors import ConfigurationError, InvalidInput, UnknownWorkflowType
 from .models import Workflow
 
@@ -80,11 +79,6 @@ def check_id(name: str, value: str) -> str:
     return value
 
 
-#: C0 controls, DEL and C1 controls: a line break or an escape sequence in a name that is
-#: printed (a type id, an agent, a council or a member) forges or garbles a line of output.
-_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
 def check_new_id(name: str, value: str) -> str:
     """:func:`check_id`, and no control characters: for a name being written, not looked up.
 
@@ -92,7 +86,7 @@ def check_new_id(name: str, value: str) -> str:
     existed is still found.
     """
     check_id(name, value)
-    found = _CONTROL_CHARACTERS.search(value)
+    found = CONTROL_CHARACTERS.search(value)
     if found is not None:
         raise InvalidInput(
             f"{name} must not contain control characters, got {found.group()!r} at {found.start()}"

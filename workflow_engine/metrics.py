@@ -283,7 +283,7 @@ def make_temp_dir() -> str:
         try:
             if os.lstat(path).st_uid != os.getuid():  # never another user's
                 continue
-            fd = os.open(os.path.join(path, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+            fd = _open_lock(path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a work-horse still holds it: OSError
                 shutil.rmtree(path)
@@ -293,10 +293,15 @@ def make_temp_dir() -> str:
         except OSError:
             pass  # still in use, removed by another worker starting now, or not ours to remove
     path = tempfile.mkdtemp(prefix=f"{TEMP_DIR_PREFIX}{namespace}-{os.getpid()}-")
-    fd = os.open(os.path.join(path, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open_lock(path)
     fcntl.flock(fd, fcntl.LOCK_EX)
     _held_locks.append(fd)
     return path
+
+
+def _open_lock(path: str) -> int:
+    """The lock file of the multiprocess directory ``path``, made if missing."""
+    return os.open(os.path.join(path, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
 
 
 def _alive(pid: int) -> bool:
