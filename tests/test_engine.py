@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -645,6 +647,59 @@ def test_enqueue_in_async_mode_only_queues_the_job(async_engine: WorkflowEngine)
     assert job.stopped_callback is execution.on_job_stopped
     work(async_engine)
     assert async_engine.get_workflow(wid).status is S.COMPLETED
+
+
+def test_a_jobs_meta_imports_workflow_engine_where_rq_reads_it_so_a_forking_worker_loads_it_once(
+    async_engine: WorkflowEngine,
+) -> None:
+    async_engine.register_handler("double", double)
+    wid = create(async_engine)
+    async_engine.enqueue_execution(wid)
+    job_id = async_engine.get_workflow(wid).job_id
+    assert job_id is not None
+    job = rq.job.Job.fetch(job_id, connection=async_engine.redis)
+    assert job.meta == {"workflow_engine": transport.PRELOAD}
+    # RQ's worker process unpickles the stored meta as it takes the job (Job.restore), before it
+    # forks; in a process that has not imported workflow_engine, that import happens right there.
+    raw = async_engine.redis.hget(job.key, "meta")
+    assert isinstance(raw, bytes)
+    probe = (
+        "import pickle, sys; meta = pickle.loads(bytes.fromhex(sys.argv[1])); "
+        "print('workflow_engine.execution' in sys.modules, 'pydantic' in sys.modules, sorted(meta))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, raw.hex()], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "['workflow_engine']"]
+    work(async_engine)  # and RQ saves and reads it back like any meta
+    assert async_engine.get_workflow(wid).status is S.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("database_url", "driver"),
+    [
+        ("sqlite:///workflows.db", "sqlite3"),
+        ("postgresql://app@db.example/app", "psycopg"),
+        ("mysql://app@db.example/app", None),  # refused later, by the work-horse, on the workflow's job
+    ],
+)
+def test_reading_a_jobs_meta_imports_the_configured_stores_driver_and_never_fails_on_a_bad_setting(
+    database_url: str, driver: str | None
+) -> None:
+    pytest.importorskip("psycopg")
+    probe = (
+        "import pickle, sys; meta = pickle.loads(bytes.fromhex(sys.argv[1])); "
+        "print(repr(meta['workflow_engine']), 'sqlite3' in sys.modules, 'psycopg' in sys.modules)"
+    )
+    raw = pickle.dumps({transport.META_KEY: transport.PRELOAD}, protocol=pickle.HIGHEST_PROTOCOL)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_ENGINE_")}
+    env["WORKFLOW_ENGINE_DATABASE_URL"] = database_url
+    out = subprocess.run(
+        [sys.executable, "-c", probe, raw.hex()], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == [
+        "workflow_engine.transport.Preload()",
+        str(driver == "sqlite3"),  # is sqlite3 loaded?
+        str(driver == "psycopg"),  # is psycopg loaded?
+    ]
 
 
 def test_enqueueing_a_queued_workflow_again_adds_no_second_job(async_engine: WorkflowEngine) -> None:

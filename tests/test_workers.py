@@ -265,6 +265,43 @@ def test_a_preloaded_forking_worker_imports_the_handler_module_once_in_its_paren
         assert sorted(importers) == sorted(horses), "a plain worker's every work-horse imports it again"
 
 
+def imports_of(output: str, module: str) -> int:
+    """How many processes imported ``module`` by an import statement, from ``-X importtime``'s lines."""
+    lines = [line for line in output.splitlines() if line.startswith("import time:")]
+    return sum(1 for line in lines if line.split("|")[-1].strip() == module)
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_a_plain_forking_worker_imports_workflow_engine_and_its_driver_once_not_in_each_work_horse(
+    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
+) -> None:
+    engine.register_handler("probe", "we_import_probe:record_pid")
+    ids = submit_many(engine, "probe", 4)
+    worker = start_worker(
+        tmp_path,
+        redis_url=redis_server.url,
+        database_url=sqlite_url(tmp_path),
+        effects=effects,
+        extra_env={"PYTHONPROFILEIMPORTTIME": "1"},  # every process, work-horses too, logs its imports
+    )
+    try:
+        assert worker.wait(WORKER_TIMEOUT) == 0, worker.output()[-4000:]
+    finally:
+        worker.stop()
+
+    assert_each_completed_exactly_once(engine, effects, ids)
+    horses = {int(effects_of(effects, wid)[0].split()[2]) for wid in ids}
+    assert worker.proc.pid not in horses and len(horses) == 4, "each workflow ran in a work-horse of its own"
+    importers = [int(line.split()[1]) for line in (effects / "imports").read_text().splitlines()]
+    assert sorted(importers) == sorted(horses), "each work-horse imports the handler's module (not preloaded)"
+    # Had any work-horse imported these, all four would have: the one import is the worker's own, as
+    # it read the first job's meta.
+    output = worker.output()
+    for module in ("pydantic", "workflow_engine.execution", "sqlite3"):
+        assert imports_of(output, module) == 1, f"{module} is imported once, by the worker before it forks"
+
+
 @pytest.mark.slow
 @pytest.mark.services
 def test_a_worker_told_to_preload_a_module_it_cannot_import_stops_at_once_saying_why(
