@@ -54,7 +54,7 @@ from workflow_engine.status import WorkflowStatus as S
 from workflow_engine.stores import queries as q
 from workflow_engine.stores.base import NewEvent
 from workflow_engine.stores.sqlite import SQLiteStore
-from workflow_engine.transport import RESULT_TTL
+from workflow_engine.transport import META_KEY, PRELOAD, RESULT_TTL
 
 TYPE = "bench"
 HANDLER = "bench_jobs:noop_workflow"
@@ -97,6 +97,7 @@ class Floor:
                         job_id=job_id,
                         description=f"workflow {TYPE} {workflow_id}",
                         on_stopped=Callback(on_job_stopped),
+                        meta={META_KEY: PRELOAD},
                     )
                 ],
                 pipeline=pipe,

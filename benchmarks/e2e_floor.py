@@ -45,7 +45,7 @@ import harness
 from harness import QUEUE, BenchFailure, RedisServer
 
 from workflow_engine import WorkflowEngine
-from workflow_engine.transport import RESULT_TTL
+from workflow_engine.transport import META_KEY, PRELOAD, RESULT_TTL
 
 TYPE = "bench"
 HANDLER = "bench_jobs:noop_workflow"
@@ -128,6 +128,7 @@ class Floor:
                     job_id=jid,
                     description=f"workflow {TYPE} {wid}",
                     on_stopped=Callback(bench_jobs.stopped_noop),
+                    meta={META_KEY: PRELOAD},
                 )
                 for wid, jid in workflows
             ]
