@@ -4,10 +4,12 @@
 
 RQ imports this "settings" module in the worker's parent process. It defines no
 settings (RQ reads only UPPERCASE names); importing it builds the worker engine
-from ``WORKFLOW_ENGINE_DATABASE_URL`` and opens the database, so each work-horse
-starts with the package loaded instead of importing it again (about 60 ms a job).
-It also imports the modules that ``WORKFLOW_ENGINE_PRELOAD`` names (your handler
-modules, comma-separated), so that no work-horse imports your app again either.
+from ``WORKFLOW_ENGINE_DATABASE_URL`` and checks the database, so that a bad URL
+stops the worker at start and each work-horse inherits the engine (it reopens only
+the connection). It also imports the modules that ``WORKFLOW_ENGINE_PRELOAD`` names
+(your handler modules, comma-separated), so that no work-horse imports your app
+again. (A plain ``rq worker`` loads the package itself once, at its first workflow
+job: see ``transport.Preload``.)
 And it sends the engine's log records to stderr, as ``workflow-engine worker`` does
 (``WORKFLOW_ENGINE_LOG_FORMAT``, ``WORKFLOW_ENGINE_LOG_LEVEL``), unless logging is
 configured already.

@@ -59,7 +59,7 @@ ON_JOB_STOPPED = Callback("workflow_engine.execution.on_job_stopped")
 META_KEY = "workflow_engine"
 
 
-class Preload:
+class Preload(str):
     """What a workflow job carries in ``job.meta["workflow_engine"]``: unpickling it imports workflow_engine.
 
     RQ's worker unpickles a job's meta in its own process as it takes the job, before a forking
@@ -67,27 +67,21 @@ class Preload:
     module, so a plain ``rq worker workflows`` imports the package at its first workflow job, and the
     store's driver with it, and every later work-horse inherits them instead of importing pydantic,
     the package and the driver again (60-85 ms a job). Only imports happen there: no engine, no
-    connection, no handler module, no logging (``-c workflow_engine.rq_preload`` adds those). A
-    process without workflow_engine installed that reads the job (a dashboard) gets RQ's
-    ``{"unserialized": ...}`` meta instead, and RQ writes that back unchanged.
+    connection, no handler module, no logging (``-c workflow_engine.rq_preload`` adds those).
+
+    It is the string ``"preload"`` to everything else (``==``, ``json.dumps``). A process without
+    workflow_engine that reads the job gets RQ's ``{"unserialized": ...}`` meta from ``Job.fetch``,
+    and RQ writes those bytes back unchanged; RQ's ``Job.get_meta()`` raises there instead.
     """
 
     __slots__ = ()
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
+        # Jobs already in Redis name this function: never rename or move it.
         return (_unpickle_preload, ())
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Preload)
 
-    def __hash__(self) -> int:
-        return hash(Preload)
-
-    def __repr__(self) -> str:
-        return "workflow_engine.transport.Preload()"
-
-
-PRELOAD = Preload()
+PRELOAD = Preload("preload")
 _store_driver_imported = False
 
 
