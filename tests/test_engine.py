@@ -645,33 +645,10 @@ def test_enqueue_in_async_mode_only_queues_the_job(async_engine: WorkflowEngine)
     # The job names its function and its stopped-callback; both names import.
     assert job.func is execution.run_workflow and job.func_name == "workflow_engine.execution.run_workflow"
     assert job.stopped_callback is execution.on_job_stopped
+    # Its meta is a marker that RQ's worker unpickles before it forks (next test); JSON sees a string.
+    assert job.meta == {"workflow_engine": "preload"} and job.meta["workflow_engine"] is transport.PRELOAD
+    assert json.loads(json.dumps(job.meta)) == {"workflow_engine": "preload"}
     work(async_engine)
-    assert async_engine.get_workflow(wid).status is S.COMPLETED
-
-
-def test_a_jobs_meta_imports_workflow_engine_where_rq_reads_it_so_a_forking_worker_loads_it_once(
-    async_engine: WorkflowEngine,
-) -> None:
-    async_engine.register_handler("double", double)
-    wid = create(async_engine)
-    async_engine.enqueue_execution(wid)
-    job_id = async_engine.get_workflow(wid).job_id
-    assert job_id is not None
-    job = rq.job.Job.fetch(job_id, connection=async_engine.redis)
-    assert job.meta == {"workflow_engine": "preload"}
-    assert job.meta["workflow_engine"] is transport.PRELOAD
-    assert json.loads(json.dumps(job.meta)) == {"workflow_engine": "preload"}  # JSON sees a string
-    # RQ's worker process unpickles the stored meta as it takes the job (Job.restore), before it
-    # forks; in a process that has not imported workflow_engine, that import happens right there.
-    raw = async_engine.redis.hget(job.key, "meta")
-    assert isinstance(raw, bytes)
-    probe = (
-        "import pickle, sys; meta = pickle.loads(bytes.fromhex(sys.argv[1])); "
-        "print('workflow_engine.execution' in sys.modules, 'pydantic' in sys.modules, sorted(meta))"
-    )
-    out = subprocess.run([sys.executable, "-c", probe, raw.hex()], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "True", "['workflow_engine']"]
-    work(async_engine)  # and RQ saves and reads it back like any meta
     assert async_engine.get_workflow(wid).status is S.COMPLETED
 
 
@@ -683,13 +660,16 @@ def test_a_jobs_meta_imports_workflow_engine_where_rq_reads_it_so_a_forking_work
         ("mysql://app@db.example/app", None),  # refused later, by the work-horse, on the workflow's job
     ],
 )
-def test_reading_a_jobs_meta_imports_the_configured_stores_driver_and_never_fails_on_a_bad_setting(
+def test_reading_a_jobs_meta_imports_workflow_engine_and_the_configured_stores_driver_and_never_fails(
     database_url: str, driver: str | None
 ) -> None:
+    """RQ's worker unpickles a job's meta as it takes the job (``Job.restore``), before it forks: a
+    fresh process that does only that has the package loaded afterwards, and the store's driver."""
     pytest.importorskip("psycopg")
     probe = (
         "import pickle, sys; meta = pickle.loads(bytes.fromhex(sys.argv[1])); "
-        "print(type(meta['workflow_engine']).__name__, 'sqlite3' in sys.modules, 'psycopg' in sys.modules)"
+        "print(type(meta['workflow_engine']).__name__, 'workflow_engine.execution' in sys.modules, "
+        "'pydantic' in sys.modules, 'sqlite3' in sys.modules, 'psycopg' in sys.modules)"
     )
     raw = pickle.dumps({transport.META_KEY: transport.PRELOAD}, protocol=pickle.HIGHEST_PROTOCOL)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_ENGINE_")}
@@ -699,6 +679,8 @@ def test_reading_a_jobs_meta_imports_the_configured_stores_driver_and_never_fail
     )
     assert out.stdout.split() == [
         "Preload",
+        "True",  # is workflow_engine.execution loaded?
+        "True",  # is pydantic loaded?
         str(driver == "sqlite3"),  # is sqlite3 loaded?
         str(driver == "psycopg"),  # is psycopg loaded?
     ]

@@ -214,6 +214,12 @@ def test_a_stock_rq_worker_with_the_preload_and_json_logs_writes_only_json_lines
     assert any(r.get("workflow_id") == ids[0] for r in records)
 
 
+def imports_of(output: str, module: str) -> int:
+    """How many processes imported ``module`` by an import statement, from ``-X importtime``'s lines."""
+    lines = [line for line in output.splitlines() if line.startswith("import time:")]
+    return sum(1 for line in lines if line.split("|")[-1].strip() == module)
+
+
 @pytest.mark.slow
 @pytest.mark.services
 @pytest.mark.parametrize(
@@ -226,7 +232,7 @@ def test_a_stock_rq_worker_with_the_preload_and_json_logs_writes_only_json_lines
     ],
     ids=["rq-plain", "rq-preload-from-env", "engine-preload-option", "engine-preload-from-env"],
 )
-def test_a_preloaded_forking_worker_imports_the_handler_module_once_in_its_parent_not_in_each_work_horse(
+def test_a_forking_worker_imports_the_package_once_and_the_handler_module_once_if_preloaded_else_per_horse(
     tmp_path: Path,
     redis_server: RedisServer,
     effects: Path,
@@ -245,7 +251,7 @@ def test_a_preloaded_forking_worker_imports_the_handler_module_once_in_its_paren
         effects=effects,
         kind=kind,
         extra_args=[*extra_args, *(["--path", str(APPS)] if kind == "engine" else [])],
-        extra_env=extra_env,
+        extra_env={**extra_env, "PYTHONPROFILEIMPORTTIME": "1"},  # every process logs its imports
     )
     try:
         assert worker.wait(WORKER_TIMEOUT) == 0, worker.output()[-4000:]
@@ -263,43 +269,10 @@ def test_a_preloaded_forking_worker_imports_the_handler_module_once_in_its_paren
         )
     else:
         assert sorted(importers) == sorted(horses), "a plain worker's every work-horse imports it again"
-
-
-def imports_of(output: str, module: str) -> int:
-    """How many processes imported ``module`` by an import statement, from ``-X importtime``'s lines."""
-    lines = [line for line in output.splitlines() if line.startswith("import time:")]
-    return sum(1 for line in lines if line.split("|")[-1].strip() == module)
-
-
-@pytest.mark.slow
-@pytest.mark.services
-def test_a_plain_forking_worker_imports_workflow_engine_and_its_driver_once_not_in_each_work_horse(
-    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
-) -> None:
-    engine.register_handler("probe", "we_import_probe:record_pid")
-    ids = submit_many(engine, "probe", 4)
-    worker = start_worker(
-        tmp_path,
-        redis_url=redis_server.url,
-        database_url=sqlite_url(tmp_path),
-        effects=effects,
-        extra_env={"PYTHONPROFILEIMPORTTIME": "1"},  # every process, work-horses too, logs its imports
-    )
-    try:
-        assert worker.wait(WORKER_TIMEOUT) == 0, worker.output()[-4000:]
-    finally:
-        worker.stop()
-
-    assert_each_completed_exactly_once(engine, effects, ids)
-    horses = {int(effects_of(effects, wid)[0].split()[2]) for wid in ids}
-    assert worker.proc.pid not in horses and len(horses) == 4, "each workflow ran in a work-horse of its own"
-    importers = [int(line.split()[1]) for line in (effects / "imports").read_text().splitlines()]
-    assert sorted(importers) == sorted(horses), "each work-horse imports the handler's module (not preloaded)"
-    # Had any work-horse imported these, all four would have: the one import is the worker's own, as
-    # it read the first job's meta.
-    output = worker.output()
+    # The package, pydantic and the driver are imported once, by the worker: a plain one as it reads its
+    # first job's meta. Had any work-horse imported them, all four would have.
     for module in ("pydantic", "workflow_engine.execution", "sqlite3"):
-        assert imports_of(output, module) == 1, f"{module} is imported once, by the worker before it forks"
+        assert imports_of(worker.output(), module) == 1, f"{module} is imported once, by the worker"
 
 
 @pytest.mark.slow
