@@ -131,7 +131,7 @@ class PostgresStore(SQLStore):
 SELECT j.key AS key, SUM(j.value::numeric) AS total
   FROM workflows AS w,
        jsonb_each(CASE WHEN jsonb_typeof(w.calculated_savings) = 'object' THEN w.calculated_savings END) AS j
- WHERE jsonb_typeof(j.value) = 'number' {since}
+ WHERE w.calculated_savings IS NOT NULL AND jsonb_typeof(j.value) = 'number' {since}
  GROUP BY j.key
 """
 

@@ -129,7 +129,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
        json_each(CASE WHEN json_valid(w.calculated_savings) THEN
                      CASE json_type(w.calculated_savings) WHEN 'object' THEN w.calculated_savings END
                  END) AS j
- WHERE j.type IN ('integer', 'real') {since}
+ WHERE w.calculated_savings IS NOT NULL AND j.type IN ('integer', 'real') {since}
  GROUP BY j.key
 """
 
