@@ -96,7 +96,7 @@ def test_every_option_with_an_environment_variable_shows_it_in_help() -> None:
 # -- reading -------------------------------------------------------------------------
 def test_migrate_reports_the_schema_version(db: str) -> None:
     out = run("migrate", "--database-url", db)
-    assert (out.code, out.stdout) == (0, "schema version 5\n")
+    assert (out.code, out.stdout) == (0, "schema version 6\n")
 
 
 def test_list_json_matches_the_database_for_every_filter(engine: WorkflowEngine, db: str) -> None:

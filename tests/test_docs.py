@@ -143,8 +143,8 @@ def test_operations_md_covers_units_redis_backups_upgrades_and_shows_a_real_sess
     assert "curl -s http://127.0.0.1:9108/metrics" in session
 
 
-def test_the_concurrent_index_recipe_builds_what_migration_0004_creates() -> None:
-    """production.md's CREATE INDEX CONCURRENTLY statements are the migration's own, so that a
+def test_the_concurrent_index_recipes_build_what_migrations_0004_and_0006_create() -> None:
+    """production.md's CREATE INDEX CONCURRENTLY statements are the migrations' own, so that a
     database prepared by hand migrates to the same indexes."""
     from workflow_engine.stores.postgres import PostgresStore
 
@@ -153,11 +153,11 @@ def test_the_concurrent_index_recipe_builds_what_migration_0004_creates() -> Non
             " ".join(st.split()).replace(" CONCURRENTLY", "") for st in create_index_statements(sql)
         )
 
-    [recipe] = re.findall(
+    recipes = re.findall(
         r"```sql\n(CREATE INDEX CONCURRENTLY.*?)```", (DOCS / "production.md").read_text(), re.S
     )
-    script = dict(PostgresStore("postgresql://unused").migration_scripts())[4]
-    assert normalized(recipe) == normalized(script)
+    scripts = dict(PostgresStore("postgresql://unused").migration_scripts())
+    assert [normalized(recipe) for recipe in recipes] == [normalized(scripts[4]), normalized(scripts[6])]
 
 
 # -- links -------------------------------------------------------------------------------------

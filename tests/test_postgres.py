@@ -932,14 +932,18 @@ def test_a_batch_whose_statement_the_server_refuses_writes_nothing(pg_url: str) 
     store.close()
 
 
-def test_migration_0004_refuses_an_invalid_index_left_by_a_failed_concurrent_build(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("migration", "index"), [(4, "workflows_finished_at"), (6, "workflows_completed_duration_created")]
+)
+def test_migrations_0004_and_0006_refuse_an_invalid_index_left_by_a_failed_concurrent_build(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, migration: int, index: str
 ) -> None:
     store = open_store(pg_url)
     scripts = store.migration_scripts()  # type: ignore[attr-defined]
-    monkeypatch.setattr(store, "migration_scripts", lambda: [(n, t) for n, t in scripts if n <= 3])
-    assert store.migrate() == 3
-    with psycopg.connect(pg_url, autocommit=True) as admin:  # two workflows of one type, at version 3
+    before = migration - 1
+    monkeypatch.setattr(store, "migration_scripts", lambda: [(n, t) for n, t in scripts if n <= before])
+    assert store.migrate() == before
+    with psycopg.connect(pg_url, autocommit=True) as admin:  # two workflows of one type
         for n in range(2):
             admin.execute(
                 "INSERT INTO workflows (id, workflow_type_id, status, inputs, created_at, updated_at) "
@@ -948,14 +952,12 @@ def test_migration_0004_refuses_an_invalid_index_left_by_a_failed_concurrent_bui
             )
     with psycopg.connect(pg_url, autocommit=True) as admin:  # a build that fails halfway, on purpose
         with pytest.raises(psycopg.errors.UniqueViolation):
-            admin.execute(
-                "CREATE UNIQUE INDEX CONCURRENTLY workflows_finished_at ON workflows (workflow_type_id)"
-            )
+            admin.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {index} ON workflows (workflow_type_id)")
     monkeypatch.setattr(store, "migration_scripts", lambda: scripts)
-    with pytest.raises(StoreError, match="an index built beforehand is invalid"):
+    with pytest.raises(StoreError, match=f"migration 000{migration}: .*built beforehand is invalid"):
         store.migrate()
     with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute("DROP INDEX workflows_finished_at")
+        admin.execute(f"DROP INDEX {index}")
     assert store.migrate() == scripts[-1][0]
     store.close()
 

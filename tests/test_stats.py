@@ -103,6 +103,20 @@ def test_stats_since_counts_only_newer_workflows(engine: WorkflowEngine) -> None
         engine.stats(since=cut.replace(tzinfo=None))
 
 
+def test_duration_percentiles_since_a_time_rank_only_the_workflows_created_since(
+    engine: WorkflowEngine,
+) -> None:
+    older = [engine.create_workflow(workflow_type_id="site") for _ in range(3)]
+    cut = utcnow()
+    newer = [engine.create_workflow(workflow_type_id="site") for _ in range(3)]
+    for wid, seconds in zip(older + newer, (100.0, 200.0, 300.0, 1.0, 2.0, 3.0), strict=True):
+        finish(engine, wid, S.COMPLETED, seconds)
+    window = engine.stats(since=cut)["by_type"]["site"]
+    assert (window["duration_p50_s"], window["duration_p95_s"]) == (pytest.approx(2.0), pytest.approx(3.0))
+    whole = engine.stats()["by_type"]["site"]  # nearest rank of six: the 3rd and the 6th
+    assert (whole["duration_p50_s"], whole["duration_p95_s"]) == (pytest.approx(3.0), pytest.approx(300.0))
+
+
 @pytest.mark.parametrize(
     "since",
     [

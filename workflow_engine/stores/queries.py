@@ -166,7 +166,8 @@ SELECT workflow_type_id, status, COUNT(*) AS n FROM workflows WHERE 1 = 1 {since
 GROUP BY workflow_type_id, status
 """
 #: The completed duration at one rank of one type (nearest-rank percentiles), read from the
-#: (workflow_type_id, status, duration_s) index.
+#: partial index of completed workflows (workflow_type_id, duration_s, created_at); ``{since}``
+#: is the store's ``duration_since``.
 STATS_DURATION_AT = """
 SELECT duration_s FROM workflows
  WHERE workflow_type_id = :workflow_type_id AND status = 'completed' AND duration_s IS NOT NULL {since}

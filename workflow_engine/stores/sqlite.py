@@ -123,6 +123,11 @@ os.register_at_fork(
 
 class SQLiteStore(SQLStore):
     dialect = "sqlite"
+    #: ``+`` keeps SQLite from reading the window's rows through the created_at range of
+    #: (workflow_type_id, status, created_at, id) and sorting them: it reads the rank from the
+    #: completed-duration index, which holds created_at too (migration 0006): 3.3 s against 0.1 s
+    #: for stats(since=...) over a window of 1M rows.
+    duration_since = "AND +created_at >= :since"
     savings_sql = """
 SELECT j.key AS key, TOTAL(j.value) AS total
   FROM workflows AS w,
