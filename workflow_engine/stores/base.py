@@ -365,8 +365,6 @@ class SQLStore(Store):
     #: True where a compare-and-set and its event can be one statement (a data-modifying CTE):
     #: one round trip less per change on a client-server database.
     event_in_update: bool = False
-    #: The ``{since}`` of STATS_DURATION_AT, where a window is asked for.
-    duration_since: str = "AND created_at >= :since"
     #: Sum of every numeric top-level field of calculated_savings, by key; ``{since}`` as in STATS_COUNTS.
     #: Its ``calculated_savings IS NOT NULL`` keeps the JSON function from being called on the rows
     #: without savings (two thirds of the benchmark's): on PostgreSQL at 1M rows, 419 against 623 ms
@@ -376,6 +374,13 @@ class SQLStore(Store):
     def list_index(self, filters: Mapping[str, str]) -> str | None:
         """The index a listing with these filters must read, where the database needs telling."""
         return None
+
+    def duration_rank_sql(self, *, window: int | None) -> str:
+        """STATS_DURATION_AT for all completed workflows of a type (``window`` None), or for the
+        ``window`` of them created since ``:since``."""
+        return q.STATS_DURATION_AT.format(
+            index="", since="" if window is None else "AND created_at >= :since"
+        )
 
     # -- shared ----------------------------------------------------------
     def encode(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -739,7 +744,7 @@ class SQLStore(Store):
                 for pct in (50, 95):
                     offset = (n * pct + 99) // 100 - 1  # nearest rank, counted from 0
                     row = tx.fetch(
-                        self.sql(q.STATS_DURATION_AT.format(since=cond and self.duration_since)),
+                        self.sql(self.duration_rank_sql(window=None if since is None else n)),
                         {**params, "workflow_type_id": type_id, "offset": offset},
                     )
                     if row and row[0]["duration_s"] is not None:

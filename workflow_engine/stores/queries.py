@@ -166,10 +166,10 @@ SELECT workflow_type_id, status, COUNT(*) AS n FROM workflows WHERE 1 = 1 {since
 GROUP BY workflow_type_id, status
 """
 #: The completed duration at one rank of one type (nearest-rank percentiles), read from the
-#: partial index of completed workflows (workflow_type_id, duration_s, created_at); ``{since}``
-#: is the store's ``duration_since``.
+#: partial index of completed workflows (workflow_type_id, duration_s, created_at); ``{index}`` is
+#: where a store names that index (``Store.duration_rank_sql``).
 STATS_DURATION_AT = """
-SELECT duration_s FROM workflows
+SELECT duration_s FROM workflows{index}
  WHERE workflow_type_id = :workflow_type_id AND status = 'completed' AND duration_s IS NOT NULL {since}
  ORDER BY duration_s LIMIT 1 OFFSET :offset
 """

@@ -9,7 +9,7 @@ BEGIN
          WHERE i.indrelid = 'workflows'::regclass AND NOT i.indisvalid
            AND c.relname = 'workflows_completed_duration_created'
     ) THEN
-        RAISE EXCEPTION 'migration 0006: the index workflows_completed_duration_created built beforehand is invalid (a CREATE INDEX CONCURRENTLY that failed); drop it, then build it again or let the migration build it';
+        RAISE EXCEPTION 'migration 0006: the index workflows_completed_duration_created built beforehand is invalid: a CREATE INDEX CONCURRENTLY that failed, or one still running; wait for a running build to finish, or drop the index, then build it again or let the migration build it';
     END IF;
 END
 $$;
