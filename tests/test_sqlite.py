@@ -203,7 +203,7 @@ def test_a_duration_rank_is_walked_in_the_duration_index_or_a_short_windows_few_
             insert_one(store)
         with store.transaction() as tx:
             tx.fetch("ANALYZE", {})
-    sql = store.duration_rank_sql(window=window)
+    sql = q.duration_at_sql(windowed=window is not None, index=store.duration_index(window))
     found = plan(store, sql, {"workflow_type_id": "t", "offset": 0, "since": "2026"})
     assert index in found and "SCAN workflows" not in found, found
     assert ("TEMP B-TREE" in found) is sorts, found

@@ -375,12 +375,10 @@ class SQLStore(Store):
         """The index a listing with these filters must read, where the database needs telling."""
         return None
 
-    def duration_rank_sql(self, *, window: int | None) -> str:
-        """STATS_DURATION_AT for all completed workflows of a type (``window`` None), or for the
-        ``window`` of them created since ``:since``."""
-        return q.STATS_DURATION_AT.format(
-            index="", since="" if window is None else "AND created_at >= :since"
-        )
+    def duration_index(self, window: int | None) -> str | None:
+        """The index a duration rank must read, where the database needs telling: over all completed
+        workflows of a type (``window`` None), or over the ``window`` of them created since a time."""
+        return None
 
     # -- shared ----------------------------------------------------------
     def encode(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -741,10 +739,11 @@ class SQLStore(Store):
                 if status != WorkflowStatus.COMPLETED.value or n == 0:
                     continue
                 at = []
+                rank_index = self.duration_index(None if since is None else n)
                 for pct in (50, 95):
                     offset = (n * pct + 99) // 100 - 1  # nearest rank, counted from 0
                     row = tx.fetch(
-                        self.sql(self.duration_rank_sql(window=None if since is None else n)),
+                        self.sql(q.duration_at_sql(windowed=since is not None, index=rank_index)),
                         {**params, "workflow_type_id": type_id, "offset": offset},
                     )
                     if row and row[0]["duration_s"] is not None:

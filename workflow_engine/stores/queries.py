@@ -166,10 +166,10 @@ SELECT workflow_type_id, status, COUNT(*) AS n FROM workflows WHERE 1 = 1 {since
 GROUP BY workflow_type_id, status
 """
 #: The completed duration at one rank of one type (nearest-rank percentiles), read from the
-#: partial index of completed workflows (workflow_type_id, duration_s, created_at); ``{index}`` is
-#: where a store names that index (``Store.duration_rank_sql``).
+#: partial index of completed workflows (workflow_type_id, duration_s, created_at): see
+#: :func:`duration_at_sql`.
 STATS_DURATION_AT = """
-SELECT duration_s FROM workflows{index}
+SELECT duration_s FROM workflows{indexed}
  WHERE workflow_type_id = :workflow_type_id AND status = 'completed' AND duration_s IS NOT NULL {since}
  ORDER BY duration_s LIMIT 1 OFFSET :offset
 """
@@ -275,6 +275,13 @@ def with_event(update: str) -> str:
     )
 
 
+def duration_at_sql(*, windowed: bool, index: str | None = None) -> str:
+    """STATS_DURATION_AT over all completed workflows of a type, or (``windowed``) those created
+    since ``:since``; ``index`` names the index to read (SQLite's ``INDEXED BY``)."""
+    since = "AND created_at >= :since" if windowed else ""
+    return STATS_DURATION_AT.format(indexed=_indexed_by(index), since=since)
+
+
 def list_sql(filters: Iterable[str], *, cursor: bool, index: str | None = None) -> str:
     """Newest first. ``filters`` must come from FILTER_COLUMNS; ``index`` names the index to read
     (SQLite's ``INDEXED BY``)."""
@@ -286,5 +293,9 @@ def list_sql(filters: Iterable[str], *, cursor: bool, index: str | None = None) 
     if cursor:
         conds.append("(created_at, id) < (:cursor_at, :cursor_id)")
     where = f" WHERE {' AND '.join(conds)}" if conds else ""
-    indexed = f" INDEXED BY {index}" if index else ""
+    indexed = _indexed_by(index)
     return f"SELECT {WORKFLOW} FROM workflows{indexed}{where} ORDER BY created_at DESC, id DESC LIMIT :limit"
+
+
+def _indexed_by(index: str | None) -> str:
+    return f" INDEXED BY {index}" if index else ""

@@ -150,15 +150,12 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         self._migrated = False
         _stores.add(self)
 
-    def duration_rank_sql(self, *, window: int | None) -> str:
+    def duration_index(self, window: int | None) -> str | None:
         if window is not None and window <= self.SORTED_WINDOW:
-            return super().duration_rank_sql(window=window)
+            return None
         # Named, so that the plan holds after an ANALYZE too (with statistics SQLite preferred
         # (workflow_type_id, status, …) and a sort of every completed workflow of the type).
-        since = "" if window is None else "AND created_at >= :since"
-        return q.STATS_DURATION_AT.format(
-            index=" INDEXED BY workflows_completed_duration_created", since=since
-        )
+        return "workflows_completed_duration_created"
 
     def list_index(self, filters: Mapping[str, str]) -> str | None:
         # Without statistics (nobody runs ANALYZE on an embedded database) SQLite takes the index
