@@ -98,6 +98,18 @@ def run_burst_workers(
     return workers
 
 
+def run_burst_worker(tmp_path: Path, redis_server: RedisServer, effects: Path, **options: Any) -> Worker:
+    """Run one stock burst worker (``start_worker``'s options) on the SQLite file; it must exit 0."""
+    worker = start_worker(
+        tmp_path, redis_url=redis_server.url, database_url=sqlite_url(tmp_path), effects=effects, **options
+    )
+    try:
+        assert worker.wait(WORKER_TIMEOUT) == 0, worker.output()[-4000:]
+    finally:
+        worker.stop()
+    return worker
+
+
 def assert_each_completed_exactly_once(engine: WorkflowEngine, effects: Path, ids: list[str]) -> None:
     statuses = {wid: engine.get_workflow(wid).status.value for wid in ids}
     not_completed = {wid: status for wid, status in statuses.items() if status != "completed"}
@@ -195,18 +207,13 @@ def test_a_stock_rq_worker_with_the_preload_and_json_logs_writes_only_json_lines
     """RQ's own records included: a log shipper reads the worker's output one JSON object a line."""
     engine.register_handler("echo", f"{HANDLERS}:record_success")
     ids = submit_many(engine, "echo", 2)
-    worker = start_worker(
+    worker = run_burst_worker(
         tmp_path,
-        redis_url=redis_server.url,
-        database_url=sqlite_url(tmp_path),
-        effects=effects,
+        redis_server,
+        effects,
         extra_args=["-c", "workflow_engine.rq_preload"],
         extra_env={"WORKFLOW_ENGINE_LOG_FORMAT": "json"},
     )
-    try:
-        assert worker.wait(WORKER_TIMEOUT) == 0, worker.output()[-4000:]
-    finally:
-        worker.stop()
     assert_each_completed_exactly_once(engine, effects, ids)
     records = [json.loads(line) for line in worker.output().splitlines() if line.strip()]
     loggers = {r["logger"] for r in records}
@@ -244,19 +251,14 @@ def test_a_forking_worker_imports_the_package_once_and_the_handler_module_once_i
 ) -> None:
     engine.register_handler("probe", "we_import_probe:record_pid")
     ids = submit_many(engine, "probe", 4)
-    worker = start_worker(
+    worker = run_burst_worker(
         tmp_path,
-        redis_url=redis_server.url,
-        database_url=sqlite_url(tmp_path),
-        effects=effects,
+        redis_server,
+        effects,
         kind=kind,
         extra_args=[*extra_args, *(["--path", str(APPS)] if kind == "engine" else [])],
         extra_env={**extra_env, "PYTHONPROFILEIMPORTTIME": "1"},  # every process logs its imports
     )
-    try:
-        assert worker.wait(WORKER_TIMEOUT) == 0, worker.output()[-4000:]
-    finally:
-        worker.stop()
 
     assert_each_completed_exactly_once(engine, effects, ids)
     horses = {int(effects_of(effects, wid)[0].split()[2]) for wid in ids}
