@@ -428,6 +428,68 @@ def test_vote_errors(client: FlaskClient) -> None:
         assert_error(client.post("/api/council/vote", json=bad), 400, "validation_error")
 
 
+# -- who votes: the voter hook ---------------------------------------------------
+def signed_in(engine: WorkflowEngine) -> FlaskClient:
+    """A client of an app whose voter hook names the member in the X-User header (none without
+    one), and refuses the suspended member mallet's requests outright."""
+
+    def voter(request: Request) -> str | None:
+        user = request.headers.get("X-User")
+        if user == "mallet":
+            raise PermissionError("mallet is suspended")
+        return user
+
+    app = Flask(__name__)
+    WorkflowEngineFlask(app, engine, voter=voter, ui=True)
+    return app.test_client()
+
+
+def test_with_a_voter_hook_a_caller_casts_only_the_vote_of_the_member_it_names(
+    engine: WorkflowEngine,
+) -> None:
+    client = signed_in(engine)
+    wid = gated(client)
+
+    def vote_as(voter_id: str, **headers: str) -> Any:
+        body = {"workflow_id": wid, "voter_id": voter_id, "approve": True}
+        return client.post("/api/council/vote", json=body, headers=headers)
+
+    assert vote_as("ana", **{"X-User": "ana"}).json["approvals"] == 1
+    forged = vote_as("bo", **{"X-User": "ana"})
+    assert "votes as 'ana', not as 'bo'" in assert_error(forged, 403, "wrong_voter")["message"]
+    assert "may not vote" in assert_error(vote_as("bo"), 403, "wrong_voter")["message"]
+    suspended = vote_as("mallet", **{"X-User": "mallet"})
+    assert assert_error(suspended, 403, "forbidden")["message"] == "mallet is suspended"
+    assert_error(vote_as("mallory", **{"X-User": "mallory"}), 403, "not_a_council_member")
+    tally = engine.tally(wid)
+    assert [v.voter_id for v in tally.votes] == ["ana"] and tally.status is S.AWAITING_APPROVAL
+
+
+def test_with_a_voter_hook_the_page_votes_as_the_caller_and_offers_no_one_else(
+    engine: WorkflowEngine,
+) -> None:
+    client = signed_in(engine)
+    wid = gated(client)
+    page = client.get(f"/workflows/{wid}", headers={"X-User": "bo"}).get_data(as_text=True)
+    assert "Voting as <strong>bo</strong>" in page and 'id="voter"' not in page
+    token = csrf(client, f"/workflows/{wid}")
+    as_bo = {"X-User": "bo"}
+    forged = client.post(
+        f"/workflows/{wid}/vote",
+        data={"csrf_token": token, "voter_id": "ana", "decision": "approve"},
+        headers=as_bo,
+    )
+    assert forged.status_code == 403 and "wrong_voter" in forged.get_data(as_text=True)
+    r = client.post(f"/workflows/{wid}/vote", data={"csrf_token": token, "decision": "reject"}, headers=as_bo)
+    assert r.status_code == 303
+    assert [(v.voter_id, v.approve) for v in engine.tally(wid).votes] == [("bo", False)]
+    outsider = client.get(f"/workflows/{wid}", headers={"X-User": "mallory"}).get_data(as_text=True)
+    assert 'id="vote-form"' not in outsider and "mallory is not a member of this council" in outsider
+    anonymous = client.get(f"/workflows/{wid}").get_data(as_text=True)
+    assert 'id="vote-form"' not in anonymous and "You may not vote" in anonymous
+    assert client.get(f"/workflows/{wid}", headers={"X-User": "mallet"}).status_code == 403
+
+
 # -- GET /workflows ------------------------------------------------------------
 def test_the_list_filters_and_pages_with_a_cursor(client: FlaskClient) -> None:
     ids = [create(client, created_by_agent="ava" if i % 2 else "bo", enqueue=False)["id"] for i in range(5)]
@@ -709,6 +771,8 @@ def test_init_app_supports_the_app_factory_pattern(engine: WorkflowEngine) -> No
         WorkflowEngineFlask(engine=engine, max_body_bytes=0)
     with pytest.raises(ConfigurationError, match="url_prefix"):
         WorkflowEngineFlask(engine=engine, url_prefix="api")
+    with pytest.raises(ConfigurationError, match="voter must be a callable"):
+        WorkflowEngineFlask(engine=engine, voter="ana")  # type: ignore[arg-type]
 
 
 def test_the_api_can_live_at_the_root(engine: WorkflowEngine) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import default_exceptions
+from werkzeug.exceptions import Forbidden, default_exceptions
 
 from ...errors import QueueUnavailable, UnknownWorkflowType, WorkflowNotFound
 from ...models import Workflow
@@ -142,15 +142,46 @@ def list_workflows() -> ResponseReturnValue:
 
 def vote() -> ResponseReturnValue:
     body = schemas.json_body(schemas.CastVote)
+    voter_id = vote_as(body.voter_id)
     load(body.workflow_id)
     tally = engine().vote(
         body.workflow_id,
-        voter_id=body.voter_id,
+        voter_id=voter_id,
         approve=body.approve,
         comment=body.comment,
         change=body.change,
     )
     return jsonify(tally.to_dict())
+
+
+def caller_voter() -> str | None:
+    """The council member the app's ``voter`` hook says this request's caller votes as (None: the
+    caller may not vote). The hook may refuse the request as ``auth`` does; only with a hook."""
+    hook = state().voter
+    assert hook is not None, "caller_voter() needs the voter hook"
+    try:
+        me = hook(request)
+    except PermissionError as exc:
+        raise Forbidden(str(exc) or None) from exc
+    if me is not None and not isinstance(me, str):  # a bug in the hook: 500, logged
+        raise TypeError(f"voter(request) must return a member id (str) or None, not {type(me).__name__}")
+    return me
+
+
+def vote_as(named: str) -> str:
+    """Who casts a vote that names ``named`` as its voter.
+
+    Without a ``voter`` hook, that member. With one, the caller's own member id, which the vote
+    must name (the page's form may leave it empty); a vote naming another member, or any vote
+    by a caller the hook names no member for, is refused with 403 ``wrong_voter``."""
+    if state().voter is None:
+        return named
+    me = caller_voter()
+    if me is None:
+        raise ApiError(403, "wrong_voter", "this caller may not vote")
+    if named not in ("", me):
+        raise ApiError(403, "wrong_voter", f"this caller votes as {me!r}, not as {named!r}")
+    return me
 
 
 def analytics() -> ResponseReturnValue:

@@ -11,7 +11,7 @@ from ...engine import WorkflowEngine
 from ...errors import ConfigurationError
 from . import api, ui
 from .errors import ApiError, json_error
-from .state import EXTENSION_KEY, AuthHook, State, state
+from .state import EXTENSION_KEY, AuthHook, State, VoterHook, state
 
 
 class WorkflowEngineFlask:
@@ -21,7 +21,9 @@ class WorkflowEngineFlask:
 
     or, with an app factory, ``ext = WorkflowEngineFlask(engine=engine)`` and later
     ``ext.init_app(app)``. ``auth(request)`` runs before every request to these
-    endpoints (and the page) and raises to refuse it. ``ui=True`` also serves the
+    endpoints (and the page) and raises to refuse it. ``voter(request)`` names the council
+    member the caller votes as (None: the caller may not vote); without it, a vote names its
+    voter itself, and anyone let in may cast any member's vote. ``ui=True`` also serves the
     HTML page at ``/workflows``.
     """
 
@@ -32,6 +34,7 @@ class WorkflowEngineFlask:
         *,
         url_prefix: str = "/api",
         auth: AuthHook | None = None,
+        voter: VoterHook | None = None,
         max_body_bytes: int = 1_000_000,
         ui: bool = False,
     ) -> None:
@@ -41,9 +44,12 @@ class WorkflowEngineFlask:
             raise ConfigurationError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
         if auth is not None and not callable(auth):
             raise ConfigurationError("auth must be a callable auth(request) -> None, or None")
+        if voter is not None and not callable(voter):
+            raise ConfigurationError("voter must be a callable voter(request) -> str | None, or None")
         self.engine = engine
         self.url_prefix = url_prefix.rstrip("/")
         self.auth = auth
+        self.voter = voter
         self.max_body_bytes = max_body_bytes
         self.ui = bool(ui)
         if ui and self.url_prefix == "":
@@ -62,6 +68,7 @@ class WorkflowEngineFlask:
             engine=engine,
             url_prefix=self.url_prefix,
             auth=self.auth,
+            voter=self.voter,
             max_body_bytes=self.max_body_bytes,
             ui=self.ui,
         )

@@ -290,7 +290,10 @@ def document(prefix: str, *, server: str | None = None) -> dict[str, Any]:
                         {
                             "200": _ok("The tally, with the workflow's status.", "Tally"),
                             "400": _E400,
-                            "403": _error("The voter is not a member of the workflow's council."),
+                            "403": _error(
+                                "The voter is not a member of the workflow's council, or the app's voter "
+                                "hook names another member for the caller, or none (wrong_voter)."
+                            ),
                             "404": _E404,
                             "409": _error("A duplicate vote, or a vote on a workflow not awaiting approval."),
                             "413": _E413,

@@ -14,6 +14,10 @@ from ...engine import WorkflowEngine
 #: ``Unauthorized`` (``abort(401)``) answers 401, ``Forbidden`` or ``PermissionError`` 403.
 AuthHook = Callable[[Request], None]
 
+#: ``voter(request)`` names the council member the caller votes as, or returns None for a caller
+#: who may not vote. It may raise as ``auth`` does, which refuses the whole request.
+VoterHook = Callable[[Request], str | None]
+
 EXTENSION_KEY = "workflow_engine"
 
 
@@ -24,6 +28,7 @@ class State:
     engine: WorkflowEngine
     url_prefix: str
     auth: AuthHook | None
+    voter: VoterHook | None
     max_body_bytes: int
     ui: bool
 

@@ -95,10 +95,11 @@ def vote(workflow_id: str) -> ResponseReturnValue:
     }
 
     def cast() -> object:
-        body = schemas.validate(schemas.CastVote, data, "form")
+        voter_id = api.vote_as(data["voter_id"])  # with a voter hook the form may leave it out
+        body = schemas.validate(schemas.CastVote, {**data, "voter_id": voter_id}, "form")
         return engine().vote(
             workflow_id,
-            voter_id=body.voter_id,
+            voter_id=voter_id,
             approve=body.approve,
             comment=body.comment,
             change=body.change,
@@ -128,6 +129,10 @@ def _detail(wf: Workflow, *, notice: str | None = None, error: ApiError | None =
     council = eng.get_council(wf.assigned_council_id) if wf.assigned_council_id else None
     votes = eng.store.votes(wf.id) if council is not None else []
     voted = {v.voter_id for v in votes}
+    can_vote = wf.status is S.AWAITING_APPROVAL and council is not None
+    # With the app's voter hook the caller votes as the member it names, and only as that one.
+    bound = state().voter is not None
+    me = api.caller_voter() if can_vote and bound else None
     return render_template(
         "workflow_engine/detail.html",
         wf=wf,
@@ -139,7 +144,9 @@ def _detail(wf: Workflow, *, notice: str | None = None, error: ApiError | None =
         or (wf.status is S.CANCELLED and not eng._cancelled_before_approval(wf)),
         can_cancel=wf.status in (S.PENDING, S.QUEUED, S.AWAITING_APPROVAL)
         or (wf.status is S.RUNNING and wf.cancel_requested_at is None),
-        can_vote=wf.status is S.AWAITING_APPROVAL and council is not None,
+        can_vote=can_vote and (not bound or (council is not None and me in council.members)),
+        voting_as=me,
+        bound_voter=bound,
         # Not on a refusal's page: it answers a POST, and a refresh would GET the action's URL.
         refresh=wf.status in ACTIVE and error is None,
         notice=notice,
