@@ -431,13 +431,16 @@ def test_vote_errors(client: FlaskClient) -> None:
 # -- who votes: the voter hook ---------------------------------------------------
 def signed_in(engine: WorkflowEngine) -> FlaskClient:
     """A client of an app whose voter hook names the member in the X-User header (none without
-    one), and refuses the suspended member mallet's requests outright."""
+    one), refuses the suspended member mallet's requests outright, asks a stale session to sign
+    in again, and has a bug for one user."""
 
-    def voter(request: Request) -> str | None:
+    def voter(request: Request) -> Any:
         user = request.headers.get("X-User")
         if user == "mallet":
             raise PermissionError("mallet is suspended")
-        return user
+        if user == "stale":
+            raise Unauthorized("sign in again")
+        return 42 if user == "bug" else user
 
     app = Flask(__name__)
     WorkflowEngineFlask(app, engine, voter=voter, ui=True)
@@ -461,6 +464,10 @@ def test_with_a_voter_hook_a_caller_casts_only_the_vote_of_the_member_it_names(
     suspended = vote_as("mallet", **{"X-User": "mallet"})
     assert assert_error(suspended, 403, "forbidden")["message"] == "mallet is suspended"
     assert_error(vote_as("mallory", **{"X-User": "mallory"}), 403, "not_a_council_member")
+    assert_error(vote_as("bo", **{"X-User": ""}), 403, "wrong_voter")  # an empty name is no member
+    assert_error(vote_as("bo", **{"X-User": "stale"}), 401, "unauthorized")
+    assert_error(vote_as("bo", **{"X-User": "bug"}), 500, "internal_error")
+    assert_error(vote_as("ana", **{"X-User": "ana"}), 409, "duplicate_vote")  # the hook, then the engine
     tally = engine.tally(wid)
     assert [v.voter_id for v in tally.votes] == ["ana"] and tally.status is S.AWAITING_APPROVAL
 
@@ -485,8 +492,13 @@ def test_with_a_voter_hook_the_page_votes_as_the_caller_and_offers_no_one_else(
     assert [(v.voter_id, v.approve) for v in engine.tally(wid).votes] == [("bo", False)]
     outsider = client.get(f"/workflows/{wid}", headers={"X-User": "mallory"}).get_data(as_text=True)
     assert 'id="vote-form"' not in outsider and "mallory is not a member of this council" in outsider
-    anonymous = client.get(f"/workflows/{wid}").get_data(as_text=True)
-    assert 'id="vote-form"' not in anonymous and "You may not vote" in anonymous
+    for nobody in ({}, {"X-User": ""}):
+        anonymous = client.get(f"/workflows/{wid}", headers=nobody).get_data(as_text=True)
+        assert 'id="vote-form"' not in anonymous and "You may not vote" in anonymous
+        r = client.post(
+            f"/workflows/{wid}/vote", data={"csrf_token": token, "decision": "approve"}, headers=nobody
+        )
+        assert r.status_code == 403 and "wrong_voter" in r.get_data(as_text=True)
     assert client.get(f"/workflows/{wid}", headers={"X-User": "mallet"}).status_code == 403
 
 

@@ -142,8 +142,8 @@ def list_workflows() -> ResponseReturnValue:
 
 def vote() -> ResponseReturnValue:
     body = schemas.json_body(schemas.CastVote)
-    voter_id = vote_as(body.voter_id)
     load(body.workflow_id)
+    voter_id = vote_as(body.voter_id)
     tally = engine().vote(
         body.workflow_id,
         voter_id=voter_id,
@@ -155,8 +155,9 @@ def vote() -> ResponseReturnValue:
 
 
 def caller_voter() -> str | None:
-    """The council member the app's ``voter`` hook says this request's caller votes as (None: the
-    caller may not vote). The hook may refuse the request as ``auth`` does; only with a hook."""
+    """The council member the app's ``voter`` hook says this request's caller votes as (None, or an
+    empty string: the caller may not vote). The hook may refuse the request as ``auth`` does; only
+    with a hook."""
     hook = state().voter
     assert hook is not None, "caller_voter() needs the voter hook"
     try:
@@ -165,7 +166,7 @@ def caller_voter() -> str | None:
         raise Forbidden(str(exc) or None) from exc
     if me is not None and not isinstance(me, str):  # a bug in the hook: 500, logged
         raise TypeError(f"voter(request) must return a member id (str) or None, not {type(me).__name__}")
-    return me
+    return me or None  # "" too (session.get("user", "")): no member, so no vote
 
 
 def vote_as(named: str) -> str:

@@ -169,8 +169,8 @@ def _body(schema: str) -> dict[str, Any]:
 
 
 _E400 = _error("Invalid JSON, a wrong field type, an unknown status or a missing field; see details.")
-_E401 = _error("The auth hook refused the request: not authenticated.")
-_E403 = _error("The auth hook refused the request: not allowed.")
+_E401 = _error("The auth hook (on a vote, or the voter hook) refused the request: not authenticated.")
+_E403 = _error("The auth hook (on a vote, or the voter hook) refused the request: not allowed.")
 _E404 = _error("No workflow has that id.")
 _E409 = _error("The state machine does not allow it (for example a vote on a decided workflow).")
 _E413 = _error("The body is larger than max_body_bytes.")
@@ -291,8 +291,10 @@ def document(prefix: str, *, server: str | None = None) -> dict[str, Any]:
                             "200": _ok("The tally, with the workflow's status.", "Tally"),
                             "400": _E400,
                             "403": _error(
-                                "The voter is not a member of the workflow's council, or the app's voter "
-                                "hook names another member for the caller, or none (wrong_voter)."
+                                "The voter is not a member of the workflow's council "
+                                "(not_a_council_member); the app's voter hook names another member for "
+                                "the caller, or none (wrong_voter); or the auth or voter hook refused "
+                                "the request (forbidden)."
                             ),
                             "404": _E404,
                             "409": _error("A duplicate vote, or a vote on a workflow not awaiting approval."),
