@@ -751,6 +751,36 @@ def test_a_delayed_retry_waits_in_the_database_and_reconcile_delivers_it_when_du
     assert async_engine.get_workflow(wid).status is S.COMPLETED
 
 
+def test_a_reconcile_that_read_a_due_retry_before_another_process_delivered_it_keeps_the_next_backoff(
+    async_engine: WorkflowEngine, effects: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process delivers a due retry (on SQLite, another `workflow-engine worker`'s reconcile,
+    # which takes no lock there; here an enqueue), and its attempt fails into a new backoff, while a
+    # reconcile still holds the row it read before: queued, no job, like the row now. Its
+    # redelivery must miss, or the new backoff is skipped.
+    async_engine.register_handler("flaky", "we_test_handlers:flaky", max_retries=2, retry_backoff=0.2)
+    wid = async_engine.create_workflow(workflow_type_id="flaky", inputs={"fail_times": 2})
+    async_engine.enqueue_execution(wid)
+    work(async_engine)
+    time.sleep(0.25)  # attempt 1's backoff (0.1 s to 0.2 s) is over
+    deliverable_queued = async_engine.store.deliverable_queued
+
+    def another_process_delivers_it_after_the_read(**kwargs: Any) -> list[Workflow]:
+        rows = deliverable_queued(**kwargs)
+        if rows:
+            monkeypatch.setattr(async_engine.store, "deliverable_queued", deliverable_queued)
+            async_engine.enqueue_execution(wid)
+            work(async_engine)  # attempt 2 fails: a new backoff, 0.2 s to 0.4 s
+        return rows
+
+    monkeypatch.setattr(async_engine.store, "deliverable_queued", another_process_delivers_it_after_the_read)
+    assert async_engine.reconcile().redelivered == []
+    wf = async_engine.get_workflow(wid)
+    assert (wf.status, wf.attempts, wf.job_id) == (S.QUEUED, 2, None)
+    assert wf.run_after is not None and wf.run_after > utcnow()
+    assert async_engine.queue.count == 0
+
+
 # -- cancel, requeue, update_status -------------------------------------------------
 def test_cancel_moves_pending_and_queued_workflows_to_cancelled(async_engine: WorkflowEngine) -> None:
     async_engine.register_handler("double", double)

@@ -9,14 +9,17 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from workflow_engine import WorkflowEngine
+from workflow_engine import WorkflowEngine, WorkflowStatus
 from workflow_engine.errors import HandlerTimeout, StoreError, StoreUnavailable
 from workflow_engine.execution import _call_with_timeout
+from workflow_engine.models import utcnow
 from workflow_engine.stores import queries as q
 from workflow_engine.stores.sqlite import SQLiteStore
 
@@ -358,3 +361,59 @@ INSERT INTO notes (body) VALUES ('first; and more');
     with store.transaction() as tx, pytest.raises(ValueError, match="ends inside a statement"):  # type: ignore[attr-defined]
         store.run_script(tx, "CREATE TRIGGER t AFTER INSERT ON notes BEGIN SELECT 1;")  # type: ignore[attr-defined]
     store.close()
+
+
+def hold_the_writer_lock(path: str, seconds: float) -> threading.Thread:
+    """Another connection's write transaction, holding SQLite's writer lock for ``seconds``."""
+    held = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(5)
+    return thread
+
+
+def test_a_claim_and_a_heartbeat_that_waited_for_the_writer_lock_get_their_whole_lease(
+    store: SQLiteStore,
+) -> None:
+    # Stamped when they were asked for, a 2 s lease would have 0.5 s left once they could write:
+    # a reconcile would then take the live attempt for lost and run the workflow a second time
+    # alongside it. The lease runs from when the store could write instead.
+    wf = a_workflow(status=WorkflowStatus.QUEUED, job_id="job-1")
+    store.insert([wf])
+    lease = timedelta(seconds=2)
+    holder = hold_the_writer_lock(store.path, 1.5)
+    asked = utcnow()
+    claimed = store.claim(wf.id, job_id="job-1", worker="w", now=asked, lease_until=asked + lease)
+    written = utcnow()
+    holder.join()
+    assert claimed is not None and claimed.heartbeat_at is not None and claimed.lease_until is not None
+    assert claimed.heartbeat_at >= asked + timedelta(seconds=1.4)
+    assert claimed.lease_until - claimed.heartbeat_at == lease
+    assert claimed.lease_until >= written + lease - timedelta(seconds=0.2)
+    assert claimed.started_at == claimed.heartbeat_at
+
+    holder = hold_the_writer_lock(store.path, 1.5)
+    asked = utcnow()
+    assert store.heartbeat(wf.id, job_id="job-1", now=asked, lease_until=asked + lease).owned
+    holder.join()
+    beat = store.get(wf.id)
+    assert beat is not None and beat.heartbeat_at is not None and beat.lease_until is not None
+    assert beat.heartbeat_at >= asked + timedelta(seconds=1.4)
+    assert beat.lease_until - beat.heartbeat_at == lease
+
+
+def test_a_claim_that_did_not_wait_keeps_the_callers_exact_stamps(store: SQLiteStore) -> None:
+    wf = a_workflow(status=WorkflowStatus.QUEUED, job_id="job-1")
+    store.insert([wf])
+    asked = utcnow() - timedelta(hours=1)  # as a test of recovery stamps an attempt long dead
+    claimed = store.claim(wf.id, job_id="job-1", worker="w", now=asked, lease_until=asked)
+    assert claimed is not None and (claimed.heartbeat_at, claimed.lease_until) == (asked, asked)

@@ -538,6 +538,7 @@ class WorkflowEngine:
         lease_expired_at: datetime | None = None,
         event: bool = True,
         cancel_not_requested: bool = False,
+        expected_attempts: int | None = None,
     ) -> Change:
         """The compare-and-set that moves ``wf`` to ``to``: checked against the table, stamped."""
         if not can_transition(wf.status, to):
@@ -565,6 +566,7 @@ class WorkflowEngine:
             expected_job_id,
             lease_expired_at,
             cancel_not_requested,
+            expected_attempts,
         )
 
     # -- listeners ---------------------------------------------------------
@@ -690,7 +692,10 @@ class WorkflowEngine:
             )
         if reset:
             changes.update(finished_at=None)
-        return self._transition(wf, S.QUEUED, changes, detail=detail, expected_job_id=wf.job_id)
+        # The attempts too: a retry waiting out its backoff has no job before an attempt and after it.
+        return self._transition(
+            wf, S.QUEUED, changes, detail=detail, expected_job_id=wf.job_id, expected_attempts=wf.attempts
+        )
 
     def enqueue_many(self, workflow_ids: Sequence[str]) -> None:
         """Enqueue many pending workflows: one database transaction and one Redis pipeline.

@@ -188,9 +188,17 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
                 continue  # waiting in the queue, or being picked up right now
             why = "retry due" if wf.job_id is None else f"job {'never claimed' if status else 'missing'}"
             changes = {"job_id": new_job_id(wf.id), "run_after": None}
+            # The attempts too: a due retry has no job, and neither has the same workflow after another
+            # reconciler redelivered it and its attempt failed into a new backoff (read before that,
+            # it would be delivered again at once, its backoff skipped).
             redeliveries.append(
                 engine._transition(
-                    wf, S.QUEUED, changes, detail=f"redelivered: {why}", expected_job_id=wf.job_id
+                    wf,
+                    S.QUEUED,
+                    changes,
+                    detail=f"redelivered: {why}",
+                    expected_job_id=wf.job_id,
+                    expected_attempts=wf.attempts,
                 )
             )
         # One transaction and one Redis pipeline for the whole batch.

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import abc
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
@@ -58,6 +59,10 @@ class Change:
     #: Only if nobody asked to cancel it: a retry or a failure decided on a row read before a
     #: cancel request must not overwrite that request.
     cancel_not_requested: bool = False
+    #: Only if its attempts are still this many. Every claim counts one, so it tells a row read
+    #: before an attempt from the same row after it, when status and job id are alike again (a
+    #: retry waiting out its backoff, with no job, before and after an attempt that failed).
+    expected_attempts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,10 @@ class Store(abc.ABC):
     def claim(
         self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime, lease_until: datetime
     ) -> Workflow | None:
-        """queued -> running for the job that carries the workflow; count the attempt. None if lost."""
+        """queued -> running for the job that carries the workflow; count the attempt. None if lost.
+
+        ``now`` and ``lease_until`` are the caller's; a store that waited for its lock for more than
+        ``LEASE_WAIT_SLACK`` seconds moves both forward by that wait (so does :meth:`heartbeat`)."""
 
     @abc.abstractmethod
     def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime, lease_until: datetime) -> Heartbeat:
@@ -208,6 +216,27 @@ class Store(abc.ABC):
     ) -> list[Workflow]:
         """Queued workflows with no job whose retry is due, and those queued before ``queued_before``;
         oldest first, after the (created_at, id) cursor ``after``."""
+
+
+#: A claim or a heartbeat that waited longer than this, in seconds, for the store to let it write
+#: (SQLite's writer lock, up to its busy timeout; a pool's connection; a migration's lock) runs its
+#: lease from when it could write, not from when it was asked for: see :func:`_held_from`.
+LEASE_WAIT_SLACK = 1.0
+
+
+def _held_from(asked: float, now: datetime, lease_until: datetime) -> tuple[datetime, datetime]:
+    """``now`` and ``lease_until`` as a claim or a heartbeat writes them, once it may write.
+
+    The caller stamped them before the store call (``asked`` is ``time.monotonic()`` then). If the
+    store waited more than ``LEASE_WAIT_SLACK`` for its lock, both move forward by that wait: a
+    claim that waited 29 s for SQLite's writer lock would otherwise start running with 1 s of a
+    30 s lease left, and a reconcile would take the live attempt for lost and run it again
+    alongside. A shorter wait keeps the caller's exact stamps."""
+    waited = time.monotonic() - asked
+    if waited <= LEASE_WAIT_SLACK:
+        return now, lease_until
+    shift = timedelta(seconds=waited)
+    return now + shift, lease_until + shift
 
 
 def _lock_order(items: Sequence[T], key: Callable[[T], str]) -> list[int]:
@@ -585,6 +614,7 @@ class SQLStore(Store):
             job_id=job_cond,
             lease_expired=lease is not None,
             cancel_not_requested=change.cancel_not_requested,
+            attempts=change.expected_attempts is not None,
         )
         params = {f"set_{k}": v for k, v in self.encode(change.changes).items()}
         params["id"] = change.workflow_id
@@ -593,43 +623,52 @@ class SQLStore(Store):
             params["expected_job_id"] = expected
         if lease is not None:
             params["lease_expired_at"] = self.encode_time(lease)
+        if change.expected_attempts is not None:
+            params["expected_attempts"] = change.expected_attempts
         return sql, params
 
     def claim(
         self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime, lease_until: datetime
     ) -> Workflow | None:
+        stamps: list[datetime] = []  # what each try wrote into heartbeat_at
+
         def op() -> Workflow | None:
-            params = {
-                "id": workflow_id,
-                "job_id": job_id,
-                "worker": worker,
-                "now": self.encode_time(now),
-                "lease_until": self.encode_time(lease_until),
-            }
-            event = NewEvent(
-                WorkflowStatus.QUEUED, WorkflowStatus.RUNNING, f"claimed by {worker}" if worker else None
-            )
+            asked = time.monotonic()
             with self.transaction(single=self.event_in_update) as tx:
+                stamp, until = _held_from(asked, now, lease_until)
+                stamps.append(stamp)
+                params = {
+                    "id": workflow_id,
+                    "job_id": job_id,
+                    "worker": worker,
+                    "now": self.encode_time(stamp),
+                    "lease_until": self.encode_time(until),
+                }
+                event = NewEvent(
+                    WorkflowStatus.QUEUED, WorkflowStatus.RUNNING, f"claimed by {worker}" if worker else None
+                )
                 return self._changed(tx, q.CLAIM.strip(), params, event)
 
         def committed() -> Workflow | None:
-            # The claim stamps heartbeat_at with ``now`` (updated_at too, but a cancel request may
-            # have stamped that since), and only this attempt's own heartbeats, not begun yet, move it.
+            # The claim stamps heartbeat_at (updated_at too, but a cancel request may have stamped
+            # that since), and only this attempt's own heartbeats, not begun yet, move it.
             wf = self.get(workflow_id)
             won = wf is not None and wf.status is WorkflowStatus.RUNNING and wf.job_id == job_id
-            return wf if won and wf is not None and wf.heartbeat_at == now else None
+            return wf if won and wf is not None and wf.heartbeat_at in stamps else None
 
         return self._once_more(op, committed)
 
     def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime, lease_until: datetime) -> Heartbeat:
         def op() -> Heartbeat:
-            params = {
-                "id": workflow_id,
-                "job_id": job_id,
-                "now": self.encode_time(now),
-                "lease_until": self.encode_time(lease_until),
-            }
+            asked = time.monotonic()
             with self.transaction(single=True) as tx:
+                stamp, until = _held_from(asked, now, lease_until)
+                params = {
+                    "id": workflow_id,
+                    "job_id": job_id,
+                    "now": self.encode_time(stamp),
+                    "lease_until": self.encode_time(until),
+                }
                 rows = tx.fetch(self.sql(q.HEARTBEAT), params)
             if not rows:
                 return Heartbeat(owned=False, cancel_requested=False)

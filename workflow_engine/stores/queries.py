@@ -204,11 +204,13 @@ def update_sql(
     job_id: str | bool | None,
     lease_expired: bool,
     cancel_not_requested: bool = False,
+    attempts: bool = False,
 ) -> str:
     """A compare-and-set UPDATE. ``columns`` must come from MUTABLE_COLUMNS.
 
     ``job_id``: False for no condition on it, None for "has no job", True for "equals :expected_job_id".
     ``cancel_not_requested``: only if ``cancel_requested_at`` is NULL.
+    ``attempts``: only if ``attempts`` equals ``:expected_attempts``.
     """
     cols = list(columns)
     bad = set(cols) - MUTABLE_COLUMNS
@@ -224,6 +226,8 @@ def update_sql(
         where += " AND lease_until < :lease_expired_at"
     if cancel_not_requested:
         where += " AND cancel_requested_at IS NULL"
+    if attempts:
+        where += " AND attempts = :expected_attempts"
     return f"UPDATE workflows SET {sets} WHERE {where} RETURNING {WORKFLOW}"
 
 
