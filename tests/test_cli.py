@@ -313,10 +313,25 @@ def test_the_commands_ignore_whitespace_around_their_variables_as_from_env_does(
         "WORKFLOW_ENGINE_DATABASE_URL": f"{db}\r",
         "WORKFLOW_ENGINE_QUEUE": "workflows\r",
         "REDIS_URL": " ",
+        "WORKFLOW_ENGINE_LOG_LEVEL": "info\r",
+        "WORKFLOW_ENGINE_LOG_FORMAT": "\r",
+        "WORKFLOW_ENGINE_STALE_AFTER": "\r",
     }
     result = CliRunner().invoke(main, ["list", "--json"], env=crlf, catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     assert [wf["id"] for wf in json.loads(result.stdout)] == [wid]
+    result = CliRunner().invoke(main, ["reconcile"], env=crlf, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_list_takes_a_status_in_any_case_and_refuses_an_unknown_one_as_a_usage_error(
+    engine: WorkflowEngine, db: str
+) -> None:
+    wid = ran(engine, "ok", inputs={})
+    out = run("list", *on(db), "--status", "COMPLETED", "--json")
+    assert out.code == 0 and [wf["id"] for wf in json.loads(out.stdout)] == [wid]
+    out = run("list", *on(db), "--status", "bogus")
+    assert out.code == 2 and "'bogus' is not one of" in out.stderr
 
 
 def test_control_characters_in_stored_text_are_written_out_not_sent_to_the_terminal(

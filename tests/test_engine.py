@@ -1150,6 +1150,10 @@ def test_free_text_that_is_not_unicode_is_refused_before_anything_is_written(
         (lambda e: e.register_handler("t", double, timeout=1e300), "timeout must be a number of seconds"),
         (lambda e: e.register_handler("t", double, retry_backoff=1e300), "retry_backoff must be a number"),
         (lambda e: e.register_handler("t", ":"), "must look like 'package.module:function'"),
+        *(
+            (lambda e, path=path: e.register_handler("t", path), "(dotted Python names)")
+            for path in ("a:b c", "a b:c", " a:b", "a..b:c", "a:b\n", "a:", "a.b-c:d")
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
@@ -1160,6 +1164,24 @@ def test_arguments_of_the_wrong_type_or_size_raise_invalid_input_not_a_python_er
     with pytest.raises(InvalidInput, match=re.escape(message)):
         call(workflow_engine)
     assert workflow_engine.list_workflows() == []
+
+
+def test_keys_that_json_would_write_as_one_name_are_refused_since_one_value_would_be_lost(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    for inputs in (
+        {1: "a", "1": "b"},
+        {"x": [{None: 1, "null": 2}]},
+        {True: 1, "true": 2},
+        {1.5: 1, "1.5": 2},
+    ):
+        with pytest.raises(InvalidInput, match="two keys that JSON writes as the same name"):
+            workflow_engine.create_workflow(workflow_type_id="t", inputs=inputs)
+    with pytest.raises(InvalidInput, match="calculated_savings has two keys"):
+        workflow_engine.create_workflow(workflow_type_id="t", calculated_savings={2: 1.0, "2": 3.0})
+    assert workflow_engine.list_workflows() == []
+    wid = workflow_engine.create_workflow(workflow_type_id="t", inputs={2: "a", None: "b", False: "c"})
+    assert workflow_engine.get_workflow(wid).inputs == {"2": "a", "null": "b", "false": "c"}
 
 
 def test_inputs_nest_at_most_max_json_depth_levels_and_brackets_inside_strings_do_not_count(
@@ -1497,6 +1519,10 @@ def test_from_env_ignores_whitespace_around_values_as_a_crlf_env_file_leaves_it(
     assert engine.database_url == f"sqlite:///{tmp_path / 'app.db'}" and engine.queue_name == "wf2"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("app.db-")) == ["app.db"]
     assert WorkflowEngine.from_env({"WORKFLOW_ENGINE_QUEUE": " \r"}).queue_name == "workflows"
+    timings = WorkflowEngine.from_env(
+        {"WORKFLOW_ENGINE_STALE_AFTER": "\r", "WORKFLOW_ENGINE_HEARTBEAT_INTERVAL": " 2\r"}
+    )
+    assert (timings.stale_after, timings.heartbeat_interval) == (30.0, 2.0)
 
 
 @pytest.mark.parametrize(
@@ -1508,6 +1534,11 @@ def test_from_env_ignores_whitespace_around_values_as_a_crlf_env_file_leaves_it(
         ({"redis_url": "redis://localhost/0\n"}, ConfigurationError, "whitespace around it or a control"),
         ({"redis_url": "redis://localhost:6379/workflows"}, ConfigurationError, "must be a database number"),
         ({"redis_url": "redis://:secret@localhost/1x"}, ConfigurationError, "must be a database number"),
+        (
+            {"redis_url": "redis://localhost/99999999999"},
+            ConfigurationError,
+            "database 99999999999 is out of range",
+        ),
         ({"queue_name": "workflows\r"}, InvalidInput, "whitespace around it or control characters"),
         ({"queue_name": " workflows"}, InvalidInput, "whitespace around it or control characters"),
     ],

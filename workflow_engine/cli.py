@@ -29,6 +29,7 @@ from . import config, display, health, logs
 from .engine import WorkflowEngine
 from .errors import ConfigurationError, QueueUnavailable, WorkflowEngineError
 from .models import Workflow
+from .status import WorkflowStatus
 from .stores.urls import parse_database_url
 from .transport import connect
 
@@ -207,7 +208,22 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """The command group; before any option reads its environment variable, each of ours (and
+    ``REDIS_URL``) loses the whitespace around its value (a CRLF ``.env`` file's ``\\r``) and, if
+    nothing is left, counts as unset, as ``WorkflowEngine.from_env`` reads them."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        for name in [n for n in os.environ if n.startswith("WORKFLOW_ENGINE_") or n == "REDIS_URL"]:
+            value = os.environ[name].strip()
+            if value:
+                os.environ[name] = value
+            else:
+                del os.environ[name]
+        return super().main(*args, **kwargs)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="workflow_engine")
 @click.option(
     "--log-format",
@@ -522,7 +538,12 @@ def worker(
 
 @main.command(name="list")
 @_engine_options
-@click.option("--status", default=None, help="Only this status.")
+@click.option(
+    "--status",
+    type=click.Choice([status.value for status in WorkflowStatus], case_sensitive=False),
+    default=None,
+    help="Only this status.",
+)
 @click.option("--type", "workflow_type_id", default=None, help="Only this workflow type.")
 @click.option("--agent", "created_by_agent", default=None, help="Only workflows created by this agent.")
 @click.option(

@@ -95,8 +95,8 @@ def _text(env: Mapping[str, str], name: str) -> str:
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
+    raw = _text(env, name)
+    if not raw:
         return default
     try:
         value = float(raw)

@@ -252,8 +252,12 @@ class WorkflowEngine:
         """Register a handler by import path (``"package.module:function"``) or by function."""
         if isinstance(handler, str):
             module, _, attr = handler.partition(":") if ":" in handler else handler.rpartition(".")
-            if not module.strip() or not attr.strip():
-                raise InvalidInput(f"handler path {handler!r} must look like 'package.module:function'")
+            # Dotted Python names only: anything else ('a:b c', 'a..b:c', a line break) could never
+            # be imported, and would fail every workflow of the type instead of this call.
+            if not all(part.isidentifier() for part in (*module.split("."), *attr.split("."))):
+                raise InvalidInput(
+                    f"handler path {handler!r} must look like 'package.module:function' (dotted Python names)"
+                )
             path, func = handler, None
         elif callable(handler):
             path, func = path_of(handler), handler

@@ -79,6 +79,33 @@ def log_extra(wf: Workflow) -> dict[str, Any]:
     return {"workflow_id": wf.id, "workflow_type_id": wf.workflow_type_id, "attempt": wf.attempts}
 
 
+def _json_name(key: Any) -> str:
+    """The name JSON gives a dict key (the encoder has accepted it: str, int, float, bool or None)."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    return float.__repr__(key) if isinstance(key, float) else int.__repr__(key)
+
+
+def _colliding_key(value: Any) -> str | None:
+    """A name that two keys of one object in ``value`` would both have in JSON ({1: …, "1": …}),
+    which a JSON round trip keeps only one of; None if there is none. Only objects with a key that
+    is not a string are looked at: string keys of one dict are distinct already."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(type(key) is str for key in item):
+                names = [_json_name(key) for key in item]
+                if len(set(names)) < len(names):
+                    return next(name for name in names if names.count(name) > 1)
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
+
+
 def to_json(value: Any, what: str) -> str:
     """Serialise ``value`` as strict JSON, or raise InvalidInput naming ``what``."""
     try:
@@ -90,6 +117,11 @@ def to_json(value: Any, what: str) -> str:
     if _nested_deeper_than(text, MAX_JSON_DEPTH):
         raise InvalidInput(
             f"{what} is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects"
+        )
+    clash = _colliding_key(value)
+    if clash is not None:
+        raise InvalidInput(
+            f"{what} has two keys that JSON writes as the same name, {clash!r}: one would be lost"
         )
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise InvalidInput(f"{what} must not contain NUL characters (\\u0000): PostgreSQL cannot store them")

@@ -139,6 +139,9 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         raise ConfigurationError(
             f"malformed Redis URL {shown(url)!r}: its path must be a database number, as in redis://host:6379/0"
         )
+    db = _path(url).strip("/")
+    if scheme != "unix" and db and int(db) >= 2**31:  # Redis's SELECT takes a 32-bit number
+        raise ConfigurationError(f"malformed Redis URL {shown(url)!r}: database {db} is out of range")
     # TCP keepalives (a probe after 30 s of quiet, then every 10 s, 3 unanswered end it), as on
     # PostgreSQL: they keep a NAT's or a load balancer's entry for an idle connection alive, and
     # turn a peer that vanished silently into a connection error, which is retried.
