@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +323,14 @@ def test_the_commands_ignore_whitespace_around_their_variables_as_from_env_does(
     assert [wf["id"] for wf in json.loads(result.stdout)] == [wid]
     result = CliRunner().invoke(main, ["reconcile"], env=crlf, catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
+
+
+def test_the_command_leaves_its_callers_environment_as_it_found_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKFLOW_ENGINE_QUEUE", "   ")
+    monkeypatch.setenv("REDIS_URL", " redis://127.0.0.1:6379/0 ")
+    assert CliRunner().invoke(main, ["--help"]).exit_code == 0
+    assert os.environ["WORKFLOW_ENGINE_QUEUE"] == "   "
+    assert os.environ["REDIS_URL"] == " redis://127.0.0.1:6379/0 "
 
 
 def test_list_takes_a_status_in_any_case_and_refuses_an_unknown_one_as_a_usage_error(

@@ -214,13 +214,16 @@ class _Main(click.Group):
     nothing is left, counts as unset, as ``WorkflowEngine.from_env`` reads them."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        for name in [n for n in os.environ if n.startswith("WORKFLOW_ENGINE_") or n == "REDIS_URL"]:
-            value = os.environ[name].strip()
-            if value:
-                os.environ[name] = value
+        saved = {n: v for n, v in os.environ.items() if n.startswith("WORKFLOW_ENGINE_") or n == "REDIS_URL"}
+        for name, value in saved.items():
+            if value.strip():
+                os.environ[name] = value.strip()
             else:
                 del os.environ[name]
-        return super().main(*args, **kwargs)
+        try:
+            return super().main(*args, **kwargs)
+        finally:  # as it was, for a caller in the same process (a test's CliRunner, say)
+            os.environ.update(saved)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

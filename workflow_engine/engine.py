@@ -252,11 +252,14 @@ class WorkflowEngine:
         """Register a handler by import path (``"package.module:function"``) or by function."""
         if isinstance(handler, str):
             module, _, attr = handler.partition(":") if ":" in handler else handler.rpartition(".")
-            # Dotted Python names only: anything else ('a:b c', 'a..b:c', a line break) could never
-            # be imported, and would fail every workflow of the type instead of this call.
-            if not all(part.isidentifier() for part in (*module.split("."), *attr.split("."))):
+            # An empty part ('a..b:c'), whitespace or a control character ('a:b c', a line break)
+            # could never be imported, and would fail every workflow of the type instead of this call.
+            # (A module file's name need not be an identifier: import_module takes 'my-handlers'.)
+            parts = (*module.split("."), *attr.split("."))
+            if not all(part.isprintable() and part and not any(c.isspace() for c in part) for part in parts):
                 raise InvalidInput(
-                    f"handler path {handler!r} must look like 'package.module:function' (dotted Python names)"
+                    f"handler path {handler!r} must look like 'package.module:function' "
+                    "(dotted names without spaces)"
                 )
             path, func = handler, None
         elif callable(handler):

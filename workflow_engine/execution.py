@@ -298,7 +298,7 @@ def run_handler(engine: WorkflowEngine, wf: Workflow, job_id: str, handler: str 
             func = engine.resolve_handler(path, wf.workflow_type_id)
             started = time.monotonic()
             result = _call_with_timeout(func, wf, wf.timeout)
-        to_json(result, "the handler's result")
+            to_json(result, "the handler's result")  # a large result takes a while: under the lease
     except UnknownWorkflowType as exc:
         if func is not None:  # raised by the handler itself: an error like any other
             return Outcome("failed", error=describe(exc), traceback=tb.format_exc())

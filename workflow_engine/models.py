@@ -97,9 +97,12 @@ def _colliding_key(value: Any) -> str | None:
         item = stack.pop()
         if isinstance(item, dict):
             if not all(type(key) is str for key in item):
-                names = [_json_name(key) for key in item]
-                if len(set(names)) < len(names):
-                    return next(name for name in names if names.count(name) > 1)
+                seen: set[str] = set()
+                for key in item:
+                    name = _json_name(key)
+                    if name in seen:
+                        return name
+                    seen.add(name)
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)

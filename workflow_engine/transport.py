@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -139,9 +139,12 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         raise ConfigurationError(
             f"malformed Redis URL {shown(url)!r}: its path must be a database number, as in redis://host:6379/0"
         )
-    db = _path(url).strip("/")
-    if scheme != "unix" and db and int(db) >= 2**31:  # Redis's SELECT takes a 32-bit number
-        raise ConfigurationError(f"malformed Redis URL {shown(url)!r}: database {db} is out of range")
+    for db in ([] if scheme == "unix" else [_path(url).strip("/")]) + _query(url).get("db", []):
+        # Redis's SELECT takes a 32-bit number (compared by length first: int() refuses 4,300 digits).
+        if db and (not db.isdigit() or len(db) > 10 or int(db) >= 2**31):
+            raise ConfigurationError(
+                f"malformed Redis URL {shown(url)!r}: database {db[:20]!r} is out of range"
+            )
     # TCP keepalives (a probe after 30 s of quiet, then every 10 s, 3 unanswered end it), as on
     # PostgreSQL: they keep a NAT's or a load balancer's entry for an idle connection alive, and
     # turn a peer that vanished silently into a connection error, which is retried.
@@ -170,6 +173,13 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         )
     except ValueError as exc:
         raise ConfigurationError(f"malformed Redis URL: {exc}") from exc
+
+
+def _query(url: str) -> dict[str, list[str]]:
+    try:
+        return parse_qs(urlsplit(url).query)
+    except ValueError:
+        return {}
 
 
 def _path(url: str) -> str:

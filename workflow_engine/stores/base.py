@@ -631,9 +631,9 @@ class SQLStore(Store):
         self, workflow_id: str, *, job_id: str, worker: str | None, now: datetime, lease_until: datetime
     ) -> Workflow | None:
         stamps: list[datetime] = []  # what each try wrote into heartbeat_at
+        asked = time.monotonic()  # once: a second try (_once_more) counts the first one's wait too
 
         def op() -> Workflow | None:
-            asked = time.monotonic()
             with self.transaction(single=self.event_in_update) as tx:
                 stamp, until = _held_from(asked, now, lease_until)
                 stamps.append(stamp)
@@ -659,8 +659,9 @@ class SQLStore(Store):
         return self._once_more(op, committed)
 
     def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime, lease_until: datetime) -> Heartbeat:
+        asked = time.monotonic()
+
         def op() -> Heartbeat:
-            asked = time.monotonic()
             with self.transaction(single=True) as tx:
                 stamp, until = _held_from(asked, now, lease_until)
                 params = {
