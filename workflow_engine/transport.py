@@ -141,9 +141,10 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         )
     for db in ([] if scheme == "unix" else [_path(url).strip("/")]) + _query(url).get("db", []):
         # Redis's SELECT takes a 32-bit number (compared by length first: int() refuses 4,300 digits).
-        if db and (not db.isdigit() or len(db) > 10 or int(db) >= 2**31):
+        if db and (not (db.isascii() and db.isdigit()) or len(db) > 10 or int(db) >= 2**31):
             raise ConfigurationError(
-                f"malformed Redis URL {shown(url)!r}: database {db[:20]!r} is out of range"
+                f"malformed Redis URL {shown(url)!r}: database {db[:20]!r} is not a number "
+                "from 0 to 2147483647"
             )
     # TCP keepalives (a probe after 30 s of quiet, then every 10 s, 3 unanswered end it), as on
     # PostgreSQL: they keep a NAT's or a load balancer's entry for an idle connection alive, and
