@@ -212,6 +212,7 @@ def test_approval_needs_a_configured_council_and_a_handler(engine: WorkflowEngin
         (["a", "b"], 3, "from 1 to 2"),
         (["a"], 0, "from 1 to 1"),
         (["a", "b\nforged"], 1, "a member must not contain control characters"),
+        (["a", " a "], 1, "a member must not have whitespace around it"),
     ],
 )
 def test_a_council_is_validated(
@@ -225,6 +226,8 @@ def test_a_council_id_with_a_control_character_is_refused(engine: WorkflowEngine
     with pytest.raises(InvalidInput, match="council_id must not contain control characters"):
         engine.configure_council("c\x1b[31m", members=["a"], quorum=1)
     assert engine.get_council("c\x1b[31m") is None
+    with pytest.raises(InvalidInput, match="council_id must not have whitespace around it"):
+        engine.configure_council("c ", members=["a"], quorum=1)
 
 
 def test_a_waiting_workflow_can_be_cancelled(engine: WorkflowEngine) -> None:

@@ -887,6 +887,8 @@ def test_update_status_rejects_an_unknown_status_naming_the_valid_ones(
         ({"workflow_type_id": "t", "created_by_agent": "a\x1b[2J"}, "created_by_agent must not contain"),
         ({"workflow_type_id": "t", "created_by_agent": "a\x85"}, "created_by_agent must not contain"),
         ({"workflow_type_id": "t", "assigned_council_id": "c\r"}, "assigned_council_id must not contain"),
+        ({"workflow_type_id": " t "}, "workflow_type_id must not have whitespace around it, got ' t '"),
+        ({"workflow_type_id": "t", "created_by_agent": "bot "}, "created_by_agent must not have whitespace"),
     ],
 )
 def test_bad_input_raises_a_clear_error_and_writes_nothing(

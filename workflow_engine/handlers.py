@@ -80,7 +80,8 @@ def check_id(name: str, value: str) -> str:
 
 
 def check_new_id(name: str, value: str) -> str:
-    """:func:`check_id`, and no control characters: for a name being written, not looked up.
+    """:func:`check_id`, and no control characters or whitespace around it: for a name being
+    written, not looked up.
 
     Lookups and filters use :func:`check_id` alone, so that a name stored before this check
     existed is still found.
@@ -91,6 +92,8 @@ def check_new_id(name: str, value: str) -> str:
         raise InvalidInput(
             f"{name} must not contain control characters, got {found.group()!r} at {found.start()}"
         )
+    if value != value.strip():  # ' ok ' would be a second type, council or member beside 'ok'
+        raise InvalidInput(f"{name} must not have whitespace around it, got {value!r}")
     return value
 
 
