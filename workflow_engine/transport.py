@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -135,11 +135,14 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         raise ConfigurationError(
             f"unsupported Redis URL scheme {scheme!r}; use redis://, rediss://, unix:// or fakeredis://"
         )
-    if scheme != "unix" and not re.fullmatch("/?[0-9]*/?", _path(url)):  # redis-py would take db 0
+    parts = _split(url)
+    path = "" if parts is None or scheme == "unix" else parts.path
+    if not re.fullmatch("/?[0-9]*/?", path):  # redis-py would take db 0
         raise ConfigurationError(
             f"malformed Redis URL {shown(url)!r}: its path must be a database number, as in redis://host:6379/0"
         )
-    for db in ([] if scheme == "unix" else [_path(url).strip("/")]) + _query(url).get("db", []):
+    query = {} if parts is None else parse_qs(parts.query)
+    for db in [path.strip("/"), *query.get("db", [])]:
         # Redis's SELECT takes a 32-bit number (compared by length first: int() refuses 4,300 digits).
         if db and (not (db.isascii() and db.isdigit()) or len(db) > 10 or int(db) >= 2**31):
             raise ConfigurationError(
@@ -176,18 +179,11 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         raise ConfigurationError(f"malformed Redis URL: {exc}") from exc
 
 
-def _query(url: str) -> dict[str, list[str]]:
+def _split(url: str) -> SplitResult | None:
     try:
-        return parse_qs(urlsplit(url).query)
-    except ValueError:
-        return {}
-
-
-def _path(url: str) -> str:
-    try:
-        return urlsplit(url).path
+        return urlsplit(url)
     except ValueError:  # an unclosed IPv6 bracket: redis-py's to judge, in from_url
-        return ""
+        return None
 
 
 class Transport:
