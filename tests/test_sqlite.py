@@ -40,6 +40,24 @@ def insert_one(store: SQLiteStore) -> None:
     store.insert([a_workflow()])
 
 
+def hold_the_writer_lock(path: str, seconds: float) -> threading.Thread:
+    """Another connection's write transaction, holding SQLite's writer lock for ``seconds``."""
+    held = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(5)
+    return thread
+
+
 def child_writes(store: SQLiteStore, *, within: float = 10.0) -> bool:
     """Fork; the child writes once and reports. False if the child did not report in time."""
     read, write = os.pipe()
@@ -230,16 +248,12 @@ def test_a_timeout_that_fires_while_a_write_waits_for_the_lock_leaves_no_transac
     another process's write lock. The timeout waits for the store call to end, then is raised: no
     transaction may be left open, or this process's one connection would hold the write lock for
     good and lock out every writer, its own failure record and heartbeats included."""
-    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
-    release = threading.Timer(0.4, lambda: other.execute("COMMIT"))
-    release.start()
+    holder = hold_the_writer_lock(store.path, 0.4)
     try:
         with pytest.raises(HandlerTimeout):
             _call_with_timeout(lambda wf: insert_one(store), None, 0.1)  # type: ignore[arg-type]
     finally:
-        release.join()
-        other.close()
+        holder.join()
     assert not store._connect().in_transaction
     insert_one(store)  # this process still writes
     probe = sqlite3.connect(store.path, isolation_level=None, timeout=1)
@@ -361,24 +375,6 @@ INSERT INTO notes (body) VALUES ('first; and more');
     with store.transaction() as tx, pytest.raises(ValueError, match="ends inside a statement"):  # type: ignore[attr-defined]
         store.run_script(tx, "CREATE TRIGGER t AFTER INSERT ON notes BEGIN SELECT 1;")  # type: ignore[attr-defined]
     store.close()
-
-
-def hold_the_writer_lock(path: str, seconds: float) -> threading.Thread:
-    """Another connection's write transaction, holding SQLite's writer lock for ``seconds``."""
-    held = threading.Event()
-
-    def hold() -> None:
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-        held.set()
-        time.sleep(seconds)
-        conn.execute("COMMIT")
-        conn.close()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    assert held.wait(5)
-    return thread
 
 
 def test_a_claim_and_a_heartbeat_that_waited_for_the_writer_lock_get_their_whole_lease(
