@@ -685,3 +685,16 @@ def test_worker_logging_shows_the_engines_records_and_still_lets_the_app_have_th
     finally:
         package.handlers[:], package.level, package.propagate = saved[0], saved[1], saved[2]
         root.handlers[:] = saved[3]
+
+
+def test_a_row_written_by_hand_that_cannot_be_read_is_one_line_of_error_not_a_traceback(
+    engine: WorkflowEngine, db: str
+) -> None:
+    wid = engine.create_workflow(workflow_type_id="ok")
+    engine.store.database().execute("UPDATE workflows SET inputs = '{not json' WHERE id = ?", [wid])  # type: ignore[attr-defined]
+    engine.store.database().conn.commit()  # type: ignore[attr-defined]
+    for args in (["list"], ["show", wid], ["--log-format", "json", "list"]):
+        out = run(*args, *on(db))
+        assert out.code == 1 and "Traceback" not in out.stderr
+        [line] = out.stderr.strip().splitlines()
+        assert f"the workflow '{wid}' has a row this workflow_engine cannot read (JSONDecodeError: " in line

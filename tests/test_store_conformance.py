@@ -809,3 +809,25 @@ def test_savings_that_are_not_a_json_object_count_for_nothing_and_leave_stats_wo
         with store.transaction() as tx:  # type: ignore[attr-defined]
             tx.execute(f"UPDATE workflows SET calculated_savings = {value} WHERE id = '{wf.id}'", {})
         assert savings(store) == {"hours": 2.0}
+
+
+# -- rows an operator wrote by hand ---------------------------------------------------------------
+def test_a_row_this_version_cannot_read_raises_a_store_error_that_names_it(store: Store) -> None:
+    """A status of a newer version, or inputs that are not a JSON object, written by an operator's
+    SQL: reading the row says which one and why, in one line, instead of a model's traceback."""
+    from workflow_engine.errors import StoreError
+
+    [(wf, _)] = store.insert([new()])
+    [(other, _)] = store.insert([new()])
+    with store.transaction() as tx:  # type: ignore[attr-defined]
+        tx.execute(f"UPDATE workflows SET status = 'paused' WHERE id = '{wf.id}'", {})
+        tx.execute(f"UPDATE workflows SET inputs = '[1, 2]' WHERE id = '{other.id}'", {})
+    for read in (lambda: store.get(wf.id), lambda: store.find(limit=10, filters={"status": "paused"})):
+        with pytest.raises(StoreError, match=rf"the workflow '{wf.id}' has a row .* \(status: Input should"):
+            read()
+    with pytest.raises(StoreError, match=rf"the workflow '{other.id}' .* \(inputs: .*dictionary"):
+        store.get(other.id)
+    with store.transaction() as tx:  # type: ignore[attr-defined]
+        tx.execute(f"UPDATE workflow_events SET to_status = 'paused' WHERE workflow_id = '{wf.id}'", {})
+    with pytest.raises(StoreError, match=rf"the event of workflow '{wf.id}' .* \(to_status: "):
+        store.events(wf.id)

@@ -28,7 +28,7 @@ from workflow_engine.models import WorkflowEvent, utcnow
 from workflow_engine.status import WorkflowStatus
 from workflow_engine.transport import TAKEN_MARK
 
-from support import APPS, BIN, RedisServer, Worker, effects_of, start_worker, successes
+from support import APPS, BIN, RedisServer, Worker, effects_of, free_port, start_worker, successes
 
 S = WorkflowStatus
 HANDLERS = "we_test_handlers"
@@ -517,3 +517,33 @@ def test_the_demo_command_runs_in_an_empty_directory_and_leaves_a_sqlite_file_th
     assert database.is_file(), sorted(p.name for p in folder.iterdir())
     assert database.read_bytes()[:16] == b"SQLite format 3\x00"
     assert str(database) in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"WORKFLOW_ENGINE_PRELOAD": "myapp.workflowz"},
+            "Error: cannot preload 'myapp.workflowz': ModuleNotFound",
+        ),
+        ({"WORKFLOW_ENGINE_DATABASE_URL": "mysql://x"}, "Error: unsupported database URL scheme 'mysql'"),
+    ],
+    ids=["a-module-it-cannot-import", "a-database-url-it-cannot-use"],
+)
+def test_a_stock_worker_with_a_bad_setting_stops_at_start_with_one_line_not_a_traceback(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    """`rq worker -c workflow_engine.rq_preload` reads its settings module before it touches Redis:
+    the setting's error is all it prints (production.md quotes it)."""
+    environ = {**os.environ, "WORKFLOW_ENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}", **env}
+    done = subprocess.run(
+        [str(BIN / "rq"), "worker", "workflows", "-c", "workflow_engine.rq_preload", "--burst"]
+        + ["--url", f"redis://127.0.0.1:{free_port()}/0"],  # nothing listens there: never reached
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(message)

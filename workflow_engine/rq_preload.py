@@ -13,12 +13,19 @@ job: see ``transport.Preload``.)
 And it sends the engine's log records to stderr, as ``workflow-engine worker`` does
 (``WORKFLOW_ENGINE_LOG_FORMAT``, ``WORKFLOW_ENGINE_LOG_LEVEL``), unless logging is
 configured already.
+
+If that fails (a module that cannot be imported, a database that cannot be reached), the
+worker stops with one line on stderr, ``Error: …``, and exit status 1.
 """
 
 from __future__ import annotations
 
+from .errors import WorkflowEngineError
 from .execution import preload
 from .logs import configure_worker_logging
 
-preload()
+try:
+    preload()
+except WorkflowEngineError as exc:  # a bad setting: one line, as `workflow-engine worker` says it
+    raise SystemExit(f"Error: {exc}") from None
 configure_worker_logging()  # RQ shows only its own logger's records; show the engine's too

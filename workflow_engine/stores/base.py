@@ -22,6 +22,8 @@ from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
+from pydantic import ValidationError
+
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ..models import Council, Vote, Workflow, WorkflowEvent, utcnow
 from ..status import WorkflowStatus
@@ -426,7 +428,15 @@ class SQLStore(Store):
         return out
 
     def _workflow(self, row: Mapping[str, Any]) -> Workflow:
-        return Workflow.from_row(self.decode_row(row))
+        return self._read("workflow", "id", row, Workflow.from_row)
+
+    def _read(self, kind: str, key: str, row: Mapping[str, Any], build: Callable[[dict[str, Any]], T]) -> T:
+        """``build(decode_row(row))``, or StoreError naming the row (``kind`` and its ``key`` column)
+        if the row holds what this version cannot read."""
+        try:
+            return build(self.decode_row(row))
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise _unreadable(kind, row.get(key), exc) from exc
 
     def _workflow_params(self, wf: Workflow) -> dict[str, Any]:
         """The parameters of ``queries.INSERT_WORKFLOW``: ``encode(wf.model_dump())``, without
@@ -724,7 +734,7 @@ class SQLStore(Store):
         def op() -> list[WorkflowEvent]:
             with self.transaction(write=False, single=True) as tx:
                 rows = tx.fetch(self.sql(q.GET_EVENTS), {"workflow_id": workflow_id})
-            return [WorkflowEvent.from_row(self.decode_row(r)) for r in rows]
+            return [self._read("event of workflow", "workflow_id", r, WorkflowEvent.from_row) for r in rows]
 
         return self._once_more(op)
 
@@ -819,9 +829,11 @@ class SQLStore(Store):
         return self._once_more(op)
 
     def _council(self, row: Mapping[str, Any]) -> Council:
-        data = self.decode_row(row)
-        data["members"] = self.decode_json(row["members"])
-        return Council.model_validate(data)
+        def build(data: dict[str, Any]) -> Council:
+            data["members"] = self.decode_json(row["members"])
+            return Council.model_validate(data)
+
+        return self._read("council", "id", row, build)
 
     def record_vote(self, vote: Vote, *, change: bool, detail: str) -> str:
         params = self.encode(vote.model_dump())
@@ -851,7 +863,7 @@ class SQLStore(Store):
         def op() -> list[Vote]:
             with self.transaction(write=False, single=True) as tx:
                 rows = tx.fetch(self.sql(q.GET_VOTES), {"workflow_id": workflow_id})
-            return [Vote.model_validate(self.decode_row(r)) for r in rows]
+            return [self._read("vote on workflow", "workflow_id", r, Vote.model_validate) for r in rows]
 
         return self._once_more(op)
 
@@ -877,6 +889,22 @@ class SQLStore(Store):
     @abc.abstractmethod
     def run_script(self, tx: Tx, script: str) -> None:
         """Run a multi-statement migration script inside ``tx``."""
+
+
+def _unreadable(kind: str, key: Any, exc: Exception) -> StoreError:
+    """The error for a row this version cannot turn into a model: one written by hand (a column
+    of the wrong shape, a status of a newer version). It names the row, and the first problem."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        reason = f"{where}: {first['msg']}" if where else first["msg"]
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    reason = " ".join(reason.split())[:300]
+    return StoreError(
+        f"the {kind} {str(key)[:200]!r} has a row this workflow_engine cannot read ({reason}): "
+        "was it written by hand, or by a newer version?"
+    )
 
 
 def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
