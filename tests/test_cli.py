@@ -576,7 +576,6 @@ def test_log_level_hides_less_severe_records(engine: WorkflowEngine, db: str) ->
         ["list"],
         ["show", "x"],
         ["stats"],
-        ["health"],
         ["enqueue", "x"],
         ["requeue", "x"],
         ["cancel", "x"],

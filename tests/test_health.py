@@ -176,6 +176,35 @@ def test_an_unreachable_database_fails_its_check_and_skips_those_that_need_it(tm
 
 
 @pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("sqlite:///{tmp}/workflow.db", "no database file at {tmp}/workflow.db: check --database-url"),
+        ("mysql://db/app", "unsupported database URL scheme 'mysql'"),
+    ],
+    ids=["a-sqlite-file-that-does-not-exist", "a-database-it-cannot-use"],
+)
+def test_settings_no_engine_can_be_built_from_still_give_the_report_with_a_failing_configuration_check(
+    tmp_path: Path, url: str, why: str
+) -> None:
+    """A monitor parses the same report, and reads why; the file is not created."""
+    url = url.format(tmp=tmp_path)
+    result = CliRunner().invoke(
+        main,
+        ["health", "--json", "--database-url", url, "--redis-url", "fakeredis://"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1 and result.stderr == ""
+    report = json.loads(result.stdout)
+    assert report["healthy"] is False and report["failing"] == ["configuration"]
+    assert [(c["name"], c["status"]) for c in report["checks"]] == [
+        ("configuration", "fail"),
+        *((name, "skip") for name in ("database", "redis", "workers", "queue_age", "failure_rate")),
+    ]
+    assert report["checks"][0]["detail"].startswith(why.format(tmp=tmp_path))
+    assert not (tmp_path / "workflow.db").exists()
+
+
+@pytest.mark.parametrize(
     "thresholds",
     [{"window": 1e12}, {"window": float("nan")}, {"max_queued_age": "300"}, {"max_failure_rate": 1.5}],
     ids=["window-past-ten-years", "window-nan", "age-as-text", "rate-above-one"],

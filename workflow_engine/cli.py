@@ -659,10 +659,14 @@ def health_(
     Example:
       workflow-engine health --max-queued-age 120 || page-the-on-call
     """
-    engine = _make_engine(**options)
-    report = health.check_health(
-        engine, max_queued_age=max_queued_age, max_failure_rate=max_failure_rate, window=window
-    )
+    try:
+        engine = _make_engine(**options)
+    except ConfigurationError as exc:  # still the report a monitor parses, failing
+        report = health.unbuilt(exc)
+    else:
+        report = health.check_health(
+            engine, max_queued_age=max_queued_age, max_failure_rate=max_failure_rate, window=window
+        )
     if as_json:
         _echo_json(report.to_dict())
     else:

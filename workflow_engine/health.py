@@ -159,6 +159,18 @@ def _workers(engine: WorkflowEngine) -> Check:
     )
 
 
+#: The checks :func:`check_health` runs, in order.
+CHECKS = ("database", "redis", "workers", "queue_age", "failure_rate")
+
+
+def unbuilt(error: BaseException) -> HealthReport:
+    """The report when no engine could be built from the settings (a SQLite file that does not
+    exist, a driver not installed, a malformed URL): a failing ``configuration`` check that
+    says why, and every other check skipped, so that a monitor still reads the usual report."""
+    skipped = (Check(name, "skip", "unknown: the engine could not be built") for name in CHECKS)
+    return HealthReport((Check("configuration", "fail", _one_line(error)), *skipped))
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
