@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -199,3 +200,31 @@ def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             broken.append(f"{target}: no heading with anchor #{anchor} in {linked.name}")
     assert not broken, f"{page.name} has broken links:\n" + "\n".join(broken)
+
+
+def python_blocks(page: str, first_line: str) -> list[str]:
+    """The ```python blocks of ``page`` (in docs/) whose first line starts with ``first_line``."""
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), re.S)
+    return [b for b in blocks if b.startswith(first_line)]
+
+
+def test_the_testing_pages_tests_pass_on_the_quickstarts_app(tmp_path: Path) -> None:
+    """A reader who builds the quickstart's module and adds testing.md's handlers and tests, as the
+    pages say, gets passing tests: run with `python -m pytest`, through the installed plugin."""
+    [handlers] = python_blocks("quickstart.md", "# myapp/workflows.py\n")
+    [more] = python_blocks("testing.md", "# myapp/workflows.py, after the quickstart's")
+    [tests] = python_blocks("testing.md", "# tests/test_workflows.py\n")
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "workflows.py").write_text(handlers + "\n\n" + more)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_workflows.py").write_text(tests)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 passed" in done.stdout
