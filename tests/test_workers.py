@@ -536,9 +536,18 @@ def test_a_stock_worker_with_a_bad_setting_stops_at_start_with_one_line_not_a_tr
     """`rq worker -c workflow_engine.rq_preload` reads its settings module before it touches Redis:
     the setting's error is all it prints (production.md quotes it)."""
     environ = {**os.environ, "WORKFLOW_ENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}", **env}
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: never reached
     done = subprocess.run(
-        [str(BIN / "rq"), "worker", "workflows", "-c", "workflow_engine.rq_preload", "--burst"]
-        + ["--url", f"redis://127.0.0.1:{free_port()}/0"],  # nothing listens there: never reached
+        [
+            str(BIN / "rq"),
+            "worker",
+            "workflows",
+            "-c",
+            "workflow_engine.rq_preload",
+            "--burst",
+            "--url",
+            nowhere,
+        ],
         env=environ,
         cwd=tmp_path,
         capture_output=True,
