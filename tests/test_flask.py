@@ -24,7 +24,7 @@ from workflow_engine import StoreUnavailable, Workflow, WorkflowEngine, Workflow
 from workflow_engine.contrib.flask import WorkflowEngineFlask
 from workflow_engine.errors import ConfigurationError
 
-from support import ROOT, free_port
+from support import ROOT, RedisServer, free_port, wait_for
 
 S = WorkflowStatus
 
@@ -949,6 +949,49 @@ def test_the_example_dashboard_runs_an_agents_workflow_end_to_end(dashboard: Any
         400,
         "validation_error",
     )
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_the_example_dashboard_with_real_redis_runs_approved_workflows_even_one_whose_job_redis_lost(
+    dashboard: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """`app.py --redis URL`: the worker it starts finds the handlers' module by itself and runs what
+    the council approves. It also reconciles: a workflow approved while no worker ran, whose job
+    Redis then forgot, is delivered again from the database (a plain `rq worker` would leave it
+    queued for good)."""
+    db = f"sqlite:///{tmp_path / 'dash.db'}"
+    client = dashboard.create_app(database_url=db, redis_url=redis_server.url).test_client()
+
+    def approved(business: str) -> str:
+        chat = {
+            "message": "execute",
+            "workflow_type_id": "website_creation",
+            "inputs": {"business": business},
+        }
+        wid: str = client.post("/api/agents/ava/chat", json=chat).json["workflow"]["id"]
+        for voter in ("ana", "bo"):
+            vote = {"workflow_id": wid, "voter_id": voter, "approve": True}
+            assert client.post("/api/council/vote", json=vote).status_code == 200
+        return wid
+
+    def status(wid: str) -> str:
+        return str(client.get(f"/api/workflows/{wid}").json["status"])
+
+    forgotten = approved("Lost Bakery")
+    redis_server.flushall()  # its job is gone; the database still says queued
+    worker = dashboard.start_worker(db, redis_server.url)
+    try:
+        ran = approved("Acme")
+        wait_for(
+            lambda: status(ran) == "completed", timeout=60, what="the worker to run the approved workflow"
+        )
+        assert client.get(f"/api/workflows/{ran}").json["result"]["url"] == "https://acme.example.com"
+        assert status(forgotten) == "queued"
+        wait_for(lambda: status(forgotten) == "completed", timeout=60, what="a reconcile to deliver it again")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
 
 
 def test_the_example_dashboard_answers_bad_input_with_400_and_survives_odd_savings(

@@ -5,7 +5,7 @@ the ops council approves it on the workflows page (or through the API); a worker
 runs it; the dashboard shows the totals.
 
     python examples/flask_dashboard/app.py                                   # in-process queue
-    python examples/flask_dashboard/app.py --redis redis://localhost:6379/0  # real Redis + an rq worker
+    python examples/flask_dashboard/app.py --redis redis://localhost:6379/0  # real Redis + a worker
 """
 
 from __future__ import annotations
@@ -122,16 +122,17 @@ def create_app(*, database_url: str, redis_url: str | None = None) -> Flask:
 
 
 def start_worker(database_url: str, redis_url: str) -> subprocess.Popen[bytes]:
-    """A stock ``rq worker workflows`` for the dashboard, stopped when the app exits."""
-    rq = shutil.which(
-        "rq", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    )
-    if rq is None:
-        sys.exit("the rq command is not installed; pip install workflow_engine")
-    env = {**os.environ, "WORKFLOW_ENGINE_DATABASE_URL": database_url, "WORKFLOW_ENGINE_REDIS_URL": redis_url}
-    worker = subprocess.Popen([rq, "worker", "workflows", "--url", redis_url, "--path", str(HERE)], env=env)
+    """A worker for the dashboard, stopped when the app exits: ``workflow-engine worker``, a stock
+    forking RQ worker that also reconciles (it delivers retries after their backoff, and recovers
+    a workflow whose worker died), with the handlers' module loaded once, before it forks."""
+    here_first = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    command = shutil.which("workflow-engine", path=here_first)
+    if command is None:
+        sys.exit("the workflow-engine command is not installed; pip install workflow_engine")
+    urls = ["--database-url", database_url, "--redis-url", redis_url]
+    app_dir = ["--path", str(HERE), "--preload", "dashboard_handlers"]
+    worker = subprocess.Popen([command, "worker", *urls, *app_dir])
     atexit.register(worker.terminate)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that atexit stops the worker on a kill too
     return worker
 
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--redis", metavar="URL", help="use this Redis and start an rq worker (default: in-process)"
+        "--redis", metavar="URL", help="use this Redis and start a worker (default: in-process)"
     )
     parser.add_argument(
         "--database", metavar="URL", default=f"sqlite:///{Path.cwd() / 'dashboard.db'}", help="database URL"
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(database_url=args.database, redis_url=args.redis)
     if args.redis:
         start_worker(args.database, args.redis)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that atexit stops the worker on a kill too
     print(f"dashboard: http://127.0.0.1:{args.port}/   workflows: http://127.0.0.1:{args.port}/workflows")
     app.run(port=args.port, threaded=True)
 
