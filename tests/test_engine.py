@@ -1832,6 +1832,18 @@ def history(engine: WorkflowEngine, wid: str) -> list[tuple[str | None, str, str
     ]
 
 
+def test_a_new_workflow_shows_the_retry_budget_its_enqueue_will_set(async_engine: WorkflowEngine) -> None:
+    """Not max_attempts 1 beside max_retries 2 until it is enqueued."""
+    async_engine.register_handler("double", double, max_retries=2)
+    wid = create(async_engine)
+    new = async_engine.get_workflow(wid)
+    assert (new.max_retries, new.max_attempts) == (2, 3)
+    async_engine.enqueue_execution(wid)
+    assert async_engine.get_workflow(wid).max_attempts == 3
+    unknown = async_engine.get_workflow(async_engine.create_workflow(workflow_type_id="nobody-yet"))
+    assert (unknown.max_retries, unknown.max_attempts) == (0, 1)
+
+
 def test_create_with_enqueue_records_what_create_then_enqueue_records_in_one_transaction(
     async_engine: WorkflowEngine,
 ) -> None:

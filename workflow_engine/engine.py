@@ -455,6 +455,7 @@ class WorkflowEngine:
             idempotency_key=idempotency_key,
             handler=spec.path if spec else None,
             max_retries=spec.max_retries if spec else 0,
+            max_attempts=1 + spec.max_retries if spec else 1,  # as an enqueue now would set it
             retry_backoff=spec.retry_backoff if spec else 0.0,
             timeout=spec.timeout if spec else None,
             created_at=now,

@@ -187,8 +187,9 @@ class Workflow(BaseModel):
     handler: str | None = None
     #: The handler's retry policy, recorded when the workflow is enqueued.
     max_retries: int = 0
-    #: The attempt number after which a failure is final; set to ``attempts + 1 + max_retries``
-    #: whenever the workflow is enqueued or requeued, so a requeue gets a fresh retry budget.
+    #: The attempt number after which a failure is final: ``1 + max_retries`` when the workflow is
+    #: created, then ``attempts + 1 + max_retries`` whenever it is enqueued or requeued, so a
+    #: requeue gets a fresh retry budget.
     max_attempts: int = 1
     retry_backoff: float = 0.0
     timeout: float | None = None
