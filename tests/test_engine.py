@@ -178,8 +178,17 @@ def test_enqueueing_something_that_is_not_an_id_raises_workflow_not_found(
     workflow_engine: WorkflowEngine, bad: object
 ) -> None:
     create(workflow_engine)  # the engine remembers what it created: a list must not reach that cache
-    with pytest.raises(WorkflowNotFound):
+    with pytest.raises(WorkflowNotFound, match=r": a workflow id is a string, not (list|dict|int|NoneType)$"):
         workflow_engine.enqueue_execution(bad)  # type: ignore[arg-type]
+    with pytest.raises(WorkflowNotFound, match=r": a workflow id is a string, not "):
+        workflow_engine.get_workflow(bad)  # type: ignore[arg-type]
+
+
+def test_a_very_long_unknown_id_is_cut_short_in_the_message(workflow_engine: WorkflowEngine) -> None:
+    with pytest.raises(WorkflowNotFound) as caught:
+        workflow_engine.get_workflow("x" * 5000)
+    assert str(caught.value) == f"no workflow with id {'x' * 100!r}… (5000 characters)"
+    assert caught.value.workflow_id == "x" * 5000
 
 
 def test_list_workflows_is_newest_first_and_filters_by_status_type_and_agent(
@@ -1276,6 +1285,32 @@ def test_a_handler_with_a_million_retries_backs_off_at_the_cap_without_overflowi
 def test_a_malformed_or_unsupported_database_url_is_refused(url: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         WorkflowEngine(database_url=url, redis_url="fakeredis://")
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "message"),
+    [
+        (
+            "sqlite:///:memory:",
+            {"pool_size": 8},
+            "'pool_size': not an option of a SQLite store, which takes busy_timeout",
+        ),
+        (
+            "postgresql://app:secret@db/app",
+            {"busy_timeout": 1, "poolsize": 8},
+            r"'busy_timeout', 'poolsize': not an option of a PostgreSQL store, which takes pool_size and "
+            r"connect_timeout \(the database URL is postgresql://app:\*\*\*@db/app\)",
+        ),
+    ],
+    ids=["pool_size-on-sqlite", "a-typo-and-sqlites-option-on-postgresql"],
+)
+def test_open_store_refuses_an_option_its_store_does_not_take_naming_those_it_does(
+    url: str, options: dict[str, object], message: str
+) -> None:
+    from workflow_engine.stores import open_store
+
+    with pytest.raises(ConfigurationError, match=message):
+        open_store(url, **options)
 
 
 @pytest.mark.parametrize(

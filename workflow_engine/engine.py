@@ -465,7 +465,7 @@ class WorkflowEngine:
     def get_workflow(self, workflow_id: str) -> Workflow:
         """The workflow with that id; WorkflowNotFound if there is none."""
         if not storable_id(workflow_id):  # not a string, or text no store could hold: no such workflow
-            raise WorkflowNotFound(workflow_id if isinstance(workflow_id, str) else str(workflow_id))
+            raise WorkflowNotFound(workflow_id)
         wf = self.store.get(workflow_id)
         if wf is None:
             raise WorkflowNotFound(workflow_id)
@@ -607,7 +607,7 @@ class WorkflowEngine:
         :meth:`reconcile` delivers it later.
         """
         if not storable_id(workflow_id):  # not a string (a list would not even hash), or no stored id
-            raise WorkflowNotFound(workflow_id if isinstance(workflow_id, str) else str(workflow_id))
+            raise WorkflowNotFound(workflow_id)
         recent = self._recent.pop(workflow_id, None)
         if recent is not None and recent.status is S.PENDING and self._queue(recent, detail="enqueued"):
             return  # the workflow was as this engine created it: no read needed

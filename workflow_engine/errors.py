@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+_NOT_GIVEN: object = object()
+
 
 class WorkflowEngineError(Exception):
     """workflow_engine failed."""
@@ -34,10 +36,25 @@ class InvalidInput(WorkflowEngineError, ValueError):
 class WorkflowNotFound(WorkflowEngineError, LookupError):
     """No workflow has that id."""
 
-    def __init__(self, workflow_id: str | None = None) -> None:
-        msg = f"no workflow with id {workflow_id!r}" if workflow_id is not None else None
+    def __init__(self, workflow_id: object = _NOT_GIVEN) -> None:
+        msg = None
+        if isinstance(workflow_id, str):  # a long one is cut: the message is for a log line
+            if len(workflow_id) > 200:
+                msg = f"no workflow with id {workflow_id[:100]!r}… ({len(workflow_id)} characters)"
+            else:
+                msg = f"no workflow with id {workflow_id!r}"
+        elif workflow_id is not _NOT_GIVEN:  # looked up by what no id could be: the caller's mistake
+            kind = type(workflow_id).__name__
+            msg = f"no workflow with id {repr(workflow_id)[:100]}: a workflow id is a string, not {kind}"
         super().__init__(msg)
-        self.workflow_id = workflow_id
+        #: The id asked for; a value that is not a string, as its repr; None if not given.
+        self.workflow_id: str | None = (
+            None
+            if workflow_id is _NOT_GIVEN
+            else workflow_id
+            if isinstance(workflow_id, str)
+            else repr(workflow_id)
+        )
 
 
 class InvalidTransition(WorkflowEngineError):

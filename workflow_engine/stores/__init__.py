@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigurationError
 from .base import Store
-from .urls import DatabaseURL, parse_database_url
+from .urls import DatabaseURL, parse_database_url, shown
+
+#: The keyword options each backend's store takes, through :func:`open_store`.
+_OPTIONS = {"sqlite": ("busy_timeout",), "postgres": ("pool_size", "connect_timeout")}
 
 __all__ = ["DatabaseURL", "Store", "open_store", "parse_database_url"]
 
@@ -13,9 +17,19 @@ __all__ = ["DatabaseURL", "Store", "open_store", "parse_database_url"]
 def open_store(url: str, **options: Any) -> Store:
     """Open the store that ``url`` names: ``sqlite:///path.db``, ``sqlite:///:memory:`` or ``postgresql://…``.
 
+    ``options`` are the store's own: ``busy_timeout`` for SQLite; ``pool_size`` and
+    ``connect_timeout`` for PostgreSQL. Another raises ConfigurationError naming those.
     Drivers are imported lazily; a missing one raises MissingDependency naming the extra to install.
     """
     parsed = parse_database_url(url)
+    known = _OPTIONS[parsed.backend]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        name = "SQLite" if parsed.backend == "sqlite" else "PostgreSQL"
+        raise ConfigurationError(
+            f"{', '.join(map(repr, unknown))}: not an option of a {name} store, which takes "
+            f"{' and '.join(known)} (the database URL is {shown(url)})"
+        )
     if parsed.backend == "sqlite":
         from .sqlite import SQLiteStore
 
