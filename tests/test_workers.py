@@ -303,6 +303,36 @@ def test_a_worker_told_to_preload_a_module_it_cannot_import_stops_at_once_saying
 
 
 @pytest.mark.services
+def test_workflows_whose_jobs_redis_kept_but_whose_queue_list_it_lost_are_delivered_again(
+    tmp_path: Path,
+    engine: WorkflowEngine,
+    redis_server: RedisServer,
+    effects: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `DEL` of the queue's key, an eviction, or `Queue.delete(delete_jobs=False)` leaves each job
+    `queued` in Redis and on no list: no worker takes them. Reconcile (and enqueue_execution) tell
+    them from jobs waiting their turn, and deliver them again; each runs once."""
+    engine.register_handler("ok", f"{HANDLERS}:record_success")
+    lost = submit_many(engine, "ok", 3)
+    engine.redis.delete(engine.queue.key)  # the jobs' hashes stay, `queued`
+    waiting = submit_many(engine, "ok", 2)  # pushed after the loss: on the list, left alone
+    assert [
+        rq.job.Job.fetch(engine.get_workflow(w).job_id or "", engine.redis).get_status() for w in lost
+    ] == ["queued"] * 3
+    engine.enqueue_execution(lost[0])  # its job is on no list: delivered again at once
+    assert engine.get_events(lost[0])[-1].detail == "redelivered"
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
+    report = engine.reconcile()
+    assert sorted(report.redelivered) == sorted(lost[1:])
+    assert {engine.get_events(w)[-1].detail for w in lost[1:]} == {"redelivered: job not on the queue"}
+    assert engine.queue.count == 5 and engine.reconcile().redelivered == []  # all five are on the list now
+    run_burst_workers(tmp_path, redis_server, effects, ["rq.SimpleWorker"])
+    assert {engine.get_workflow(w).status for w in lost + waiting} == {S.COMPLETED}
+    assert [successes(effects, w) for w in lost + waiting] == [1] * 5  # each ran once
+
+
+@pytest.mark.services
 def test_reconcile_redelivers_a_job_a_worker_moved_off_the_queue_and_died_before_starting(
     engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import QueueUnavailable
 from .models import ReconcileReport, Workflow, log_extra, utcnow
 from .status import WorkflowStatus
-from .transport import LIVE_JOB_STATUSES, TAKEN, Transport, new_job_id
+from .transport import LIVE_JOB_STATUSES, OFF_THE_QUEUE, TAKEN, Transport, new_job_id
 
 if TYPE_CHECKING:
     from .engine import WorkflowEngine
@@ -121,6 +121,11 @@ def attempt_failed(
     return new
 
 
+#: Why a queued workflow's job is delivered again, by what Redis said of it (anything else live: it
+#: was taken from the queue, and never started or never claimed).
+_LOST_JOB = {None: "job missing", OFF_THE_QUEUE: "job not on the queue"}
+
+
 def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
     report: dict[str, list[str]] = {
         "requeued_stale": [],
@@ -149,6 +154,7 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
         if len(stale) < batch_size:
             break
     after: tuple[datetime, str] | None = None
+    on_queue: frozenset[str] | None = None
     for _ in range(MAX_RECONCILE_BATCHES):
         candidates = engine.store.deliverable_queued(
             now=now, queued_before=now - REDELIVERY_GRACE, limit=batch_size, after=after
@@ -158,7 +164,12 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
         after = (candidates[-1].created_at, candidates[-1].id)
         job_ids = [wf.job_id for wf in candidates if wf.job_id]
         try:
-            statuses = engine.transport.job_statuses(job_ids)
+            # What is on the queue's list, read once a pass and before any job's status: every
+            # candidate's job was pushed at least REDELIVERY_GRACE before the pass began, so it is
+            # on that list, or was taken from it, or Redis lost it (see Transport.job_statuses).
+            if job_ids and on_queue is None:
+                on_queue = engine.transport.queued_ids()
+            statuses = engine.transport.job_statuses(job_ids, on_queue=on_queue)
             if not job_ids:  # only due retries, no job to ask about: still change nothing while Redis is down
                 engine.transport.ping()
         except QueueUnavailable:
@@ -186,7 +197,7 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
                 wf.job_id in maybe_abandoned and (taken_at.get(wf.job_id) or wf.updated_at) < started_before
             ):
                 continue  # waiting in the queue, or being picked up right now
-            why = "retry due" if wf.job_id is None else f"job {'never claimed' if status else 'missing'}"
+            why = "retry due" if wf.job_id is None else _LOST_JOB.get(status, "job never claimed")
             changes = {"job_id": new_job_id(wf.id), "run_after": None}
             # The attempts too: a due retry has no job, and neither has the same workflow after another
             # reconciler redelivered it and its attempt failed into a new backoff (read before that,

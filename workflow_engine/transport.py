@@ -17,6 +17,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
@@ -43,6 +44,10 @@ TIMEOUT_GRACE = 15
 #: onto the queue's intermediate list and not started it (yet: or that worker died in between).
 TAKEN = b"taken"
 LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled", TAKEN})
+#: Not an RQ status either: the job is ``queued`` in RQ's eyes, but on neither the queue's list nor
+#: its intermediate list. Redis lost the list and kept the job (a ``DEL`` of the list's key, an
+#: eviction, ``Queue.delete(delete_jobs=False)``): no worker will ever take it.
+OFF_THE_QUEUE = b"off the queue"
 #: Where :meth:`Transport.taken_at` notes when it first saw a job on the intermediate list, and for
 #: how long (RQ's own worker gives up on such a job after a minute, when it next cleans up).
 TAKEN_MARK = "workflow_engine:taken:{job_id}"
@@ -287,16 +292,21 @@ class Transport:
             origin=self.queue_name,
         ).perform()
 
-    def job_statuses(self, job_ids: Sequence[str]) -> dict[str, bytes | None]:
+    def job_statuses(
+        self, job_ids: Sequence[str], *, on_queue: AbstractSet[str] | None = None
+    ) -> dict[str, bytes | None]:
         """Each job's RQ status (``b"queued"``, ``b"started"``, …), or None when Redis has no such job.
 
         A ``queued`` job that a worker has moved onto the queue's intermediate list (RQ's first
         step in taking a job) is reported as :data:`TAKEN`: if that worker died before starting
-        it, nothing else will ever run it.
+        it, nothing else will ever run it. With ``on_queue``, the jobs found on the queue's list
+        by :meth:`on_queue` or :meth:`queued_ids` *before* this call, a ``queued`` job on neither
+        list is reported as :data:`OFF_THE_QUEUE`: a job pushed before that read was on one of
+        them then, unless Redis lost it.
         """
         if not job_ids:
             return {}
-        taken_list = f"{Queue.redis_queue_namespace_prefix}{self.queue_name}:intermediate"
+        taken_list = f"{self.queue.key}:intermediate"
         try:
             # RQ moves jobs through the intermediate list only on Redis 6.2 and later (LMOVE);
             # older servers have no LPOS either. (RQ caches the version on the connection.)
@@ -313,8 +323,35 @@ class Transport:
             return dict(zip(job_ids, replies, strict=True))
         statuses: dict[str, bytes | None] = {}
         for job_id, status, position in zip(job_ids, replies[::2], replies[1::2], strict=True):
-            statuses[job_id] = TAKEN if status == b"queued" and position is not None else status
+            if status == b"queued" and position is not None:
+                status = TAKEN
+            elif status == b"queued" and on_queue is not None and job_id not in on_queue:
+                status = OFF_THE_QUEUE
+            statuses[job_id] = status
         return statuses
+
+    def queued_ids(self) -> frozenset[str]:
+        """Every job id on the queue's list now: one read of the whole list (a pass of reconcile
+        reads it once, for all the workflows it looks at)."""
+        try:
+            ids = self.connection.lrange(self.queue.key, 0, -1)
+        except _REDIS_ERRORS as exc:
+            raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
+        return frozenset(j.decode() if isinstance(j, bytes) else j for j in ids)
+
+    def on_queue(self, job_ids: Sequence[str]) -> frozenset[str]:
+        """Those of ``job_ids`` on the queue's list now, each found by the server (``LPOS``), for a
+        few jobs in a long queue; on a Redis older than 6.2 (no ``LPOS``), all of them."""
+        try:
+            if get_version(self.connection) < (6, 2, 0):
+                return frozenset(job_ids)
+            with self.connection.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.lpos(self.queue.key, job_id)
+                positions = pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
+        return frozenset(j for j, position in zip(job_ids, positions, strict=True) if position is not None)
 
     def taken_at(self, statuses: Mapping[str, bytes | None], now: datetime) -> dict[str, datetime | None]:
         """When a worker took each ``started`` or :data:`TAKEN` job of ``statuses``: RQ's
@@ -358,7 +395,12 @@ class Transport:
         if not self.is_async:
             waiting = {opts["job_id"] for _, opts, _ in getattr(_sync, "jobs", None) or ()}
             return {jid for jid in job_ids if jid in waiting}
-        return {jid for jid, st in self.job_statuses(job_ids).items() if st in LIVE_JOB_STATUSES}
+        on_queue = self.on_queue(job_ids)  # read first: see job_statuses
+        return {
+            jid
+            for jid, st in self.job_statuses(job_ids, on_queue=on_queue).items()
+            if st in LIVE_JOB_STATUSES
+        }
 
     def stop(self, job_id: str) -> bool:
         """Ask the forking worker running ``job_id`` to kill its work-horse. False if it is not running."""
