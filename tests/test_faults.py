@@ -510,6 +510,30 @@ def test_cancelling_a_running_workflow_kills_its_work_horse_and_ends_it_cancelle
     assert h.get(wid).status is S.CANCELLED
 
 
+def test_cancelling_a_running_workflow_whose_job_redis_lost_still_kills_its_work_horse(h: Harness) -> None:
+    """Redis restarted empty while the handler ran: RQ cannot find the job's worker in the job's
+    hash any more, so the worker the database recorded at the claim is asked directly. RQ then
+    records nothing (it finds no job to mark stopped): the attempt ends at its lease, `cancelled`."""
+    h.register("sleepy", "sleepy", max_retries=3, retry_backoff=0)
+    worker = h.worker(burst=False)
+    wid = h.submit("sleepy", {"seconds": 60})
+    h.wait_status(wid, S.RUNNING)
+    wait_for(lambda: h.lines(wid, "start"), timeout=10, what="the handler to start")
+    [horse] = h.pids(wid, "start")
+    h.redis_server.stop()
+    h.redis_server.start()  # empty: the job's hash is gone
+
+    def cancelled() -> bool:  # asked again until the worker, back on Redis, hears it
+        h.engine.cancel(wid, reason="test")
+        return not process_alive(horse)
+
+    wait_for(cancelled, timeout=20, interval=0.5, what="the work-horse to be killed")
+    assert worker.proc.poll() is None, "the worker itself survives and keeps serving"
+    wait_for(lambda: bool(h.engine.reconcile().cancelled_stale), timeout=10, what="its lease to run out")
+    wf = h.get(wid)
+    assert wf.status is S.CANCELLED and wf.attempts == 1 and successes(h.effects, wid) == 0
+
+
 # -- shutdown and timeouts ---------------------------------------------------
 @both_forking_workers
 def test_sigterm_lets_a_forking_worker_finish_its_current_workflow_before_exiting(h: Harness) -> None:

@@ -775,7 +775,7 @@ class WorkflowEngine:
             elif wf.status is S.RUNNING:
                 if wf.cancel_requested_at is not None:
                     if wf.job_id:  # asked again: the first stop command may have been lost
-                        self.transport.stop(wf.job_id)
+                        self.transport.stop(wf.job_id, wf.worker)
                     return wf
                 now = utcnow()
                 # Only if no cancel was requested yet: a request is recorded once, even when a
@@ -791,7 +791,7 @@ class WorkflowEngine:
                 [marked] = self.store.apply([request])
                 if marked is not None:
                     if marked.job_id:
-                        self.transport.stop(marked.job_id)
+                        self.transport.stop(marked.job_id, marked.worker)
                     log.info("workflow cancel requested", extra=log_extra(marked))
                     return self.get_workflow(workflow_id)
             else:

@@ -402,14 +402,23 @@ class Transport:
             if st in LIVE_JOB_STATUSES
         }
 
-    def stop(self, job_id: str) -> bool:
-        """Ask the forking worker running ``job_id`` to kill its work-horse. False if it is not running."""
-        from rq.command import send_stop_job_command
+    def stop(self, job_id: str, worker: str | None = None) -> bool:
+        """Ask the forking worker running ``job_id`` to kill its work-horse. False if it is not running.
+
+        RQ finds the worker in the job's hash. If Redis lost that hash (a restart while the job
+        ran), ``worker``, the name the database recorded at the claim, is asked directly: a worker
+        kills its horse only if that horse runs ``job_id``."""
+        from rq.command import send_command, send_stop_job_command
         from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
         try:
-            send_stop_job_command(self.connection, job_id)
-        except (InvalidJobOperation, NoSuchJobError):
+            try:
+                send_stop_job_command(self.connection, job_id)
+            except NoSuchJobError:
+                if not worker:
+                    return False
+                send_command(self.connection, worker, "stop-job", job_id=job_id)
+        except InvalidJobOperation:
             return False
         except _REDIS_ERRORS:
             return False
