@@ -1649,6 +1649,30 @@ def test_reconcile_walks_a_backlog_longer_than_one_batch(
     assert sorted(report.redelivered) == sorted(ids)
 
 
+def test_a_reconcile_that_did_something_logs_its_counts_and_every_id_as_a_field(
+    async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line a pass: counts in the message, and the report under `reconcile` (an object in JSON logs)."""
+    import json
+    import logging
+
+    from workflow_engine.logs import JsonFormatter
+
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
+    async_engine.register_handler("double", double)
+    ids = [async_engine.create_workflow(workflow_type_id="double", enqueue=True) for _ in range(2)]
+    async_engine.redis.flushall()
+    with caplog.at_level(logging.INFO, logger="workflow_engine"):
+        report = async_engine.reconcile()
+    assert sorted(report.redelivered) == sorted(ids), report
+    [record] = [r for r in caplog.records if r.getMessage().startswith("reconcile:")]
+    assert record.getMessage() == "reconcile: redelivered 2"
+    line = json.loads(JsonFormatter().format(record))
+    assert (
+        sorted(line["reconcile"]["redelivered"]) == sorted(ids) and line["reconcile"]["requeued_stale"] == []
+    )
+
+
 def test_reconcile_redelivers_a_job_a_worker_took_but_never_claimed(
     async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -720,7 +720,7 @@ _action_command(
 @click.argument("workflow_id", required=False)
 @click.option("--all-failed", is_flag=True, help="Requeue every failed workflow (of --type, if given).")
 @click.option("--type", "workflow_type_id", default=None, help="With --all-failed: only this workflow type.")
-@_json_option("the workflow, or {requeued, errors} with --all-failed,")
+@_json_option("the workflow, or {requeued, undelivered, errors} with --all-failed,")
 @_errors
 def requeue(
     workflow_id: str | None, all_failed: bool, workflow_type_id: str | None, as_json: bool, **options: Any

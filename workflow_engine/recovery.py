@@ -225,6 +225,7 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
         if len(candidates) < batch_size:
             break
     result = ReconcileReport(**report)
-    if result.total:
-        log.info("reconcile: %s", result.to_dict())
+    if result.total:  # the counts as the message; every id in `reconcile`, a JSON object in JSON logs
+        counts = ", ".join(f"{kind} {len(ids)}" for kind, ids in report.items() if ids)
+        log.info("reconcile: %s", counts, extra={"reconcile": result.to_dict()})
     return result
