@@ -573,6 +573,35 @@ def test_reconcilers_take_turns_under_an_advisory_lock(pg_url: str) -> None:
     second.close()
 
 
+def test_a_stalled_reconcilers_lock_is_ended_by_the_server_and_its_holder_leaves_quietly(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconciler stopped while it holds the lock (SIGSTOP, a paused VM) must not stop every
+    other one for good: past EXCLUSIVE_IDLE_TIMEOUT the server ends its session, and the lock."""
+    from workflow_engine.stores import postgres
+
+    monkeypatch.setattr(postgres.PostgresStore, "EXCLUSIVE_IDLE_TIMEOUT", 0.5)
+    first, second = open_store(pg_url), open_store(pg_url)
+    try:
+        with first.exclusive("workflow_engine.reconcile") as mine:
+            assert mine
+            with second.exclusive("workflow_engine.reconcile") as theirs:
+                assert not theirs
+            time.sleep(1.5)  # the holder stalls
+
+            def taken() -> bool:
+                with second.exclusive("workflow_engine.reconcile") as theirs:
+                    return theirs
+
+            assert taken()
+        # the first left its block without an error, though its session was gone
+        with first.exclusive("workflow_engine.reconcile") as mine:
+            assert mine
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_database_set_to_another_date_style_is_read_and_written_as_usual(pg_url: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute(f"ALTER DATABASE \"{pg_url.rsplit('/', 1)[1]}\" SET datestyle = 'SQL, DMY'")
@@ -630,7 +659,7 @@ def test_every_connection_asks_the_server_to_probe_its_peer_as_the_client_does(
 
             def execute(query: Any, params: Any = None, **kw: Any) -> Any:
                 cursor = original(query, params, **kw)
-                if "pg_try_advisory_lock" in str(query):
+                if "pg_try_advisory_xact_lock" in str(query):
                     now = original(keepalives)
                     seen.append(
                         dict(zip([c.name for c in now.description or ()], now.fetchone() or (), strict=True))

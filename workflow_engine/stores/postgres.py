@@ -135,6 +135,9 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
  GROUP BY j.key
 """
 
+    #: Seconds an :meth:`exclusive` lock outlives a stalled holder: see there.
+    EXCLUSIVE_IDLE_TIMEOUT = 60.0
+
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError(f"pool_size must be an integer of at least 1, got {pool_size!r}")
@@ -277,9 +280,15 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
-        """A session advisory lock, held for the duration of the block on a connection of its own:
-        not one of the pool's, which the block's own work needs (with ``pool_size=1``, all of them).
-        Closing the connection releases the lock, whatever happened in the block."""
+        """An advisory lock, held for the duration of the block on a connection of its own: not one
+        of the pool's, which the block's own work needs (with ``pool_size=1``, all of them).
+
+        It is a transaction's lock, in a transaction that stays idle while the block works on other
+        connections, under ``idle_in_transaction_session_timeout``: if this process stalls (a
+        ``SIGSTOP``, a paused VM) for longer than :attr:`EXCLUSIVE_IDLE_TIMEOUT`, the server ends
+        the session and the lock with it, and another process may take its turn. A block that
+        runs longer than that loses the lock too, harmlessly: the lock only saves work. Closing
+        the connection releases the lock, whatever happened in the block."""
         key = zlib.crc32(name.encode()) & 0x7FFFFFFF
         try:
             conn = _Connection.connect(
@@ -287,13 +296,18 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             )
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from exc
-        with conn:
+        try:  # not `with conn`, which would commit on the way out: on a session the server ended, that raises
             try:
                 _configure(conn)
-                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                timeout_ms = max(1, int(self.EXCLUSIVE_IDLE_TIMEOUT * 1000))
+                conn.execute("BEGIN")
+                conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms}")
+                got = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
             except psycopg.Error as exc:
                 raise _store_error(exc, url=self.url) from exc
             yield bool(got is not None and got[0])
+        finally:
+            conn.close()
 
     def migrate(self) -> int:
         pool = self._get_pool()
