@@ -36,7 +36,15 @@ def run(*args: str) -> Outcome:
         result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     finally:
         root.setLevel(level)  # a command's --log-level must not leak into the tests after it
-    return Outcome(result.exit_code, result.stdout, result.stderr)
+    # The tests stand fakeredis:// in for Redis; the warning that a real user gets for it is
+    # specified once, in test_a_command_that_puts_jobs_on_fakeredis_says_no_worker_will_see_them.
+    stderr = "".join(
+        line for line in result.stderr.splitlines(keepends=True) if FAKE_REDIS_WARNING not in line
+    )
+    return Outcome(result.exit_code, result.stdout, stderr)
+
+
+FAKE_REDIS_WARNING = "--redis-url fakeredis:// is a Redis inside this command alone"
 
 
 @pytest.fixture
@@ -697,3 +705,20 @@ def test_a_row_written_by_hand_that_cannot_be_read_is_one_line_of_error_not_a_tr
         assert out.code == 1 and "Traceback" not in out.stderr
         [line] = out.stderr.strip().splitlines()
         assert f"the workflow '{wid}' has a row this workflow_engine cannot read (JSONDecodeError: " in line
+
+
+def test_a_command_that_puts_jobs_on_fakeredis_says_no_worker_will_see_them(
+    engine: WorkflowEngine, db: str
+) -> None:
+    """`fakeredis://` is the in-process mode's Redis: given to a command, the jobs it puts there
+    vanish with it. Commands that only read, or cancel, say nothing of it."""
+    wid = engine.create_workflow(workflow_type_id="ok")
+    result = CliRunner().invoke(main, ["enqueue", wid, *on(db)], catch_exceptions=False)
+    assert result.exit_code == 0 and FAKE_REDIS_WARNING in result.stderr
+    assert "use the URL your workers use" in result.stderr
+    assert (
+        engine.get_workflow(wid).status is S.QUEUED
+    )  # recorded: a reconcile with the real Redis delivers it
+    for args in (["list"], ["show", wid], ["stats"], ["cancel", wid]):
+        quiet = CliRunner().invoke(main, [*args, *on(db)], catch_exceptions=False)
+        assert quiet.exit_code == 0 and FAKE_REDIS_WARNING not in quiet.stderr, args

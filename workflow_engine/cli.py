@@ -181,9 +181,11 @@ def _errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _make_engine(*, create: bool = False, **options: Any) -> WorkflowEngine:
+def _make_engine(*, create: bool = False, sends: bool = False, **options: Any) -> WorkflowEngine:
     """The engine the options describe. Unless ``create``, a SQLite file must exist already: a
-    mistyped path would otherwise become a new, empty database that shows no workflows."""
+    mistyped path would otherwise become a new, empty database that shows no workflows.
+    ``sends``: the command puts jobs on Redis for workers, which a ``fakeredis://`` URL, a Redis
+    inside this one process, would keep from every worker: it says so on stderr."""
     url = options.get("database_url")
     parsed = parse_database_url(url) if url else None
     if (
@@ -201,7 +203,14 @@ def _make_engine(*, create: bool = False, **options: Any) -> WorkflowEngine:
         log.warning(
             "no database file at %s yet: creating an empty one (is this the web process's URL?)", where
         )
-    return WorkflowEngine(**{k: v for k, v in options.items() if v is not None})
+    engine = WorkflowEngine(**{k: v for k, v in options.items() if v is not None})
+    if sends and engine.transport.in_process:
+        log.warning(
+            "--redis-url fakeredis:// is a Redis inside this command alone, gone when it exits: no "
+            "worker will see the jobs it puts there; use the URL your workers use (reconcile, run "
+            "against it, delivers the workflows this leaves queued)"
+        )
+    return engine
 
 
 def _echo_json(value: Any) -> None:
@@ -372,7 +381,7 @@ def reconcile(every: float | None, metrics_port: int | None, metrics_host: str, 
         if metrics_port is not None:
             _require_metrics()  # before anything is created: a missing extra changes nothing
         # A reconcile service (--every) may start before the web process has created the file.
-        engine = _make_engine(create=every is not None, **options)
+        engine = _make_engine(create=every is not None, sends=True, **options)
         if metrics_port is not None:
             _serve_metrics(stack, engine, metrics_port, metrics_host, forking=False)
         if every is None:
@@ -501,7 +510,7 @@ def worker(
     with ExitStack() as stack:
         if metrics_port is not None:
             _require_metrics()  # before anything is created: a missing extra changes nothing
-        engine = _make_engine(create=True, **options)  # a worker may start before the web process
+        engine = _make_engine(create=True, sends=True, **options)  # a worker may start before the web process
         # As `rq worker -c workflow_engine.rq_preload` does (None: $WORKFLOW_ENGINE_PRELOAD), and before
         # the metrics and the reconcile thread: a wrong name stops the worker here, at once.
         preload_modules(config.split_names(" ".join(preloads)) or None)
@@ -675,14 +684,16 @@ def health_(
         sys.exit(1)
 
 
-def _action_command(name: str, doc: str, action: Callable[[WorkflowEngine, str], Any]) -> None:
+def _action_command(
+    name: str, doc: str, action: Callable[[WorkflowEngine, str], Any], *, sends: bool
+) -> None:
     @main.command(name=name, help=doc)
     @_engine_options
     @click.argument("workflow_id")
     @_json_option("the workflow")
     @_errors
     def command(workflow_id: str, as_json: bool, **options: Any) -> None:
-        engine = _make_engine(**options)
+        engine = _make_engine(sends=sends, **options)
         _undelivered_ok(lambda: action(engine, workflow_id))
         _print_outcome(engine.get_workflow(workflow_id), as_json)
 
@@ -707,11 +718,13 @@ _action_command(
     "enqueue",
     "Queue a pending workflow for execution.\n\n\b\nExample:\n  workflow-engine enqueue 3f2a…",
     lambda e, w: e.enqueue_execution(w),
+    sends=True,
 )
 _action_command(
     "cancel",
     "Cancel a workflow (a running one is asked to stop).\n\n\b\nExample:\n  workflow-engine cancel 3f2a…",
     lambda e, w: e.cancel(w),
+    sends=False,  # it only sends a stop command to a running workflow's worker
 )
 
 
@@ -741,7 +754,7 @@ def requeue(
         raise click.UsageError("give a WORKFLOW_ID, or --all-failed for every failed workflow")
     if workflow_type_id is not None and not all_failed:
         raise click.UsageError("--type goes with --all-failed")
-    engine = _make_engine(**options)
+    engine = _make_engine(sends=True, **options)
     if workflow_id is not None:
         _undelivered_ok(lambda: engine.requeue(workflow_id))
         _print_outcome(engine.get_workflow(workflow_id), as_json)
