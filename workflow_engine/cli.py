@@ -207,8 +207,8 @@ def _make_engine(*, create: bool = False, sends: bool = False, **options: Any) -
     if sends and engine.transport.in_process:
         log.warning(
             "--redis-url fakeredis:// is a Redis inside this command alone, gone when it exits: no "
-            "worker will see the jobs it puts there; use the URL your workers use (reconcile, run "
-            "against it, delivers the workflows this leaves queued)"
+            "other process sees the jobs put there, nor this one theirs; use the URL your workers "
+            "use (reconcile, run against it, delivers the workflows this leaves queued)"
         )
     return engine
 
