@@ -830,15 +830,18 @@ def test_cancelling_a_running_workflow_records_the_request_for_the_handler(
         )
         is not None
     )
-    stops: list[str] = []
-    async_engine.transport.stop = lambda job_id: stops.append(job_id) or True  # type: ignore[method-assign]
+    stops: list[tuple[str, str | None]] = []
+    async_engine.transport.stop = lambda job_id, worker=None: stops.append((job_id, worker)) or True  # type: ignore[method-assign]
     marked = async_engine.cancel(wid)
     assert marked.status is S.RUNNING and marked.cancel_requested_at is not None
     assert async_engine.get_events(wid)[-1].detail == "cancel requested"
     again = async_engine.cancel(wid)  # the first stop command may have been lost: it is sent again
     assert again.cancel_requested_at == marked.cancel_requested_at
     assert [e.detail for e in async_engine.get_events(wid)].count("cancel requested") == 1
-    assert stops == [wf.job_id, wf.job_id]
+    assert stops == [
+        (wf.job_id, "w1"),
+        (wf.job_id, "w1"),
+    ]  # and the worker the claim recorded, if Redis lost the job
 
 
 def test_requeue_only_accepts_failed_or_cancelled_workflows(workflow_engine: WorkflowEngine) -> None:
@@ -2020,6 +2023,30 @@ def test_reconcile_works_on_a_redis_without_lpos(
     wid = async_engine.create_workflow(workflow_type_id="double", inputs={"n": 1}, enqueue=True)
     async_engine.redis.delete(rq.job.Job.key_for(async_engine.get_workflow(wid).job_id or ""))
     assert async_engine.reconcile().redelivered == [wid]
+
+
+def test_on_a_redis_without_lpos_a_job_lost_from_the_queues_list_is_delivered_again_in_time(
+    async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """There RQ pops a job outright (no intermediate list), so a job on no list may be one a worker
+    is starting: it is given up on once a pass has seen it so for stale_after (fakeredis says no
+    version, so RQ takes it for 5.0)."""
+    from workflow_engine.transport import TAKEN_MARK
+
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
+    async_engine.register_handler("double", double)
+    wid = async_engine.create_workflow(workflow_type_id="double", inputs={"n": 1}, enqueue=True)
+    job_id = async_engine.get_workflow(wid).job_id or ""
+    async_engine.redis.delete(async_engine.queue.key)  # the job stays `queued`, on no list
+    assert async_engine.reconcile().redelivered == []  # queued only just now
+    old = utcnow() - timedelta(seconds=async_engine.stale_after + 1)
+    async_engine.store.compare_and_set(wid, expected_status=S.QUEUED, changes={"updated_at": old}, event=None)
+    assert async_engine.reconcile().redelivered == []  # seen off the queue for the first time
+    async_engine.redis.set(TAKEN_MARK.format(job_id=job_id), old.timestamp())
+    assert async_engine.reconcile().redelivered == [wid]
+    assert async_engine.get_events(wid)[-1].detail == "redelivered: job not on the queue"
+    work(async_engine)
+    assert async_engine.get_workflow(wid).result == {"doubled": 2}
 
 
 def test_a_workflow_recorded_with_a_policy_past_todays_bounds_can_still_be_requeued(

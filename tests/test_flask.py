@@ -980,6 +980,7 @@ def test_the_example_dashboard_with_real_redis_runs_approved_workflows_even_one_
 
     forgotten = approved("Lost Bakery")
     redis_server.flushall()  # its job is gone; the database still says queued
+    assert status(forgotten) == "queued"
     worker = dashboard.start_worker(db, redis_server.url)
     try:
         ran = approved("Acme")
@@ -987,7 +988,6 @@ def test_the_example_dashboard_with_real_redis_runs_approved_workflows_even_one_
             lambda: status(ran) == "completed", timeout=60, what="the worker to run the approved workflow"
         )
         assert client.get(f"/api/workflows/{ran}").json["result"]["url"] == "https://acme.example.com"
-        assert status(forgotten) == "queued"
         wait_for(lambda: status(forgotten) == "completed", timeout=60, what="a reconcile to deliver it again")
     finally:
         worker.terminate()

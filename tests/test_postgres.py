@@ -565,6 +565,12 @@ def test_reconcilers_take_turns_under_an_advisory_lock(pg_url: str) -> None:
     first, second = open_store(pg_url), open_store(pg_url)
     with first.exclusive("workflow_engine.reconcile") as mine:
         assert mine
+        with psycopg.connect(pg_url, autocommit=True) as admin:  # the holder's idle transaction
+            [(state, xmin)] = admin.execute(
+                "SELECT state, backend_xmin FROM pg_stat_activity WHERE datname = current_database()"
+                " AND query LIKE 'SELECT pg_try_advisory%'"
+            ).fetchall()
+        assert state == "idle in transaction" and xmin is None, "it holds back no VACUUM"
         with second.exclusive("workflow_engine.reconcile") as theirs:
             assert not theirs
     with second.exclusive("workflow_engine.reconcile") as theirs:

@@ -310,26 +310,54 @@ def test_workflows_whose_jobs_redis_kept_but_whose_queue_list_it_lost_are_delive
     effects: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A `DEL` of the queue's key, an eviction, or `Queue.delete(delete_jobs=False)` leaves each job
-    `queued` in Redis and on no list: no worker takes them. Reconcile (and enqueue_execution) tell
-    them from jobs waiting their turn, and deliver them again; each runs once."""
+    """A `DEL` of the queue's key or an eviction leaves each job `queued` in Redis and on no list:
+    no worker takes them. A job that a worker on several queues popped outright looks the same
+    until it is marked started, a moment later; so, as a taken job, one is given up on only once
+    a pass has seen it so for stale_after. Then it is delivered again, and each runs once."""
     engine.register_handler("ok", f"{HANDLERS}:record_success")
     lost = submit_many(engine, "ok", 3)
     engine.redis.delete(engine.queue.key)  # the jobs' hashes stay, `queued`
-    waiting = submit_many(engine, "ok", 2)  # pushed after the loss: on the list, left alone
-    assert [
-        rq.job.Job.fetch(engine.get_workflow(w).job_id or "", engine.redis).get_status() for w in lost
-    ] == ["queued"] * 3
-    engine.enqueue_execution(lost[0])  # its job is on no list: delivered again at once
-    assert engine.get_events(lost[0])[-1].detail == "redelivered"
+    waiting = submit_many(engine, "ok", 2)  # pushed after the loss: on the list
+    jobs = {w: engine.get_workflow(w).job_id or "" for w in lost}
+    assert {rq.job.Job.fetch(j, engine.redis).get_status() for j in jobs.values()} == {"queued"}
+    engine.enqueue_execution(lost[0])  # maybe being taken right now: left to reconcile
+    assert engine.get_events(lost[0])[-1].detail == "enqueued"
     monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
-    report = engine.reconcile()
-    assert sorted(report.redelivered) == sorted(lost[1:])
-    assert {engine.get_events(w)[-1].detail for w in lost[1:]} == {"redelivered: job not on the queue"}
-    assert engine.queue.count == 5 and engine.reconcile().redelivered == []  # all five are on the list now
+    old = utcnow() - timedelta(seconds=engine.stale_after + 1)
+    for w in lost + waiting:  # all queued longer than stale_after: a backlog
+        engine.store.compare_and_set(w, expected_status=S.QUEUED, changes={"updated_at": old}, event=None)
+    assert engine.reconcile().redelivered == []  # first seen off the queue now
+    for job_id in jobs.values():  # ... and stale_after ago
+        engine.redis.set(TAKEN_MARK.format(job_id=job_id), old.timestamp())
+    assert sorted(engine.reconcile().redelivered) == sorted(lost)  # the waiting two stay as they are
+    assert {engine.get_events(w)[-1].detail for w in lost} == {"redelivered: job not on the queue"}
+    assert engine.queue.count == 5 and engine.reconcile().redelivered == []
     run_burst_workers(tmp_path, redis_server, effects, ["rq.SimpleWorker"])
     assert {engine.get_workflow(w).status for w in lost + waiting} == {S.COMPLETED}
     assert [successes(effects, w) for w in lost + waiting] == [1] * 5  # each ran once
+
+
+@pytest.mark.services
+def test_a_queue_too_long_to_read_whole_is_not_read_and_no_job_is_taken_for_lost(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past QUEUE_SCAN_LIMIT jobs a pass does not read the list (it would copy megabytes every
+    pass): a job lost from it waits until the queue is shorter."""
+    from workflow_engine import transport
+
+    monkeypatch.setattr(transport, "QUEUE_SCAN_LIMIT", 1)
+    engine.register_handler("ok", f"{HANDLERS}:record_success")
+    ids = submit_many(engine, "ok", 3)
+    lost = engine.get_workflow(ids[0]).job_id or ""
+    assert engine.redis.lrem(engine.queue.key, 1, lost) == 1  # two jobs left on the list
+    assert engine.transport.queued_ids() is None
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
+    old = utcnow() - timedelta(seconds=engine.stale_after + 1)
+    engine.store.compare_and_set(ids[0], expected_status=S.QUEUED, changes={"updated_at": old}, event=None)
+    engine.redis.set(TAKEN_MARK.format(job_id=lost), old.timestamp())
+    assert engine.reconcile().redelivered == [], "the list was not read, so no job is judged by it"
+    monkeypatch.setattr(transport, "QUEUE_SCAN_LIMIT", 2)
+    assert engine.reconcile().redelivered == [ids[0]]
 
 
 @pytest.mark.services

@@ -154,7 +154,8 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
         if len(stale) < batch_size:
             break
     after: tuple[datetime, str] | None = None
-    on_queue: frozenset[str] | None = None
+    on_queue: frozenset[str] | None = None  # None: not read (too long), no job is judged by it
+    scanned = False
     for _ in range(MAX_RECONCILE_BATCHES):
         candidates = engine.store.deliverable_queued(
             now=now, queued_before=now - REDELIVERY_GRACE, limit=batch_size, after=after
@@ -166,24 +167,27 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
         try:
             # What is on the queue's list, read once a pass and before any job's status: every
             # candidate's job was pushed at least REDELIVERY_GRACE before the pass began, so it is
-            # on that list, or was taken from it, or Redis lost it (see Transport.job_statuses).
-            if job_ids and on_queue is None:
-                on_queue = engine.transport.queued_ids()
+            # on that list, or a worker took it from there, or Redis lost it.
+            if job_ids and not scanned:
+                on_queue, scanned = engine.transport.queued_ids(), True
             statuses = engine.transport.job_statuses(job_ids, on_queue=on_queue)
             if not job_ids:  # only due retries, no job to ask about: still change nothing while Redis is down
                 engine.transport.ping()
         except QueueUnavailable:
             report["undeliverable"].extend(wf.id for wf in candidates)
             break
-        # A job a worker took (started, or moved to the intermediate list) while its workflow is
-        # still queued: the worker has not claimed it yet, or died before it could. Only a job
-        # taken longer than stale_after ago counts as abandoned; under a backlog a workflow has
-        # often been queued that long when a worker takes its job, and must not lose its turn.
+        # A job a worker took (started, moved to the intermediate list, or popped outright) while
+        # its workflow is still queued: the worker has not claimed it yet, or died before it could;
+        # or a job on no list because Redis lost the list. Only a job seen so for longer than
+        # stale_after counts as abandoned; under a backlog a workflow has often been queued that
+        # long when a worker takes its job, and must not lose its turn.
         started_before = now - timedelta(seconds=engine.stale_after)
         maybe_abandoned = {
-            wf.job_id: statuses.get(wf.job_id)
+            wf.job_id: status
             for wf in candidates
-            if wf.job_id and statuses.get(wf.job_id) in (b"started", TAKEN) and wf.updated_at < started_before
+            if wf.job_id
+            and (status := statuses.get(wf.job_id)) in (b"started", TAKEN, OFF_THE_QUEUE)
+            and wf.updated_at < started_before
         }
         try:
             taken_at = engine.transport.taken_at(maybe_abandoned, now) if maybe_abandoned else {}

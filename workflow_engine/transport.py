@@ -43,11 +43,15 @@ TIMEOUT_GRACE = 15
 #: Not an RQ status: the job is ``queued`` in RQ's eyes, but a worker has moved it off the queue
 #: onto the queue's intermediate list and not started it (yet: or that worker died in between).
 TAKEN = b"taken"
-LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled", TAKEN})
 #: Not an RQ status either: the job is ``queued`` in RQ's eyes, but on neither the queue's list nor
-#: its intermediate list. Redis lost the list and kept the job (a ``DEL`` of the list's key, an
-#: eviction, ``Queue.delete(delete_jobs=False)``): no worker will ever take it.
+#: its intermediate list. A worker popped it outright (one on several queues, or on a Redis older
+#: than 6.2) and has not marked it started yet, or died before it could; or Redis lost the list
+#: and kept the job (a ``DEL`` of the list's key, an eviction): then no worker will ever take it.
 OFF_THE_QUEUE = b"off the queue"
+LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled", TAKEN, OFF_THE_QUEUE})
+#: The longest queue whose list a reconcile pass reads whole (``LRANGE``, about 4 MB at this
+#: length); a longer one is not read, and a lost job in it waits until the queue is shorter.
+QUEUE_SCAN_LIMIT = 100_000
 #: Where :meth:`Transport.taken_at` notes when it first saw a job on the intermediate list, and for
 #: how long (RQ's own worker gives up on such a job after a minute, when it next cleans up).
 TAKEN_MARK = "workflow_engine:taken:{job_id}"
@@ -299,10 +303,11 @@ class Transport:
 
         A ``queued`` job that a worker has moved onto the queue's intermediate list (RQ's first
         step in taking a job) is reported as :data:`TAKEN`: if that worker died before starting
-        it, nothing else will ever run it. With ``on_queue``, the jobs found on the queue's list
-        by :meth:`on_queue` or :meth:`queued_ids` *before* this call, a ``queued`` job on neither
-        list is reported as :data:`OFF_THE_QUEUE`: a job pushed before that read was on one of
-        them then, unless Redis lost it.
+        it, nothing else will ever run it. With ``on_queue``, the ids :meth:`queued_ids` read off
+        the queue's list *before* this call, a ``queued`` job on neither list is reported as
+        :data:`OFF_THE_QUEUE`. Both count as live: reconcile gives up on one only once it has
+        stayed so for ``stale_after``. The reads are one ``MULTI``: a job marked started and taken
+        off the intermediate list between two of them would look as if it were on neither.
         """
         if not job_ids:
             return {}
@@ -311,7 +316,7 @@ class Transport:
             # RQ moves jobs through the intermediate list only on Redis 6.2 and later (LMOVE);
             # older servers have no LPOS either. (RQ caches the version on the connection.)
             lists = get_version(self.connection) >= (6, 2, 0)
-            with self.connection.pipeline(transaction=False) as pipe:
+            with self.connection.pipeline(transaction=True) as pipe:
                 for job_id in job_ids:
                     pipe.hget(Job.key_for(job_id), "status")
                     if lists:
@@ -319,10 +324,10 @@ class Transport:
                 replies = pipe.execute()
         except _REDIS_ERRORS as exc:
             raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
-        if not lists:
-            return dict(zip(job_ids, replies, strict=True))
+        found = replies[::2] if lists else replies
+        positions = replies[1::2] if lists else [None] * len(job_ids)
         statuses: dict[str, bytes | None] = {}
-        for job_id, status, position in zip(job_ids, replies[::2], replies[1::2], strict=True):
+        for job_id, status, position in zip(job_ids, found, positions, strict=True):
             if status == b"queued" and position is not None:
                 status = TAKEN
             elif status == b"queued" and on_queue is not None and job_id not in on_queue:
@@ -330,35 +335,26 @@ class Transport:
             statuses[job_id] = status
         return statuses
 
-    def queued_ids(self) -> frozenset[str]:
-        """Every job id on the queue's list now: one read of the whole list (a pass of reconcile
-        reads it once, for all the workflows it looks at)."""
+    def queued_ids(self) -> frozenset[str] | None:
+        """Every job id on the queue's list now, in one read; None for a list longer than
+        :data:`QUEUE_SCAN_LIMIT`, which is not read (a pass of reconcile reads it once)."""
         try:
-            ids = self.connection.lrange(self.queue.key, 0, -1)
+            with self.connection.pipeline(transaction=True) as pipe:
+                pipe.llen(self.queue.key)
+                pipe.lrange(self.queue.key, 0, QUEUE_SCAN_LIMIT - 1)
+                length, ids = pipe.execute()
         except _REDIS_ERRORS as exc:
             raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
+        if length > QUEUE_SCAN_LIMIT:
+            return None
         return frozenset(j.decode() if isinstance(j, bytes) else j for j in ids)
 
-    def on_queue(self, job_ids: Sequence[str]) -> frozenset[str]:
-        """Those of ``job_ids`` on the queue's list now, each found by the server (``LPOS``), for a
-        few jobs in a long queue; on a Redis older than 6.2 (no ``LPOS``), all of them."""
-        try:
-            if get_version(self.connection) < (6, 2, 0):
-                return frozenset(job_ids)
-            with self.connection.pipeline(transaction=False) as pipe:
-                for job_id in job_ids:
-                    pipe.lpos(self.queue.key, job_id)
-                positions = pipe.execute()
-        except _REDIS_ERRORS as exc:
-            raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
-        return frozenset(j for j, position in zip(job_ids, positions, strict=True) if position is not None)
-
     def taken_at(self, statuses: Mapping[str, bytes | None], now: datetime) -> dict[str, datetime | None]:
-        """When a worker took each ``started`` or :data:`TAKEN` job of ``statuses``: RQ's
-        ``started_at`` for a started job; for a taken one, when this was first asked about it
+        """When a worker took each ``started``, :data:`TAKEN` or :data:`OFF_THE_QUEUE` job of
+        ``statuses``: RQ's ``started_at`` for a started job; for another, when this was first asked about it
         (noted in Redis, so that every process and every pass agrees), ``now`` the first time.
         None where Redis does not say. Other jobs are left out."""
-        jobs = [(job_id, status) for job_id, status in statuses.items() if status in (b"started", TAKEN)]
+        jobs = [(job_id, st) for job_id, st in statuses.items() if st in (b"started", TAKEN, OFF_THE_QUEUE)]
         if not jobs:
             return {}
         try:
@@ -395,12 +391,7 @@ class Transport:
         if not self.is_async:
             waiting = {opts["job_id"] for _, opts, _ in getattr(_sync, "jobs", None) or ()}
             return {jid for jid in job_ids if jid in waiting}
-        on_queue = self.on_queue(job_ids)  # read first: see job_statuses
-        return {
-            jid
-            for jid, st in self.job_statuses(job_ids, on_queue=on_queue).items()
-            if st in LIVE_JOB_STATUSES
-        }
+        return {jid for jid, st in self.job_statuses(job_ids).items() if st in LIVE_JOB_STATUSES}
 
     def stop(self, job_id: str, worker: str | None = None) -> bool:
         """Ask the forking worker running ``job_id`` to kill its work-horse. False if it is not running.

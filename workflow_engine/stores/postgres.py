@@ -302,7 +302,9 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 timeout_ms = max(1, int(self.EXCLUSIVE_IDLE_TIMEOUT * 1000))
                 conn.execute("BEGIN")
                 conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms}")
-                got = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
+                # The key written out, not bound: a statement with parameters keeps a snapshot
+                # open in the idle transaction, which would hold back VACUUM for the whole pass.
+                got = conn.execute(f"SELECT pg_try_advisory_xact_lock({int(key)})").fetchone()
             except psycopg.Error as exc:
                 raise _store_error(exc, url=self.url) from exc
             yield bool(got is not None and got[0])
