@@ -111,6 +111,16 @@ class Harness:
             ) from None
         return self.get(workflow_id)
 
+    def running_sleepy(self, seconds: float) -> tuple[Worker, str, int]:
+        """A long-running workflow on a forking worker of its own: the worker, its id, its horse's pid."""
+        self.register("sleepy", "sleepy", max_retries=3, retry_backoff=0)
+        worker = self.worker(burst=False)
+        wid = self.submit("sleepy", {"seconds": seconds})
+        self.wait_status(wid, S.RUNNING)
+        wait_for(lambda: self.lines(wid, "start"), timeout=10, what="the handler to start")
+        [horse] = self.pids(wid, "start")
+        return worker, wid, horse
+
     def lines(self, workflow_id: str, kind: str) -> list[str]:
         return [line for line in effects_of(self.effects, workflow_id) if line.split()[0] == kind]
 
@@ -488,12 +498,7 @@ def test_a_workflow_cancelled_while_queued_never_runs(h: Harness) -> None:
 
 @both_forking_workers
 def test_cancelling_a_running_workflow_kills_its_work_horse_and_ends_it_cancelled(h: Harness) -> None:
-    h.register("sleepy", "sleepy", max_retries=3, retry_backoff=0)
-    worker = h.worker(burst=False)
-    wid = h.submit("sleepy", {"seconds": 30})
-    h.wait_status(wid, S.RUNNING)
-    wait_for(lambda: h.lines(wid, "start"), timeout=10, what="the handler to start")
-    [horse] = h.pids(wid, "start")
+    worker, wid, horse = h.running_sleepy(30)
 
     asked = time.monotonic()
     marked = h.engine.cancel(wid, reason="test")
@@ -514,12 +519,7 @@ def test_cancelling_a_running_workflow_whose_job_redis_lost_still_kills_its_work
     """Redis restarted empty while the handler ran: RQ cannot find the job's worker in the job's
     hash any more, so the worker the database recorded at the claim is asked directly. RQ then
     records nothing (it finds no job to mark stopped): the attempt ends at its lease, `cancelled`."""
-    h.register("sleepy", "sleepy", max_retries=3, retry_backoff=0)
-    worker = h.worker(burst=False)
-    wid = h.submit("sleepy", {"seconds": 60})
-    h.wait_status(wid, S.RUNNING)
-    wait_for(lambda: h.lines(wid, "start"), timeout=10, what="the handler to start")
-    [horse] = h.pids(wid, "start")
+    worker, wid, horse = h.running_sleepy(60)
     h.redis_server.stop()
     h.redis_server.start()  # empty: the job's hash is gone
 
