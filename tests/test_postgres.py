@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -989,7 +990,10 @@ def test_migrations_0004_and_0006_refuse_an_invalid_index_left_by_a_failed_concu
         with pytest.raises(psycopg.errors.UniqueViolation):
             admin.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {index} ON workflows (workflow_type_id)")
     monkeypatch.setattr(store, "migration_scripts", lambda: scripts)
-    with pytest.raises(StoreError, match=f"migration 000{migration}: .*built beforehand is invalid"):
+    with pytest.raises(
+        StoreError,
+        match=f"migration 000{migration}: .*built beforehand is invalid: .* or one still running; wait",
+    ):
         store.migrate()
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute(f"DROP INDEX {index}")
@@ -998,3 +1002,48 @@ def test_migrations_0004_and_0006_refuse_an_invalid_index_left_by_a_failed_concu
 
 
 assert APPS.exists()
+
+
+def test_a_role_that_may_only_read_and_write_rows_uses_a_migrated_database(pg_url: str) -> None:
+    """Opening a database with nothing to migrate runs no DDL and takes no lock: a role with no
+    right to create tables (a web process's, with migrations run by another role) works."""
+    open_store(pg_url).migrate()  # by the owner
+    role = f"we_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+        admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        admin.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    scheme, rest = pg_url.split("://", 1)
+    app = open_store(f"{scheme}://{role}@{rest.split('@', 1)[1]}")
+    try:
+        [(wf, _)] = app.insert([a_workflow()])
+        assert app.get(wf.id) == wf and app.migrate() == open_store(pg_url).migrate()
+    finally:
+        app.close()
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_opening_a_migrated_database_does_not_wait_behind_another_processs_migration(pg_url: str) -> None:
+    from workflow_engine.stores.postgres import MIGRATION_LOCK_ID
+
+    open_store(pg_url).migrate()
+    store = open_store(pg_url)
+    answered = threading.Event()
+
+    def first_call() -> None:
+        store.get("nothing")
+        answered.set()
+
+    try:
+        with psycopg.connect(pg_url) as migrating:  # another process, in the middle of a migration
+            migrating.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+            caller = threading.Thread(target=first_call)
+            caller.start()
+            assert answered.wait(5), "the first call waited for the migration lock"
+        caller.join(10)
+    finally:
+        store.close()

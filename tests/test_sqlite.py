@@ -413,3 +413,34 @@ def test_a_claim_that_did_not_wait_keeps_the_callers_exact_stamps(store: SQLiteS
     asked = utcnow() - timedelta(hours=1)  # as a test of recovery stamps an attempt long dead
     claimed = store.claim(wf.id, job_id="job-1", worker="w", now=asked, lease_until=asked)
     assert claimed is not None and (claimed.heartbeat_at, claimed.lease_until) == (asked, asked)
+
+
+def test_opening_a_migrated_file_takes_no_writer_lock(tmp_path: Path) -> None:
+    """Every process start reads the schema version first: with nothing to migrate it does not
+    wait for another process's write to end (up to the busy timeout)."""
+    path = str(tmp_path / "w.db")
+    SQLiteStore(path).migrate()
+    writer = hold_the_writer_lock(path, 3.0)
+    store = SQLiteStore(path, busy_timeout=10)
+    started = time.monotonic()
+    try:
+        assert store.get("nothing") is None
+        assert time.monotonic() - started < 2
+    finally:
+        store.close()
+        writer.join()
+
+
+def test_two_migrations_with_one_number_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database records a migration by its number alone: a second script with the same number
+    would never run where the first one had."""
+    from workflow_engine.errors import ConfigurationError
+    from workflow_engine.stores import base
+
+    folder = tmp_path / "migrations" / "sqlite"
+    folder.mkdir(parents=True)
+    (folder / "0001_initial.sql").write_text("CREATE TABLE a (x);")
+    (folder / "0001_other.sql").write_text("CREATE TABLE b (x);")
+    monkeypatch.setattr(base.resources, "files", lambda package: tmp_path)
+    with pytest.raises(ConfigurationError, match=r"two sqlite migrations share a number: \[1, 1\]"):
+        SQLiteStore(str(tmp_path / "w.db")).migration_scripts()

@@ -487,6 +487,9 @@ class SQLStore(Store):
         for entry in folder.iterdir():
             if entry.name.endswith(".sql"):
                 scripts.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+        numbers = [number for number, _ in scripts]
+        if len(set(numbers)) != len(numbers):  # a version is recorded by number alone
+            raise ConfigurationError(f"two {self.dialect} migrations share a number: {sorted(numbers)}")
         return sorted(scripts)
 
     def insert(
@@ -866,6 +869,24 @@ class SQLStore(Store):
             return [self._read("vote on workflow", "workflow_id", r, Vote.model_validate) for r in rows]
 
         return self._once_more(op)
+
+    #: Finds the ``schema_version`` table: one row, ``found``, true if the database has it.
+    schema_table_sql: str
+
+    def _migrated_already(self, tx: Tx) -> int | None:
+        """The schema version if no migration is pending, read without a lock and without DDL;
+        None if one is (or the database is new). A database newer than this code is refused.
+
+        Every process start but the first after an upgrade ends here: it need not wait behind a
+        migration lock, nor have the right to create tables, which a role that only reads and
+        writes the rows may lack."""
+        if not tx.fetch(self.sql(self.schema_table_sql), {})[0]["found"]:
+            return None
+        current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {})[0]["version"])
+        scripts = self.migration_scripts()
+        if scripts and current < scripts[-1][0]:
+            return None
+        return self._apply_migrations(tx, current)  # applies nothing; refuses a newer schema
 
     def _apply_migrations(self, tx: Tx, current: int) -> int:
         version = current

@@ -124,6 +124,7 @@ class _PgTx:
 
 class PostgresStore(SQLStore):
     dialect = "postgres"
+    schema_table_sql = "SELECT to_regclass('schema_version') IS NOT NULL AS found"
     retry_unavailable = True
     row_lock = "FOR UPDATE"
     event_in_update = True
@@ -314,6 +315,11 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
     def migrate(self) -> int:
         pool = self._get_pool()
         try:
+            with store_call(), pool.connection() as conn, conn.transaction():
+                done = self._migrated_already(_PgTx(conn))
+            if done is not None:
+                self._migrated = True
+                return done
             with store_call(), pool.connection() as conn, conn.transaction():
                 tx = _PgTx(conn)
                 tx.fetch("SELECT pg_advisory_xact_lock(%(id)s)", {"id": MIGRATION_LOCK_ID})

@@ -123,6 +123,10 @@ os.register_at_fork(
 
 class SQLiteStore(SQLStore):
     dialect = "sqlite"
+    schema_table_sql = (
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')"
+        " AS found"
+    )
     #: At most this many completed workflows of a type in a stats(since=...) window are read through
     #: the created_at range of (workflow_type_id, status, created_at, id) and sorted: a short window,
     #: such as the health check's, in a few lookups. A wider one is walked in duration order through
@@ -304,6 +308,10 @@ SELECT j.key AS key, TOTAL(j.value) AS total
     def _migrate(self, conn: sqlite3.Connection) -> int:
         try:
             try:
+                done = self._migrated_already(_SQLiteTx(conn))  # no writer lock taken for it
+                if done is not None:
+                    self._migrated = True
+                    return done
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_version "

@@ -20,7 +20,7 @@ BEGIN
                              'workflows_finished_at', 'workflows_with_agent_created',
                              'workflows_with_agent_status_created')
     ) THEN
-        RAISE EXCEPTION 'migration 0004: an index built beforehand is invalid (a CREATE INDEX CONCURRENTLY that failed); drop it, then build it again or let the migration build it';
+        RAISE EXCEPTION 'migration 0004: an index built beforehand is invalid: a CREATE INDEX CONCURRENTLY that failed, or one still running; wait for a running build to finish, or drop the index, then build it again or let the migration build it';
     END IF;
 END
 $$;
