@@ -1047,3 +1047,28 @@ def test_opening_a_migrated_database_does_not_wait_behind_another_processs_migra
         caller.join(10)
     finally:
         store.close()
+
+
+def test_a_migration_under_a_role_with_a_schema_of_its_own_records_its_version_beside_the_tables(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The role's own schema comes first on the search_path ("$user"). A second schema_version
+    made there would take the versions of migrations applied to the tables in public."""
+    store = open_store(pg_url)
+    scripts = store.migration_scripts()  # type: ignore[attr-defined]
+    monkeypatch.setattr(store, "migration_scripts", lambda: scripts[:-1])
+    assert store.migrate() == scripts[-2][0]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        user = admin.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+        admin.execute(f'CREATE SCHEMA "{user}"')
+    monkeypatch.setattr(store, "migration_scripts", lambda: scripts)
+    try:
+        assert store.migrate() == scripts[-1][0]
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            assert admin.execute(f"SELECT to_regclass('\"{user}\".schema_version')").fetchone() == (None,)
+            assert admin.execute("SELECT max(version) FROM public.schema_version").fetchone() == (
+                scripts[-1][0],
+            )
+        assert open_store(pg_url).migrate() == scripts[-1][0]
+    finally:
+        store.close()

@@ -327,9 +327,12 @@ def test_workflows_whose_jobs_redis_kept_but_whose_queue_list_it_lost_are_delive
     for w in lost + waiting:  # all queued longer than stale_after: a backlog
         engine.store.compare_and_set(w, expected_status=S.QUEUED, changes={"updated_at": old}, event=None)
     assert engine.reconcile().redelivered == []  # first seen off the queue now
-    for job_id in jobs.values():  # ... and stale_after ago
-        engine.redis.set(TAKEN_MARK.format(job_id=job_id), old.timestamp())
+    marks = [TAKEN_MARK.format(job_id=job_id) for job_id in jobs.values()]
+    assert all(0 < engine.redis.ttl(mark) <= 2 * engine.stale_after + 60 for mark in marks)  # not a day
+    for mark in marks:  # ... as if stale_after ago
+        engine.redis.set(mark, old.timestamp())
     assert sorted(engine.reconcile().redelivered) == sorted(lost)  # the waiting two stay as they are
+    assert engine.redis.exists(*marks) == 0, "the notes of the replaced jobs are dropped"
     assert {engine.get_events(w)[-1].detail for w in lost} == {"redelivered: job not on the queue"}
     assert engine.queue.count == 5 and engine.reconcile().redelivered == []
     run_burst_workers(tmp_path, redis_server, effects, ["rq.SimpleWorker"])

@@ -182,6 +182,7 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
         # stale_after counts as abandoned; under a backlog a workflow has often been queued that
         # long when a worker takes its job, and must not lose its turn.
         started_before = now - timedelta(seconds=engine.stale_after)
+        by_job = {wf.job_id: wf.id for wf in candidates if wf.job_id}
         maybe_abandoned = {
             wf.job_id: status
             for wf in candidates
@@ -190,7 +191,9 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
             and wf.updated_at < started_before
         }
         try:
-            taken_at = engine.transport.taken_at(maybe_abandoned, now) if maybe_abandoned else {}
+            # Kept while sighted, and a little past a pass that would give up on it.
+            keep = 2 * engine.stale_after + 60
+            taken_at = engine.transport.taken_at(maybe_abandoned, now, keep=keep) if maybe_abandoned else {}
         except QueueUnavailable:
             report["undeliverable"].extend(wf.id for wf in candidates)
             break
@@ -226,6 +229,8 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
             report["undeliverable"].extend(new.id for new in queued)
         else:
             report["redelivered"].extend(new.id for new in queued)
+            replaced = {new.id for new in queued}
+            engine.transport.forget_taken([j for j in maybe_abandoned if by_job[j] in replaced])
         if len(candidates) < batch_size:
             break
     result = ReconcileReport(**report)

@@ -7,6 +7,7 @@ inputs, results or credentials.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -52,10 +53,10 @@ LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled",
 #: The longest queue whose list a reconcile pass reads whole (``LRANGE``, about 4 MB at this
 #: length); a longer one is not read, and a lost job in it waits until the queue is shorter.
 QUEUE_SCAN_LIMIT = 100_000
-#: Where :meth:`Transport.taken_at` notes when it first saw a job on the intermediate list, and for
-#: how long (RQ's own worker gives up on such a job after a minute, when it next cleans up).
+#: Where :meth:`Transport.taken_at` notes when it first saw a job taken or off the queue. Each
+#: sighting keeps the note for ``keep`` seconds more: one seen so again only after a while (put
+#: back on the queue by ``rq requeue``, then taken) is timed from then, not from long ago.
 TAKEN_MARK = "workflow_engine:taken:{job_id}"
-TAKEN_MARK_TTL = 24 * 3600
 
 log = logging.getLogger("workflow_engine.transport")
 
@@ -339,17 +340,18 @@ class Transport:
         """Every job id on the queue's list now, in one read; None for a list longer than
         :data:`QUEUE_SCAN_LIMIT`, which is not read (a pass of reconcile reads it once)."""
         try:
-            with self.connection.pipeline(transaction=True) as pipe:
-                pipe.llen(self.queue.key)
-                pipe.lrange(self.queue.key, 0, QUEUE_SCAN_LIMIT - 1)
-                length, ids = pipe.execute()
+            if self.connection.llen(self.queue.key) > QUEUE_SCAN_LIMIT:
+                return None
+            ids = self.connection.lrange(self.queue.key, 0, QUEUE_SCAN_LIMIT)  # one more: grown since?
         except _REDIS_ERRORS as exc:
             raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
-        if length > QUEUE_SCAN_LIMIT:
+        if len(ids) > QUEUE_SCAN_LIMIT:
             return None
         return frozenset(j.decode() if isinstance(j, bytes) else j for j in ids)
 
-    def taken_at(self, statuses: Mapping[str, bytes | None], now: datetime) -> dict[str, datetime | None]:
+    def taken_at(
+        self, statuses: Mapping[str, bytes | None], now: datetime, *, keep: float
+    ) -> dict[str, datetime | None]:
         """When a worker took each ``started``, :data:`TAKEN` or :data:`OFF_THE_QUEUE` job of
         ``statuses``: RQ's ``started_at`` for a started job; for another, when this was first asked about it
         (noted in Redis, so that every process and every pass agrees), ``now`` the first time.
@@ -364,7 +366,8 @@ class Transport:
                         pipe.hget(Job.key_for(job_id), "started_at")
                     else:
                         mark = TAKEN_MARK.format(job_id=job_id)
-                        pipe.set(mark, now.timestamp(), nx=True, ex=TAKEN_MARK_TTL)
+                        pipe.set(mark, now.timestamp(), nx=True, ex=math.ceil(keep))
+                        pipe.expire(mark, math.ceil(keep))
                         pipe.get(mark)
                 replies = iter(pipe.execute())
         except _REDIS_ERRORS as exc:
@@ -377,11 +380,18 @@ class Transport:
                     taken[job_id] = utcparse(started.decode()) if started else None
                 else:
                     next(replies)  # the SET
+                    next(replies)  # the EXPIRE
                     seen = next(replies)
                     taken[job_id] = datetime.fromtimestamp(float(seen), timezone.utc) if seen else None
             except ValueError:  # a value this version cannot read: as if Redis did not say
                 taken[job_id] = None
         return taken
+
+    def forget_taken(self, job_ids: Sequence[str]) -> None:
+        """Drop the notes :meth:`taken_at` kept of these jobs (replaced by new ones): best effort."""
+        if job_ids:
+            with contextlib.suppress(*_REDIS_ERRORS):
+                self.connection.delete(*(TAKEN_MARK.format(job_id=j) for j in job_ids))
 
     def live_jobs(self, job_ids: Sequence[str]) -> set[str]:
         """The subset of ``job_ids`` whose RQ job still exists and will run or is running.

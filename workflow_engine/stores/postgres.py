@@ -323,11 +323,16 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             with store_call(), pool.connection() as conn, conn.transaction():
                 tx = _PgTx(conn)
                 tx.fetch("SELECT pg_advisory_xact_lock(%(id)s)", {"id": MIGRATION_LOCK_ID})
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version "
-                    "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
-                )
-                current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {})[0]["version"])
+                # Created only where none is found: a second one, in a schema earlier on the
+                # search_path (the role's own), would take the versions that the tables'
+                # migrations record. Read unprepared: a plan prepared by the look above would
+                # still name the table it found then.
+                if not tx.fetch(self.schema_table_sql, {}, prepare=False)[0]["found"]:
+                    conn.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_version "
+                        "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+                    )
+                current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {}, prepare=False)[0]["version"])
                 version = self._apply_migrations(tx, current)
         except psycopg.Error as exc:
             raise _store_error(exc, "cannot migrate PostgreSQL", url=self.url) from exc
