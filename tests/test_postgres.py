@@ -1072,35 +1072,3 @@ def test_a_migration_under_a_role_with_a_schema_of_its_own_records_its_version_b
         assert open_store(pg_url).migrate() == scripts[-1][0]
     finally:
         store.close()
-
-
-def test_a_migration_blocked_by_a_long_reader_steps_aside_instead_of_stalling_every_query(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A `pg_dump` or a long report holds a lock on `workflows`; a migration that drops an index
-    waits for it, and every query on the table waits behind that. Each statement of a migration
-    waits at most MIGRATION_LOCK_TIMEOUT, then the migration steps aside, says who holds the lock,
-    and tries again; after its last try it fails naming that session."""
-    from workflow_engine.stores import postgres
-
-    monkeypatch.setattr(postgres.PostgresStore, "MIGRATION_LOCK_TIMEOUT", 0.3)
-    monkeypatch.setattr(postgres.PostgresStore, "MIGRATION_TRIES", 2)
-    monkeypatch.setattr(postgres.time, "sleep", lambda seconds: None)
-    store = open_store(pg_url)
-    scripts = store.migration_scripts()  # type: ignore[attr-defined]
-    monkeypatch.setattr(store, "migration_scripts", lambda: scripts[:-1])
-    store.migrate()
-    monkeypatch.setattr(store, "migration_scripts", lambda: scripts)
-    try:
-        with psycopg.connect(pg_url) as reader:  # a long reader, inside its transaction
-            reader.execute("SELECT count(*) FROM workflows").fetchone()
-            pid = reader.info.backend_pid
-            with pytest.raises(StoreError, match=rf"waited 2 times 0.3 s for a lock .* held by pid {pid} "):
-                store.migrate()
-            assert "steps aside" in caplog.text
-            with psycopg.connect(pg_url, autocommit=True) as other:  # nothing queued behind it now
-                other.execute("SET statement_timeout = 2000")
-                assert other.execute("SELECT count(*) FROM workflows").fetchone() == (0,)
-        assert store.migrate() == scripts[-1][0]  # the reader is gone
-    finally:
-        store.close()

@@ -7,11 +7,9 @@ pool; the parent's connections are left untouched.
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import threading
-import time
 import weakref
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,8 +37,6 @@ except ImportError as exc:  # pragma: no cover - exercised by the import test
 
 #: Migrations run under this advisory lock, so that workers starting together do not race.
 MIGRATION_LOCK_ID = 0x77666C6F  # "wflo"
-
-log = logging.getLogger("workflow_engine.stores.postgres")
 
 _SQL_CACHE: dict[str, str] = {}
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
@@ -142,10 +138,6 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
 
     #: Seconds an :meth:`exclusive` lock outlives a stalled holder: see there.
     EXCLUSIVE_IDLE_TIMEOUT = 60.0
-    #: Seconds a migration's statement waits for a lock on a table before it steps aside, and how
-    #: many times it tries: see :meth:`_migrate_locked`.
-    MIGRATION_LOCK_TIMEOUT = 5.0
-    MIGRATION_TRIES = 5
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
@@ -328,68 +320,24 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             if done is not None:
                 self._migrated = True
                 return done
-            for attempt in range(1, self.MIGRATION_TRIES + 1):
-                try:
-                    version = self._migrate_locked(pool)
-                    break
-                except psycopg.errors.LockNotAvailable as exc:
-                    held_by = self._table_lock_holders(pool)
-                    if attempt == self.MIGRATION_TRIES:
-                        raise StoreError(
-                            f"cannot migrate PostgreSQL: a migration waited {attempt} times "
-                            f"{self.MIGRATION_LOCK_TIMEOUT:g} s for a lock on the workflow tables, "
-                            f"held by {held_by}; let that finish, or end it, then run "
-                            "`workflow-engine migrate`"
-                        ) from exc
-                    pause = min(2.0**attempt, 10.0)
-                    log.warning(
-                        "migration waited %g s for a lock on the workflow tables, held by %s; "
-                        "every query on them waited behind it: it steps aside for %g s and tries again",
-                        self.MIGRATION_LOCK_TIMEOUT,
-                        held_by,
-                        pause,
+            with store_call(), pool.connection() as conn, conn.transaction():
+                tx = _PgTx(conn)
+                tx.fetch("SELECT pg_advisory_xact_lock(%(id)s)", {"id": MIGRATION_LOCK_ID})
+                # Created only where none is found: a second one, in a schema earlier on the
+                # search_path (the role's own), would take the versions that the tables'
+                # migrations record. Read unprepared: a plan prepared by the look above would
+                # still name the table it found then.
+                if not tx.fetch(self.schema_table_sql, {}, prepare=False)[0]["found"]:
+                    conn.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_version "
+                        "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
                     )
-                    time.sleep(pause)
+                current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {}, prepare=False)[0]["version"])
+                version = self._apply_migrations(tx, current)
         except psycopg.Error as exc:
             raise _store_error(exc, "cannot migrate PostgreSQL", url=self.url) from exc
         self._migrated = True
         return version
-
-    def _migrate_locked(self, pool: ConnectionPool) -> int:
-        """Apply the pending migrations in one transaction, under the migration lock. Each of their
-        statements waits at most MIGRATION_LOCK_TIMEOUT for a lock on a table: while a statement
-        that changes a table waits (behind a long report, a ``pg_dump``), every query on that
-        table waits behind it."""
-        with store_call(), pool.connection() as conn, conn.transaction():
-            tx = _PgTx(conn)
-            tx.fetch("SELECT pg_advisory_xact_lock(%(id)s)", {"id": MIGRATION_LOCK_ID})
-            conn.execute(f"SET LOCAL lock_timeout = {max(1, int(self.MIGRATION_LOCK_TIMEOUT * 1000))}")
-            # Created only where none is found: a second one, in a schema earlier on the
-            # search_path (the role's own), would take the versions that the tables'
-            # migrations record. Read unprepared: a plan prepared by the look above would
-            # still name the table it found then.
-            if not tx.fetch(self.schema_table_sql, {}, prepare=False)[0]["found"]:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version "
-                    "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
-                )
-            current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {}, prepare=False)[0]["version"])
-            return self._apply_migrations(tx, current)
-
-    def _table_lock_holders(self, pool: ConnectionPool) -> str:
-        """Who holds a lock on the workflow tables, for a migration's message: best effort."""
-        with suppress(Exception), store_call(), pool.connection() as conn:
-            rows = _PgTx(conn).fetch(
-                "SELECT pid, state, left(regexp_replace(query, '\\s+', ' ', 'g'), 60) AS query "
-                "FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND pid IN ("
-                "SELECT pid FROM pg_locks WHERE granted AND relation IN "
-                "(to_regclass('workflows'), to_regclass('workflow_events')))",
-                {},
-                prepare=False,
-            )
-            if rows:
-                return ", ".join(f"pid {r['pid']} ({r['state']}: {r['query']!r})" for r in rows)
-        return "another session"
 
     def run_script(self, tx: Tx, script: str) -> None:
         assert isinstance(tx, _PgTx)
