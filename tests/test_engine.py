@@ -283,6 +283,22 @@ def test_a_base_exception_from_a_handler_fails_its_attempt_and_only_a_stop_reque
     assert [e.to_status for e in workflow_engine.get_events(wid)][-2:] == [S.RUNNING, S.FAILED]
 
 
+def test_in_process_a_stop_request_is_raised_after_the_other_waiting_jobs_ran_as_a_worker_runs_them(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    """A worker records the job whose handler asked to stop, and goes on with the next ones: its
+    retry and the jobs delivered with it run; so they do in-process, before it is raised."""
+    workflow_engine.register_handler("exits", exits, max_retries=1, retry_backoff=0)
+    workflow_engine.register_handler("double", double)
+    stopper = create(workflow_engine, "exits")
+    others = [create(workflow_engine) for _ in range(2)]
+    with pytest.raises(SystemExit):
+        workflow_engine.enqueue_many([stopper, *others])
+    assert [workflow_engine.get_workflow(w).status for w in others] == [S.COMPLETED, S.COMPLETED]
+    wf = workflow_engine.get_workflow(stopper)
+    assert (wf.status, wf.attempts) == (S.FAILED, 2), "its retry ran too"
+
+
 def test_a_long_retry_budget_runs_in_process_without_exhausting_the_stack(
     workflow_engine: WorkflowEngine,
 ) -> None:

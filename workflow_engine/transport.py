@@ -254,6 +254,7 @@ class Transport:
                     return
                 _sync.jobs = deque(jobs)
                 failure: BaseException | None = None
+                stop: BaseException | None = None
                 try:
                     while _sync.jobs:
                         transport, opts, _owner = _sync.jobs.popleft()
@@ -262,8 +263,15 @@ class Transport:
                         except Exception as exc:  # a store failure: the others still run, then it is raised
                             log.exception("in-process job %s failed", opts["job_id"])
                             failure = failure or exc
+                        except (KeyboardInterrupt, SystemExit) as exc:
+                            # A handler's stop request, raised again once its attempt was recorded.
+                            # A worker records that job and goes on with the next ones (retries and
+                            # workflows it created included): so do these, then it is raised.
+                            stop = stop or exc
                 finally:
                     _sync.jobs = None
+                if stop is not None:
+                    raise stop
                 if failure is not None:
                     raise failure
                 return
