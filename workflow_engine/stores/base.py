@@ -645,6 +645,9 @@ class SQLStore(Store):
     ) -> Workflow | None:
         stamps: list[datetime] = []  # what each try wrote into heartbeat_at
         asked = time.monotonic()  # once: a second try (_once_more) counts the first one's wait too
+        event = NewEvent(
+            WorkflowStatus.QUEUED, WorkflowStatus.RUNNING, f"claimed by {worker}" if worker else None
+        )
 
         def op() -> Workflow | None:
             with self.transaction(single=self.event_in_update) as tx:
@@ -657,9 +660,6 @@ class SQLStore(Store):
                     "now": self.encode_time(stamp),
                     "lease_until": self.encode_time(until),
                 }
-                event = NewEvent(
-                    WorkflowStatus.QUEUED, WorkflowStatus.RUNNING, f"claimed by {worker}" if worker else None
-                )
                 return self._changed(tx, q.CLAIM.strip(), params, event)
 
         def committed() -> Workflow | None:
@@ -886,11 +886,12 @@ class SQLStore(Store):
         scripts = self.migration_scripts()
         if scripts and current < scripts[-1][0]:
             return None
-        return self._apply_migrations(tx, current)  # applies nothing; refuses a newer schema
+        return self._apply_migrations(tx, current, scripts)  # applies nothing; refuses a newer schema
 
-    def _apply_migrations(self, tx: Tx, current: int) -> int:
+    def _apply_migrations(self, tx: Tx, current: int, scripts: list[tuple[int, str]] | None = None) -> int:
+        """Apply the ``scripts`` (by default :meth:`migration_scripts`) newer than ``current``."""
         version = current
-        scripts = self.migration_scripts()
+        scripts = self.migration_scripts() if scripts is None else scripts
         if scripts and current > scripts[-1][0]:
             # Rows of a newer schema would not fit this code's models: say so, once, at the start.
             raise ConfigurationError(
