@@ -402,7 +402,10 @@ class WorkflowEngine:
         idempotency_key: str | None = None,
         requires_approval: bool | None = False,
     ) -> Workflow:
-        check_new_id("workflow_type_id", validate_type_id(workflow_type_id))
+        # A registered type's id was checked when it was registered (a str subclass is checked again).
+        spec = self._handlers.get(workflow_type_id) if type(workflow_type_id) is str else None
+        if spec is None:
+            check_new_id("workflow_type_id", validate_type_id(workflow_type_id))
         inputs = {} if inputs is None else inputs
         if not isinstance(inputs, Mapping):
             raise InvalidInput(f"inputs must be a dict (a JSON object), got {type(inputs).__name__}")
@@ -422,14 +425,14 @@ class WorkflowEngine:
                 (check_id if name == "idempotency_key" else check_new_id)(name, value)
         if idempotency_key is not None and not idempotency_key:
             raise InvalidInput("idempotency_key must not be empty")
-        # Round-trip through JSON so that what is stored is exactly what a reader gets back.
-        inputs_value = load_json(to_json(dict(inputs), "inputs"))
+        # Round-trip through JSON so that what is stored is exactly what a reader gets back
+        # (no inputs need none: {} is what a reader gets back).
+        inputs_value = load_json(to_json(dict(inputs), "inputs")) if inputs else {}
         savings_value = (
             None
             if calculated_savings is None
             else load_json(to_json(dict(calculated_savings), "calculated_savings"))
         )
-        spec = self._handlers.get(workflow_type_id)
         requires_approval = False if requires_approval is None else requires_approval
         if not isinstance(requires_approval, bool):
             raise InvalidInput(f"requires_approval must be true or false, got {requires_approval!r}")
