@@ -626,6 +626,31 @@ def test_shown_urls_hide_passwords_in_the_netloc_and_in_the_query() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "flag, url",
+    [
+        ("--database-url", "postgresql:app:s3cr3t@db.internal/app"),  # no "//"
+        ("--redis-url", "redis:/:s3cr3t@cache.internal:6379/0"),  # one "/" short
+    ],
+)
+def test_a_mistyped_url_is_refused_without_showing_its_password(db: str, flag: str, url: str) -> None:
+    urls = {"--database-url": db, "--redis-url": "fakeredis://", flag: url}
+    for command in (["list"], ["health", "--json"]):
+        out = run(*command, *[part for pair in urls.items() for part in pair])
+        assert out.code == 1 and "malformed" in out.stdout + out.stderr
+        assert "s3cr3t" not in out.stdout + out.stderr
+        assert "***@" in out.stdout + out.stderr  # the rest is shown, to find the typo by
+
+
+def test_shown_hides_what_may_be_a_password_in_a_url_without_its_slashes() -> None:
+    from workflow_engine.stores.urls import secrets, shown
+
+    assert shown("postgresql:app:s3cret@db/app") == "postgresql:***@db/app"
+    assert shown("redis:/:s3cret@cache:6379/0") == "redis:***@cache:6379/0"
+    assert shown("app.db") == "app.db"  # nothing to hide
+    assert secrets("postgresql:app:s%40cret@db/app") == ["s%40cret", "s@cret"]
+
+
 def test_a_reconcile_service_may_start_before_the_database_file_exists(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

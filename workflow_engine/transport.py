@@ -130,7 +130,8 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
     """A Redis connection for ``redis://``, ``rediss://``, ``unix://`` or an in-process ``fakeredis://``."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
-            f"malformed Redis URL {url!r}; use redis://host:6379/0, rediss://…, unix:///path or fakeredis://"
+            f"malformed Redis URL {shown(url) if isinstance(url, str) else url!r}; "
+            "use redis://host:6379/0, rediss://…, unix:///path or fakeredis://"
         )
     if unclean(url):
         raise ConfigurationError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -18,6 +19,9 @@ class DatabaseURL:
     target: str  # a file path, ":memory:", or a libpq connection URL
 
 
+#: The scheme a mistyped URL starts with ("postgresql:" of "postgresql:app:pw@db/app").
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
 #: Query parameters of a libpq URL that hold a secret.
 _SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 
@@ -26,8 +30,11 @@ def secrets(url: str) -> list[str]:
     """The secrets ``url`` holds (its password, ``password=`` and ``sslpassword=`` values), as
     written and percent-decoded, longest first: what must never be shown."""
     _, sep, rest = url.partition("://")
-    if not sep:
-        return []
+    if not sep:  # a mistyped URL ("postgresql:app:pw@db/app"): what stands between its scheme and "@"
+        credentials = _SCHEME.sub("", url, count=1).rpartition("@")[0]
+        found = [credentials.partition(":")[2] or credentials]
+        found += [unquote(value) for value in found]
+        return sorted({value for value in found if value}, key=len, reverse=True)
     netloc, _, tail = rest.partition("/")
     credentials, at, _ = netloc.rpartition("@")
     found = [credentials.partition(":")[2]] if at else []
@@ -44,8 +51,12 @@ def shown(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if scheme.lower() == "sqlite" and rest.startswith("/") and rest[1:] != ":memory:":
         return f"sqlite:///{os.path.abspath(rest[1:])}"
-    if not sep:
-        return url
+    if not sep:  # mistyped: all that stands between its scheme and an "@" may be a password
+        before, at, after = url.rpartition("@")
+        if not at:
+            return url
+        scheme_part = _SCHEME.match(before)
+        return f"{scheme_part.group() if scheme_part else ''}***@{after}"
     netloc, slash, tail = rest.partition("/")
     credentials, at, host = netloc.rpartition("@")
     if at and ":" in credentials:
@@ -71,7 +82,7 @@ def parse_database_url(url: str) -> DatabaseURL:
         )
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ConfigurationError(f"malformed database URL {url!r}: it has no scheme; {_HELP}")
+        raise ConfigurationError(f"malformed database URL {shown(url)!r}: it has no scheme; {_HELP}")
     scheme = scheme.lower()
     if scheme == "sqlite":
         if not rest.startswith("/") or rest == "/":
