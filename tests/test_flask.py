@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import HTTPException, Unauthorized
 
-from workflow_engine import StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus
+from workflow_engine import QueueUnavailable, StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus
 from workflow_engine.contrib.flask import WorkflowEngineFlask
 from workflow_engine.errors import ConfigurationError
 
@@ -684,6 +684,37 @@ def test_a_database_outage_answers_503_as_the_openapi_document_says(
     # The document itself reads no database: it is served, and promises no 503, whatever the outage.
     assert client.get("/api/openapi.json").status_code == 200
     assert "503" not in doc["paths"]["/api/openapi.json"]["get"]["responses"]
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (
+            StoreUnavailable('cannot connect to PostgreSQL: server at "db.internal", port 5432: role "app"'),
+            "store_unavailable",
+        ),
+        (
+            QueueUnavailable("Redis is unavailable (Error 111 connecting to db.internal:6379)"),
+            "queue_unavailable",
+        ),
+    ],
+)
+def test_an_outage_answers_503_without_the_servers_address_which_goes_to_the_log(
+    client: FlaskClient,
+    engine: WorkflowEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    code: str,
+) -> None:
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(engine, "get_workflow", down)
+    for r in (client.get("/api/workflow_actions/x"), client.get("/workflows/x")):  # the API, the page
+        assert r.status_code == 503 and code in r.get_data(as_text=True)
+        assert "db.internal" not in r.get_data(as_text=True)
+    assert "db.internal" in caplog.text  # for whoever runs the app
 
 
 def test_a_server_bug_answers_a_json_500_and_is_logged(

@@ -67,6 +67,16 @@ _ENGINE_ERRORS: list[tuple[type[WorkflowEngineError], int, str]] = [
 ]
 
 
+#: What a caller is told when a server is down. The exception's own text names the database's
+#: host, port, role and name, or its file's path, or Redis's address: that goes to the app's log.
+_UNAVAILABLE_MESSAGES: dict[str, str] = {
+    "store_unavailable": "the database is unavailable, and nothing was done: try again later "
+    "(the error is in the server's log)",
+    "queue_unavailable": "the queue (Redis) is unavailable (the error is in the server's log); a "
+    "workflow this call queued stays queued, and runs once Redis is back",
+}
+
+
 def from_exception(exc: BaseException) -> ApiError | None:
     """The error response for ``exc``, or None when it is not one the API answers for (a bug: 500)."""
     if isinstance(exc, ApiError):
@@ -74,6 +84,11 @@ def from_exception(exc: BaseException) -> ApiError | None:
     if isinstance(exc, WorkflowEngineError):
         for kind, status, code in _ENGINE_ERRORS:
             if isinstance(exc, kind):
+                if code in _UNAVAILABLE_MESSAGES:
+                    current_app.logger.warning(
+                        "workflow_engine: %s on %s %s: %s", code, request.method, request.path, exc
+                    )
+                    return ApiError(status, code, _UNAVAILABLE_MESSAGES[code])
                 return ApiError(status, code, str(exc))
         return None
     if isinstance(exc, HTTPException) and exc.code is not None:
