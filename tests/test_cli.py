@@ -312,6 +312,13 @@ def test_enqueue_or_requeue_with_redis_down_prints_the_queued_workflow_and_warns
     assert engine.get_workflow(wid).status is S.QUEUED
     [warning] = [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
     assert "Redis is unavailable" in warning and "reconcile" in warning
+    # With JSON logs, the warning is a record like every other line of stderr.
+    wid = ran(engine, "bad") if command == "requeue" else engine.create_workflow(workflow_type_id="ok")
+    out = run("--log-format", "json", command, wid, *down)
+    assert out.code == 0 and out.stdout == f"{wid}: queued\n"
+    records = [json.loads(line) for line in out.stderr.splitlines()]
+    [warning_record] = [r for r in records if "Redis is unavailable" in r["message"]]
+    assert warning_record["level"] == "WARNING" and "reconcile" in warning_record["message"]
 
 
 def test_the_commands_ignore_whitespace_around_their_variables_as_from_env_does(

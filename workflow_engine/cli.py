@@ -171,14 +171,18 @@ def _errors(func: F) -> F:
             return func(*args, **kwargs)
         except WorkflowEngineError as exc:
             message = display.printable(str(exc), lines=True)
-            context = click.get_current_context(silent=True)
-            json_logs = context is not None and context.find_root().params.get("log_format") == "json"
-            if json_logs and log.isEnabledFor(logging.ERROR):  # else it would print nothing
+            if _json_logs() and log.isEnabledFor(logging.ERROR):  # else it would print nothing
                 log.error("%s", message)
                 raise SystemExit(1) from exc
             raise click.ClickException(message) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def _json_logs() -> bool:
+    """True under ``--log-format json``: what the command writes on stderr must be log records."""
+    context = click.get_current_context(silent=True)
+    return context is not None and context.find_root().params.get("log_format") == "json"
 
 
 def _make_engine(*, create: bool = False, sends: bool = False, **options: Any) -> WorkflowEngine:
@@ -704,7 +708,11 @@ def _undelivered_ok(change: Callable[[], Any]) -> None:
     try:
         change()
     except QueueUnavailable as exc:
-        click.echo(f"warning: {display.printable(str(exc))}", err=True)  # it says what happens next
+        message = display.printable(str(exc))  # it says what happens next
+        if _json_logs():  # stderr stays one JSON object a line
+            log.warning("%s", message)
+        else:
+            click.echo(f"warning: {message}", err=True)
 
 
 def _print_outcome(wf: Workflow, as_json: bool) -> None:
