@@ -17,6 +17,7 @@ from workflow_engine import (
     WorkflowStatus,
 )
 from workflow_engine.errors import DuplicateVote, InvalidInput, NotACouncilMember, UnknownWorkflowType
+from workflow_engine.models import Vote
 
 S = WorkflowStatus
 
@@ -59,6 +60,43 @@ def test_the_quorum_of_approvals_queues_and_runs_it(engine: WorkflowEngine) -> N
     details = [e.detail or "" for e in engine.get_events(wid)]
     assert "vote: ana approves: looks good" in details and "vote: bo approves" in details
     assert any(d.startswith("approved by council c1") for d in details)
+
+
+@pytest.mark.parametrize("retracted", [True, False], ids=["an approval retracted", "a rejection retracted"])
+def test_a_vote_changed_while_another_decides_keeps_the_decision_from_acting_on_the_stale_count(
+    database_url: str, retracted: bool
+) -> None:
+    """Two processes: bo's vote reaches the quorum, and its count is read; before the decision is
+    made, ana (elsewhere) changes her vote, and the quorum is gone. Nothing is decided."""
+    deciding, other = (
+        WorkflowEngine(database_url=database_url, redis_url="fakeredis://", is_async=False) for _ in range(2)
+    )
+    try:
+        for engine in (deciding, other):
+            engine.register_handler("site", run_it)
+        deciding.configure_council("c1", members=["ana", "bo", "cy"], quorum=2)
+        wid = gated(deciding)
+        deciding.vote(wid, voter_id="ana", approve=retracted)
+        real_votes = deciding.store.votes
+
+        def votes_then_ana_changes_hers(workflow_id: str) -> list[Vote]:
+            counted = real_votes(workflow_id)
+            if len(counted) == 2:  # bo's decision has its count: ana changes her vote now
+                deciding.store.votes = real_votes  # type: ignore[method-assign]
+                other.vote(wid, voter_id="ana", approve=not retracted, change=True)
+            return counted
+
+        deciding.store.votes = votes_then_ana_changes_hers  # type: ignore[method-assign]
+        tally = deciding.vote(wid, voter_id="bo", approve=retracted)
+        assert deciding.get_workflow(wid).status is S.AWAITING_APPROVAL
+        assert (tally.status, tally.approvals, tally.rejections) == (S.AWAITING_APPROVAL, 1, 1)
+        assert not any("by council" in (e.detail or "") for e in deciding.get_events(wid))
+        # The quorum, once it is there, decides as before.
+        decided = other.vote(wid, voter_id="cy", approve=retracted)
+        assert decided.status is (S.COMPLETED if retracted else S.REJECTED)
+    finally:
+        deciding.close()
+        other.close()
 
 
 def test_the_quorum_of_rejections_rejects_it_for_good(engine: WorkflowEngine) -> None:

@@ -795,6 +795,37 @@ def test_votes_are_recorded_once_per_voter_only_while_awaiting_approval(store: S
     )
 
 
+def test_the_deciding_change_applies_only_while_the_members_votes_still_reach_the_quorum(
+    store: Store,
+) -> None:
+    wf = new().model_copy(update={"status": S.AWAITING_APPROVAL})
+    store.insert([wf])
+
+    def approve(voter: str, yes: bool = True) -> None:
+        vote = Vote(workflow_id=wf.id, voter_id=voter, approve=yes, at=utcnow())
+        assert store.record_vote(vote, change=True, detail=f"vote: {voter}") == "recorded"
+
+    def approved() -> Change:
+        now = utcnow()
+        changes = {"status": S.QUEUED, "job_id": "job-1", "updated_at": now, "queued_at": now}
+        return Change(
+            wf.id, S.AWAITING_APPROVAL, changes, NewEvent(S.AWAITING_APPROVAL, S.QUEUED, "approved")
+        )
+
+    members = ["ana", "bo", "cy"]
+    approve("ana")
+    approve("zed")  # not a member: not counted
+    assert store.apply_if_voted(approved(), members=members, quorum=2, approve=True) is None
+    approve("bo")
+    approve("ana", False)  # changed after a count that saw two approvals: one is left
+    assert store.apply_if_voted(approved(), members=members, quorum=2, approve=True) is None
+    assert store.apply_if_voted(approved(), members=members, quorum=1, approve=False) is not None
+    assert store.get(wf.id).status is S.QUEUED  # type: ignore[union-attr]
+    assert [e.detail for e in store.events(wf.id)][-1] == "approved"
+    # Decided: the row is no longer as the change expects, whatever the votes say.
+    assert store.apply_if_voted(approved(), members=members, quorum=1, approve=False) is None
+
+
 # -- calculated_savings in stats() ----------------------------------------------------------------
 def savings(store: Store) -> dict[str, float]:
     return store.stats(since=None, recent=utcnow()).savings

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import (
@@ -16,11 +16,12 @@ from .errors import (
     WorkflowNotFound,
 )
 from .handlers import check_id, check_new_id, check_text
-from .models import Council, Tally, Vote, log_extra, utcnow
+from .models import Council, Tally, Vote, Workflow, log_extra, utcnow
 from .status import WorkflowStatus
 
 if TYPE_CHECKING:
     from .engine import WorkflowEngine
+    from .stores.base import Change
 
 log = logging.getLogger("workflow_engine")
 S = WorkflowStatus
@@ -139,21 +140,44 @@ def decide(engine: WorkflowEngine, workflow_id: str, council: Council) -> Tally:
     approvals = sum(v.approve for v in votes)
     rejections = len(votes) - approvals
     wf = engine.get_workflow(workflow_id)
+
+    def if_still(approve: bool) -> Callable[[Change], Workflow | None]:
+        # The count above may be stale by the time the change is made (a member changed a vote
+        # in between): the store counts again, under the lock every vote takes, and changes
+        # nothing if the quorum is no longer there. The vote that moved it decides after it.
+        def apply(change: Change) -> Workflow | None:
+            return engine.store.apply_if_voted(
+                change, members=council.members, quorum=council.quorum, approve=approve
+            )
+
+        return apply
+
+    decided = True
     # Rejections first: both sides reach the quorum only once a council's quorum was lowered
     # under votes already cast, and then a quorum that objects keeps the workflow from running.
     if wf.status is S.AWAITING_APPROVAL and rejections >= council.quorum:
         now = utcnow()
-        engine._change(
-            wf,
-            S.REJECTED,
-            {"finished_at": now, "updated_at": now},
-            detail=f"rejected by council {council.id} ({rejections} of {council.quorum})",
+        decided = (
+            engine._change(
+                wf,
+                S.REJECTED,
+                {"finished_at": now, "updated_at": now},
+                detail=f"rejected by council {council.id} ({rejections} of {council.quorum})",
+                apply=if_still(False),
+            )
+            is not None
         )
     elif wf.status is S.AWAITING_APPROVAL and approvals >= council.quorum:
         try:
-            engine._queue(wf, detail=f"approved by council {council.id} ({approvals} of {council.quorum})")
+            decided = engine._queue(
+                wf,
+                detail=f"approved by council {council.id} ({approvals} of {council.quorum})",
+                apply=if_still(True),
+            )
         except QueueUnavailable:
             log.warning("approved, but Redis is down; reconcile will deliver it", extra=log_extra(wf))
+    if not decided:  # the votes moved, or another process decided first: where it stands now
+        return tally(engine, workflow_id)
     return Tally(
         workflow_id=workflow_id,
         council_id=council.id,

@@ -520,8 +520,11 @@ class WorkflowEngine:
         lease_expired_at: datetime | None = None,
         event: bool = True,
         cancel_not_requested: bool = False,
+        apply: Callable[[Change], Workflow | None] | None = None,
     ) -> Workflow | None:
-        """Move ``wf`` to ``to`` if it is still as read. None if another process changed it first."""
+        """Move ``wf`` to ``to`` if it is still as read. None if another process changed it first.
+
+        ``apply``: what applies the change, if not ``store.apply`` (a deciding vote's guard)."""
         change = self._transition(
             wf,
             to,
@@ -533,7 +536,7 @@ class WorkflowEngine:
             cancel_not_requested=cancel_not_requested,
         )
         self._recent.pop(wf.id, None)  # no longer as created: a later enqueue must read it
-        [new] = self.store.apply([change])
+        new = apply(change) if apply is not None else self.store.apply([change])[0]
         if new is not None and event:
             self.notify(new, wf.status)
         return new
@@ -668,10 +671,20 @@ class WorkflowEngine:
         approved = any(e.from_status is S.AWAITING_APPROVAL and e.to_status is S.QUEUED for e in events)
         return awaited and not approved
 
-    def _queue(self, wf: Workflow, *, detail: str, reset: bool = False) -> bool:
-        """pending/failed/cancelled/queued -> queued with a new job, then deliver. False if we lost a race."""
+    def _queue(
+        self,
+        wf: Workflow,
+        *,
+        detail: str,
+        reset: bool = False,
+        apply: Callable[[Change], Workflow | None] | None = None,
+    ) -> bool:
+        """pending/failed/cancelled/queued -> queued with a new job, then deliver. False if we lost a race.
+
+        ``apply``: what applies the change, if not ``store.apply`` (a deciding vote's guard)."""
         self._recent.pop(wf.id, None)  # no longer as created: a later enqueue must read it
-        [queued] = self.store.apply([self._queue_change(wf, detail=detail, reset=reset)])
+        change = self._queue_change(wf, detail=detail, reset=reset)
+        queued = apply(change) if apply is not None else self.store.apply([change])[0]
         if queued is None:
             return False
         self.notify(queued, wf.status)

@@ -171,6 +171,15 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def apply_if_voted(
+        self, change: Change, *, members: Sequence[str], quorum: int, approve: bool
+    ) -> Workflow | None:
+        """:meth:`apply` for the vote that decides: ``change`` only if the votes of ``members`` for
+        ``approve`` (approvals, or rejections) still reach ``quorum``, counted under the lock that
+        :meth:`record_vote` takes, so that no vote changes between the count and the change.
+        None if they no longer do, or if the row is no longer as expected."""
+
+    @abc.abstractmethod
     def votes(self, workflow_id: str) -> list[Vote]: ...
 
     def exclusive(self, name: str) -> AbstractContextManager[bool]:
@@ -861,6 +870,26 @@ class SQLStore(Store):
             }
             tx.execute(self.sql(q.INSERT_EVENT), self.encode(event))
         return "recorded"
+
+    def apply_if_voted(
+        self, change: Change, *, members: Sequence[str], quorum: int, approve: bool
+    ) -> Workflow | None:
+        voters = frozenset(members)
+
+        def op() -> Workflow | None:
+            with self.transaction() as tx:
+                # record_vote's lock first (the row's on PostgreSQL; SQLite's write lock is the
+                # transaction's): a vote recorded or changed from here on waits for this change.
+                if not tx.fetch(
+                    self.sql(q.VOTE_STATUS.format(lock=self.row_lock)), {"workflow_id": change.workflow_id}
+                ):
+                    return None
+                rows = tx.fetch(self.sql(q.GET_VOTES), {"workflow_id": change.workflow_id})
+                if sum(r["voter_id"] in voters and bool(r["approve"]) is approve for r in rows) < quorum:
+                    return None
+                return self._changed(tx, *self._update(change), change.event)
+
+        return self._once_more(op, committed=lambda: (self._landed([change]) or [None])[0])
 
     def votes(self, workflow_id: str) -> list[Vote]:
         def op() -> list[Vote]:
