@@ -183,9 +183,20 @@ def test_a_workflow_cancelled_before_its_approval_cannot_be_requeued_past_the_co
     engine.cancel(wid)
     with pytest.raises(InvalidTransition, match="never approved"):
         engine.requeue(wid)
-    with pytest.raises(InvalidTransition, match="never approved"):
+    with pytest.raises(InvalidTransition, match="never approved") as raised:
         engine.update_status(wid, "queued")
+    assert "create a new workflow" in str(raised.value)  # no vote is taken on it any more
     assert engine.get_workflow(wid).status is S.CANCELLED
+
+
+def test_only_the_council_moves_a_workflow_awaiting_approval_on_or_a_cancel(engine: WorkflowEngine) -> None:
+    wid = gated(engine)
+    for status in ("rejected", "queued"):
+        with pytest.raises(InvalidTransition, match="council"):
+            engine.update_status(wid, status)
+    assert engine.get_workflow(wid).status is S.AWAITING_APPROVAL
+    assert [e.to_status for e in engine.get_events(wid)] == [S.AWAITING_APPROVAL]
+    assert engine.update_status(wid, "cancelled").status is S.CANCELLED
 
 
 def test_an_approved_workflow_that_failed_or_was_cancelled_can_be_requeued(engine: WorkflowEngine) -> None:

@@ -656,8 +656,9 @@ class WorkflowEngine:
                     wf.id,
                     wf.status.value,
                     S.QUEUED.value,
-                    "it was cancelled while awaiting its council's approval and was never approved; "
-                    "only its council's deciding vote can enqueue it",
+                    "it was cancelled while awaiting its council's approval and was never approved, "
+                    "and a council votes only on a workflow awaiting approval: it can never run; "
+                    "create a new workflow to ask the council again",
                 )
             if self._queue(wf, detail="requeued", reset=True):
                 return self.get_workflow(workflow_id)
@@ -836,6 +837,13 @@ class WorkflowEngine:
             return self.cancel(workflow_id, reason=detail)
         for _ in range(_RACE_RETRIES):
             wf = self.get_workflow(workflow_id)
+            if wf.status is S.AWAITING_APPROVAL:  # its council decides (a cancel was taken above)
+                raise InvalidTransition(
+                    wf.id,
+                    wf.status.value,
+                    target.value,
+                    "it awaits its council's approval: only the council's votes move it on, or a cancel",
+                )
             now = utcnow()
             changes: dict[str, Any] = {"updated_at": now}
             if target in TERMINAL:
