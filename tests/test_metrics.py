@@ -86,6 +86,36 @@ def test_every_series_of_a_type_exists_at_zero_before_its_first_count(engine: Wo
     assert value(m, "workflow_engine_attempts_failed_total", type="later") == 0
 
 
+def test_the_queue_wait_runs_from_becoming_queued_to_the_claim_across_a_redelivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis forgot the job, and reconcile sent it again: the wait is the whole of it, as
+    ``queued_at`` and ``stats()`` have it, not the moments since the redelivery."""
+    import time
+
+    from rq import SimpleWorker
+
+    from workflow_engine import recovery
+
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
+    e = WorkflowEngine(database_url=f"sqlite:///{tmp_path / 'w.db'}", redis_url="fakeredis://", is_async=True)
+    e.register_handler("ok", "we_test_handlers:record_success")
+    inst = metrics.instrument(e, metrics.Instruments())
+    wid = e.create_workflow(workflow_type_id="ok", enqueue=True)
+    time.sleep(0.5)
+    e.redis.flushall()  # Redis restarted without persistence
+    assert e.reconcile().redelivered == [wid]
+    SimpleWorker([e.queue], connection=e.redis).work(burst=True)
+    wf = e.get_workflow(wid)
+    assert wf.status is S.COMPLETED and wf.started_at is not None and wf.queued_at is not None
+    m = scrape_registry(e, inst)
+    assert value(m, "workflow_engine_queue_wait_seconds_count") == 1
+    waited = value(m, "workflow_engine_queue_wait_seconds_sum")
+    assert waited is not None and waited >= 0.5
+    assert waited == pytest.approx((wf.started_at - wf.queued_at).total_seconds(), abs=0.01)
+    e.close()
+
+
 def test_the_listener_counts_creations_finishes_failed_attempts_and_observes_durations(
     engine: WorkflowEngine,
 ) -> None:

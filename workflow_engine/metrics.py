@@ -125,17 +125,12 @@ class Instruments:
         with _LOCK:
             for kind in list(engine._handlers):
                 self._series_for(kind)
-        ref = weakref.ref(engine)
-        engine.add_listener(lambda wf, from_status: self.record(wf, from_status, engine=ref()))
+        engine.add_listener(self.record)
 
-    def record(
-        self, wf: Workflow, from_status: WorkflowStatus | None, *, engine: WorkflowEngine | None = None
-    ) -> None:
+    def record(self, wf: Workflow, from_status: WorkflowStatus | None) -> None:
         """Count one status change: ``from_status`` (None for a new workflow) to ``wf.status``."""
         kind, to = wf.workflow_type_id, wf.status
-        wait = None
-        if from_status is S.QUEUED and to is S.RUNNING and engine is not None:
-            wait = _queue_wait(engine, wf)  # a database read: outside the lock
+        wait = _queue_wait(wf) if from_status is S.QUEUED and to is S.RUNNING else None
         with _LOCK:
             self._series_for(kind)
             if from_status is None:
@@ -164,17 +159,16 @@ class Instruments:
             self.finished.labels(kind, status.value)
 
 
-def _queue_wait(engine: WorkflowEngine, claimed: Workflow) -> float | None:
-    """Seconds from the last time the workflow became queued (or was redelivered) to its claim."""
-    try:
-        events = engine.store.events(claimed.id)
-    except Exception:
-        log.warning("could not read the events of %s for the queue wait", claimed.id, exc_info=True)
+def _queue_wait(claimed: Workflow) -> float | None:
+    """Seconds from the workflow becoming queued, or its retry coming due, to its claim: its
+    ``queued_at``, which a redelivery (Redis lost the job, reconcile sent it again) leaves as it
+    was, so that the whole wait is seen, as ``stats()`` sees it."""
+    start = claimed.queued_at
+    if start is None:
         return None
-    queued_at = [ev.at for ev in events if ev.to_status is S.QUEUED and ev.at <= claimed.updated_at]
-    if not queued_at:
-        return None
-    return max((claimed.updated_at - queued_at[-1]).total_seconds(), 0.0)
+    if claimed.run_after is not None and claimed.run_after > start:  # as stats' oldest queued
+        start = claimed.run_after
+    return max((claimed.updated_at - start).total_seconds(), 0.0)
 
 
 _DEFAULT: Instruments | None = None
