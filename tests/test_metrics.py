@@ -86,6 +86,33 @@ def test_every_series_of_a_type_exists_at_zero_before_its_first_count(engine: Wo
     assert value(m, "workflow_engine_attempts_failed_total", type="later") == 0
 
 
+def test_types_past_the_label_limit_are_counted_together_and_registered_ones_keep_their_own(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any caller of an app's create endpoint may name a type: each new one would be some 30
+    series for the process's life, so past a limit they share one label value."""
+    monkeypatch.setattr(metrics, "MAX_TYPE_LABELS", 3)
+    inst = metrics.instrument(engine, metrics.Instruments())
+    for n in range(6):
+        engine.create_workflow(workflow_type_id=f"made-up-{n}")
+    engine.enqueue_execution(engine.create_workflow(workflow_type_id="ok"))  # registered: its own
+    m = scrape_registry(engine, inst)
+    created = {
+        dict(labels)["type"]: v
+        for (name, labels), v in m.items()
+        if name == "workflow_engine_workflows_created_total"
+    }
+    assert created == {
+        "made-up-0": 1,
+        "made-up-1": 1,
+        "made-up-2": 1,
+        metrics.OTHER_TYPES: 3,
+        **{kind: (1 if kind == "ok" else 0) for kind in engine._handlers},
+    }
+    assert value(m, "workflow_engine_workflows_finished_total", type="ok", status="completed") == 1
+    assert caplog.text.count(f"counted under type={metrics.OTHER_TYPES!r}") == 1
+
+
 def test_the_queue_wait_runs_from_becoming_queued_to_the_claim_across_a_redelivery(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,6 +51,11 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 #: The stale-running gauge counts at most this many workflows.
 STALE_LIMIT = 10_000
+#: The most workflow types a process labels series with, beyond those registered on its engines:
+#: any caller of an app's create endpoint may name a type, and each new one is some 30 series,
+#: kept for the process's life. The types past it are counted together as :data:`OTHER_TYPES`.
+MAX_TYPE_LABELS = 200
+OTHER_TYPES = "_other_types"
 
 #: Held around every update, and taken before a fork (see below).
 _LOCK = threading.Lock()
@@ -113,6 +118,10 @@ class Instruments:
         self._engines: weakref.WeakSet[WorkflowEngine] = weakref.WeakSet()
         #: Types whose series exist (at zero until counted): see :meth:`_series_for`.
         self._types: set[str] = set()
+        #: How many of them no engine had registered when it was instrumented; past
+        #: MAX_TYPE_LABELS, new ones are counted as OTHER_TYPES (said once, in the log).
+        self._unregistered = 0
+        self._capped = False
 
     def collectors(self) -> list[Collector]:
         return [self.created, self.finished, self.attempts_failed, self.duration, self.queue_wait]
@@ -132,7 +141,19 @@ class Instruments:
         kind, to = wf.workflow_type_id, wf.status
         wait = _queue_wait(wf) if from_status is S.QUEUED and to is S.RUNNING else None
         with _LOCK:
-            self._series_for(kind)
+            if kind not in self._types and self._unregistered >= MAX_TYPE_LABELS:
+                if not self._capped:
+                    self._capped = True
+                    log.warning(
+                        "more than %d workflow types: the status changes of those beyond them are "
+                        "counted under type=%r",
+                        MAX_TYPE_LABELS,
+                        OTHER_TYPES,
+                    )
+                kind = OTHER_TYPES
+            if kind not in self._types:
+                self._unregistered += 1
+                self._series_for(kind)
             if from_status is None:
                 self.created.labels(kind).inc()
             if from_status is S.RUNNING and to in (S.QUEUED, S.FAILED):
