@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from workflow_engine import WorkflowEngine, WorkflowStatus
 from workflow_engine.cli import main
-from workflow_engine.health import check_health
+from workflow_engine.health import CHECKS, check_health
 from workflow_engine.models import utcnow
 from workflow_engine.stores import open_store
 
@@ -37,7 +37,7 @@ def health(*args: str) -> tuple[int, dict[str, str]]:
     result = CliRunner().invoke(main, ["health", *args], catch_exceptions=False)
     lines = result.stdout.splitlines()
     checks = {line.split()[1]: line for line in lines[:-1]}
-    assert list(checks) == ["database", "redis", "workers", "queue_age", "failure_rate"], lines
+    assert list(checks) == list(CHECKS), lines
     return result.exit_code, checks
 
 
@@ -91,7 +91,7 @@ def test_health_exits_0_with_a_live_workflow_engine_worker_run_as_a_real_subproc
         report = json.loads(done.stdout)
         assert done.returncode == 0 and report["healthy"] is True and report["failing"] == []
         by_name = {c["name"]: c for c in report["checks"]}
-        assert set(by_name) == {"database", "redis", "workers", "queue_age", "failure_rate"}
+        assert set(by_name) == set(CHECKS)
         assert by_name["workers"]["value"] == 1 and by_name["workers"]["status"] == "ok"
         # the worker made itself a multiprocess directory for the metrics, and removes it on a warm stop
         found = re.search(r"counters in (\S+)\)", worker.output())
@@ -170,6 +170,7 @@ def test_an_unreachable_database_fails_its_check_and_skips_those_that_need_it(tm
         "redis": "ok",
         "workers": "fail",
         "queue_age": "skip",
+        "stale_running": "skip",
         "failure_rate": "skip",
     }
     assert not report.healthy and report.failing == ["database", "workers"]
@@ -198,10 +199,69 @@ def test_settings_no_engine_can_be_built_from_still_give_the_report_with_a_faili
     assert report["healthy"] is False and report["failing"] == ["configuration"]
     assert [(c["name"], c["status"]) for c in report["checks"]] == [
         ("configuration", "fail"),
-        *((name, "skip") for name in ("database", "redis", "workers", "queue_age", "failure_rate")),
+        *((name, "skip") for name in CHECKS),
     ]
     assert report["checks"][0]["detail"].startswith(why.format(tmp=tmp_path))
     assert not (tmp_path / "workflow.db").exists()
+
+
+def test_health_fails_on_a_running_workflow_whose_lease_expired_long_ago_as_when_no_reconcile_runs(
+    engine: WorkflowEngine, db: str
+) -> None:
+    wid = engine.create_workflow(workflow_type_id="ok")
+    now = utcnow()
+    engine.store.compare_and_set(
+        wid,
+        expected_status=S.PENDING,
+        changes={"status": S.RUNNING, "updated_at": now, "lease_until": now - timedelta(seconds=60)},
+        event=None,
+    )
+    args = ["--database-url", db, "--redis-url", "fakeredis://"]
+    _, checks = health(*args)  # a minute ago: reconcile may not have come by yet
+    assert checks["stale_running"].startswith("ok    stale_running no running workflow's lease expired")
+    code, checks = health(*args, "--max-stale-age", "30")
+    assert code == 1 and checks["stale_running"].startswith(f"FAIL  stale_running workflow {wid} has been")
+    assert checks["stale_running"].endswith("(max 30 s): is reconcile running?")
+
+
+def test_health_judges_the_failure_rate_only_once_enough_workflows_finished(
+    engine: WorkflowEngine, db: str
+) -> None:
+    for type_id in ("ok", "bad"):
+        engine.enqueue_execution(engine.create_workflow(workflow_type_id=type_id))
+    args = ["--database-url", db, "--redis-url", "fakeredis://"]
+    assert health(*args)[1]["failure_rate"].startswith("FAIL  failure_rate  50.0% failed: 1 of 2")
+    _, checks = health(*args, "--min-finished", "10")
+    assert checks["failure_rate"] == (
+        "ok    failure_rate  50.0% failed: 1 of 2 finished workflows created in the last 900 s, "
+        "too few to judge (at least 10)"
+    )
+
+
+def test_health_runs_only_the_checks_asked_for_as_a_web_pods_readiness_probe_would(
+    engine: WorkflowEngine, db: str
+) -> None:
+    """No live worker and a failing workflow are not a web pod's to fix: its probe asks for the
+    database and Redis alone, and passes."""
+    engine.enqueue_execution(engine.create_workflow(workflow_type_id="bad"))
+    args = ["health", "--database-url", db, "--redis-url", "fakeredis://", "--json"]
+    result = CliRunner().invoke(main, [*args, "--check", "database", "--check", "redis"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [c["name"] for c in report["checks"]] == ["database", "redis"] and report["healthy"]
+    assert CliRunner().invoke(main, args).exit_code == 1  # every check: no worker, 100 % failed
+    result = CliRunner().invoke(main, [*args, "--check", "everything"])
+    assert result.exit_code == 2 and "'everything' is not one of" in result.stderr
+
+
+def test_settings_refused_as_invalid_input_still_give_the_json_report(db: str) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["health", "--json", "--database-url", db, "--redis-url", "fakeredis://", "--queue", "work\x01flows"],
+    )
+    assert result.exit_code == 1 and result.stderr == ""
+    report = json.loads(result.stdout)
+    assert report["failing"] == ["configuration"] and "queue_name" in report["checks"][0]["detail"]
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ import redis
 
 from . import config, display, health, logs
 from .engine import WorkflowEngine
-from .errors import ConfigurationError, QueueUnavailable, WorkflowEngineError
+from .errors import ConfigurationError, InvalidInput, QueueUnavailable, WorkflowEngineError
 from .models import Workflow
 from .status import WorkflowStatus
 from .stores.urls import parse_database_url
@@ -659,26 +659,63 @@ def stats(as_json: bool, **options: Any) -> None:
     show_default=True,
     help="Seconds back that count as recent, for the failure rate.",
 )
+@click.option(
+    "--min-finished",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Judge the failure rate only once this many recent workflows finished.",
+)
+@click.option(
+    "--max-stale-age",
+    type=_Seconds(min=0, max=_DECADE),
+    default=health.DEFAULT_MAX_STALE_AGE,
+    show_default=True,
+    help="Fail when a running workflow's lease expired longer ago, in seconds (reconcile is not running).",
+)
+@click.option(
+    "--check",
+    "only",
+    type=click.Choice(health.CHECKS),
+    multiple=True,
+    help="Run only this check (repeat for several); by default, every one.",
+)
 @_json_option("{healthy, failing, checks}")
 @_errors
 def health_(
-    max_queued_age: float, max_failure_rate: float, window: float, as_json: bool, **options: Any
+    max_queued_age: float,
+    max_failure_rate: float,
+    window: float,
+    min_finished: int,
+    max_stale_age: float,
+    only: tuple[str, ...],
+    as_json: bool,
+    **options: Any,
 ) -> None:
-    """Check the database, Redis, live workers, queue age and failure rate; exit 1 if any fails.
+    """Check the database, Redis, live workers, queue age, stale running workflows and failure
+    rate; exit 1 if any fails.
 
     One line per check; a failing one names the figure behind it.
 
     \b
-    Example:
+    Examples:
       workflow-engine health --max-queued-age 120 || page-the-on-call
+      workflow-engine health --check database --check redis    # a web pod's readiness
     """
+    chosen = only or None
     try:
         engine = _make_engine(**options)
-    except ConfigurationError as exc:  # still the report a monitor parses, failing
-        report = health.unbuilt(exc)
+    except (ConfigurationError, InvalidInput) as exc:  # still the report a monitor parses, failing
+        report = health.unbuilt(exc, chosen)
     else:
         report = health.check_health(
-            engine, max_queued_age=max_queued_age, max_failure_rate=max_failure_rate, window=window
+            engine,
+            max_queued_age=max_queued_age,
+            max_failure_rate=max_failure_rate,
+            window=window,
+            min_finished=min_finished,
+            max_stale_age=max_stale_age,
+            only=chosen,
         )
     if as_json:
         _echo_json(report.to_dict())

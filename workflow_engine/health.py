@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 DEFAULT_MAX_QUEUED_AGE = 300.0
 DEFAULT_MAX_FAILURE_RATE = 0.10
 DEFAULT_WINDOW = 900.0
+#: A running workflow's lease expired this long ago, and reconcile (every 10 s by default) has
+#: not recovered it: the WorkflowEngineStuckRunning alert's ``for: 2m``.
+DEFAULT_MAX_STALE_AGE = 120.0
 
 CheckStatus = Literal["ok", "fail", "skip"]
 
@@ -66,55 +70,67 @@ def check_health(
     max_queued_age: float = DEFAULT_MAX_QUEUED_AGE,
     max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
     window: float = DEFAULT_WINDOW,
+    max_stale_age: float = DEFAULT_MAX_STALE_AGE,
+    min_finished: int = 1,
+    only: Sequence[str] | None = None,
 ) -> HealthReport:
-    """Run every check; none raises. Healthy only when every check is ``ok``.
+    """Run the checks (every one, or those named in ``only``, in :data:`CHECKS`' order); none
+    raises. Healthy only when every check run is ``ok``.
 
     Thresholds out of range raise InvalidInput before any check runs: seconds from 0 to ten
-    years, a failure rate from 0 to 1.
+    years, a failure rate from 0 to 1, a count from 1; so does a name in ``only`` that is not a check.
 
-    - ``database``: the statistics query answers;
+    - ``database``: the database answers (the statistics query, when a check below needs it);
     - ``redis``: Redis answers PING;
     - ``workers``: at least one RQ worker is registered on the engine's queue;
     - ``queue_age``: the oldest due queued workflow is younger than ``max_queued_age`` seconds;
+    - ``stale_running``: no running workflow's lease expired more than ``max_stale_age``
+      seconds ago (reconcile recovers one within a pass: one still there means none runs);
     - ``failure_rate``: of the workflows created in the last ``window`` seconds that finished,
-      the failed share is at most ``max_failure_rate``.
+      the failed share is at most ``max_failure_rate`` (``ok`` with fewer than ``min_finished``).
     """
     for name, value, top in (
         ("max_queued_age", max_queued_age, MAX_SECONDS),
         ("max_failure_rate", max_failure_rate, 1.0),
         ("window", window, MAX_SECONDS),
+        ("max_stale_age", max_stale_age, MAX_SECONDS),
     ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= top:
             raise InvalidInput(f"{name} must be a number from 0 to {top:g}, got {value!r}")
-    checks: list[Check] = []
-    since = utcnow() - timedelta(seconds=window)
+    if isinstance(min_finished, bool) or not isinstance(min_finished, int) or min_finished < 1:
+        raise InvalidInput(f"min_finished must be a whole number from 1, got {min_finished!r}")
+    wanted = _chosen(only)
+    checks: dict[str, Check] = {}
+    now = utcnow()
+    stats: Stats | None = None
+    stale: list[Any] | None = None
     try:
-        stats: Stats | None = engine.stats(since=since)
+        if wanted & {"queue_age", "failure_rate"}:
+            stats = engine.stats(since=now - timedelta(seconds=window))
+        # An indexed read of the few running rows: the database's answer when nothing else asks it.
+        stale = engine.store.stale_running(now=now - timedelta(seconds=max_stale_age), limit=1)
     except Exception as exc:
-        stats = None
-        checks.append(Check("database", "fail", f"unreachable: {_one_line(exc)}"))
+        checks["database"] = Check("database", "fail", f"unreachable: {_one_line(exc)}")
+        for name in ("queue_age", "stale_running", "failure_rate"):
+            checks[name] = Check(name, "skip", "unknown: the database is unreachable")
     else:
-        checks.append(Check("database", "ok", f"reachable ({engine.store.__class__.__name__})"))
+        checks["database"] = Check("database", "ok", f"reachable ({engine.store.__class__.__name__})")
 
-    try:
-        engine.transport.ping()
-    except Exception as exc:
-        redis_ok = False
-        checks.append(Check("redis", "fail", f"unreachable: {_one_line(exc)}"))
-    else:
-        redis_ok = True
-        checks.append(Check("redis", "ok", "reachable"))
+    if wanted & {"redis", "workers"}:
+        try:
+            engine.transport.ping()
+        except Exception as exc:
+            checks["redis"] = Check("redis", "fail", f"unreachable: {_one_line(exc)}")
+            checks["workers"] = Check("workers", "skip", "unknown: Redis is unreachable")
+        else:
+            checks["redis"] = Check("redis", "ok", "reachable")
+            if "workers" in wanted:
+                checks["workers"] = _workers(engine)
 
-    checks.append(_workers(engine) if redis_ok else Check("workers", "skip", "unknown: Redis is unreachable"))
-
-    if stats is None:
-        checks.append(Check("queue_age", "skip", "unknown: the database is unreachable"))
-        checks.append(Check("failure_rate", "skip", "unknown: the database is unreachable"))
-        return HealthReport(tuple(checks))
-    age = float(stats["oldest_queued_age_s"] or 0.0)
-    queued = stats["by_status"]["queued"]
-    checks.append(
-        Check(
+    if stats is not None:
+        age = float(stats["oldest_queued_age_s"] or 0.0)
+        queued = stats["by_status"]["queued"]
+        checks["queue_age"] = Check(
             "queue_age",
             "ok" if age <= max_queued_age else "fail",
             f"oldest queued workflow is {age:.1f} s old (max {max_queued_age:g} s)"
@@ -123,21 +139,43 @@ def check_health(
             value=round(age, 3),
             threshold=max_queued_age,
         )
-    )
-    failed, completed = stats["by_status"]["failed"], stats["by_status"]["completed"]
-    finished = failed + completed
-    rate = failed / finished if finished else 0.0
-    checks.append(
-        Check(
+        failed, completed = stats["by_status"]["failed"], stats["by_status"]["completed"]
+        finished = failed + completed
+        rate = failed / finished if finished else 0.0
+        figure = f"{failed} of {finished} finished workflows created in the last {window:g} s"
+        checks["failure_rate"] = Check(
             "failure_rate",
-            "ok" if rate <= max_failure_rate else "fail",
-            f"{rate:.1%} failed: {failed} of {finished} finished workflows created in the last "
-            f"{window:g} s (max {max_failure_rate:.1%})",
+            "ok" if rate <= max_failure_rate or finished < min_finished else "fail",
+            f"{rate:.1%} failed: {figure} (max {max_failure_rate:.1%})"
+            if finished >= min_finished
+            else f"{rate:.1%} failed: {figure}, too few to judge (at least {min_finished})",
             value=round(rate, 4),
             threshold=max_failure_rate,
         )
-    )
-    return HealthReport(tuple(checks))
+    if stale is not None:
+        expired = stale[0].lease_until if stale else None
+        checks["stale_running"] = Check(
+            "stale_running",
+            "fail" if stale else "ok",
+            f"workflow {stale[0].id} has been running on an expired lease since {expired:%Y-%m-%d %H:%M:%S} "
+            f"UTC (max {max_stale_age:g} s): is reconcile running?"
+            if stale and expired is not None
+            else f"no running workflow's lease expired more than {max_stale_age:g} s ago",
+            value=round((now - expired).total_seconds(), 3) if expired is not None else 0,
+            threshold=max_stale_age,
+        )
+    return HealthReport(tuple(checks[name] for name in CHECKS if name in wanted))
+
+
+def _chosen(only: Sequence[str] | None) -> set[str]:
+    if only is None:
+        return set(CHECKS)
+    if isinstance(only, str) or not only or not all(isinstance(name, str) for name in only):
+        raise InvalidInput(f"only must be a list of check names from {', '.join(CHECKS)}, got {only!r}")
+    unknown = sorted(set(only) - set(CHECKS))
+    if unknown:
+        raise InvalidInput(f"no such check: {', '.join(unknown)} (the checks: {', '.join(CHECKS)})")
+    return set(only)
 
 
 def _workers(engine: WorkflowEngine) -> Check:
@@ -160,14 +198,18 @@ def _workers(engine: WorkflowEngine) -> Check:
 
 
 #: The checks :func:`check_health` runs, in order.
-CHECKS = ("database", "redis", "workers", "queue_age", "failure_rate")
+CHECKS = ("database", "redis", "workers", "queue_age", "stale_running", "failure_rate")
 
 
-def unbuilt(error: BaseException) -> HealthReport:
+def unbuilt(error: BaseException, only: Sequence[str] | None = None) -> HealthReport:
     """The report when no engine could be built from the settings (a SQLite file that does not
     exist, a driver not installed, a malformed URL): a failing ``configuration`` check that
-    says why, and every other check skipped, so that a monitor still reads the usual report."""
-    skipped = (Check(name, "skip", "unknown: the engine could not be built") for name in CHECKS)
+    says why, and every other check (of ``only``) skipped, so that a monitor still reads the
+    usual report."""
+    wanted = _chosen(only)
+    skipped = (
+        Check(name, "skip", "unknown: the engine could not be built") for name in CHECKS if name in wanted
+    )
     return HealthReport((Check("configuration", "fail", _one_line(error)), *skipped))
 
 
