@@ -826,6 +826,33 @@ def test_the_deciding_change_applies_only_while_the_members_votes_still_reach_th
     assert store.apply_if_voted(approved(), members=members, quorum=1, approve=False) is None
 
 
+def test_the_gauges_count_every_workflow_by_type_and_status_the_oldest_queued_and_the_stale(
+    store: Store,
+) -> None:
+    now = utcnow()
+    hour_ago = now - timedelta(hours=1)
+    a, b, c, d = new("a"), new("a"), new("b"), new("b")
+    store.insert([a, b, c, d])
+    queued(store, a)
+    store.apply(
+        [
+            Change(c.id, S.PENDING, {"status": S.RUNNING, "updated_at": now, "lease_until": hour_ago}, None),
+            Change(
+                d.id,
+                S.PENDING,
+                {"status": S.RUNNING, "updated_at": now, "lease_until": now + timedelta(hours=1)},
+                None,
+            ),
+        ]
+    )
+    rows = store.gauges(now=now)
+    assert sorted(rows.counts) == [("a", "pending", 1), ("a", "queued", 1), ("b", "running", 2)]
+    assert rows.stale == 1  # c's lease expired; d's holds
+    stats = store.stats(since=None, recent=now)
+    assert rows.oldest_queued == stats.oldest_queued is not None
+    assert sorted(rows.counts) == sorted(stats.counts)
+
+
 # -- calculated_savings in stats() ----------------------------------------------------------------
 def savings(store: Store) -> dict[str, float]:
     return store.stats(since=None, recent=utcnow()).savings

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
@@ -49,8 +49,6 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 #: Seconds between a workflow becoming due in the queue and a worker claiming it.
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-#: The stale-running gauge counts at most this many workflows.
-STALE_LIMIT = 10_000
 #: The most workflow types a process labels series with, beyond those registered on its engines:
 #: any caller of an app's create endpoint may name a type, and each new one is some 30 series,
 #: kept for the process's life. The types past it are counted together as :data:`OTHER_TYPES`.
@@ -165,6 +163,15 @@ class Instruments:
                     self.duration.labels(kind).observe(max(seconds, 0.0))
             if wait is not None:
                 self.queue_wait.observe(wait)
+
+    def seed(self, kinds: Iterable[str]) -> None:
+        """Create the series of each of ``kinds`` at zero, as a first status change would (within
+        the same limit of types): those found in the database at a scrape."""
+        with _LOCK:
+            for kind in sorted(kinds):
+                if kind not in self._types and self._unregistered < MAX_TYPE_LABELS:
+                    self._unregistered += 1
+                    self._series_for(kind)
 
     def _series_for(self, kind: str) -> None:
         """Create every series of a workflow type at zero, once (under ``_LOCK``): a series that
@@ -343,8 +350,9 @@ class DatabaseCollector:
     :data:`SCRAPE_BUDGET`. A read that outlasts it goes on, and the next scrape waits for that
     same read instead of starting another."""
 
-    def __init__(self, engine: WorkflowEngine) -> None:
+    def __init__(self, engine: WorkflowEngine, instruments: Instruments) -> None:
         self.engine = engine
+        self.instruments = instruments
         self._lock = threading.Lock()
         self._reads: dict[str, Future[Any]] = {}
 
@@ -363,12 +371,14 @@ class DatabaseCollector:
                 ).start()
             return running
 
-    def _read_database(self) -> tuple[dict[str, int], float, int]:
-        """Workflows by status, the oldest queued one's age, and the stale running ones."""
-        store, now = self.engine.store, utcnow()
-        rows = store.stats(since=None, recent=now)
+    def _read_database(self) -> tuple[dict[str, int], float, int, set[str]]:
+        """Workflows by status, the oldest queued one's age, the stale running ones, and every
+        workflow type in the database."""
+        now = utcnow()
+        rows = self.engine.store.gauges(now=now)
         oldest = queued_age(rows.oldest_queued, now) or 0.0
-        return status_totals(rows.counts), oldest, len(store.stale_running(now=now, limit=STALE_LIMIT))
+        types = {kind for kind, _, _ in rows.counts}
+        return status_totals(rows.counts), oldest, rows.stale, types
 
     def _read_redis(self) -> tuple[int, int]:
         """The queue's depth and the live workers on it."""
@@ -393,7 +403,10 @@ class DatabaseCollector:
             int(bool(read)),
         )
         if read:
-            by_status, oldest, stale = read
+            by_status, oldest, stale, types = read
+            # Every type's series at zero before its first count, in every process that serves
+            # metrics: a worker's engine registers no handlers, so its first scrape finds them here.
+            self.instruments.seed(types)
             workflows = GaugeMetricFamily(
                 "workflow_engine_workflows", "Workflows in the database, by status.", labels=["status"]
             )
@@ -445,15 +458,18 @@ def make_registry(engine: WorkflowEngine, instruments: Instruments | None = None
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()
+    chosen = instruments or default_instruments()
+    # The gauges first: their read seeds every type's counters at zero (see Instruments.seed),
+    # which the counters read after it then show in the same scrape.
+    registry.register(DatabaseCollector(engine, chosen))
     path = multiprocess_dir()
     if path is not None and instruments is None:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     else:
-        for collector in (instruments or default_instruments()).collectors():
+        for collector in chosen.collectors():
             registry.register(collector)
-    registry.register(DatabaseCollector(engine))
     return registry
 
 

@@ -76,6 +76,15 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
+class GaugeRows:
+    """The present, for gauges read at every scrape: none of ``stats()``'s durations or savings."""
+
+    counts: list[tuple[str, str, int]]  # (workflow_type_id, status, count), every workflow
+    oldest_queued: datetime | None
+    stale: int  # running workflows whose lease expired
+
+
+@dataclass(frozen=True)
 class StatsRows:
     """Aggregates computed in SQL; the engine shapes them into ``engine.stats()``."""
 
@@ -148,6 +157,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def heartbeat(self, workflow_id: str, *, job_id: str, now: datetime, lease_until: datetime) -> Heartbeat:
         """Stamp ``heartbeat_at`` and extend the lease if ``job_id`` still runs the workflow."""
+
+    @abc.abstractmethod
+    def gauges(self, *, now: datetime) -> GaugeRows:
+        """Counts by type and status, the oldest queued, and the running workflows whose lease
+        expired before ``now``: what a metrics scrape reads, a fraction of :meth:`stats`."""
 
     @abc.abstractmethod
     def stats(self, *, since: datetime | None, recent: datetime) -> StatsRows:
@@ -783,6 +797,20 @@ class SQLStore(Store):
 
     def stats(self, *, since: datetime | None, recent: datetime) -> StatsRows:
         return self._once_more(lambda: self._stats(since=since, recent=recent))
+
+    def gauges(self, *, now: datetime) -> GaugeRows:
+        def op() -> GaugeRows:
+            with self.transaction(write=False) as tx:
+                counts = tx.fetch(self.sql(q.STATS_COUNTS.format(since="")), {})
+                oldest = tx.fetch(self.sql(q.STATS_OLDEST_QUEUED), {})[0]["oldest"]
+                stale = tx.fetch(self.sql(q.STATS_STALE), {"now": self.encode_time(now)})[0]["n"]
+            return GaugeRows(
+                counts=[(r["workflow_type_id"], r["status"], int(r["n"])) for r in counts],
+                oldest_queued=self.decode_row({"at": oldest})["at"] if oldest is not None else None,
+                stale=int(stale),
+            )
+
+        return self._once_more(op)
 
     def _stats(self, *, since: datetime | None, recent: datetime) -> StatsRows:
         params: dict[str, Any] = {"recent": self.encode_time(recent)}

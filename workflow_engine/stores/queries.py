@@ -180,6 +180,8 @@ SELECT MIN(CASE WHEN run_after IS NOT NULL AND run_after > COALESCE(queued_at, u
   FROM workflows WHERE status = 'queued'
 """
 STATS_RUNNING = "SELECT COUNT(*) AS n FROM workflows WHERE status = 'running'"
+#: Running workflows whose lease expired before ``:now`` (``STALE_RUNNING``'s rows, counted).
+STATS_STALE = "SELECT COUNT(*) AS n FROM workflows WHERE status = 'running' AND lease_until < :now"
 #: Only the finish time is a condition, so that the (finished_at) index is what is read: with the
 #: status in the WHERE clause too, SQLite took (status, …) and read every finished workflow.
 STATS_FINISHED_SINCE = """
