@@ -798,6 +798,18 @@ def test_the_auth_hook_refuses_with_401_or_403(engine: WorkflowEngine) -> None:
     assert client.get("/workflows", headers=ok).status_code == 200
 
 
+def test_the_apps_own_smaller_body_limit_holds_on_the_apis_routes_too(engine: WorkflowEngine) -> None:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1024
+    WorkflowEngineFlask(app, engine)  # max_body_bytes: 1 MB by default
+    client = app.test_client()
+    big = {"workflow_type_id": "site", "inputs": {"x": "a" * 2000}}
+    body = assert_error(client.post("/api/workflow_actions", json=big), 413, "request_entity_too_large")
+    assert "the limit is 1024" in body["message"]
+    assert engine.list_workflows() == []
+    assert client.post("/api/workflow_actions", json={"workflow_type_id": "site"}).status_code == 201
+
+
 # -- setup ----------------------------------------------------------------------
 def test_init_app_supports_the_app_factory_pattern(engine: WorkflowEngine) -> None:
     ext = WorkflowEngineFlask(url_prefix="/v1/")
@@ -809,8 +821,9 @@ def test_init_app_supports_the_app_factory_pattern(engine: WorkflowEngine) -> No
         ext.init_app(apps[0], engine)
     with pytest.raises(ConfigurationError, match="needs an engine"):
         WorkflowEngineFlask(Flask("three"))
-    with pytest.raises(ConfigurationError, match="ui=True needs a url_prefix"):
-        WorkflowEngineFlask(engine=engine, url_prefix="", ui=True)
+    for prefix in ("", "/workflows", "/workflows/api"):  # the page is at /workflows
+        with pytest.raises(ConfigurationError, match="ui=True needs a url_prefix outside /workflows"):
+            WorkflowEngineFlask(engine=engine, url_prefix=prefix, ui=True)
     with pytest.raises(ConfigurationError, match="max_body_bytes"):
         WorkflowEngineFlask(engine=engine, max_body_bytes=0)
     with pytest.raises(ConfigurationError, match="url_prefix"):

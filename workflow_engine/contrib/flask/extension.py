@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from werkzeug.exceptions import Forbidden, HTTPException, RequestEntityTooLarge, default_exceptions
 
 from ...engine import WorkflowEngine
@@ -52,8 +52,11 @@ class WorkflowEngineFlask:
         self.voter = voter
         self.max_body_bytes = max_body_bytes
         self.ui = bool(ui)
-        if ui and self.url_prefix == "":
-            raise ConfigurationError("ui=True needs a url_prefix: the page and the API both use /workflows")
+        if ui and (self.url_prefix in ("", "/workflows") or self.url_prefix.startswith("/workflows/")):
+            raise ConfigurationError(
+                f"ui=True needs a url_prefix outside /workflows, got {url_prefix!r}: the page is served "
+                "at /workflows, and the API's routes would sit among its own (use /api, say)"
+            )
         if app is not None:
             self.init_app(app, engine)
 
@@ -85,6 +88,9 @@ class WorkflowEngineFlask:
 def _before_request() -> None:
     st = state()
     limit = st.max_body_bytes
+    app_limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if isinstance(app_limit, int) and 0 <= app_limit < limit:  # the app's own limit, if smaller
+        limit = app_limit
     size = request.content_length
     # A chunked body (no Content-Length) is read up to werkzeug's limit and no further, quietly: one
     # that fills it was cut. So it is read to one byte more than ours, whoever reads it first (an
