@@ -485,6 +485,12 @@ def test_requeue_takes_an_id_or_all_failed(db: str, args: list[str]) -> None:
     assert out.code == 2 and "Usage:" in out.stderr
 
 
+@pytest.mark.parametrize("database", [":memory:", " "])
+def test_demo_refuses_a_database_that_is_not_a_file_the_other_commands_could_read(database: str) -> None:
+    out = run("demo", "--database", database)
+    assert out.code == 1 and "--database must name a file" in out.stderr and out.stdout == ""
+
+
 def test_demo_runs_three_workflows_in_process_and_prints_their_outcomes(tmp_path: Path) -> None:
     out = run("demo", "--database", str(tmp_path / "demo.db"))
     assert out.code == 0

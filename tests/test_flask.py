@@ -1053,6 +1053,10 @@ def test_the_example_dashboard_answers_bad_input_with_400_and_survives_odd_savin
     assert_error(
         client.post(f"/api/agents/{'a' * 300}/chat", json={**chat, "inputs": {}}), 400, "invalid_input"
     )
+    deep = b'{"message": "execute", "inputs": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    for body in (b"[" * 100_000, deep, b"{not json"):
+        r = client.post("/api/agents/ava/chat", data=body, content_type="application/json")
+        assert_error(r, 400, "invalid_json")
     # Any client may store any JSON as savings through the extension's API: the page still renders.
     odd = {"workflow_type_id": "website_creation", "calculated_savings": {"yearly_savings": "lots"}}
     assert client.post("/api/workflow_actions", json={**odd, "enqueue": False}).status_code == 201

@@ -286,6 +286,11 @@ def demo(database: str) -> None:
     """
     from . import demo as handlers
 
+    if database.strip() == ":memory:" or not database.strip():
+        raise ConfigurationError(
+            f"--database must name a file, got {database!r}: the other commands read the demo's "
+            "workflows from it"
+        )
     engine_log = logging.getLogger("workflow_engine")
     level = engine_log.level
     engine_log.setLevel(logging.ERROR)  # the demo prints its own account of what happened

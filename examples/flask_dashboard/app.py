@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -86,8 +87,13 @@ def create_app(*, database_url: str, redis_url: str | None = None) -> Flask:
     def chat(agent_id: str) -> ResponseReturnValue:
         from flask import request
 
+        try:  # as the extension parses its bodies: one nested past Python's stack is a 400 too
+            body = json.loads(request.get_data(cache=True) or b"null")
+        except (ValueError, RecursionError):
+            message = "the body is not JSON, or is nested too deeply"
+            return jsonify(error="invalid_json", message=message, details=[]), 400
         try:
-            msg = ChatMessage.model_validate(request.get_json(silent=True))
+            msg = ChatMessage.model_validate(body)
         except ValidationError as exc:
             details = [
                 {"loc": ["body", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]}
