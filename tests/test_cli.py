@@ -508,6 +508,23 @@ def test_reconcile_once_prints_its_report(db: str) -> None:
     assert out.code == 0 and json.loads(out.stdout)["redelivered"] == []
 
 
+def test_a_one_off_reconcile_leaves_the_services_metrics_port_from_the_environment_alone(db: str) -> None:
+    """The env file operations.md has an operator source holds the reconcile service's port,
+    which that service holds: a one-off pass found it taken and did nothing."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        env = {"WORKFLOW_ENGINE_METRICS_PORT": port, "WORKFLOW_ENGINE_METRICS_HOST": "127.0.0.1"}
+        out = CliRunner().invoke(main, ["reconcile", *on(db)], env=env, catch_exceptions=False)
+        assert out.exit_code == 0 and json.loads(out.stdout)["redelivered"] == []
+        # Asked for on the command line, it is served (and here, refused: the port is taken).
+        out = CliRunner().invoke(main, ["reconcile", "--metrics-port", port, *on(db)], env=env)
+        assert out.exit_code == 1 and "cannot serve metrics" in out.stderr
+
+
 # -- logs ----------------------------------------------------------------------------
 def test_with_json_logs_an_error_is_a_json_record_too_so_that_stderr_stays_json(tmp_path: Path) -> None:
     missing = f"sqlite:///{tmp_path / 'missing.db'}"

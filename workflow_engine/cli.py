@@ -386,6 +386,11 @@ def reconcile(every: float | None, metrics_port: int | None, metrics_host: str, 
     Example:
       workflow-engine reconcile --every 10 --metrics-port 9100
     """
+    source = click.get_current_context().get_parameter_source("metrics_port")
+    if every is None and source is click.core.ParameterSource.ENVIRONMENT:
+        # WORKFLOW_ENGINE_METRICS_PORT is the reconcile service's, from an env file shared with an
+        # operator's shell: a one-off pass, gone in a moment, would only find its port taken.
+        metrics_port = None
     with ExitStack() as stack:
         if metrics_port is not None:
             _require_metrics()  # before anything is created: a missing extra changes nothing
