@@ -9,6 +9,7 @@ import re
 import subprocess
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -262,6 +263,35 @@ def test_settings_refused_as_invalid_input_still_give_the_json_report(db: str) -
     assert result.exit_code == 1 and result.stderr == ""
     report = json.loads(result.stdout)
     assert report["failing"] == ["configuration"] and "queue_name" in report["checks"][0]["detail"]
+
+
+def test_a_hung_database_fails_its_checks_within_the_timeout_and_redis_is_still_checked(
+    engine: WorkflowEngine, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table locked by a migration or a backup, or a server that accepts and never answers:
+    the check must still answer, in time for the monitor that runs it."""
+    import threading
+    import time
+
+    hung = threading.Event()
+    real_stats = engine.stats
+
+    def stats(**kwargs: Any) -> Any:
+        hung.wait(30)
+        return real_stats(**kwargs)
+
+    monkeypatch.setattr(engine, "stats", stats)
+    try:
+        started = time.monotonic()
+        report = check_health(engine, timeout=0.5)
+        assert time.monotonic() - started < 2
+    finally:
+        hung.set()
+    by_name = {c.name: c for c in report.checks}
+    assert by_name["database"].status == "fail"
+    assert by_name["database"].detail == "unreachable: no answer within 0.5 s"
+    assert by_name["redis"].status == "ok" and by_name["queue_age"].status == "skip"
+    assert check_health(engine, timeout=5).checks[0].status == "ok"  # answered: as without one
 
 
 @pytest.mark.parametrize(

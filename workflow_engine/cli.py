@@ -684,6 +684,13 @@ def stats(as_json: bool, **options: Any) -> None:
     help="Fail when a running workflow's lease expired longer ago, in seconds (reconcile is not running).",
 )
 @click.option(
+    "--timeout",
+    type=_Seconds(min=0, max=_DECADE, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Fail the database's or Redis's checks when it has not answered within this many seconds.",
+)
+@click.option(
     "--check",
     "only",
     type=click.Choice(health.CHECKS),
@@ -698,6 +705,7 @@ def health_(
     window: float,
     min_finished: int,
     max_stale_age: float,
+    timeout: float,
     only: tuple[str, ...],
     as_json: bool,
     **options: Any,
@@ -726,6 +734,7 @@ def health_(
             min_finished=min_finished,
             max_stale_age=max_stale_age,
             only=chosen,
+            timeout=timeout,
         )
     if as_json:
         _echo_json(report.to_dict())

@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .config import MAX_SECONDS
 from .errors import InvalidInput
@@ -28,6 +32,7 @@ DEFAULT_WINDOW = 900.0
 DEFAULT_MAX_STALE_AGE = 120.0
 
 CheckStatus = Literal["ok", "fail", "skip"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ def check_health(
     max_stale_age: float = DEFAULT_MAX_STALE_AGE,
     min_finished: int = 1,
     only: Sequence[str] | None = None,
+    timeout: float | None = None,
 ) -> HealthReport:
     """Run the checks (every one, or those named in ``only``, in :data:`CHECKS`' order); none
     raises. Healthy only when every check run is ``ok``.
@@ -88,6 +94,9 @@ def check_health(
       seconds ago (reconcile recovers one within a pass: one still there means none runs);
     - ``failure_rate``: of the workflows created in the last ``window`` seconds that finished,
       the failed share is at most ``max_failure_rate`` (``ok`` with fewer than ``min_finished``).
+
+    With ``timeout``, the database and Redis are asked side by side, and one that has not
+    answered within ``timeout`` seconds fails its check (its read goes on in a daemon thread).
     """
     for name, value, top in (
         ("max_queued_age", max_queued_age, MAX_SECONDS),
@@ -99,16 +108,36 @@ def check_health(
             raise InvalidInput(f"{name} must be a number from 0 to {top:g}, got {value!r}")
     if isinstance(min_finished, bool) or not isinstance(min_finished, int) or min_finished < 1:
         raise InvalidInput(f"min_finished must be a whole number from 1, got {min_finished!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_SECONDS
+    ):
+        raise InvalidInput(f"timeout must be a number of seconds above 0, or None, got {timeout!r}")
     wanted = _chosen(only)
     checks: dict[str, Check] = {}
     now = utcnow()
+
+    def read_database() -> tuple[Stats | None, list[Any]]:
+        stats = (
+            engine.stats(since=now - timedelta(seconds=window))
+            if wanted & {"queue_age", "failure_rate"}
+            else None
+        )
+        # An indexed read of the few running rows: the database's answer when nothing else asks it.
+        return stats, engine.store.stale_running(now=now - timedelta(seconds=max_stale_age), limit=1)
+
+    def read_redis() -> Check | None:
+        engine.transport.ping()
+        return _workers(engine) if "workers" in wanted else None
+
+    # Side by side, each in a thread of its own, when a deadline is set: a hung server (a table
+    # locked by a migration, a Redis that accepts and never answers) fails its checks in time.
+    database = _run(read_database, timeout)
+    redis = _run(read_redis, timeout) if wanted & {"redis", "workers"} else None
+    deadline = None if timeout is None else time.monotonic() + timeout
     stats: Stats | None = None
     stale: list[Any] | None = None
     try:
-        if wanted & {"queue_age", "failure_rate"}:
-            stats = engine.stats(since=now - timedelta(seconds=window))
-        # An indexed read of the few running rows: the database's answer when nothing else asks it.
-        stale = engine.store.stale_running(now=now - timedelta(seconds=max_stale_age), limit=1)
+        stats, stale = _result(database, deadline, timeout)
     except Exception as exc:
         checks["database"] = Check("database", "fail", f"unreachable: {_one_line(exc)}")
         for name in ("queue_age", "stale_running", "failure_rate"):
@@ -116,16 +145,16 @@ def check_health(
     else:
         checks["database"] = Check("database", "ok", f"reachable ({engine.store.__class__.__name__})")
 
-    if wanted & {"redis", "workers"}:
+    if redis is not None:
         try:
-            engine.transport.ping()
+            workers = _result(redis, deadline, timeout)
         except Exception as exc:
             checks["redis"] = Check("redis", "fail", f"unreachable: {_one_line(exc)}")
             checks["workers"] = Check("workers", "skip", "unknown: Redis is unreachable")
         else:
             checks["redis"] = Check("redis", "ok", "reachable")
-            if "workers" in wanted:
-                checks["workers"] = _workers(engine)
+            if workers is not None:
+                checks["workers"] = workers
 
     if stats is not None:
         age = float(stats["oldest_queued_age_s"] or 0.0)
@@ -165,6 +194,33 @@ def check_health(
             threshold=max_stale_age,
         )
     return HealthReport(tuple(checks[name] for name in CHECKS if name in wanted))
+
+
+def _run(read: Callable[[], T], timeout: float | None) -> Future[T]:
+    """``read``'s outcome: computed here without a ``timeout``, else in a daemon thread (one that
+    hangs must not hold up the process's exit)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(read())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    if timeout is None:
+        run()
+    else:
+        threading.Thread(target=run, name="workflow-engine-health", daemon=True).start()
+    return future
+
+
+def _result(future: Future[T], deadline: float | None, timeout: float | None) -> T:
+    """``future``'s result, or its exception; TimeoutError past ``deadline``, saying so."""
+    try:
+        return future.result(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0))
+    except FutureTimeout:
+        raise TimeoutError(f"no answer within {timeout:g} s") from None
 
 
 def _chosen(only: Sequence[str] | None) -> set[str]:
