@@ -661,6 +661,8 @@ def test_shown_urls_hide_passwords_in_the_netloc_and_in_the_query() -> None:
     [
         ("--database-url", "postgresql:app:s3cr3t@db.internal/app"),  # no "//"
         ("--redis-url", "redis:/:s3cr3t@cache.internal:6379/0"),  # one "/" short
+        ("--redis-url", "redis:cache.internal:6379/0?password=s3cr3t"),  # in the query
+        ("--database-url", "postgresql:app:s3cr3t@db/app?next=http://x"),  # a "://" in the query
     ],
 )
 def test_a_mistyped_url_is_refused_without_showing_its_password(db: str, flag: str, url: str) -> None:
@@ -669,7 +671,7 @@ def test_a_mistyped_url_is_refused_without_showing_its_password(db: str, flag: s
         out = run(*command, *[part for pair in urls.items() for part in pair])
         assert out.code == 1 and "malformed" in out.stdout + out.stderr
         assert "s3cr3t" not in out.stdout + out.stderr
-        assert "***@" in out.stdout + out.stderr  # the rest is shown, to find the typo by
+        assert "***" in out.stdout + out.stderr  # the rest is shown, to find the typo by
 
 
 def test_shown_hides_what_may_be_a_password_in_a_url_without_its_slashes() -> None:
@@ -679,6 +681,11 @@ def test_shown_hides_what_may_be_a_password_in_a_url_without_its_slashes() -> No
     assert shown("redis:/:s3cret@cache:6379/0") == "redis:***@cache:6379/0"
     assert shown("app.db") == "app.db"  # nothing to hide
     assert secrets("postgresql:app:s%40cret@db/app") == ["s%40cret", "s@cret"]
+    # A password in the query; a "://" in the query, which is no scheme's; no ":" at all.
+    assert shown("redis:cache:6379/0?password=s3cret") == "redis:cache:6379/0?password=***"
+    assert shown("postgresql:db/app?x=a@b&password=s3cret") == "postgresql:db/app?x=a@b&password=***"
+    assert shown("postgresql:app:s3cret@db/app?next=http://x") == "postgresql:***@db/app?next=http://x"
+    assert secrets("postgresql//app:s3cret@db/app") == ["s3cret"]
 
 
 def test_a_reconcile_service_may_start_before_the_database_file_exists(

@@ -33,7 +33,7 @@ from rq.utils import get_version, utcparse
 from .config import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, unclean
 from .errors import ConfigurationError, QueueUnavailable
 from .models import Workflow
-from .stores.urls import shown
+from .stores.urls import scheme_of, shown
 
 #: Seconds RQ keeps a finished job. The database holds the result; a short TTL is cheaper than 0,
 #: which makes RQ delete the job and its keys at once (measured: about 0.5 ms a job more).
@@ -128,7 +128,7 @@ def new_job_id(workflow_id: str) -> str:
 
 def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5.0) -> redis.Redis:
     """A Redis connection for ``redis://``, ``rediss://``, ``unix://`` or an in-process ``fakeredis://``."""
-    if not isinstance(url, str) or "://" not in url:
+    if not isinstance(url, str) or scheme_of(url) is None:
         raise ConfigurationError(
             f"malformed Redis URL {shown(url) if isinstance(url, str) else url!r}; "
             "use redis://host:6379/0, rediss://…, unix:///path or fakeredis://"
@@ -137,7 +137,7 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         raise ConfigurationError(
             f"malformed Redis URL {shown(url)!r}: it has whitespace around it or a control character in it"
         )
-    scheme = url.split("://", 1)[0].lower()
+    scheme = scheme_of(url)
     if scheme == "fakeredis":
         import fakeredis
 
