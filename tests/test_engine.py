@@ -238,6 +238,27 @@ def test_enqueue_in_process_runs_the_workflow_to_completion_before_returning(
     ]
 
 
+def test_a_type_id_given_as_a_str_subclass_finds_its_registered_handler(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    """An app's StrEnum of its types: the member is the registered id, and validated like any."""
+    import enum
+
+    class Types(str, enum.Enum):
+        REPORT = "report"
+        BAD = " report"
+
+    workflow_engine.register_handler("report", "we_test_handlers:record_success", max_retries=5)
+    wf = workflow_engine.get_workflow(workflow_engine.create_workflow(workflow_type_id=Types.REPORT))
+    assert (wf.workflow_type_id, wf.handler, wf.max_retries) == (
+        "report",
+        "we_test_handlers:record_success",
+        5,
+    )
+    with pytest.raises(InvalidInput, match="whitespace"):
+        workflow_engine.create_workflow(workflow_type_id=Types.BAD)
+
+
 def test_the_decorator_registers_a_handler_and_returns_the_function(workflow_engine: WorkflowEngine) -> None:
     decorated = workflow_engine.handler("double", max_retries=0)(double)
     assert decorated is double

@@ -402,9 +402,8 @@ class WorkflowEngine:
         idempotency_key: str | None = None,
         requires_approval: bool | None = False,
     ) -> Workflow:
-        # A registered type's id was checked when it was registered (a str subclass is checked again).
-        spec = self._handlers.get(workflow_type_id) if type(workflow_type_id) is str else None
-        if spec is None:
+        spec = self._handlers.get(workflow_type_id) if isinstance(workflow_type_id, str) else None
+        if spec is None or type(workflow_type_id) is not str:  # a registered id was checked then
             check_new_id("workflow_type_id", validate_type_id(workflow_type_id))
         inputs = {} if inputs is None else inputs
         if not isinstance(inputs, Mapping):
