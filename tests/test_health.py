@@ -274,13 +274,13 @@ def test_a_hung_database_fails_its_checks_within_the_timeout_and_redis_is_still_
     import time
 
     hung = threading.Event()
-    real_stats = engine.stats
+    real_stats = engine.store.stats
 
     def stats(**kwargs: Any) -> Any:
         hung.wait(30)
         return real_stats(**kwargs)
 
-    monkeypatch.setattr(engine, "stats", stats)
+    monkeypatch.setattr(engine.store, "stats", stats)
     try:
         started = time.monotonic()
         report = check_health(engine, timeout=0.5)
@@ -292,6 +292,41 @@ def test_a_hung_database_fails_its_checks_within_the_timeout_and_redis_is_still_
     assert by_name["database"].detail == "unreachable: no answer within 0.5 s"
     assert by_name["redis"].status == "ok" and by_name["queue_age"].status == "skip"
     assert check_health(engine, timeout=5).checks[0].status == "ok"  # answered: as without one
+
+
+def test_a_hung_redis_fails_only_its_own_checks_and_each_check_asks_only_its_server(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    hung = threading.Event()
+
+    def hang(*args: Any, **kwargs: Any) -> None:
+        hung.wait(30)
+
+    def untouched(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a check asked a server it does not need")
+
+    monkeypatch.setattr(engine.transport, "ping", hang)
+    monkeypatch.setattr(engine.transport, "depth", hang)  # the queue's depth: not the database's
+    try:
+        report = check_health(engine, timeout=0.5)
+        status = {c.name: c.status for c in report.checks}
+        assert status == {
+            "database": "ok",
+            "redis": "fail",
+            "workers": "skip",
+            "queue_age": "ok",
+            "stale_running": "ok",
+            "failure_rate": "ok",
+        }
+        monkeypatch.setattr(engine.store, "stats", untouched)
+        monkeypatch.setattr(engine.store, "stale_running", untouched)
+        assert [c.status for c in check_health(engine, only=["redis"], timeout=0.5).checks] == ["fail"]
+    finally:
+        hung.set()
+    monkeypatch.setattr(engine.transport, "ping", lambda: None)
+    assert check_health(engine, only=["redis"]).healthy  # no database read at all
 
 
 @pytest.mark.parametrize(

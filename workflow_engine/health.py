@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from .analytics import queued_age, status_totals
 from .config import MAX_SECONDS
 from .errors import InvalidInput
 from .models import utcnow
 
 if TYPE_CHECKING:
-    from .analytics import Stats
     from .engine import WorkflowEngine
+    from .stores.base import StatsRows
 
 #: Defaults of the thresholds; the Prometheus alerts in docs/alerts.yml use the same.
 DEFAULT_MAX_QUEUED_AGE = 300.0
@@ -116,14 +117,13 @@ def check_health(
     checks: dict[str, Check] = {}
     now = utcnow()
 
-    def read_database() -> tuple[Stats | None, list[Any]]:
-        stats = (
-            engine.stats(since=now - timedelta(seconds=window))
-            if wanted & {"queue_age", "failure_rate"}
-            else None
-        )
+    def read_database() -> tuple[StatsRows | None, list[Any]]:
+        # The store's reads alone: engine.stats() would ask Redis for the queue's depth too, and a
+        # hung Redis would fail the database's checks.
+        since = now - timedelta(seconds=window)
+        rows = engine.store.stats(since=since, recent=now) if wanted & {"queue_age", "failure_rate"} else None
         # An indexed read of the few running rows: the database's answer when nothing else asks it.
-        return stats, engine.store.stale_running(now=now - timedelta(seconds=max_stale_age), limit=1)
+        return rows, engine.store.stale_running(now=now - timedelta(seconds=max_stale_age), limit=1)
 
     def read_redis() -> Check | None:
         engine.transport.ping()
@@ -131,19 +131,21 @@ def check_health(
 
     # Side by side, each in a thread of its own, when a deadline is set: a hung server (a table
     # locked by a migration, a Redis that accepts and never answers) fails its checks in time.
-    database = _run(read_database, timeout)
+    asks_database = bool(wanted & {"database", "queue_age", "stale_running", "failure_rate"})
+    database = _run(read_database, timeout) if asks_database else None
     redis = _run(read_redis, timeout) if wanted & {"redis", "workers"} else None
     deadline = None if timeout is None else time.monotonic() + timeout
-    stats: Stats | None = None
+    rows: StatsRows | None = None
     stale: list[Any] | None = None
-    try:
-        stats, stale = _result(database, deadline, timeout)
-    except Exception as exc:
-        checks["database"] = Check("database", "fail", f"unreachable: {_one_line(exc)}")
-        for name in ("queue_age", "stale_running", "failure_rate"):
-            checks[name] = Check(name, "skip", "unknown: the database is unreachable")
-    else:
-        checks["database"] = Check("database", "ok", f"reachable ({engine.store.__class__.__name__})")
+    if database is not None:
+        try:
+            rows, stale = _result(database, deadline, timeout)
+        except Exception as exc:
+            checks["database"] = Check("database", "fail", f"unreachable: {_one_line(exc)}")
+            for name in ("queue_age", "stale_running", "failure_rate"):
+                checks[name] = Check(name, "skip", "unknown: the database is unreachable")
+        else:
+            checks["database"] = Check("database", "ok", f"reachable ({engine.store.__class__.__name__})")
 
     if redis is not None:
         try:
@@ -156,9 +158,10 @@ def check_health(
             if workers is not None:
                 checks["workers"] = workers
 
-    if stats is not None:
-        age = float(stats["oldest_queued_age_s"] or 0.0)
-        queued = stats["by_status"]["queued"]
+    if rows is not None:
+        by_status = status_totals(rows.counts)
+        age = round(queued_age(rows.oldest_queued, now) or 0.0, 3)
+        queued = by_status["queued"]
         checks["queue_age"] = Check(
             "queue_age",
             "ok" if age <= max_queued_age else "fail",
@@ -168,7 +171,7 @@ def check_health(
             value=round(age, 3),
             threshold=max_queued_age,
         )
-        failed, completed = stats["by_status"]["failed"], stats["by_status"]["completed"]
+        failed, completed = by_status["failed"], by_status["completed"]
         finished = failed + completed
         rate = failed / finished if finished else 0.0
         figure = f"{failed} of {finished} finished workflows created in the last {window:g} s"
