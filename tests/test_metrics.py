@@ -107,10 +107,51 @@ def test_types_past_the_label_limit_are_counted_together_and_registered_ones_kee
         "made-up-1": 1,
         "made-up-2": 1,
         metrics.OTHER_TYPES: 3,
+        # The scrape seeds the types it finds in the database, within a budget of their own.
+        "made-up-3": 0,
+        "made-up-4": 0,
+        "made-up-5": 0,
         **{kind: (1 if kind == "ok" else 0) for kind in engine._handlers},
     }
     assert value(m, "workflow_engine_workflows_finished_total", type="ok", status="completed") == 1
     assert caplog.text.count(f"counted under type={metrics.OTHER_TYPES!r}") == 1
+
+
+def test_made_up_types_in_the_database_never_keep_a_type_that_runs_from_its_own_series(
+    engine: WorkflowEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker seeds the types it finds in the database, made-up ones first in their order: the
+    type it then runs still counts under its own name."""
+    monkeypatch.setattr(metrics, "MAX_TYPE_LABELS", 3)
+    for n in range(5):
+        engine.create_workflow(workflow_type_id=f"junk-{n}")
+    worker_side = WorkflowEngine(
+        database_url=f"sqlite:///{tmp_path / 'm.db'}", redis_url="fakeredis://", is_async=False
+    )
+    worker_side.register_handler("zz_report", "we_test_handlers:always_fail", max_retries=0)
+    inst = metrics.instrument(worker_side, metrics.Instruments())
+    scrape_registry(worker_side, inst)  # seeds junk-0 to junk-2
+    worker_side.enqueue_execution(worker_side.create_workflow(workflow_type_id="zz_report"))
+    for n in range(5, 9):  # made up, with no handler, past the limit
+        worker_side.create_workflow(workflow_type_id=f"junk-{n}")
+    m = scrape_registry(worker_side, inst)
+    assert value(m, "workflow_engine_workflows_finished_total", type="zz_report", status="failed") == 1
+    created = {
+        dict(labels)["type"]
+        for (name, labels), _ in m.items()
+        if name == "workflow_engine_workflows_created_total"
+    }
+    assert created == {
+        "zz_report",
+        "junk-0",
+        "junk-1",
+        "junk-2",
+        "junk-5",
+        "junk-6",
+        "junk-7",
+        metrics.OTHER_TYPES,
+    }
+    worker_side.close()
 
 
 def test_the_queue_wait_runs_from_becoming_queued_to_the_claim_across_a_redelivery(

@@ -49,9 +49,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 #: Seconds between a workflow becoming due in the queue and a worker claiming it.
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-#: The most workflow types a process labels series with, beyond those registered on its engines:
-#: any caller of an app's create endpoint may name a type, and each new one is some 30 series,
-#: kept for the process's life. The types past it are counted together as :data:`OTHER_TYPES`.
+#: The most workflow types without a handler (any caller of an app's create endpoint may name
+#: one) that a process labels series with; each is some 30 series, kept for the process's life.
+#: Those past it are counted together as :data:`OTHER_TYPES`. A type with a handler, which some
+#: engine registered, always has its own; so do, within a budget of the same size of their own,
+#: the types a scrape finds in the database (see :meth:`Instruments.seed`).
 MAX_TYPE_LABELS = 200
 OTHER_TYPES = "_other_types"
 
@@ -120,6 +122,8 @@ class Instruments:
         #: MAX_TYPE_LABELS, new ones are counted as OTHER_TYPES (said once, in the log).
         self._unregistered = 0
         self._capped = False
+        #: How many types :meth:`seed` gave series of their own, within MAX_TYPE_LABELS.
+        self._seeded = 0
 
     def collectors(self) -> list[Collector]:
         return [self.created, self.finished, self.attempts_failed, self.duration, self.queue_wait]
@@ -139,7 +143,10 @@ class Instruments:
         kind, to = wf.workflow_type_id, wf.status
         wait = _queue_wait(wf) if from_status is S.QUEUED and to is S.RUNNING else None
         with _LOCK:
-            if kind not in self._types and self._unregistered >= MAX_TYPE_LABELS:
+            # A workflow with a handler is of a type some engine registered: a bounded set, whoever
+            # created it. One without may be of any type a caller named: those are capped.
+            capped = wf.handler is None
+            if kind not in self._types and capped and self._unregistered >= MAX_TYPE_LABELS:
                 if not self._capped:
                     self._capped = True
                     log.warning(
@@ -150,7 +157,8 @@ class Instruments:
                     )
                 kind = OTHER_TYPES
             if kind not in self._types:
-                self._unregistered += 1
+                if capped:
+                    self._unregistered += 1
                 self._series_for(kind)
             if from_status is None:
                 self.created.labels(kind).inc()
@@ -165,12 +173,13 @@ class Instruments:
                 self.queue_wait.observe(wait)
 
     def seed(self, kinds: Iterable[str]) -> None:
-        """Create the series of each of ``kinds`` at zero, as a first status change would (within
-        the same limit of types): those found in the database at a scrape."""
+        """Create the series of each of ``kinds`` at zero, as a first status change would: those
+        found in the database at a scrape, at most MAX_TYPE_LABELS of them (a budget of their
+        own, so that types a caller made up never keep a type that runs from its own series)."""
         with _LOCK:
             for kind in sorted(kinds):
-                if kind not in self._types and self._unregistered < MAX_TYPE_LABELS:
-                    self._unregistered += 1
+                if kind not in self._types and self._seeded < MAX_TYPE_LABELS:
+                    self._seeded += 1
                     self._series_for(kind)
 
     def _series_for(self, kind: str) -> None:
