@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,6 +25,8 @@ APPS = Path(__file__).resolve().parent / "apps"
 BIN = Path(sys.executable).parent
 REQUIRE_SERVICES = os.environ.get("WORKFLOW_ENGINE_REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get("WORKFLOW_ENGINE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+T = TypeVar("T")
 
 
 def a_workflow(**fields: Any) -> Workflow:
@@ -46,6 +49,17 @@ def service_unavailable(message: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{message} (WORKFLOW_ENGINE_REQUIRE_SERVICES=1)")
     pytest.skip(message)
+
+
+def held(real: Callable[..., T], until: threading.Event) -> Callable[..., T]:
+    """``real``, made to wait for ``until`` first (30 s at most): a server that accepts a request
+    and does not answer it, or a table a migration or a backup holds locked."""
+
+    def waits_then(*args: Any, **kwargs: Any) -> T:
+        until.wait(30)
+        return real(*args, **kwargs)
+
+    return waits_then
 
 
 def free_port() -> int:

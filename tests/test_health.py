@@ -20,7 +20,7 @@ from workflow_engine.health import CHECKS, check_health
 from workflow_engine.models import utcnow
 from workflow_engine.stores import open_store
 
-from support import BIN, RedisServer, free_port, start_worker, wait_for
+from support import BIN, RedisServer, free_port, held, start_worker, wait_for
 
 S = WorkflowStatus
 
@@ -274,13 +274,7 @@ def test_a_hung_database_fails_its_checks_within_the_timeout_and_redis_is_still_
     import time
 
     hung = threading.Event()
-    real_stats = engine.store.stats
-
-    def stats(**kwargs: Any) -> Any:
-        hung.wait(30)
-        return real_stats(**kwargs)
-
-    monkeypatch.setattr(engine.store, "stats", stats)
+    monkeypatch.setattr(engine.store, "stats", held(engine.store.stats, hung))
     try:
         started = time.monotonic()
         report = check_health(engine, timeout=0.5)
@@ -300,9 +294,7 @@ def test_a_hung_redis_fails_only_its_own_checks_and_each_check_asks_only_its_ser
     import threading
 
     hung = threading.Event()
-
-    def hang(*args: Any, **kwargs: Any) -> None:
-        hung.wait(30)
+    hang = held(lambda: None, hung)
 
     def untouched(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a check asked a server it does not need")

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from workflow_engine import WorkflowEngine, WorkflowStatus, metrics
 from workflow_engine.models import utcnow
 
-from support import APPS, RedisServer, free_port, start_worker, wait_for
+from support import APPS, RedisServer, free_port, held, start_worker, wait_for
 
 S = WorkflowStatus
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -305,13 +305,7 @@ def test_a_scrape_with_a_hung_database_or_redis_still_arrives_in_time_saying_whi
 
     monkeypatch.setattr(metrics, "SCRAPE_BUDGET", 0.5)
     hung = threading.Event()
-    real_gauges = engine.store.gauges
-
-    def gauges(**kwargs: Any) -> Any:
-        hung.wait(30)
-        return real_gauges(**kwargs)
-
-    monkeypatch.setattr(engine.store, "gauges", gauges)
+    monkeypatch.setattr(engine.store, "gauges", held(engine.store.gauges, hung))
     registry = metrics.make_registry(engine, metrics.Instruments())
     try:
         for _ in range(2):  # the second scrape waits for the same stuck read, not a new one
