@@ -152,6 +152,12 @@ def test_each_member_votes_once_unless_the_vote_is_explicitly_changed(engine: Wo
         engine.vote(wid, voter_id="ana", approve=True)
     tally = engine.vote(wid, voter_id="ana", approve=True, change=True)
     assert (tally.approvals, tally.rejections) == (1, 0)
+    engine.vote(wid, voter_id="cy", approve=False, change=True, comment="no")  # a first vote: no change
+    assert [e.detail for e in engine.get_events(wid)][1:] == [
+        "vote: ana rejects",
+        "vote: ana approves (changed)",
+        "vote: cy rejects: no",
+    ]
 
 
 def test_retrying_a_vote_whose_call_failed_before_deciding_makes_the_decision(

@@ -778,11 +778,19 @@ def test_votes_are_recorded_once_per_voter_only_while_awaiting_approval(store: S
         store.record_vote(vote.model_copy(update={"approve": False}), change=False, detail="x") == "duplicate"
     )
     changed = vote.model_copy(update={"approve": False})
-    assert store.record_vote(changed, change=True, detail="vote: ana rejects (changed)") == "recorded"
+    outcome = store.record_vote(
+        changed, change=True, detail="vote: ana rejects", changed_detail="ana changed"
+    )
+    assert outcome == "recorded"
     assert store.votes(wf.id) == [changed]
+    first = Vote(workflow_id=wf.id, voter_id="bo", approve=True, at=utcnow())  # change=True, no earlier vote
+    assert store.record_vote(first, change=True, detail="vote: bo approves", changed_detail="bo changed") == (
+        "recorded"
+    )
     assert [e.detail for e in store.events(wf.id)][1:] == [
         "vote: ana approves",
-        "vote: ana rejects (changed)",
+        "ana changed",
+        "vote: bo approves",
     ]
     store.compare_and_set(
         wf.id, expected_status=S.AWAITING_APPROVAL, changes={"status": S.REJECTED}, event=None

@@ -82,12 +82,12 @@ def vote(
         raise InvalidVote(f"workflow {wf.id!r} has no configured council to vote")
     if voter_id not in council.members:
         raise NotACouncilMember(f"{voter_id!r} is not a member of council {council.id!r}")
-    verb = "approves" if approve else "rejects"
-    detail = (
-        f"vote: {voter_id} {verb}" + (" (changed)" if change else "") + (f": {comment}" if comment else "")
-    )
+    said, why = f"vote: {voter_id} {'approves' if approve else 'rejects'}", f": {comment}" if comment else ""
     vote = Vote(workflow_id=wf.id, voter_id=voter_id, approve=approve, comment=comment, at=utcnow())
-    outcome = engine.store.record_vote(vote, change=change, detail=detail)
+    # " (changed)" only where it replaces the voter's earlier vote: a first vote with change=True is not.
+    outcome = engine.store.record_vote(
+        vote, change=change, detail=said + why, changed_detail=f"{said} (changed){why}"
+    )
     if outcome == "duplicate":
         # The earlier vote may have been recorded by a call that failed before it decided (the
         # database or the process went away): a retry of that same vote completes the decision.

@@ -177,8 +177,11 @@ class Store(abc.ABC):
     def get_council(self, council_id: str) -> Council | None: ...
 
     @abc.abstractmethod
-    def record_vote(self, vote: Vote, *, change: bool, detail: str) -> str:
+    def record_vote(self, vote: Vote, *, change: bool, detail: str, changed_detail: str | None = None) -> str:
         """Record ``vote`` and its event in one transaction, only while the workflow awaits approval.
+
+        The event's detail is ``detail``, or ``changed_detail`` (when given) where ``change``
+        replaced the voter's earlier vote.
 
         Returns ``"recorded"``, ``"duplicate"`` (the voter already voted and ``change`` is false)
         or the workflow's status when it is not awaiting approval (``"missing"`` if there is none).
@@ -875,7 +878,7 @@ class SQLStore(Store):
 
         return self._read("council", "id", row, build)
 
-    def record_vote(self, vote: Vote, *, change: bool, detail: str) -> str:
+    def record_vote(self, vote: Vote, *, change: bool, detail: str, changed_detail: str | None = None) -> str:
         params = self.encode(vote.model_dump())
         with self.transaction() as tx:
             found = tx.fetch(
@@ -886,6 +889,8 @@ class SQLStore(Store):
             status = str(found[0]["status"])
             if status != WorkflowStatus.AWAITING_APPROVAL.value:
                 return status
+            voter = {"workflow_id": vote.workflow_id, "voter_id": vote.voter_id}
+            replaced = change and changed_detail is not None and bool(tx.fetch(self.sql(q.HAS_VOTED), voter))
             if not tx.fetch(self.sql(q.CHANGE_VOTE if change else q.INSERT_VOTE), params):
                 return "duplicate"
             event = {
@@ -893,7 +898,7 @@ class SQLStore(Store):
                 "from_status": status,
                 "to_status": status,
                 "at": vote.at,
-                "detail": detail,
+                "detail": changed_detail if replaced else detail,
                 "attempt": found[0]["attempts"],
             }
             tx.execute(self.sql(q.INSERT_EVENT), self.encode(event))

@@ -159,6 +159,7 @@ ON CONFLICT (workflow_id, voter_id) DO UPDATE SET approve = excluded.approve, co
 RETURNING voter_id
 """
 GET_VOTES = f"SELECT {VOTE} FROM workflow_votes WHERE workflow_id = :workflow_id ORDER BY at, voter_id"
+HAS_VOTED = "SELECT 1 AS found FROM workflow_votes WHERE workflow_id = :workflow_id AND voter_id = :voter_id"
 
 # -- statistics ({since} is "" or "AND created_at >= :since") ------------------------------
 STATS_COUNTS = """
