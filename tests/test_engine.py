@@ -579,6 +579,42 @@ def test_a_handler_that_catches_its_own_timeout_and_returns_still_fails_as_timed
     assert (wf.status, wf.error, wf.result) == (S.FAILED, "handler timed out after 0.2 s", None)
 
 
+def go_on_after_the_timeout(wf: Workflow) -> str:
+    try:
+        time.sleep(5)
+    except:  # noqa: E722 - caught, and the handler goes on, as a ``with ThreadPoolExecutor()`` would
+        time.sleep(30)
+    return "done anyway"
+
+
+def test_a_handler_that_catches_its_timeout_and_goes_on_is_interrupted_again_soon(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    """RQ's backstop is off while the engine's timer stands in for it: a timeout fired once and
+    caught left the handler to run unbounded (on a SimpleWorker, for ever)."""
+    workflow_engine.register_handler("stubborn", go_on_after_the_timeout, max_retries=0, timeout=0.2)
+    wid = create(workflow_engine, "stubborn")
+    started = time.monotonic()
+    workflow_engine.enqueue_execution(wid)
+    assert time.monotonic() - started < 0.2 + execution.TIMEOUT_REPEAT + 1
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.status, wf.error, wf.result) == (S.FAILED, "handler timed out after 0.2 s", None)
+
+
+def test_rqs_backstop_leaves_the_claim_and_the_outcomes_write_the_whole_sqlite_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    """RQ's backstop (the timeout plus a grace) is put back once the handler ends, and runs from
+    the job's start: a claim or an outcome's write that waited for SQLite's lock for longer than
+    the grace was cut, and an attempt that ended in time was lost (``running`` for good, under a
+    stock worker). The grace is longer than a write may wait."""
+    from workflow_engine.stores.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "w.db"))
+    assert transport.TIMEOUT_GRACE >= store.busy_timeout + execution.STORE_CALL_GRACE
+    store.close()
+
+
 def test_a_callers_own_alarm_keeps_its_time_across_an_in_process_workflow_with_a_timeout(
     workflow_engine: WorkflowEngine,
 ) -> None:

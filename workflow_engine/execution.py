@@ -385,6 +385,9 @@ def _failed(
 #: How long past its timeout a handler's store call (a read, a write, a pool checkout) may delay
 #: the timeout, which waits for it to end; past that it is raised there all the same.
 STORE_CALL_GRACE = 10.0
+#: Seconds between the timeouts raised again in a handler that caught the first one and went on
+#: (a bare ``except:``, or a ``with ThreadPoolExecutor()`` that waits for its threads).
+TIMEOUT_REPEAT = 1.0
 
 
 def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
@@ -405,7 +408,7 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
             raise HandlerTimeout(message)
         return result
 
-    fired = False
+    fired = returned = False
 
     def timed_out() -> None:
         nonlocal fired
@@ -413,6 +416,8 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
         raise HandlerTimeout(message)
 
     def on_alarm(signum: int, frame: Any) -> None:
+        if returned:  # the handler is over: its outcome stands (this was the repeat, in flight)
+            return
         # Never inside a store call (a pool's bookkeeping cut in two could lose a connection for
         # good): raised as that call ends, or where it stands if it outlasts the grace.
         if in_store_call() and time.monotonic() - start < timeout + STORE_CALL_GRACE:
@@ -420,6 +425,9 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
             signal.setitimer(signal.ITIMER_REAL, STORE_CALL_GRACE)
             return
         after_store_call(None)
+        # Again and again until the handler ends: one that caught the timeout and went on would
+        # otherwise run unbounded (RQ's backstop is off while this timer stands in for it).
+        signal.setitimer(signal.ITIMER_REAL, TIMEOUT_REPEAT)
         timed_out()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
@@ -427,14 +435,17 @@ def _call_with_timeout(func: Any, wf: Workflow, timeout: float | None) -> Any:
     backstop = isinstance(getattr(previous, "__self__", None), BaseDeathPenalty)
     outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        result = func(wf)
+        try:
+            result = func(wf)
+        finally:
+            returned = True  # from here on an alarm interrupts nothing: this cleanup always runs
         if fired:  # the handler caught its timeout (a bare ``except:``) and returned all the same
             raise HandlerTimeout(message)
         return result
     finally:
         try:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        finally:  # even if the alarm fired just as the handler returned: it fires once, so this runs
+        finally:
             after_store_call(None)  # a timeout handed to a store call that has not ended is void now
             signal.signal(signal.SIGALRM, previous)
             if outer_delay > 0:  # put back the outer alarm, minus the time spent; RQ's backstop with

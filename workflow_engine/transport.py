@@ -38,8 +38,11 @@ from .stores.urls import scheme_of, shown
 #: Seconds RQ keeps a finished job. The database holds the result; a short TTL is cheaper than 0,
 #: which makes RQ delete the job and its keys at once (measured: about 0.5 ms a job more).
 RESULT_TTL = 60
-#: Seconds added to a handler's timeout for RQ's own backstop; our timer fires first.
-TIMEOUT_GRACE = 15
+#: Seconds added to a handler's timeout for RQ's own backstop; our timer fires first. It also
+#: bounds the claim before the handler and the outcome's write after it, which may each wait for
+#: SQLite's write lock for its busy timeout (30 s): a backstop inside them would lose an attempt
+#: that ended in time.
+TIMEOUT_GRACE = 60
 #: RQ job statuses that mean "this job will still run, or is running".
 #: Not an RQ status: the job is ``queued`` in RQ's eyes, but a worker has moved it off the queue
 #: onto the queue's intermediate list and not started it (yet: or that worker died in between).
