@@ -579,6 +579,29 @@ def test_a_handler_that_catches_its_own_timeout_and_returns_still_fails_as_timed
     assert (wf.status, wf.error, wf.result) == (S.FAILED, "handler timed out after 0.2 s", None)
 
 
+def raise_a_huge_error(wf: Workflow) -> None:
+    raise ValueError("x" * 1_000_000)
+
+
+def test_a_huge_exception_is_recorded_cut_to_a_few_kilobytes_saying_how_much_was_cut(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    """Stored whole, a handler's ValueError(1 MB) was kept three times an attempt (the error, the
+    traceback, the event), and read back with every listing."""
+    from workflow_engine import handlers
+
+    workflow_engine.register_handler("huge", raise_a_huge_error, max_retries=1, retry_backoff=0)
+    wid = create(workflow_engine, "huge")
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert wf.status is S.FAILED and wf.error is not None and wf.traceback is not None
+    assert wf.error.startswith("ValueError: xxx") and wf.error.endswith("characters cut)")
+    assert len(wf.error) < handlers.MAX_ERROR_CHARS + 50
+    assert len(wf.traceback) < handlers.MAX_TRACEBACK_CHARS + 50
+    assert wf.traceback.startswith("… (") and "characters cut)" in wf.traceback.splitlines()[0]
+    assert all(len(e.detail or "") < handlers.MAX_ERROR_CHARS + 100 for e in workflow_engine.get_events(wid))
+
+
 def go_on_after_the_timeout(wf: Workflow) -> str:
     try:
         time.sleep(5)

@@ -16,7 +16,6 @@ import signal
 import socket
 import threading
 import time
-import traceback as tb
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from rq.timeouts import BaseDeathPenalty
 
 from . import recovery
 from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
-from .handlers import HandlerFunc, describe
+from .handlers import HandlerFunc, describe, traceback_text
 from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
 from .stores.base import after_store_call, in_store_call
@@ -301,19 +300,19 @@ def run_handler(engine: WorkflowEngine, wf: Workflow, job_id: str, handler: str 
             to_json(result, "the handler's result")  # a large result takes a while: under the lease
     except UnknownWorkflowType as exc:
         if func is not None:  # raised by the handler itself: an error like any other
-            return Outcome("failed", error=describe(exc), traceback=tb.format_exc())
+            return Outcome("failed", error=describe(exc), traceback=traceback_text())
         # Retrying cannot fix a missing handler: record_outcome() fails it at once.
-        trace = tb.format_exc() if exc.__cause__ is not None else None
+        trace = traceback_text() if exc.__cause__ is not None else None
         return Outcome("unknown_type", error=str(exc), traceback=trace)
     except HandlerTimeout as exc:
         return Outcome("failed", error=str(exc))
     except Exception as exc:
-        return Outcome("failed", error=describe(exc), traceback=tb.format_exc())
+        return Outcome("failed", error=describe(exc), traceback=traceback_text())
     except BaseException as exc:  # SystemExit (sys.exit, a CLI library), asyncio.CancelledError, …
         # The attempt failed all the same: left unrecorded, it would stay running until its lease ran
         # out and reconcile called its worker lost. A stop request is raised again once recorded.
         stop = exc if isinstance(exc, (KeyboardInterrupt, SystemExit)) else None
-        return Outcome("failed", error=describe(exc), traceback=tb.format_exc(), interrupt=stop)
+        return Outcome("failed", error=describe(exc), traceback=traceback_text(), interrupt=stop)
     finally:
         _current.reset(token)
     return Outcome("completed", result=result, duration=time.monotonic() - started)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -214,13 +215,34 @@ def _import_failed(path: str, workflow_type_id: str, exc: BaseException) -> Unkn
     )
 
 
+#: The most characters of an exception's text that an attempt records as its error (and in its
+#: event); and of its traceback, whose end is kept. A handler's ``ValueError(20 MB of text)``
+#: would otherwise be stored twice an attempt, and read back with every listing.
+MAX_ERROR_CHARS = 4_000
+MAX_TRACEBACK_CHARS = 64_000
+
+
 def describe(exc: BaseException) -> str:
-    """``Type: message`` (``Type`` alone for no message), even for an exception whose ``__str__`` raises."""
+    """``Type: message`` (``Type`` alone for no message), even for an exception whose ``__str__``
+    raises; past :data:`MAX_ERROR_CHARS`, cut, saying how much."""
     try:
         text = str(exc)
     except Exception:
         text = f"<{type(exc).__name__} whose str() raised>"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if len(described) > MAX_ERROR_CHARS:
+        cut = len(described) - MAX_ERROR_CHARS
+        described = f"{described[:MAX_ERROR_CHARS]}… ({cut} characters cut)"
+    return described
+
+
+def traceback_text() -> str:
+    """The exception being handled's traceback, its end kept past :data:`MAX_TRACEBACK_CHARS`."""
+    text = traceback.format_exc()
+    if len(text) > MAX_TRACEBACK_CHARS:
+        cut = len(text) - MAX_TRACEBACK_CHARS
+        text = f"… ({cut} characters cut)\n{text[-MAX_TRACEBACK_CHARS:]}"
+    return text
 
 
 def preload_handlers(names: Iterable[str]) -> list[str]:
