@@ -579,6 +579,21 @@ def test_a_handler_that_catches_its_own_timeout_and_returns_still_fails_as_timed
     assert (wf.status, wf.error, wf.result) == (S.FAILED, "handler timed out after 0.2 s", None)
 
 
+def test_an_async_handler_is_refused_at_registration_or_fails_its_workflow_at_once_by_path(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    """Called and not awaited, its body never ran: each attempt failed on the coroutine its call
+    made ("not JSON serializable"), and used up every retry."""
+    with pytest.raises(InvalidInput, match="is an async function, and handlers are called, not awaited"):
+        workflow_engine.register_handler("later", we_test_handlers.async_handler)
+    workflow_engine.register_handler("later", "we_test_handlers:async_handler", max_retries=3)
+    wid = create(workflow_engine, "later")
+    workflow_engine.enqueue_execution(wid)
+    wf = workflow_engine.get_workflow(wid)
+    assert (wf.status, wf.attempts) == (S.FAILED, 1)  # at once: retrying cannot fix it
+    assert "asyncio.run" in (wf.error or "")
+
+
 def raise_a_huge_error(wf: Workflow) -> None:
     raise ValueError("x" * 1_000_000)
 

@@ -32,10 +32,12 @@ from .handlers import (
     MAX_RETRIES,
     HandlerFunc,
     HandlerSpec,
+    async_handler_refused,
     check_id,
     check_new_id,
     check_text,
     import_handler,
+    is_async_handler,
     path_of,
     storable_id,
     validate_type_id,
@@ -264,6 +266,8 @@ class WorkflowEngine:
             path, func = handler, None
         elif callable(handler):
             path, func = path_of(handler), handler
+            if is_async_handler(handler):
+                raise InvalidInput(async_handler_refused(path, workflow_type_id))
             if path.startswith("__main__:") and self.is_async:
                 raise InvalidInput(
                     f"handler {path!r} is defined in __main__, which an rq worker cannot import; "

@@ -202,8 +202,23 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
             message=f"cannot use handler {path!r} for workflow type {workflow_type_id!r}: it is a "
             f"{type(obj).__name__}, not a function; register the type with a function's path: {register}",
         )
+    if is_async_handler(obj):
+        raise UnknownWorkflowType(workflow_type_id, message=async_handler_refused(path, workflow_type_id))
     handler: HandlerFunc = obj
     return handler
+
+
+def is_async_handler(func: Any) -> bool:
+    """An ``async def``: calling it only makes a coroutine, which nothing would ever run."""
+    return inspect.iscoroutinefunction(func)
+
+
+def async_handler_refused(path: str, workflow_type_id: str) -> str:
+    return (
+        f"handler {path!r} for workflow type {workflow_type_id!r} is an async function, and handlers "
+        "are called, not awaited: its body would never run. Register a plain function that runs "
+        "it: def handler(workflow): return asyncio.run(the_async_handler(workflow))"
+    )
 
 
 def _import_failed(path: str, workflow_type_id: str, exc: BaseException) -> UnknownWorkflowType:

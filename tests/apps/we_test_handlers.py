@@ -77,3 +77,9 @@ def swallow_everything(wf: Workflow) -> str:
         pass
     _record(wf, "success")
     return "slept"
+
+
+async def async_handler(wf: Workflow) -> str:
+    """An ``async def``: called, it only makes a coroutine; its body never runs."""
+    _record(wf, "start")
+    return "ran"
