@@ -57,6 +57,12 @@ def test_a_password_the_driver_cannot_parse_is_not_repeated_in_the_error() -> No
     with pytest.raises(StoreUnavailable) as info:
         store.get("x")
     assert "S3cret" not in str(info.value) and "***" in str(info.value)
+    # Nor in the driver's error chained as its cause, which a traceback, a logger's exc_info or an
+    # error tracker prints: masked there too, and still chained.
+    import traceback
+
+    assert info.value.__cause__ is not None and "***" in str(info.value.__cause__)
+    assert "S3cret" not in "".join(traceback.format_exception(info.value))
 
 
 def test_an_engines_repr_hides_the_database_password() -> None:

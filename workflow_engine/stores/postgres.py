@@ -203,7 +203,9 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 except Exception as exc:
                     pool, self._pool = self._pool, None
                     pool.close()
-                    raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from exc
+                    raise StoreUnavailable(
+                        f"cannot connect to PostgreSQL: {_safe(exc, self.url)}"
+                    ) from _cause(exc, self.url)
                 self._pid = os.getpid()
             pool = self._pool
         return pool
@@ -246,7 +248,9 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 self.url, connect_timeout=max(1, int(self.connect_timeout)), **_KEEPALIVES
             ).close()
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from _cause(
+                exc, self.url
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -273,10 +277,12 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             except psycopg.Error as exc:
                 if conn is not None and conn.broken:  # lost under the call: the idle ones may be too
                     _sweep(pool, self.connect_timeout)
-                raise _store_error(exc, url=self.url) from exc
+                raise _store_error(exc, url=self.url) from _cause(exc, self.url)
             except Exception as exc:
                 if type(exc).__module__.startswith("psycopg_pool"):
-                    raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc, self.url)}") from exc
+                    raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc, self.url)}") from _cause(
+                        exc, self.url
+                    )
                 raise
 
     @contextmanager
@@ -296,7 +302,9 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)), **_KEEPALIVES
             )
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from _cause(
+                exc, self.url
+            )
         try:  # not `with conn`, which would commit on the way out: on a session the server ended, that raises
             try:
                 _configure(conn)
@@ -307,7 +315,7 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 # open in the idle transaction, which would hold back VACUUM for the whole pass.
                 got = conn.execute(f"SELECT pg_try_advisory_xact_lock({int(key)})").fetchone()
             except psycopg.Error as exc:
-                raise _store_error(exc, url=self.url) from exc
+                raise _store_error(exc, url=self.url) from _cause(exc, self.url)
             yield bool(got is not None and got[0])
         finally:
             conn.close()
@@ -335,7 +343,7 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {}, prepare=False)[0]["version"])
                 version = self._apply_migrations(tx, current)
         except psycopg.Error as exc:
-            raise _store_error(exc, "cannot migrate PostgreSQL", url=self.url) from exc
+            raise _store_error(exc, "cannot migrate PostgreSQL", url=self.url) from _cause(exc, self.url)
         self._migrated = True
         return version
 
@@ -437,6 +445,30 @@ def _store_error(exc: psycopg.Error, what: str | None = None, *, url: str | None
     if isinstance(exc, psycopg.OperationalError) and (state is None or state.startswith(("08", "53", "57P"))):
         return StoreUnavailable(f"{what or 'PostgreSQL is unavailable'}: {_safe(exc, url)}")
     return StoreError(f"{what or 'PostgreSQL failed'}: {_safe(exc, url)}")
+
+
+def _cause(exc: BaseException, url: str | None) -> BaseException | None:
+    """``exc``, to chain as the store's error's cause, with every secret of ``url`` in the text of
+    it and of the errors it chains written ``***`` (a traceback, a logger's ``exc_info`` or an
+    error tracker prints them all); None, to chain nothing, if one would still show."""
+    hidden = secrets(url) if url else []
+    if not hidden:
+        return exc
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.args = tuple(_masked(arg, hidden) if isinstance(arg, str) else arg for arg in link.args)
+        if any(secret in str(link) or secret in repr(link) for secret in hidden):
+            return None
+        link = link.__cause__ or link.__context__
+    return exc
+
+
+def _masked(text: str, hidden: list[str]) -> str:
+    for secret in hidden:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _safe(exc: BaseException, url: str | None = None) -> str:
