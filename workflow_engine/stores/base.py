@@ -804,16 +804,23 @@ class SQLStore(Store):
     def gauges(self, *, now: datetime) -> GaugeRows:
         def op() -> GaugeRows:
             with self.transaction(write=False) as tx:
-                counts = tx.fetch(self.sql(q.STATS_COUNTS.format(since="")), {})
-                oldest = tx.fetch(self.sql(q.STATS_OLDEST_QUEUED), {})[0]["oldest"]
+                counts, oldest = self._counts_and_oldest_queued(tx, "", {})
                 stale = tx.fetch(self.sql(q.STATS_STALE), {"now": self.encode_time(now)})[0]["n"]
-            return GaugeRows(
-                counts=[(r["workflow_type_id"], r["status"], int(r["n"])) for r in counts],
-                oldest_queued=self.decode_row({"at": oldest})["at"] if oldest is not None else None,
-                stale=int(stale),
-            )
+            return GaugeRows(counts=counts, oldest_queued=oldest, stale=int(stale))
 
         return self._once_more(op)
+
+    def _counts_and_oldest_queued(
+        self, tx: Tx, cond: str, params: Mapping[str, Any]
+    ) -> tuple[list[tuple[str, str, int]], datetime | None]:
+        """(workflow_type_id, status, count) of the workflows ``cond`` selects (STATS_COUNTS'
+        ``{since}``), and when the oldest queued one came due: what stats() and gauges() share."""
+        counts = tx.fetch(self.sql(q.STATS_COUNTS.format(since=cond)), params)
+        oldest = tx.fetch(self.sql(q.STATS_OLDEST_QUEUED), {})[0]["oldest"]
+        return (
+            [(r["workflow_type_id"], r["status"], int(r["n"])) for r in counts],
+            self.decode_row({"at": oldest})["at"] if oldest is not None else None,
+        )
 
     def _stats(self, *, since: datetime | None, recent: datetime) -> StatsRows:
         params: dict[str, Any] = {"recent": self.encode_time(recent)}
@@ -822,13 +829,12 @@ class SQLStore(Store):
             params["since"] = self.encode_time(since)
             cond = "AND created_at >= :since"
         with self.transaction(write=False) as tx:
-            counts = tx.fetch(self.sql(q.STATS_COUNTS.format(since=cond)), params)
-            oldest = tx.fetch(self.sql(q.STATS_OLDEST_QUEUED), {})[0]["oldest"]
+            counts, oldest = self._counts_and_oldest_queued(tx, cond, params)
             running = tx.fetch(self.sql(q.STATS_RUNNING), {})[0]["n"]
             finished = tx.fetch(self.sql(q.STATS_FINISHED_SINCE), params)[0]["n"]
             savings = tx.fetch(self.sql(self.savings_sql.format(since=cond)), params)
             durations: dict[str, tuple[float, float]] = {}
-            for type_id, status, n in ((r["workflow_type_id"], r["status"], int(r["n"])) for r in counts):
+            for type_id, status, n in counts:
                 if status != WorkflowStatus.COMPLETED.value or n == 0:
                     continue
                 at = []
@@ -844,9 +850,9 @@ class SQLStore(Store):
                 if len(at) == 2:
                     durations[type_id] = (at[0], at[1])
         return StatsRows(
-            counts=[(r["workflow_type_id"], r["status"], int(r["n"])) for r in counts],
+            counts=counts,
             durations=durations,
-            oldest_queued=self.decode_row({"at": oldest})["at"] if oldest is not None else None,
+            oldest_queued=oldest,
             running=int(running),
             finished_recently=int(finished),
             savings={r["key"]: float(r["total"]) for r in savings},

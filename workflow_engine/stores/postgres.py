@@ -476,6 +476,4 @@ def _safe(exc: BaseException, url: str | None = None) -> str:
     ``***``: libpq quotes a token of the connection string it cannot parse (a password with a
     stray ``%``, say), and a pool's error may repeat the string."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    for secret in secrets(url) if url else ():
-        text = text.replace(secret, "***")
-    return text
+    return _masked(text, secrets(url) if url else [])
