@@ -199,22 +199,26 @@ def check_health(
     return HealthReport(tuple(checks[name] for name in CHECKS if name in wanted))
 
 
+def complete(future: Future[T], read: Callable[[], T]) -> None:
+    """Settle ``future`` with ``read()``'s result, or with what it raised: a reading thread's
+    whole work (the metrics' scrape uses it too)."""
+    future.set_running_or_notify_cancel()
+    try:
+        future.set_result(read())
+    except BaseException as exc:
+        future.set_exception(exc)
+
+
 def _run(read: Callable[[], T], timeout: float | None) -> Future[T]:
     """``read``'s outcome: computed here without a ``timeout``, else in a daemon thread (one that
     hangs must not hold up the process's exit)."""
     future: Future[T] = Future()
-
-    def run() -> None:
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(read())
-        except BaseException as exc:
-            future.set_exception(exc)
-
     if timeout is None:
-        run()
+        complete(future, read)
     else:
-        threading.Thread(target=run, name="workflow-engine-health", daemon=True).start()
+        threading.Thread(
+            target=complete, args=(future, read), name="workflow-engine-health", daemon=True
+        ).start()
     return future
 
 

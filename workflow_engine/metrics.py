@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .analytics import queued_age, status_totals
 from .errors import ConfigurationError, MissingDependency
+from .health import complete
 from .models import Workflow, utcnow
 from .status import TERMINAL, WorkflowStatus
 
@@ -376,7 +377,7 @@ class DatabaseCollector:
             if running is None or running.done():
                 running = self._reads[name] = Future()
                 threading.Thread(
-                    target=_complete, args=(running, read), name=f"workflow-engine-scrape-{name}", daemon=True
+                    target=complete, args=(running, read), name=f"workflow-engine-scrape-{name}", daemon=True
                 ).start()
             return running
 
@@ -440,14 +441,6 @@ class DatabaseCollector:
             depth, workers = queue
             yield gauge("workflow_engine_queue_depth", "Jobs waiting on the RQ queue.", depth)
             yield gauge("workflow_engine_workers", "Live RQ workers listening on the queue.", workers)
-
-
-def _complete(future: Future[Any], read: Callable[[], Any]) -> None:
-    future.set_running_or_notify_cancel()
-    try:
-        future.set_result(read())
-    except BaseException as exc:
-        future.set_exception(exc)
 
 
 def _within(read: Future[Any], deadline: float, what: str) -> Any:
