@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import QueueUnavailable
 from .models import ReconcileReport, Workflow, log_extra, utcnow
 from .status import WorkflowStatus
-from .transport import LIVE_JOB_STATUSES, OFF_THE_QUEUE, TAKEN, Transport, new_job_id
+from .transport import LIVE_JOB_STATUSES, OFF_THE_QUEUE, TAKEN_STATUSES, Transport, new_job_id
 
 if TYPE_CHECKING:
     from .engine import WorkflowEngine
@@ -187,7 +187,7 @@ def reconcile(engine: WorkflowEngine, batch_size: int) -> ReconcileReport:
             wf.job_id: status
             for wf in candidates
             if wf.job_id
-            and (status := statuses.get(wf.job_id)) in (b"started", TAKEN, OFF_THE_QUEUE)
+            and (status := statuses.get(wf.job_id)) in TAKEN_STATUSES
             and wf.updated_at < started_before
         }
         try:

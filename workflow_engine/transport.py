@@ -53,6 +53,9 @@ TAKEN = b"taken"
 #: and kept the job (a ``DEL`` of the list's key, an eviction): then no worker will ever take it.
 OFF_THE_QUEUE = b"off the queue"
 LIVE_JOB_STATUSES = frozenset({b"queued", b"started", b"deferred", b"scheduled", TAKEN, OFF_THE_QUEUE})
+#: Those of a job a worker took, or may have taken, and has not claimed: what :meth:`Transport.taken_at`
+#: times, and what reconcile gives up on once it has stayed so for ``stale_after``.
+TAKEN_STATUSES = frozenset({b"started", TAKEN, OFF_THE_QUEUE})
 #: The longest queue whose list a reconcile pass reads whole (``LRANGE``, about 4 MB at this
 #: length); a longer one is not read, and a lost job in it waits until the queue is shorter.
 QUEUE_SCAN_LIMIT = 100_000
@@ -368,7 +371,7 @@ class Transport:
         ``statuses``: RQ's ``started_at`` for a started job; for another, when this was first asked about it
         (noted in Redis, so that every process and every pass agrees), ``now`` the first time.
         None where Redis does not say. Other jobs are left out."""
-        jobs = [(job_id, st) for job_id, st in statuses.items() if st in (b"started", TAKEN, OFF_THE_QUEUE)]
+        jobs = [(job_id, st) for job_id, st in statuses.items() if st in TAKEN_STATUSES]
         if not jobs:
             return {}
         try:
