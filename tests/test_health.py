@@ -288,6 +288,40 @@ def test_a_hung_database_fails_its_checks_within_the_timeout_and_redis_is_still_
     assert check_health(engine, timeout=5).checks[0].status == "ok"  # answered: as without one
 
 
+def test_a_hung_database_is_read_once_however_often_it_is_checked(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A web process serving check_health(timeout=...) every few seconds: each hung read holds
+    a thread and one of the pool's connections, which the app's own requests need."""
+    import threading
+    import time
+
+    hung = threading.Event()
+    reads: list[float] = []
+    stats = held(engine.store.stats, hung)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(time.monotonic())
+        return stats(*args, **kwargs)
+
+    monkeypatch.setattr(engine.store, "stats", counted)
+    threads = threading.active_count()
+    try:
+        for _ in range(5):
+            started = time.monotonic()
+            report = check_health(engine, only=["queue_age"], timeout=0.2)
+            assert time.monotonic() - started < 1
+            assert report.checks[0].status == "skip"  # the database failed: no answer within 0.2 s
+        time.sleep(0.3)  # every waiting check's thread has reached its deadline
+        assert len(reads) == 1
+        assert threading.active_count() == threads + 1  # the one hung read, and no other
+    finally:
+        hung.set()
+    # Answered at last: the next check waits for that read, then reads afresh.
+    assert check_health(engine, only=["queue_age"], timeout=5).healthy
+    assert len(reads) == 2
+
+
 def test_a_hung_redis_fails_only_its_own_checks_and_each_check_asks_only_its_server(
     engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -132,8 +133,8 @@ def check_health(
     # Side by side, each in a thread of its own, when a deadline is set: a hung server (a table
     # locked by a migration, a Redis that accepts and never answers) fails its checks in time.
     asks_database = bool(wanted & {"database", "queue_age", "stale_running", "failure_rate"})
-    database = _run(read_database, timeout) if asks_database else None
-    redis = _run(read_redis, timeout) if wanted & {"redis", "workers"} else None
+    database = _run(engine, "database", read_database, timeout) if asks_database else None
+    redis = _run(engine, "redis", read_redis, timeout) if wanted & {"redis", "workers"} else None
     deadline = None if timeout is None else time.monotonic() + timeout
     rows: StatsRows | None = None
     stale: list[Any] | None = None
@@ -209,16 +210,43 @@ def complete(future: Future[T], read: Callable[[], T]) -> None:
         future.set_exception(exc)
 
 
-def _run(read: Callable[[], T], timeout: float | None) -> Future[T]:
+#: Each engine's reads in progress by server, "database" or "redis": a check with a deadline
+#: waits for the last one before it starts its own (see _run).
+_READS: weakref.WeakKeyDictionary[WorkflowEngine, dict[str, Future[Any]]] = weakref.WeakKeyDictionary()
+_READS_LOCK = threading.Lock()
+
+
+def _run(engine: WorkflowEngine, server: str, read: Callable[[], T], timeout: float | None) -> Future[T]:
     """``read``'s outcome: computed here without a ``timeout``, else in a daemon thread (one that
-    hangs must not hold up the process's exit)."""
+    hangs must not hold up the process's exit).
+
+    A server that hangs is read once, however often it is checked: while the engine's last read
+    of ``server`` goes on, a check's thread waits for it, until the check's deadline, instead of
+    starting another (a web process asking every few seconds would otherwise pile up threads,
+    each holding one of the pool's connections, which the app's own requests need)."""
     future: Future[T] = Future()
     if timeout is None:
         complete(future, read)
-    else:
-        threading.Thread(
-            target=complete, args=(future, read), name="workflow-engine-health", daemon=True
-        ).start()
+        return future
+    deadline = time.monotonic() + timeout
+
+    def in_turn() -> None:
+        while True:
+            with _READS_LOCK:
+                reads = _READS.setdefault(engine, {})
+                last = reads.get(server)
+                if last is None or last.done():
+                    reads[server] = future
+                    break
+            try:
+                last.exception(timeout=max(deadline - time.monotonic(), 0.0))
+            except FutureTimeout:  # still no answer: this check fails as the last one did
+                future.set_running_or_notify_cancel()
+                future.set_exception(TimeoutError(f"no answer within {timeout:g} s"))
+                return
+        complete(future, read)
+
+    threading.Thread(target=in_turn, name=f"workflow-engine-health-{server}", daemon=True).start()
     return future
 
 
