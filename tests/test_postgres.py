@@ -1078,3 +1078,84 @@ def test_a_migration_under_a_role_with_a_schema_of_its_own_records_its_version_b
         assert open_store(pg_url).migrate() == scripts[-1][0]
     finally:
         store.close()
+
+
+def _store_with_a_pending_migration(pg_url: str, monkeypatch: pytest.MonkeyPatch, **settings: float) -> Any:
+    """A store of a database migrated to this version, with one more migration that changes the
+    table: an ALTER TABLE, which needs the workflows table to itself."""
+    open_store(pg_url).migrate()
+    store = open_store(pg_url)
+    for name, value in settings.items():
+        setattr(store, name, value)
+    scripts = store.migration_scripts()  # type: ignore[attr-defined]
+    extra = (scripts[-1][0] + 1, "ALTER TABLE workflows ADD COLUMN test_extra integer;")
+    monkeypatch.setattr(store, "migration_scripts", lambda: [*scripts, extra])
+    return store
+
+
+def _read_time(pg_url: str) -> float:
+    """Seconds another process's query of the workflows table takes (10 at most)."""
+    started = time.monotonic()
+    with psycopg.connect(pg_url, autocommit=True) as reader:
+        reader.execute("SET statement_timeout = 10000")
+        reader.execute("SELECT count(*) FROM workflows")
+    return time.monotonic() - started
+
+
+def test_a_migration_waiting_for_a_table_does_not_stall_the_queries_that_come_after_it(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL queues every later query of a table behind an ALTER TABLE that waits for it: a
+    long report open during a deploy would otherwise stall every process until it ended."""
+    store = _store_with_a_pending_migration(pg_url, monkeypatch, MIGRATION_LOCK_TIMEOUT=0.2)
+    outcome: list[Any] = []
+    try:
+        with psycopg.connect(pg_url) as report:  # a long report, in a transaction of its own
+            report.execute("SELECT count(*) FROM workflows")
+            migrating = threading.Thread(target=lambda: outcome.append(store.migrate()))
+            migrating.start()
+            time.sleep(0.5)  # the migration has tried, and waits to try again
+            assert _read_time(pg_url) < 1.5  # not behind the migration: until the report ends
+            assert outcome == []  # and the migration still waits for the report
+        migrating.join(10)  # the report ended: the next try finds the table free
+        assert outcome == [store.migration_scripts()[-1][0]]
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT count(test_extra) FROM workflows").fetchone() == (0,)
+    finally:
+        store.close()
+
+
+def test_a_migration_that_never_gets_its_table_gives_up_naming_who_holds_it(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store_with_a_pending_migration(
+        pg_url, monkeypatch, MIGRATION_LOCK_TIMEOUT=0.1, MIGRATION_PATIENCE=0.5
+    )
+    try:
+        with psycopg.connect(pg_url, application_name="nightly-report") as report:
+            report.execute("SELECT count(*) FROM workflows")
+            pid = report.info.backend_pid
+            failed: list[BaseException] = []
+
+            def migrate() -> None:
+                try:
+                    store.migrate()
+                except BaseException as exc:
+                    failed.append(exc)
+
+            migrating = threading.Thread(target=migrate, daemon=True)
+            migrating.start()
+            migrating.join(10)
+            assert not migrating.is_alive(), "the migration waited for the report for good"
+        assert len(failed) == 1 and isinstance(failed[0], StoreUnavailable), failed
+        message = str(failed[0])
+        assert "stayed in use for 0.5 s" in message
+        assert f"pid {pid} (idle in transaction, nightly-report, " in message
+        # Nothing of the try is left: the schema is the last version's, and the next try applies it.
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (
+                store.migration_scripts()[-2][0],
+            )
+        assert store.migrate() == store.migration_scripts()[-1][0]
+    finally:
+        store.close()

@@ -7,9 +7,11 @@ pool; the parent's connections are left untouched.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +39,8 @@ except ImportError as exc:  # pragma: no cover - exercised by the import test
 
 #: Migrations run under this advisory lock, so that workers starting together do not race.
 MIGRATION_LOCK_ID = 0x77666C6F  # "wflo"
+
+log = logging.getLogger("workflow_engine.stores.postgres")
 
 _SQL_CACHE: dict[str, str] = {}
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
@@ -138,6 +142,10 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
 
     #: Seconds an :meth:`exclusive` lock outlives a stalled holder: see there.
     EXCLUSIVE_IDLE_TIMEOUT = 60.0
+    #: Seconds a migration's statement waits for a table's lock before it lets go and tries again
+    #: (see :meth:`migrate`), and seconds it goes on trying before it gives up.
+    MIGRATION_LOCK_TIMEOUT = 2.0
+    MIGRATION_PATIENCE = 300.0
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
@@ -321,6 +329,15 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             conn.close()
 
     def migrate(self) -> int:
+        """Apply the pending migrations, under an advisory lock so that one process does.
+
+        A statement of a migration that changes a table (``ALTER TABLE``, ``DROP INDEX``) waits
+        for the queries already using it, and PostgreSQL queues every later query of that table
+        behind it: a long report would stall every process. So each try waits for a table's lock
+        at most :attr:`MIGRATION_LOCK_TIMEOUT` seconds, then undoes its work (a savepoint: the
+        queries waiting behind it go on), waits as long again and tries once more, keeping the
+        advisory lock; after :attr:`MIGRATION_PATIENCE` seconds it gives up with StoreUnavailable
+        naming the oldest open transactions."""
         pool = self._get_pool()
         try:
             with store_call(), pool.connection() as conn, conn.transaction():
@@ -331,21 +348,50 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             with store_call(), pool.connection() as conn, conn.transaction():
                 tx = _PgTx(conn)
                 tx.fetch("SELECT pg_advisory_xact_lock(%(id)s)", {"id": MIGRATION_LOCK_ID})
-                # Created only where none is found: a second one, in a schema earlier on the
-                # search_path (the role's own), would take the versions that the tables'
-                # migrations record. Read unprepared: a plan prepared by the look above would
-                # still name the table it found then.
-                if not tx.fetch(self.schema_table_sql, {}, prepare=False)[0]["found"]:
-                    conn.execute(
-                        "CREATE TABLE IF NOT EXISTS schema_version "
-                        "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
-                    )
-                current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {}, prepare=False)[0]["version"])
-                version = self._apply_migrations(tx, current)
+                # After the advisory lock, which the other processes' migrations wait for as long as it takes.
+                timeout_ms = max(1, int(self.MIGRATION_LOCK_TIMEOUT * 1000))
+                conn.execute(f"SET LOCAL lock_timeout = {timeout_ms}")
+                deadline = time.monotonic() + self.MIGRATION_PATIENCE
+                said = 0.0  # when it last said it waits: at most every 30 s
+                while True:
+                    try:
+                        with conn.transaction():  # a savepoint: a try that waited too long undoes its work
+                            version = self._migrate_locked(conn)
+                        break
+                    except psycopg.errors.LockNotAvailable:
+                        if time.monotonic() >= deadline:
+                            raise StoreUnavailable(
+                                f"cannot migrate PostgreSQL: a table the migration changes stayed in use "
+                                f"for {self.MIGRATION_PATIENCE:g} s; {_oldest_transactions(conn)}. "
+                                "Run `workflow-engine migrate` again when they have ended"
+                            ) from None
+                        if time.monotonic() - said >= 30:
+                            said = time.monotonic()
+                            log.warning(
+                                "a migration waits for a table that open transactions use; %s; trying again",
+                                _oldest_transactions(conn),
+                            )
+                        time.sleep(self.MIGRATION_LOCK_TIMEOUT)
         except psycopg.Error as exc:
             raise _store_error(exc, "cannot migrate PostgreSQL", url=self.url) from _cause(exc, self.url)
         self._migrated = True
         return version
+
+    def _migrate_locked(self, conn: psycopg.Connection[Any]) -> int:
+        """The migrations, under the advisory lock: the schema_version table where none is found,
+        then each pending script."""
+        tx = _PgTx(conn)
+        # Created only where none is found: a second one, in a schema earlier on the
+        # search_path (the role's own), would take the versions that the tables'
+        # migrations record. Read unprepared: a plan prepared by the look above would
+        # still name the table it found then.
+        if not tx.fetch(self.schema_table_sql, {}, prepare=False)[0]["found"]:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+        current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {}, prepare=False)[0]["version"])
+        return self._apply_migrations(tx, current)
 
     def run_script(self, tx: Tx, script: str) -> None:
         assert isinstance(tx, _PgTx)
@@ -427,6 +473,24 @@ _SESSION = (
     f" set_config('tcp_keepalives_count', '{KEEPALIVE_COUNT}', false), set_config('datestyle', 'ISO', false),"
     " set_config('timezone', 'UTC', false)"
 )
+
+
+def _oldest_transactions(conn: psycopg.Connection[Any]) -> str:
+    """The other sessions' oldest open transactions on this database, by pid, state, client and
+    age (not their queries, which may hold data): what a migration waits for."""
+    rows = conn.execute(
+        "SELECT pid, state, application_name, extract(epoch FROM clock_timestamp() - xact_start)::int AS age "
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND xact_start IS NOT NULL ORDER BY xact_start LIMIT 3"
+    ).fetchall()
+    if not rows:
+        return "no other transaction is open now"
+    shown = ", ".join(
+        f"pid {r['pid']} ({r['state']}{', ' + r['application_name'] if r['application_name'] else ''}, "
+        f"{r['age']} s)"
+        for r in rows
+    )
+    return f"the oldest open transactions: {shown}"
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
