@@ -477,16 +477,18 @@ _SESSION = (
 
 def _oldest_transactions(conn: psycopg.Connection[Any]) -> str:
     """The other sessions' oldest open transactions on this database, by pid, state, client and
-    age (not their queries, which may hold data): what a migration waits for."""
+    age (not their queries, which may hold data): what a migration waits for. A role without
+    ``pg_read_all_stats`` sees only its own sessions' transactions."""
     rows = conn.execute(
         "SELECT pid, state, application_name, extract(epoch FROM clock_timestamp() - xact_start)::int AS age "
         "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
         "AND xact_start IS NOT NULL ORDER BY xact_start LIMIT 3"
     ).fetchall()
     if not rows:
-        return "no other transaction is open now"
+        return "no open transaction this role may see (pg_read_all_stats shows other roles')"
     shown = ", ".join(
-        f"pid {r['pid']} ({r['state']}{', ' + r['application_name'] if r['application_name'] else ''}, "
+        f"pid {r['pid']} ({r['state'] or 'state hidden'}"
+        f"{', ' + r['application_name'] if r['application_name'] else ''}, "
         f"{r['age']} s)"
         for r in rows
     )
