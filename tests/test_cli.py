@@ -633,6 +633,82 @@ def test_a_command_on_a_sqlite_file_that_does_not_exist_says_so_and_creates_noth
     assert not typo.exists()
 
 
+READING_AND_QUEUEING = [
+    ["list"],
+    ["show", "x"],
+    ["stats"],
+    ["health", "--check", "database"],
+    ["enqueue", "x"],
+    ["requeue", "x"],
+    ["cancel", "x"],
+    ["reconcile"],
+]
+
+
+def _no_tables_error(url: str) -> str:
+    return (
+        f"no workflow_engine tables in the database at {url}: check the database URL "
+        "(`workflow-engine migrate` creates them)"
+    )
+
+
+@pytest.mark.parametrize("args", READING_AND_QUEUEING, ids=lambda a: a[0])
+def test_a_command_on_the_apps_own_sqlite_file_refuses_it_and_leaves_it_as_it_was(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """A URL that names another database (the app's own, say) must not get five tables written
+    into it, nor its journal switched to WAL, nor show an empty list as if all were well."""
+    import sqlite3
+
+    other = tmp_path / "app.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    conn.close()
+    before = other.read_bytes()
+    out = run(*args, "--database-url", f"sqlite:///{other}", "--redis-url", "fakeredis://")
+    assert out.code == 1
+    if args[0] == "health":
+        assert f"FAIL  database      {_no_tables_error(f'sqlite:///{other}')}" in out.stdout
+    else:
+        assert out.stderr.strip().splitlines() == [f"Error: {_no_tables_error(f'sqlite:///{other}')}"]
+    assert other.read_bytes() == before and not Path(f"{other}-wal").exists()
+
+
+@pytest.mark.parametrize("args", READING_AND_QUEUEING, ids=lambda a: a[0])
+def test_a_command_on_a_postgresql_database_without_our_tables_refuses_it_and_creates_none(
+    pg_url: str, args: list[str]
+) -> None:
+    import psycopg
+
+    out = run(*args, "--database-url", pg_url, "--redis-url", "fakeredis://")
+    assert out.code == 1
+    if args[0] == "health":
+        assert f"FAIL  database      {_no_tables_error(pg_url)}" in out.stdout
+    else:
+        assert out.stderr.strip().splitlines() == [f"Error: {_no_tables_error(pg_url)}"]
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
+def test_a_command_on_a_database_with_a_migration_pending_asks_for_migrate_and_migrate_applies_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workflow_engine.stores.sqlite import SQLiteStore
+
+    url = f"sqlite:///{tmp_path / 'older.db'}"
+    scripts = open_store(url).migration_scripts()  # type: ignore[attr-defined]
+    with monkeypatch.context() as older:  # the database as the previous release left it
+        older.setattr(SQLiteStore, "migration_scripts", lambda self: scripts[:-1])
+        open_store(url).migrate()
+    out = run("list", "--database-url", url)
+    assert out.code == 1 and out.stderr.strip().endswith(
+        f"is at schema version {scripts[-2][0]}, and this workflow_engine needs {scripts[-1][0]}: "
+        "run `workflow-engine migrate`"
+    )
+    assert run("migrate", "--database-url", url).code == 0
+    assert run("list", "--database-url", url).code == 0
+
+
 def test_requeue_with_neither_an_id_nor_all_failed_says_to_give_one(db: str) -> None:
     out = run("requeue", *on(db))
     assert out.code == 2 and "give a WORKFLOW_ID, or --all-failed for every failed workflow" in out.stderr

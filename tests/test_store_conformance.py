@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -693,6 +694,60 @@ def test_a_database_migrated_by_newer_code_is_refused_with_a_clear_error(
         with pytest.raises(ConfigurationError, match="newer than"):
             older.insert([new()])
     older.close()
+
+
+def _tables(store: Store) -> set[str]:
+    """The tables in the store's database, read past the store (which would migrate it)."""
+    if store.url.startswith("sqlite"):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:  # type: ignore[attr-defined]
+            return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    import psycopg
+
+    with psycopg.connect(store.url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {name for (name,) in rows}
+
+
+def test_a_store_opened_with_migrate_false_refuses_a_database_without_our_tables_and_creates_none(
+    database_url: str,
+) -> None:
+    """A command that only reads, pointed by a mistyped URL at another database (the app's own),
+    must not write five tables into it, nor show an empty list as if all were well."""
+    store = open_store(database_url, migrate=False)
+    for _ in range(2):  # every call, not only the first
+        with pytest.raises(ConfigurationError, match="no workflow_engine tables in the database at"):
+            store.find(limit=10, filters={})
+    assert _tables(store) == set()
+    store.close()
+
+
+def test_a_store_opened_with_migrate_false_refuses_a_pending_migration_and_applies_none(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    older = open_store(database_url)  # the database as the previous release left it
+    scripts = older.migration_scripts()  # type: ignore[attr-defined]
+    monkeypatch.setattr(older, "migration_scripts", lambda: scripts[:-1])
+    older.migrate()
+    older.insert([new()])
+    older.close()
+    store = open_store(database_url, migrate=False)
+    with pytest.raises(ConfigurationError) as refused:
+        store.find(limit=10, filters={})
+    assert str(refused.value).endswith(
+        f"is at schema version {scripts[-2][0]}, and this workflow_engine needs {scripts[-1][0]}: "
+        "run `workflow-engine migrate`"
+    )
+    assert store.migrate() == scripts[-1][0]  # asked for: it migrates
+    assert len(store.find(limit=10, filters={})) == 1
+    store.close()
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_the_migrate_option_must_be_true_or_false(database_url: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match="migrate must be true or false"):
+        open_store(database_url, migrate=value)
 
 
 def test_migration_0004_keeps_indexes_built_beforehand_and_migrates_the_rows_in_place(

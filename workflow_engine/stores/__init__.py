@@ -9,7 +9,7 @@ from .base import Store
 from .urls import DatabaseURL, parse_database_url, shown
 
 #: The keyword options each backend's store takes, through :func:`open_store`.
-_OPTIONS = {"sqlite": ("busy_timeout",), "postgres": ("pool_size", "connect_timeout")}
+_OPTIONS = {"sqlite": ("busy_timeout", "migrate"), "postgres": ("pool_size", "connect_timeout", "migrate")}
 
 __all__ = ["DatabaseURL", "Store", "open_store", "parse_database_url"]
 
@@ -18,7 +18,9 @@ def open_store(url: str, **options: Any) -> Store:
     """Open the store that ``url`` names: ``sqlite:///path.db``, ``sqlite:///:memory:`` or ``postgresql://…``.
 
     ``options`` are the store's own: ``busy_timeout`` for SQLite; ``pool_size`` and
-    ``connect_timeout`` for PostgreSQL. Another raises ConfigurationError naming those.
+    ``connect_timeout`` for PostgreSQL; ``migrate`` for both (default True: pending migrations
+    run on first use; False: a database without our tables, or with a migration pending, raises
+    ConfigurationError instead). Another raises ConfigurationError naming those.
     Drivers are imported lazily; a missing one raises MissingDependency naming the extra to install.
     """
     parsed = parse_database_url(url)
@@ -28,7 +30,7 @@ def open_store(url: str, **options: Any) -> Store:
         name = "SQLite" if parsed.backend == "sqlite" else "PostgreSQL"
         raise ConfigurationError(
             f"{', '.join(map(repr, unknown))}: not an option of a {name} store, which takes "
-            f"{' and '.join(known)} (the database URL is {shown(url)})"
+            f"{', '.join(known[:-1])} and {known[-1]} (the database URL is {shown(url)})"
         )
     if parsed.backend == "sqlite":
         from .sqlite import SQLiteStore

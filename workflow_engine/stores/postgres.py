@@ -147,7 +147,11 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
     MIGRATION_LOCK_TIMEOUT = 2.0
     MIGRATION_PATIENCE = 300.0
 
-    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0, migrate: bool = True
+    ) -> None:
+        if not isinstance(migrate, bool):
+            raise ConfigurationError(f"migrate must be true or false, got {migrate!r}")
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError(f"pool_size must be an integer of at least 1, got {pool_size!r}")
         if (
@@ -166,6 +170,8 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         self._pool: ConnectionPool | None = None
         self._pid = 0
         self._migrated = False
+        #: Apply pending migrations on first use; if False, refuse a database that needs them.
+        self.migrate_on_use = migrate
 
     @property
     def _lock(self) -> threading.Lock:
@@ -271,7 +277,10 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         with store_call():  # a handler's timeout waits: see store_call
             pool = self._get_pool()
             if not self._migrated:
-                self.migrate()
+                if self.migrate_on_use:
+                    self.migrate()
+                else:
+                    self._checked(pool)
             conn: psycopg.Connection[Any] | None = None
             try:
                 with pool.connection() as conn:
@@ -376,6 +385,21 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             raise _store_error(exc, "cannot migrate PostgreSQL", url=self.url) from _cause(exc, self.url)
         self._migrated = True
         return version
+
+    def _checked(self, pool: ConnectionPool) -> None:
+        """A store opened with ``migrate=False``: check the schema instead (see ``_check_schema``)."""
+        try:
+            with pool.connection() as conn, conn.transaction():
+                self._check_schema(_PgTx(conn))
+        except psycopg.Error as exc:
+            raise _store_error(exc, url=self.url) from _cause(exc, self.url)
+        except Exception as exc:
+            if type(exc).__module__.startswith("psycopg_pool"):
+                raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc, self.url)}") from _cause(
+                    exc, self.url
+                )
+            raise
+        self._migrated = True
 
     def _migrate_locked(self, conn: psycopg.Connection[Any]) -> int:
         """The migrations, under the advisory lock: the schema_version table where none is found,

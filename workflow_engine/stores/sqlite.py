@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..errors import StoreError, StoreUnavailable
+from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ..models import compact_json, load_json
 from . import queries as q
 from .base import SQLStore, Tx, store_call
@@ -143,10 +143,16 @@ SELECT j.key AS key, TOTAL(j.value) AS total
  GROUP BY j.key
 """
 
-    def __init__(self, path: str, *, url: str | None = None, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str, *, url: str | None = None, busy_timeout: float = 30.0, migrate: bool = True
+    ) -> None:
+        if not isinstance(migrate, bool):
+            raise ConfigurationError(f"migrate must be true or false, got {migrate!r}")
         self.path = path
         self.url = url or f"sqlite:///{path}"
         self.busy_timeout = busy_timeout
+        #: Apply pending migrations on first use; if False, refuse a database that needs them.
+        self.migrate_on_use = migrate
         self._lock_obj = threading.RLock()
         self._lock_pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
@@ -207,7 +213,9 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         return sqlite_utils.Database(conn)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, migrating: bool = False) -> sqlite3.Connection:
+        """This process's connection, opened (and the schema migrated or checked) on first use;
+        ``migrating``: for :meth:`migrate`, which migrates it whatever ``migrate_on_use`` says."""
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
         # After a fork the parent's connection is left alone (never closed here).
@@ -216,21 +224,32 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        try:
+            if not self._migrated and not self.migrate_on_use and not migrating:
+                # Before WAL is switched on: a file without our tables is left exactly as it was.
+                self._check_schema(_SQLiteTx(conn))
             if self.path != ":memory:":
                 self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+            raise
         self._conn = conn
         self._pid = os.getpid()
-        if not self._migrated:
+        if not self._migrated and not migrating:
             try:
-                self._migrate(conn)
+                if self.migrate_on_use:
+                    self._migrate(conn)
             except BaseException:  # not cached: the next call tries (and refuses) again
                 self._conn = None
                 conn.close()
                 raise
+            self._migrated = True
         return conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
@@ -303,7 +322,14 @@ SELECT j.key AS key, TOTAL(j.value) AS total
     # -- migrations -------------------------------------------------------
     def migrate(self) -> int:
         with self._lock:
-            return self._migrate(self._connect())
+            conn = self._connect(migrating=True)
+            try:
+                return self._migrate(conn)
+            except BaseException:
+                if not self._migrated:  # not cached: the next call migrates (or refuses) again
+                    self._conn = None
+                    conn.close()
+                raise
 
     def _migrate(self, conn: sqlite3.Connection) -> int:
         try:
