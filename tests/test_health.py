@@ -368,3 +368,21 @@ def test_check_health_refuses_thresholds_out_of_range_with_invalid_input(
     engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url="fakeredis://")
     with pytest.raises(InvalidInput, match=re.escape(next(iter(thresholds))) + " must be a number from 0 to"):
         check_health(engine, **thresholds)  # type: ignore[arg-type]
+
+
+def test_a_database_newer_than_this_code_fails_the_database_check_as_what_it_is_not_as_unreachable(
+    db: str,
+) -> None:
+    """Mid-upgrade, an operator reading "unreachable" would look for a network problem."""
+    import sqlite3
+
+    path = db.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (999, '2030-01-01T00:00:00')")
+    conn.close()
+    args = ["health", "--check", "database", "--check", "queue_age", "--database-url", db]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    database, queue_age, verdict = result.stdout.splitlines()
+    assert result.exit_code == 1 and verdict == "UNHEALTHY: database"
+    assert database.startswith("FAIL  database      the database is at schema version 999, newer than")
+    assert queue_age == "skip  queue_age     unknown: the database check failed"

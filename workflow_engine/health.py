@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .analytics import queued_age, status_totals
 from .config import MAX_SECONDS
-from .errors import InvalidInput
+from .errors import ConfigurationError, InvalidInput
 from .models import utcnow
 
 if TYPE_CHECKING:
@@ -142,9 +142,14 @@ def check_health(
         try:
             rows, stale = _result(database, deadline, timeout)
         except Exception as exc:
-            checks["database"] = Check("database", "fail", f"unreachable: {_one_line(exc)}")
+            # A schema newer than this code, or none (a store that does not migrate): the database
+            # answered, and what it said is the detail; else it did not answer.
+            answered = isinstance(exc, ConfigurationError)
+            detail = _one_line(exc) if answered else f"unreachable: {_one_line(exc)}"
+            checks["database"] = Check("database", "fail", detail)
+            why = "the database check failed" if answered else "the database is unreachable"
             for name in ("queue_age", "stale_running", "failure_rate"):
-                checks[name] = Check(name, "skip", "unknown: the database is unreachable")
+                checks[name] = Check(name, "skip", f"unknown: {why}")
         else:
             checks["database"] = Check("database", "ok", f"reachable ({engine.store.__class__.__name__})")
 
