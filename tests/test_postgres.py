@@ -36,7 +36,7 @@ def test_a_missing_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyP
         if name == "psycopg" or name.startswith(("psycopg.", "workflow_engine.stores.postgres")):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    needed = r'pip install "psycopg\[binary\]>=3.1" "psycopg-pool>=3.2" \(or pip install "\.\[postgres\]"'
+    needed = r'pip install "psycopg\[binary\]>=3.1" "psycopg-pool>=3.3" \(or pip install "\.\[postgres\]"'
     with pytest.raises(MissingDependency, match=needed):
         open_store("postgresql://postgres@127.0.0.1:5432/test")
 
@@ -1158,4 +1158,132 @@ def test_a_migration_that_never_gets_its_table_gives_up_naming_who_holds_it(
             )
         assert store.migrate() == store.migration_scripts()[-1][0]
     finally:
+        store.close()
+
+
+def test_a_column_that_changes_type_under_prepared_statements_costs_a_retry_not_an_hour(pg_url: str) -> None:
+    """Every statement is prepared; PostgreSQL will not re-plan one whose result's columns
+    changed type ("cached plan must not change result type"), and the pool keeps a connection
+    for an hour. A future migration that changes a column's type does that to every process
+    still running."""
+    store = open_store(pg_url, pool_size=2)
+    try:
+        wf = a_workflow()
+        store.insert([wf])
+        for _ in range(3):
+            assert store.get(wf.id) is not None  # prepared on the pool's connections
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("ALTER TABLE workflows ALTER COLUMN worker TYPE VARCHAR(200)")
+        for _ in range(20):  # every call answers: the first on new connections, after one retry
+            got = store.get(wf.id)
+            assert got is not None and got.id == wf.id
+    finally:
+        store.close()
+
+
+def test_a_migrating_process_that_stalls_does_not_hold_the_others_for_good(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGSTOP, a paused VM: the server ends the stalled session, and its locks with it."""
+    open_store(pg_url).migrate()
+    stalled = open_store(pg_url)
+    monkeypatch.setattr(stalled, "EXCLUSIVE_IDLE_TIMEOUT", 1.0)
+    scripts = stalled.migration_scripts()  # type: ignore[attr-defined]
+    released = threading.Event()
+    extra = (scripts[-1][0] + 1, "ALTER TABLE workflows ADD COLUMN test_extra integer;")
+    monkeypatch.setattr(stalled, "migration_scripts", lambda: [*scripts, extra])
+    real_run_script = stalled.run_script
+
+    def run_then_stall(tx: Any, script: str) -> None:
+        real_run_script(tx, script)
+        released.wait(10)  # the process stops here, in its transaction, holding both locks
+
+    monkeypatch.setattr(stalled, "run_script", run_then_stall)
+    outcome: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            stalled.migrate()
+        except StoreError as exc:
+            outcome.append(exc)
+
+    migrating = threading.Thread(target=migrate)
+    migrating.start()
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert _read_time(pg_url) < 5  # the server ended the stalled session after 1 s idle
+        assert time.monotonic() - started >= 0.3
+    finally:
+        released.set()
+        migrating.join(10)
+        stalled.close()
+    assert len(outcome) == 1 and "idle-in-transaction timeout" in str(outcome[0])  # told when it wakes
+    with psycopg.connect(pg_url) as conn:  # its migration was rolled back with its session
+        assert conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE column_name = 'test_extra'"
+        ).fetchone() == (0,)
+
+
+def test_threads_that_arrive_during_their_processs_first_migration_wait_for_it_without_a_connection(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With pool_size=1, a thread holding the one connection while it waits for the advisory
+    lock its own process holds would fail every other thread with a pool timeout."""
+    store = open_store(pg_url, pool_size=1, connect_timeout=1)
+    real_migrate = store._migrate_locked  # type: ignore[attr-defined]
+
+    def slow_migrate(conn: Any) -> int:
+        time.sleep(2.5)  # on the pool's one connection, for longer than two of the pool's timeouts
+        return int(real_migrate(conn))
+
+    monkeypatch.setattr(store, "_migrate_locked", slow_migrate)
+    failures: list[BaseException] = []
+
+    def first_call() -> None:
+        try:
+            store.find(limit=1, filters={})
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=first_call) for _ in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert failures == []
+    finally:
+        store.close()
+
+
+def test_a_busy_pool_says_so_and_is_not_retried_as_if_the_server_were_down(pg_url: str) -> None:
+    from workflow_engine.stores.base import PoolExhausted
+
+    store = open_store(pg_url, pool_size=1, connect_timeout=1)
+    wf = a_workflow()
+    store.insert([wf])
+    release = threading.Event()
+
+    def hold_the_only_connection() -> None:
+        with store.transaction() as tx:  # type: ignore[attr-defined]
+            tx.fetch("SELECT 1 AS one", {})
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    try:
+        time.sleep(0.2)
+        started = time.monotonic()
+        with pytest.raises(PoolExhausted) as busy:
+            store.get(wf.id)
+        assert time.monotonic() - started < 1.8  # one pool timeout (1 s), not two or three
+        assert isinstance(busy.value, StoreUnavailable)
+        assert str(busy.value) == (
+            "all 1 of this process's connections to PostgreSQL stayed in use for 1 s (pool_size=1): "
+            "raise pool_size, or look for long transactions and waits on a row lock"
+        )
+    finally:
+        release.set()
+        holder.join(10)
         store.close()

@@ -338,6 +338,11 @@ class Tx(Protocol):
         ...
 
 
+class PoolExhausted(StoreUnavailable):
+    """Every connection of the store's pool stayed in use for the pool's timeout: nothing was
+    sent, so a retry would only wait as long again (``_once_more`` does not retry it)."""
+
+
 class SQLStore(Store):
     """The contract written once over named SQL. Subclasses supply the driver."""
 
@@ -362,6 +367,8 @@ class SQLStore(Store):
             return op()
         try:
             return op()
+        except PoolExhausted:
+            raise
         except StoreUnavailable:
             if committed is not None:
                 done = committed()

@@ -23,18 +23,18 @@ from ..config import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
 from ..errors import ConfigurationError, MissingDependency, StoreError, StoreUnavailable
 from ..models import compact_json, load_json
 from . import queries as q
-from .base import SQLStore, Tx, store_call
+from .base import PoolExhausted, SQLStore, Tx, store_call
 from .urls import secrets
 
 try:
     import psycopg
     from psycopg.rows import dict_row
     from psycopg.types.json import Jsonb, set_json_loads
-    from psycopg_pool import ConnectionPool
+    from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - exercised by the import test
     raise MissingDependency(
         'PostgreSQL support needs psycopg 3, the postgres extra: pip install "psycopg[binary]>=3.1" '
-        '"psycopg-pool>=3.2" (or pip install ".[postgres]" in a checkout of workflow_engine)'
+        '"psycopg-pool>=3.3" (or pip install ".[postgres]" in a checkout of workflow_engine)'
     ) from exc
 
 #: Migrations run under this advisory lock, so that workers starting together do not race.
@@ -172,12 +172,22 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         self._migrated = False
         #: Apply pending migrations on first use; if False, refuse a database that needs them.
         self.migrate_on_use = migrate
+        self._first_use_obj = threading.Lock()
+        self._first_use_pid = os.getpid()
 
     @property
     def _lock(self) -> threading.Lock:
         if self._lock_pid != os.getpid():  # never inherit a lock another thread held at fork time
             self._lock_obj, self._lock_pid = threading.Lock(), os.getpid()
         return self._lock_obj
+
+    @property
+    def _first_use(self) -> threading.Lock:
+        """Held by the thread that migrates (or checks) the schema on this process's first use:
+        the others wait here, holding none of the pool's connections, which it may need."""
+        if self._first_use_pid != os.getpid():
+            self._first_use_obj, self._first_use_pid = threading.Lock(), os.getpid()
+        return self._first_use_obj
 
     def _get_pool(self) -> ConnectionPool:
         pool = self._pool
@@ -223,6 +233,18 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 self._pid = os.getpid()
             pool = self._pool
         return pool
+
+    def _pool_timeout(self, pool: ConnectionPool, exc: PoolTimeout) -> StoreUnavailable:
+        """No connection within the pool's timeout: every one busy (PoolExhausted, not retried:
+        nothing was sent, and a retry would wait as long again), or none could be opened."""
+        stats = pool.get_stats()
+        if stats.get("pool_size", 0) >= self.pool_size and not stats.get("pool_available", 0):
+            return PoolExhausted(
+                f"all {self.pool_size} of this process's connections to PostgreSQL stayed in use for "
+                f"{self.connect_timeout:g} s (pool_size={self.pool_size}): raise pool_size, or look for "
+                "long transactions and waits on a row lock"
+            )
+        return StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc, self.url)}")
 
     def _check_connection(self, conn: psycopg.Connection[Any]) -> None:
         """The pool's check at checkout, with a round trip only when the connection may be dead.
@@ -277,10 +299,12 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         with store_call():  # a handler's timeout waits: see store_call
             pool = self._get_pool()
             if not self._migrated:
-                if self.migrate_on_use:
-                    self.migrate()
-                else:
-                    self._checked(pool)
+                with self._first_use:
+                    if not self._migrated:  # not done by another thread while this one waited
+                        if self.migrate_on_use:
+                            self.migrate()
+                        else:
+                            self._checked(pool)
             conn: psycopg.Connection[Any] | None = None
             try:
                 with pool.connection() as conn:
@@ -291,9 +315,20 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                             if not write:  # several reads: one snapshot for all (stats' figures agree)
                                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                             yield _PgTx(conn)
+            except PoolTimeout as exc:
+                raise self._pool_timeout(pool, exc) from _cause(exc, self.url)
             except psycopg.Error as exc:
                 if conn is not None and conn.broken:  # lost under the call: the idle ones may be too
                     _sweep(pool, self.connect_timeout)
+                if _stale_plan(exc):
+                    # Another session changed the type of a column a prepared statement returns
+                    # (an ALTER TABLE, a migration): every connection's plans predate it, and
+                    # PostgreSQL will not re-plan them. New connections, and the call once more.
+                    pool.drain()
+                    raise StoreUnavailable(
+                        "a column of the workflow tables changed type under this process's prepared "
+                        f"statements; its connections are replaced ({_safe(exc, self.url)})"
+                    ) from _cause(exc, self.url)
                 raise _store_error(exc, url=self.url) from _cause(exc, self.url)
             except Exception as exc:
                 if type(exc).__module__.startswith("psycopg_pool"):
@@ -356,6 +391,11 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 return done
             with store_call(), pool.connection() as conn, conn.transaction():
                 tx = _PgTx(conn)
+                # A migrating process that stalls (SIGSTOP, a paused VM) between two statements
+                # must not hold the lock, and the tables it locked, for good: the server ends its
+                # session, and the others' migrations go on.
+                idle_ms = max(1, int(self.EXCLUSIVE_IDLE_TIMEOUT * 1000))
+                conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}")
                 tx.fetch("SELECT pg_advisory_xact_lock(%(id)s)", {"id": MIGRATION_LOCK_ID})
                 # After the advisory lock, which the other processes' migrations wait for as long as it takes.
                 timeout_ms = max(1, int(self.MIGRATION_LOCK_TIMEOUT * 1000))
@@ -497,6 +537,11 @@ _SESSION = (
     f" set_config('tcp_keepalives_count', '{KEEPALIVE_COUNT}', false), set_config('datestyle', 'ISO', false),"
     " set_config('timezone', 'UTC', false)"
 )
+
+
+def _stale_plan(exc: psycopg.Error) -> bool:
+    """The server refused a prepared statement whose result's columns changed type."""
+    return exc.sqlstate == "0A000" and "cached plan must not change result type" in str(exc)
 
 
 def _oldest_transactions(conn: psycopg.Connection[Any]) -> str:
