@@ -310,7 +310,8 @@ def test_enqueue_or_requeue_with_redis_down_prints_the_queued_workflow_and_warns
     out = run(command, wid, *down, "--json")
     assert out.code == 0 and json.loads(out.stdout) == engine.get_workflow(wid).to_dict()
     assert engine.get_workflow(wid).status is S.QUEUED
-    [warning] = [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
+    [warning] = [line for line in out.stderr.splitlines() if " WARNING " in line]
+    assert "WARNING workflow_engine: 1 workflow(s) recorded queued, but not put on the queue: " in warning
     assert "Redis is unavailable" in warning and "reconcile" in warning
     # With JSON logs, the warning is a record like every other line of stderr.
     wid = ran(engine, "bad") if command == "requeue" else engine.create_workflow(workflow_type_id="ok")

@@ -2083,15 +2083,25 @@ def test_create_with_enqueue_and_a_known_idempotency_key_changes_nothing(
     assert len(async_engine.get_events(first)) == 2
 
 
-def test_create_with_enqueue_and_redis_down_names_the_workflow_it_left_queued() -> None:
+def test_create_with_enqueue_and_redis_down_names_the_workflow_it_left_queued(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from support import free_port
 
     engine = WorkflowEngine(database_url="sqlite:///:memory:", redis_url=f"redis://127.0.0.1:{free_port()}/0")
     engine.register_handler("double", double)
-    with pytest.raises(QueueUnavailable, match="reconcile") as raised:
-        engine.create_workflow(workflow_type_id="double", enqueue=True)
+    with caplog.at_level("INFO", logger="workflow_engine"):
+        with pytest.raises(QueueUnavailable, match="reconcile") as raised:
+            engine.create_workflow(workflow_type_id="double", enqueue=True)
     [wid] = raised.value.workflow_ids
     assert engine.get_workflow(wid).status is S.QUEUED  # durable; reconcile delivers it once Redis is back
+    # The log says "enqueued" (recorded queued), then what became of the job, for a reader of the log.
+    assert [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records] == [
+        ("INFO", "workflow created"),
+        ("INFO", "workflow enqueued"),
+        ("WARNING", "1 workflow(s) recorded queued, but not put on the queue"),
+    ]
+    assert caplog.records[-1].workflow_ids == [wid]
     with pytest.raises(QueueUnavailable) as bulk:
         engine.create_workflows([{"workflow_type_id": "double"}] * 3, enqueue=True)
     assert {engine.get_workflow(w).status for w in bulk.value.workflow_ids} == {S.QUEUED}

@@ -764,16 +764,13 @@ def _action_command(
 
 
 def _undelivered_ok(change: Callable[[], Any]) -> None:
-    """Make ``change`` (an enqueue or a requeue); if it is recorded but Redis is down, warn on stderr
-    instead of failing: the workflow is ``queued`` in the database, and reconcile delivers it."""
+    """Make ``change`` (an enqueue or a requeue); if it is recorded but Redis is down, do not fail:
+    the workflow is ``queued`` in the database, and reconcile delivers it. The engine has logged
+    a warning that says so (``warning: …`` on stderr, or a JSON record)."""
     try:
         change()
-    except QueueUnavailable as exc:
-        message = display.printable(str(exc))  # it says what happens next
-        if _json_logs():  # stderr stays one JSON object a line
-            log.warning("%s", message)
-        else:
-            click.echo(f"warning: {message}", err=True)
+    except QueueUnavailable:
+        pass
 
 
 def _print_outcome(wf: Workflow, as_json: bool) -> None:

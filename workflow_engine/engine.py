@@ -25,6 +25,7 @@ from .errors import (
     ConfigurationError,
     InvalidInput,
     InvalidTransition,
+    QueueUnavailable,
     UnknownWorkflowType,
     WorkflowNotFound,
 )
@@ -769,7 +770,18 @@ class WorkflowEngine:
         """Put each workflow's job (its ``job_id``) on the queue, naming this engine when only
         this process can run it."""
         transport = transport or self.transport
-        transport.deliver(workflows, engine_key=self.key if transport.in_process else None)
+        try:
+            transport.deliver(workflows, engine_key=self.key if transport.in_process else None)
+        except QueueUnavailable as exc:
+            # The log said "workflow enqueued" (recorded queued, in the database): say what
+            # became of the job too, for whoever reads the log and not the exception.
+            log.warning(
+                "%d workflow(s) recorded queued, but not put on the queue: %s",
+                len(workflows),
+                exc,
+                extra={"workflow_ids": list(exc.workflow_ids)},
+            )
+            raise
 
     def cancel(self, workflow_id: str, *, reason: str | None = None) -> Workflow:
         """Cancel a workflow.
