@@ -16,7 +16,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .handlers import check_id, check_new_id, check_text
-from .models import Council, Tally, Vote, Workflow, log_extra, utcnow
+from .models import Council, Tally, Vote, Workflow, utcnow
 from .status import WorkflowStatus
 
 if TYPE_CHECKING:
@@ -174,8 +174,10 @@ def decide(engine: WorkflowEngine, workflow_id: str, council: Council) -> Tally:
                 detail=f"approved by council {council.id} ({approvals} of {council.quorum})",
                 apply=if_still(True),
             )
-        except QueueUnavailable:
-            log.warning("approved, but Redis is down; reconcile will deliver it", extra=log_extra(wf))
+        except (
+            QueueUnavailable
+        ):  # approved and queued in the database (the engine logged it); reconcile delivers it
+            pass
     if not decided:  # the votes moved, or another process decided first: where it stands now
         return tally(engine, workflow_id)
     return Tally(

@@ -112,8 +112,7 @@ def attempt_failed(
     if new is not None and new.status is S.QUEUED and new.job_id is not None:
         try:
             engine._deliver(new, transport=transport)
-        except QueueUnavailable:
-            log.warning("retry not delivered, Redis is down; reconcile will", extra=log_extra(new))
+        except QueueUnavailable:  # the engine logged it; reconcile delivers it
             if undelivered is not None:
                 undelivered.append(new.id)
     if new is not None:
