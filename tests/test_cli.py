@@ -151,6 +151,25 @@ def test_list_prints_a_table_on_a_terminal(
     assert row.split()[0] == wid  # narrow: other columns give way, the id is never cut
 
 
+@pytest.mark.parametrize("width", [80, 100])
+def test_list_on_a_narrow_terminal_keeps_the_status_and_the_error_whole_and_leaves_out_columns_first(
+    engine: WorkflowEngine, db: str, monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    """What failed, and why: at 3 a.m., on an 80-column terminal."""
+    wid = ran(engine, "bad")
+    engine.configure_council("c", members=["ann"], quorum=1)
+    waiting = engine.create_workflow(workflow_type_id="ok", requires_approval=True, assigned_council_id="c")
+    monkeypatch.setattr(display, "is_tty", lambda: True)
+    monkeypatch.setenv("COLUMNS", str(width))
+    out = run("list", *on(db)).stdout
+    assert all(len(line) <= width for line in out.splitlines())
+    [row] = [line for line in out.splitlines() if wid in line]
+    assert row.split()[1:3] in (["bad", "failed"], ["failed", "ValueError:"])
+    words = " ".join(out.split())
+    assert "ValueError: this" in words and "always fails" in words  # the error, wrapped, not left out
+    assert any(waiting in line and "awaiting_approval" in line for line in out.splitlines())
+
+
 def test_show_json_is_the_workflow_and_its_events_from_the_database(engine: WorkflowEngine, db: str) -> None:
     wid = ran(engine, "bad", inputs={"x": 1})
     out = run("show", wid, *on(db), "--json")

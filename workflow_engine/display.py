@@ -76,8 +76,12 @@ def table(
     *,
     title: str | None = None,
     styled: Sequence[str] = ("status",),
+    optional: Sequence[str] = (),
 ) -> None:
-    """Print ``rows`` under ``columns``; columns named in ``styled`` are coloured by value on a TTY."""
+    """Print ``rows`` under ``columns``; columns named in ``styled`` are coloured by value on a TTY.
+    An ``id`` or a ``status`` is never cut. On a terminal too narrow for them all, the ``optional``
+    columns are left out, in that order, until the others fit (the last one wraps, at 16
+    characters or more)."""
     cells = [[_cell(v) for v in row] for row in rows]
     if is_tty():
         from rich.console import Console
@@ -85,6 +89,19 @@ def table(
         from rich.text import Text
 
         console = Console(soft_wrap=False, highlight=False)
+
+        def wanted(names: Sequence[str]) -> int:
+            widths = [max([len(n)] + [len(row[columns.index(n)]) for row in cells]) for n in names]
+            widths[-1] = min(widths[-1], 16)  # the last column wraps
+            return sum(widths) + 2 * (len(names) - 1)
+
+        shown = list(columns)
+        for name in optional:
+            if wanted(shown) <= console.width:
+                break
+            shown.remove(name)
+        keep = [columns.index(name) for name in shown]
+        columns, cells = shown, [[row[i] for i in keep] for row in cells]
         if title:
             console.print(Text(title, style="bold"))
         from rich import box
@@ -94,8 +111,8 @@ def table(
         )
         for i, name in enumerate(columns):
             last = i == len(columns) - 1  # only the last column (an error, a detail) wraps
-            # an id is never cut: it is what the next command needs
-            whole = max([len(name)] + [len(row[i]) for row in cells]) if name == "id" else None
+            # an id is never cut (it is what the next command needs), nor a status
+            whole = max([len(name)] + [len(row[i]) for row in cells]) if name in ("id", "status") else None
             out.add_column(
                 name,
                 no_wrap=not last,
@@ -161,6 +178,7 @@ def workflows(rows: Sequence[Workflow]) -> None:
             )
             for wf in rows
         ],
+        optional=("created (UTC)", "attempts", "type"),  # on a narrow terminal, the error matters more
     )
 
 
