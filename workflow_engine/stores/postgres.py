@@ -331,10 +331,7 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                     ) from _cause(exc, self.url)
                 raise _store_error(exc, url=self.url) from _cause(exc, self.url)
             except Exception as exc:
-                if type(exc).__module__.startswith("psycopg_pool"):
-                    raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc, self.url)}") from _cause(
-                        exc, self.url
-                    )
+                _raise_pool_error(exc, self.url)
                 raise
 
     @contextmanager
@@ -434,10 +431,7 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         except psycopg.Error as exc:
             raise _store_error(exc, url=self.url) from _cause(exc, self.url)
         except Exception as exc:
-            if type(exc).__module__.startswith("psycopg_pool"):
-                raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc, self.url)}") from _cause(
-                    exc, self.url
-                )
+            _raise_pool_error(exc, self.url)
             raise
         self._migrated = True
 
@@ -537,6 +531,13 @@ _SESSION = (
     f" set_config('tcp_keepalives_count', '{KEEPALIVE_COUNT}', false), set_config('datestyle', 'ISO', false),"
     " set_config('timezone', 'UTC', false)"
 )
+
+
+def _raise_pool_error(exc: Exception, url: str) -> None:
+    """Raise StoreUnavailable for an error of psycopg_pool's that is no driver error (the pool
+    closed under the call, say); return for any other."""
+    if type(exc).__module__.startswith("psycopg_pool"):
+        raise StoreUnavailable(f"PostgreSQL is unavailable: {_safe(exc, url)}") from _cause(exc, url)
 
 
 def _stale_plan(exc: psycopg.Error) -> bool:
