@@ -710,25 +710,6 @@ def test_a_command_on_a_postgresql_database_without_our_tables_refuses_it_and_cr
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
 
 
-def test_a_command_on_a_database_with_a_migration_pending_asks_for_migrate_and_migrate_applies_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from workflow_engine.stores.sqlite import SQLiteStore
-
-    url = f"sqlite:///{tmp_path / 'older.db'}"
-    scripts = open_store(url).migration_scripts()  # type: ignore[attr-defined]
-    with monkeypatch.context() as older:  # the database as the previous release left it
-        older.setattr(SQLiteStore, "migration_scripts", lambda self: scripts[:-1])
-        open_store(url).migrate()
-    out = run("list", "--database-url", url)
-    assert out.code == 1 and out.stderr.strip().endswith(
-        f"is at schema version {scripts[-2][0]}, and this workflow_engine needs {scripts[-1][0]}: "
-        "run `workflow-engine migrate`"
-    )
-    assert run("migrate", "--database-url", url).code == 0
-    assert run("list", "--database-url", url).code == 0
-
-
 def test_requeue_with_neither_an_id_nor_all_failed_says_to_give_one(db: str) -> None:
     out = run("requeue", *on(db))
     assert out.code == 2 and "give a WORKFLOW_ID, or --all-failed for every failed workflow" in out.stderr

@@ -1407,13 +1407,13 @@ def test_a_malformed_or_unsupported_database_url_is_refused(url: str, message: s
         (
             "sqlite:///:memory:",
             {"pool_size": 8},
-            "'pool_size': not an option of a SQLite store, which takes busy_timeout and migrate",
+            "'pool_size': not an option of a SQLite store, which takes busy_timeout and create",
         ),
         (
             "postgresql://app:secret@db/app",
             {"busy_timeout": 1, "poolsize": 8},
             r"'busy_timeout', 'poolsize': not an option of a PostgreSQL store, which takes pool_size, "
-            r"connect_timeout and migrate \(the database URL is postgresql://app:\*\*\*@db/app\)",
+            r"connect_timeout and create \(the database URL is postgresql://app:\*\*\*@db/app\)",
         ),
     ],
     ids=["pool_size-on-sqlite", "a-typo-and-sqlites-option-on-postgresql"],

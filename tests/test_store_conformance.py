@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -710,20 +712,24 @@ def _tables(store: Store) -> set[str]:
     return {name for (name,) in rows}
 
 
-def test_a_store_opened_with_migrate_false_refuses_a_database_without_our_tables_and_creates_none(
+def test_a_store_opened_with_create_false_refuses_a_database_without_our_tables_and_creates_none(
     database_url: str,
 ) -> None:
     """A command that only reads, pointed by a mistyped URL at another database (the app's own),
     must not write five tables into it, nor show an empty list as if all were well."""
-    store = open_store(database_url, migrate=False)
+    if database_url.startswith("sqlite"):
+        sqlite3.connect(database_url.removeprefix("sqlite:///")).close()  # an empty file: another database
+    store = open_store(database_url, create=False)
     for _ in range(2):  # every call, not only the first
         with pytest.raises(ConfigurationError, match="no workflow_engine tables in the database at"):
             store.find(limit=10, filters={})
     assert _tables(store) == set()
+    assert store.migrate() >= 6  # asked for: it creates them
+    assert store.find(limit=10, filters={}) == []
     store.close()
 
 
-def test_a_store_opened_with_migrate_false_refuses_a_pending_migration_and_applies_none(
+def test_a_store_opened_with_create_false_still_applies_a_pending_migration_on_first_use(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     older = open_store(database_url)  # the database as the previous release left it
@@ -732,22 +738,24 @@ def test_a_store_opened_with_migrate_false_refuses_a_pending_migration_and_appli
     older.migrate()
     older.insert([new()])
     older.close()
-    store = open_store(database_url, migrate=False)
-    with pytest.raises(ConfigurationError) as refused:
-        store.find(limit=10, filters={})
-    assert str(refused.value).endswith(
-        f"is at schema version {scripts[-2][0]}, and this workflow_engine needs {scripts[-1][0]}: "
-        "run `workflow-engine migrate`"
-    )
-    assert store.migrate() == scripts[-1][0]  # asked for: it migrates
+    store = open_store(database_url, create=False)
     assert len(store.find(limit=10, filters={})) == 1
+    assert store.migrate() == scripts[-1][0]  # the first use migrated it
     store.close()
 
 
+def test_a_sqlite_store_opened_with_create_false_refuses_a_missing_file_leaving_none(tmp_path: Path) -> None:
+    typo = tmp_path / "workflow.db"
+    store = open_store(f"sqlite:///{typo}", create=False)
+    with pytest.raises(ConfigurationError, match=f"no database file at {typo}"):
+        store.find(limit=10, filters={})
+    assert not typo.exists()
+
+
 @pytest.mark.parametrize("value", ["no", 0, None])
-def test_the_migrate_option_must_be_true_or_false(database_url: str, value: object) -> None:
-    with pytest.raises(ConfigurationError, match="migrate must be true or false"):
-        open_store(database_url, migrate=value)
+def test_the_create_option_must_be_true_or_false(database_url: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match="create must be true or false"):
+        open_store(database_url, create=value)
 
 
 def test_migration_0004_keeps_indexes_built_beforehand_and_migrates_the_rows_in_place(

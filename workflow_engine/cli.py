@@ -189,8 +189,8 @@ def _json_logs() -> bool:
 def _make_engine(*, create: bool = False, sends: bool = False, **options: Any) -> WorkflowEngine:
     """The engine the options describe. Unless ``create``, a SQLite file must exist already: a
     mistyped path would otherwise become a new, empty database that shows no workflows; and the
-    database must hold our tables at this version's schema: the command neither creates them in
-    another database a mistyped URL names nor migrates one (``migrate`` does that).
+    database must hold our tables: the command does not create them in another database that a
+    mistyped URL names (``migrate`` does create them).
     ``sends``: the command puts jobs on Redis for workers, which a ``fakeredis://`` URL, a Redis
     inside this one process, would keep from every worker: it says so on stderr."""
     url = options.get("database_url")
@@ -211,7 +211,7 @@ def _make_engine(*, create: bool = False, sends: bool = False, **options: Any) -
             "no database file at %s yet: creating an empty one (is this the web process's URL?)", where
         )
     if not create:
-        options["store"] = open_store(url or config.DEFAULT_DATABASE_URL, migrate=False)
+        options["store"] = open_store(url or config.DEFAULT_DATABASE_URL, create=False)
     engine = WorkflowEngine(**{k: v for k, v in options.items() if v is not None})
     if sends and engine.transport.in_process:
         log.warning(

@@ -9,7 +9,7 @@ from .base import Store
 from .urls import DatabaseURL, parse_database_url, shown
 
 #: The keyword options each backend's store takes, through :func:`open_store`.
-_OPTIONS = {"sqlite": ("busy_timeout", "migrate"), "postgres": ("pool_size", "connect_timeout", "migrate")}
+_OPTIONS = {"sqlite": ("busy_timeout", "create"), "postgres": ("pool_size", "connect_timeout", "create")}
 
 __all__ = ["DatabaseURL", "Store", "open_store", "parse_database_url"]
 
@@ -18,9 +18,10 @@ def open_store(url: str, **options: Any) -> Store:
     """Open the store that ``url`` names: ``sqlite:///path.db``, ``sqlite:///:memory:`` or ``postgresql://…``.
 
     ``options`` are the store's own: ``busy_timeout`` for SQLite; ``pool_size`` and
-    ``connect_timeout`` for PostgreSQL; ``migrate`` for both (default True: pending migrations
-    run on first use; False: a database without our tables, or with a migration pending, raises
-    ConfigurationError instead). Another raises ConfigurationError naming those.
+    ``connect_timeout`` for PostgreSQL; ``create`` for both (default True: the first use creates
+    the schema, and the SQLite file, where there are none; False: a database without our tables
+    raises ConfigurationError instead, and is left as it was). Pending migrations run on first
+    use either way. Another option raises ConfigurationError naming those.
     Drivers are imported lazily; a missing one raises MissingDependency naming the extra to install.
     """
     parsed = parse_database_url(url)

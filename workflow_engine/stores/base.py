@@ -964,24 +964,14 @@ class SQLStore(Store):
             return None
         return self._apply_migrations(tx, current, scripts)  # applies nothing; refuses a newer schema
 
-    def _check_schema(self, tx: Tx) -> int:
-        """For a store opened with ``migrate=False``: the schema version, read without a lock and
-        without DDL. ConfigurationError if the database has no tables of ours (a mistyped URL
-        that names another database) or a migration is pending; a newer schema is refused."""
-        where = shown(self.url)
+    def _require_schema(self, tx: Tx) -> None:
+        """For a store opened with ``create=False``: ConfigurationError if the database has no
+        tables of ours (a mistyped URL that names another database), read without DDL."""
         if not tx.fetch(self.sql(self.schema_table_sql), {})[0]["found"]:
             raise ConfigurationError(
-                f"no workflow_engine tables in the database at {where}: check the database URL "
-                "(`workflow-engine migrate` creates them)"
+                f"no workflow_engine tables in the database at {shown(self.url)}: check the database "
+                "URL (`workflow-engine migrate` creates them)"
             )
-        current = int(tx.fetch(self.sql(q.SCHEMA_VERSION), {})[0]["version"])
-        scripts = self.migration_scripts()
-        if scripts and current < scripts[-1][0]:
-            raise ConfigurationError(
-                f"the database at {where} is at schema version {current}, and this workflow_engine "
-                f"needs {scripts[-1][0]}: run `workflow-engine migrate`"
-            )
-        return self._apply_migrations(tx, current, scripts)  # applies nothing; refuses a newer schema
 
     def _apply_migrations(self, tx: Tx, current: int, scripts: list[tuple[int, str]] | None = None) -> int:
         """Apply the ``scripts`` (by default :meth:`migration_scripts`) newer than ``current``."""

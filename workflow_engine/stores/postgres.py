@@ -148,10 +148,10 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
     MIGRATION_PATIENCE = 300.0
 
     def __init__(
-        self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0, migrate: bool = True
+        self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0, create: bool = True
     ) -> None:
-        if not isinstance(migrate, bool):
-            raise ConfigurationError(f"migrate must be true or false, got {migrate!r}")
+        if not isinstance(create, bool):
+            raise ConfigurationError(f"create must be true or false, got {create!r}")
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError(f"pool_size must be an integer of at least 1, got {pool_size!r}")
         if (
@@ -170,8 +170,8 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         self._pool: ConnectionPool | None = None
         self._pid = 0
         self._migrated = False
-        #: Apply pending migrations on first use; if False, refuse a database that needs them.
-        self.migrate_on_use = migrate
+        #: Create the schema on first use; if False, refuse a database without it.
+        self.create_on_use = create
         self._first_use_obj = threading.Lock()
         self._first_use_pid = os.getpid()
 
@@ -301,10 +301,9 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             if not self._migrated:
                 with self._first_use:
                     if not self._migrated:  # not done by another thread while this one waited
-                        if self.migrate_on_use:
-                            self.migrate()
-                        else:
-                            self._checked(pool)
+                        if not self.create_on_use:
+                            self._require(pool)
+                        self.migrate()
             conn: psycopg.Connection[Any] | None = None
             try:
                 with pool.connection() as conn:
@@ -423,17 +422,17 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         self._migrated = True
         return version
 
-    def _checked(self, pool: ConnectionPool) -> None:
-        """A store opened with ``migrate=False``: check the schema instead (see ``_check_schema``)."""
+    def _require(self, pool: ConnectionPool) -> None:
+        """A store opened with ``create=False``: refuse a database without our tables (see
+        ``_require_schema``)."""
         try:
             with pool.connection() as conn, conn.transaction():
-                self._check_schema(_PgTx(conn))
+                self._require_schema(_PgTx(conn))
         except psycopg.Error as exc:
             raise _store_error(exc, url=self.url) from _cause(exc, self.url)
         except Exception as exc:
             _raise_pool_error(exc, self.url)
             raise
-        self._migrated = True
 
     def _migrate_locked(self, conn: psycopg.Connection[Any]) -> int:
         """The migrations, under the advisory lock: the schema_version table where none is found,

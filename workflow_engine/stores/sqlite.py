@@ -144,15 +144,15 @@ SELECT j.key AS key, TOTAL(j.value) AS total
 """
 
     def __init__(
-        self, path: str, *, url: str | None = None, busy_timeout: float = 30.0, migrate: bool = True
+        self, path: str, *, url: str | None = None, busy_timeout: float = 30.0, create: bool = True
     ) -> None:
-        if not isinstance(migrate, bool):
-            raise ConfigurationError(f"migrate must be true or false, got {migrate!r}")
+        if not isinstance(create, bool):
+            raise ConfigurationError(f"create must be true or false, got {create!r}")
         self.path = path
         self.url = url or f"sqlite:///{path}"
         self.busy_timeout = busy_timeout
-        #: Apply pending migrations on first use; if False, refuse a database that needs them.
-        self.migrate_on_use = migrate
+        #: Create the file and the schema on first use; if False, refuse a database without them.
+        self.create_on_use = create
         self._lock_obj = threading.RLock()
         self._lock_pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
@@ -215,9 +215,15 @@ SELECT j.key AS key, TOTAL(j.value) AS total
 
     def _connect(self, *, migrating: bool = False) -> sqlite3.Connection:
         """This process's connection, opened (and the schema migrated or checked) on first use;
-        ``migrating``: for :meth:`migrate`, which migrates it whatever ``migrate_on_use`` says."""
+        ``migrating``: for :meth:`migrate`, which creates the schema whatever ``create_on_use`` says."""
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
+        checked = not self._migrated and not self.create_on_use and not migrating
+        if checked and self.path != ":memory:" and not os.path.exists(self.path):
+            raise ConfigurationError(  # before connecting, which would create an empty file
+                f"no database file at {os.path.abspath(self.path)}: check the database URL "
+                "(`workflow-engine migrate` creates one)"
+            )
         # After a fork the parent's connection is left alone (never closed here).
         try:
             conn = sqlite3.connect(
@@ -227,9 +233,8 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         try:
-            if not self._migrated and not self.migrate_on_use and not migrating:
-                # Before WAL is switched on: a file without our tables is left exactly as it was.
-                self._check_schema(_SQLiteTx(conn))
+            if checked:  # before WAL is switched on: a file without our tables is left as it was
+                self._require_schema(_SQLiteTx(conn))
             if self.path != ":memory:":
                 self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -243,13 +248,11 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         self._pid = os.getpid()
         if not self._migrated and not migrating:
             try:
-                if self.migrate_on_use:
-                    self._migrate(conn)
+                self._migrate(conn)
             except BaseException:  # not cached: the next call tries (and refuses) again
                 self._conn = None
                 conn.close()
                 raise
-            self._migrated = True
         return conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
