@@ -317,9 +317,64 @@ def test_a_hung_database_is_read_once_however_often_it_is_checked(
         assert threading.active_count() == threads + 1  # the one hung read, and no other
     finally:
         hung.set()
-    # Answered at last: the next check waits for that read, then reads afresh.
+    # Answered at last: a check takes that read's outcome while it ends, then reads afresh.
     assert check_health(engine, only=["queue_age"], timeout=5).healthy
-    assert len(reads) == 2
+    assert check_health(engine, only=["queue_age"], timeout=5).healthy
+    assert len(reads) >= 2
+
+
+def test_checks_that_arrive_together_at_a_slow_database_share_one_read_and_all_pass(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load balancer and a readiness probe asking at once, of a database answering in 0.6 s:
+    reads queued one behind another would fail all but the first within a 1 s deadline."""
+    import threading
+    import time
+
+    reads: list[float] = []
+    stats = engine.store.stats
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        reads.append(time.monotonic())
+        time.sleep(0.6)
+        return stats(*args, **kwargs)
+
+    monkeypatch.setattr(engine.store, "stats", slow)
+    reports: list[Any] = []
+    checks = [
+        threading.Thread(target=lambda: reports.append(check_health(engine, only=["queue_age"], timeout=1)))
+        for _ in range(3)
+    ]
+    for check in checks:
+        check.start()
+    for check in checks:
+        check.join(5)
+    assert [r.healthy for r in reports] == [True, True, True]
+    assert len(reads) == 1
+
+
+def test_a_forked_child_does_not_wait_for_a_read_its_parent_had_in_progress(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread in the child will ever settle the parent's read: its checks must read afresh."""
+    import threading
+
+    hung = threading.Event()
+    monkeypatch.setattr(engine.store, "stats", held(engine.store.stats, hung))
+    try:
+        assert not check_health(engine, only=["queue_age"], timeout=0.2).healthy  # a read in progress
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the read is not held
+            hung.set()
+            ok = check_health(engine, only=["queue_age"], timeout=2).healthy
+            os.write(write, b"ok" if ok else b"no")
+            os._exit(0)
+        os.close(write)
+        assert os.read(read, 2) == b"ok"
+        os.waitpid(pid, 0)
+    finally:
+        hung.set()
 
 
 def test_a_hung_redis_fails_only_its_own_checks_and_each_check_asks_only_its_server(

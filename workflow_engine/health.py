@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -122,7 +123,7 @@ def check_health(
         # The store's reads alone: engine.stats() would ask Redis for the queue's depth too, and a
         # hung Redis would fail the database's checks.
         since = now - timedelta(seconds=window)
-        rows = engine.store.stats(since=since, recent=now) if wanted & {"queue_age", "failure_rate"} else None
+        rows = engine.store.stats(since=since, recent=now) if reads_stats else None
         # An indexed read of the few running rows: the database's answer when nothing else asks it.
         return rows, engine.store.stale_running(now=now - timedelta(seconds=max_stale_age), limit=1)
 
@@ -133,8 +134,17 @@ def check_health(
     # Side by side, each in a thread of its own, when a deadline is set: a hung server (a table
     # locked by a migration, a Redis that accepts and never answers) fails its checks in time.
     asks_database = bool(wanted & {"database", "queue_age", "stale_running", "failure_rate"})
-    database = _run(engine, "database", read_database, timeout) if asks_database else None
-    redis = _run(engine, "redis", read_redis, timeout) if wanted & {"redis", "workers"} else None
+    reads_stats = bool(wanted & {"queue_age", "failure_rate"})
+    database = (
+        _run(engine, ("database", reads_stats, window, max_stale_age), read_database, timeout)
+        if asks_database
+        else None
+    )
+    redis = (
+        _run(engine, ("redis", "workers" in wanted), read_redis, timeout)
+        if wanted & {"redis", "workers"}
+        else None
+    )
     deadline = None if timeout is None else time.monotonic() + timeout
     rows: StatsRows | None = None
     stale: list[Any] | None = None
@@ -215,43 +225,49 @@ def complete(future: Future[T], read: Callable[[], T]) -> None:
         future.set_exception(exc)
 
 
-#: Each engine's reads in progress by server, "database" or "redis": a check with a deadline
-#: waits for the last one before it starts its own (see _run).
-_READS: weakref.WeakKeyDictionary[WorkflowEngine, dict[str, Future[Any]]] = weakref.WeakKeyDictionary()
+#: Each engine's reads in progress, by what they read: a check with a deadline that finds one
+#: takes its outcome instead of starting another (see _run).
+_READS: weakref.WeakKeyDictionary[WorkflowEngine, dict[tuple[Any, ...], Future[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 _READS_LOCK = threading.Lock()
 
 
-def _run(engine: WorkflowEngine, server: str, read: Callable[[], T], timeout: float | None) -> Future[T]:
+def _forget_reads() -> None:
+    """In a forked child: no thread there will ever settle the parent's reads, and a thread of
+    the parent may have held the lock at the fork."""
+    global _READS_LOCK
+    _READS_LOCK = threading.Lock()
+    _READS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_reads)
+
+
+def _run(
+    engine: WorkflowEngine, key: tuple[Any, ...], read: Callable[[], T], timeout: float | None
+) -> Future[T]:
     """``read``'s outcome: computed here without a ``timeout``, else in a daemon thread (one that
     hangs must not hold up the process's exit).
 
-    A server that hangs is read once, however often it is checked: while the engine's last read
-    of ``server`` goes on, a check's thread waits for it, until the check's deadline, instead of
-    starting another (a web process asking every few seconds would otherwise pile up threads,
-    each holding one of the pool's connections, which the app's own requests need)."""
+    While the engine's read of the same ``key`` (the server, and what is read from it) goes on,
+    a check takes that read's outcome instead of starting another: checks that arrive together
+    ask the server once, and a server that hangs is read once however often it is checked (a
+    web process serving the check every few seconds would otherwise pile up threads, each
+    holding one of the pool's connections, which the app's own requests need)."""
     future: Future[T] = Future()
     if timeout is None:
         complete(future, read)
         return future
-    deadline = time.monotonic() + timeout
-
-    def in_turn() -> None:
-        while True:
-            with _READS_LOCK:
-                reads = _READS.setdefault(engine, {})
-                last = reads.get(server)
-                if last is None or last.done():
-                    reads[server] = future
-                    break
-            try:
-                last.exception(timeout=max(deadline - time.monotonic(), 0.0))
-            except FutureTimeout:  # still no answer: this check fails as the last one did
-                future.set_running_or_notify_cancel()
-                future.set_exception(TimeoutError(f"no answer within {timeout:g} s"))
-                return
-        complete(future, read)
-
-    threading.Thread(target=in_turn, name=f"workflow-engine-health-{server}", daemon=True).start()
+    with _READS_LOCK:
+        reads = _READS.setdefault(engine, {})
+        running = reads.get(key)
+        if running is not None and not running.done():
+            return running
+        reads[key] = future
+    threading.Thread(
+        target=complete, args=(future, read), name=f"workflow-engine-health-{key[0]}", daemon=True
+    ).start()
     return future
 
 
