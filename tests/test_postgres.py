@@ -1258,7 +1258,7 @@ def test_threads_that_arrive_during_their_processs_first_migration_wait_for_it_w
 
 
 def test_a_busy_pool_says_so_and_is_not_retried_as_if_the_server_were_down(pg_url: str) -> None:
-    from workflow_engine.stores.base import PoolExhausted
+    from workflow_engine.stores.base import StoreBusy
 
     store = open_store(pg_url, pool_size=1, connect_timeout=1)
     wf = a_workflow()
@@ -1275,7 +1275,7 @@ def test_a_busy_pool_says_so_and_is_not_retried_as_if_the_server_were_down(pg_ur
     try:
         time.sleep(0.2)
         started = time.monotonic()
-        with pytest.raises(PoolExhausted) as busy:
+        with pytest.raises(StoreBusy) as busy:
             store.get(wf.id)
         assert time.monotonic() - started < 1.8  # one pool timeout (1 s), not two or three
         assert isinstance(busy.value, StoreUnavailable)
@@ -1286,4 +1286,64 @@ def test_a_busy_pool_says_so_and_is_not_retried_as_if_the_server_were_down(pg_ur
     finally:
         release.set()
         holder.join(10)
+        store.close()
+
+
+def test_a_pool_that_cannot_reconnect_is_unavailable_not_busy(pg_url: str) -> None:
+    """While the server refuses connections, the pool counts the ones it is remaking: that is
+    an outage (retried once), not a pool too small for the process."""
+    from workflow_engine.stores.base import StoreBusy
+
+    name = pg_url.rsplit("/", 1)[1]
+    store = open_store(pg_url, pool_size=1, connect_timeout=1)
+    wf = a_workflow()
+    store.insert([wf])
+    with psycopg.connect(pg_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            with pytest.raises(StoreUnavailable) as down:
+                store.get(wf.id)
+            assert not isinstance(down.value, StoreBusy), down.value
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+            store.close()
+
+
+def test_a_first_use_migration_that_gives_up_is_not_retried_and_fails_its_waiting_threads_with_it(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the default patience (5 min), a retry would make a read wait 10 min and a write 15;
+    threads queued behind it would each wait 5 min more, one after another."""
+    from workflow_engine.stores.base import StoreBusy
+
+    older = open_store(pg_url)
+    scripts = older.migration_scripts()  # type: ignore[attr-defined]
+    monkeypatch.setattr(older, "migration_scripts", lambda: scripts[:-1])
+    older.migrate()
+    older.close()
+    store = open_store(pg_url, pool_size=4)
+    monkeypatch.setattr(store, "MIGRATION_LOCK_TIMEOUT", 0.1)
+    monkeypatch.setattr(store, "MIGRATION_PATIENCE", 1.0)
+    failed: list[tuple[float, BaseException]] = []
+    started = time.monotonic()
+
+    def first_call() -> None:
+        try:
+            store.get("nothing")
+        except BaseException as exc:
+            failed.append((time.monotonic() - started, exc))
+
+    try:
+        with psycopg.connect(pg_url) as report:  # holds the table the pending migration changes
+            report.execute("SELECT count(*) FROM workflows")
+            threads = [threading.Thread(target=first_call) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+        assert len(failed) == 3 and all(isinstance(exc, StoreBusy) for _, exc in failed), failed
+        assert max(at for at, _ in failed) < 2.5  # one patience, not one each, nor a retry's
+        assert "stayed in use for 1 s" in str(failed[0][1])
+    finally:
         store.close()

@@ -338,9 +338,10 @@ class Tx(Protocol):
         ...
 
 
-class PoolExhausted(StoreUnavailable):
-    """Every connection of the store's pool stayed in use for the pool's timeout: nothing was
-    sent, so a retry would only wait as long again (``_once_more`` does not retry it)."""
+class StoreBusy(StoreUnavailable):
+    """The database answers, but what a call needs stayed in use for the whole of its wait
+    (every connection of the store's pool; a table a migration changes): nothing was done, and
+    a retry at once would only wait as long again, so ``_once_more`` does not retry it."""
 
 
 class SQLStore(Store):
@@ -367,7 +368,7 @@ class SQLStore(Store):
             return op()
         try:
             return op()
-        except PoolExhausted:
+        except StoreBusy:
             raise
         except StoreUnavailable:
             if committed is not None:

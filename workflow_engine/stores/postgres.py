@@ -23,7 +23,7 @@ from ..config import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
 from ..errors import ConfigurationError, MissingDependency, StoreError, StoreUnavailable
 from ..models import compact_json, load_json
 from . import queries as q
-from .base import PoolExhausted, SQLStore, Tx, store_call
+from .base import SQLStore, StoreBusy, Tx, store_call
 from .urls import secrets
 
 try:
@@ -67,8 +67,14 @@ class _Connection(psycopg.Connection[Any]):
         return conn
 
 
+#: Every PostgreSQL store of this process, so that a forked child gets fresh locks (see below).
+_STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+
+
 def _after_fork_in_child() -> None:
-    """Let go of the child's copies of the parent's sockets.
+    """Give each store fresh locks (a thread of the parent may have held one at the fork, and two
+    threads of the child must not each make their own), and let go of the child's copies of the
+    parent's sockets.
 
     A session lives on the server as long as any process holds its socket. A work-horse
     forked while the parent held reconcile's advisory lock (the worker reconciles in a thread)
@@ -78,6 +84,9 @@ def _after_fork_in_child() -> None:
     connections (it opens its own pool), and whatever closes them later closes nothing real."""
     if _CONNECTING.locked():  # taken by the fork (or by a parent's thread that is not in the child)
         _CONNECTING.release()
+    for store in list(_STORES):
+        store._lock_obj, store._first_use_obj = threading.Lock(), threading.Lock()
+        store._lock_pid = store._first_use_pid = os.getpid()
     inherited = [conn for conn in list(_OPENED) if not conn.closed]
     _OPENED.clear()
     if not inherited:
@@ -174,6 +183,11 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         self.create_on_use = create
         self._first_use_obj = threading.Lock()
         self._first_use_pid = os.getpid()
+        #: A first use's migration that gave up, and when: the threads that waited for it fail
+        #: with it instead of each waiting as long again.
+        self._gave_up: tuple[float, StoreBusy] | None = None
+        self._in_use = _InUse()
+        _STORES.add(self)
 
     @property
     def _lock(self) -> threading.Lock:
@@ -201,6 +215,7 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             if self._pool is None:
                 if not inherited:  # a forked work-horse's parent connected to this URL already
                     self._probe()
+                self._in_use = _InUse()
                 self._pool = ConnectionPool(
                     self.url,
                     min_size=1,
@@ -234,12 +249,26 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             pool = self._pool
         return pool
 
+    def _first_use_of(self, pool: ConnectionPool, asked: float) -> None:
+        """This process's first use: refuse a database without our tables (``create=False``),
+        then migrate. A migration that gave up after this thread ``asked`` fails it too."""
+        gave_up = self._gave_up
+        if gave_up is not None and gave_up[0] >= asked:
+            raise StoreBusy(str(gave_up[1]))
+        if not self.create_on_use:
+            self._require(pool)
+        try:
+            self.migrate()
+        except StoreBusy as exc:
+            self._gave_up = (time.monotonic(), exc)
+            raise
+
     def _pool_timeout(self, pool: ConnectionPool, exc: PoolTimeout) -> StoreUnavailable:
-        """No connection within the pool's timeout: every one busy (PoolExhausted, not retried:
-        nothing was sent, and a retry would wait as long again), or none could be opened."""
-        stats = pool.get_stats()
-        if stats.get("pool_size", 0) >= self.pool_size and not stats.get("pool_available", 0):
-            return PoolExhausted(
+        """No connection within the pool's timeout: every one held by this process's calls
+        (StoreBusy, not retried: nothing was sent, and a retry would wait as long again), or
+        none could be opened (the server is down or refuses: StoreUnavailable, retried)."""
+        if self._in_use.count >= self.pool_size:
+            return StoreBusy(
                 f"all {self.pool_size} of this process's connections to PostgreSQL stayed in use for "
                 f"{self.connect_timeout:g} s (pool_size={self.pool_size}): raise pool_size, or look for "
                 "long transactions and waits on a row lock"
@@ -299,14 +328,13 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         with store_call():  # a handler's timeout waits: see store_call
             pool = self._get_pool()
             if not self._migrated:
+                asked = time.monotonic()
                 with self._first_use:
                     if not self._migrated:  # not done by another thread while this one waited
-                        if not self.create_on_use:
-                            self._require(pool)
-                        self.migrate()
+                        self._first_use_of(pool, asked)
             conn: psycopg.Connection[Any] | None = None
             try:
-                with pool.connection() as conn:
+                with pool.connection() as conn, self._in_use:
                     if single:  # autocommit: the statement is its own transaction, one round trip
                         yield _PgTx(conn)
                     else:
@@ -323,7 +351,9 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                     # Another session changed the type of a column a prepared statement returns
                     # (an ALTER TABLE, a migration): every connection's plans predate it, and
                     # PostgreSQL will not re-plan them. New connections, and the call once more.
-                    pool.drain()
+                    drain = getattr(pool, "drain", None)  # psycopg_pool 3.3 and later
+                    if drain is not None:
+                        drain()
                     raise StoreUnavailable(
                         "a column of the workflow tables changed type under this process's prepared "
                         f"statements; its connections are replaced ({_safe(exc, self.url)})"
@@ -379,13 +409,14 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         advisory lock; after :attr:`MIGRATION_PATIENCE` seconds it gives up with StoreUnavailable
         naming the oldest open transactions."""
         pool = self._get_pool()
+        deadline = time.monotonic() + self.MIGRATION_PATIENCE  # waiting for another's migration counts too
         try:
-            with store_call(), pool.connection() as conn, conn.transaction():
+            with store_call(), pool.connection() as conn, self._in_use, conn.transaction():
                 done = self._migrated_already(_PgTx(conn))
             if done is not None:
                 self._migrated = True
                 return done
-            with store_call(), pool.connection() as conn, conn.transaction():
+            with store_call(), pool.connection() as conn, self._in_use, conn.transaction():
                 tx = _PgTx(conn)
                 # A migrating process that stalls (SIGSTOP, a paused VM) between two statements
                 # must not hold the lock, and the tables it locked, for good: the server ends its
@@ -396,7 +427,6 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 # After the advisory lock, which the other processes' migrations wait for as long as it takes.
                 timeout_ms = max(1, int(self.MIGRATION_LOCK_TIMEOUT * 1000))
                 conn.execute(f"SET LOCAL lock_timeout = {timeout_ms}")
-                deadline = time.monotonic() + self.MIGRATION_PATIENCE
                 said = 0.0  # when it last said it waits: at most every 30 s
                 while True:
                     try:
@@ -405,18 +435,20 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                         break
                     except psycopg.errors.LockNotAvailable:
                         if time.monotonic() >= deadline:
-                            raise StoreUnavailable(
+                            raise StoreBusy(
                                 f"cannot migrate PostgreSQL: a table the migration changes stayed in use "
-                                f"for {self.MIGRATION_PATIENCE:g} s; {_oldest_transactions(conn)}. "
+                                f"for {self.MIGRATION_PATIENCE:g} s; {_lock_holders(conn)}. "
                                 "Run `workflow-engine migrate` again when they have ended"
                             ) from None
                         if time.monotonic() - said >= 30:
                             said = time.monotonic()
                             log.warning(
                                 "a migration waits for a table that open transactions use; %s; trying again",
-                                _oldest_transactions(conn),
+                                _lock_holders(conn),
                             )
                         time.sleep(self.MIGRATION_LOCK_TIMEOUT)
+        except PoolTimeout as exc:
+            raise self._pool_timeout(pool, exc) from _cause(exc, self.url)
         except psycopg.Error as exc:
             raise _store_error(exc, "cannot migrate PostgreSQL", url=self.url) from _cause(exc, self.url)
         self._migrated = True
@@ -426,8 +458,10 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         """A store opened with ``create=False``: refuse a database without our tables (see
         ``_require_schema``)."""
         try:
-            with pool.connection() as conn, conn.transaction():
+            with pool.connection() as conn, self._in_use, conn.transaction():
                 self._require_schema(_PgTx(conn))
+        except PoolTimeout as exc:
+            raise self._pool_timeout(pool, exc) from _cause(exc, self.url)
         except psycopg.Error as exc:
             raise _store_error(exc, url=self.url) from _cause(exc, self.url)
         except Exception as exc:
@@ -540,28 +574,55 @@ def _raise_pool_error(exc: Exception, url: str) -> None:
 
 
 def _stale_plan(exc: psycopg.Error) -> bool:
-    """The server refused a prepared statement whose result's columns changed type."""
-    return exc.sqlstate == "0A000" and "cached plan must not change result type" in str(exc)
+    """The server refused a prepared statement whose result's columns changed type ("cached plan
+    must not change result type", in the server's language): the only feature_not_supported
+    error the store's own statements meet."""
+    return exc.sqlstate == "0A000"
 
 
-def _oldest_transactions(conn: psycopg.Connection[Any]) -> str:
-    """The other sessions' oldest open transactions on this database, by pid, state, client and
-    age (not their queries, which may hold data): what a migration waits for. A role without
-    ``pg_read_all_stats`` sees only its own sessions' transactions."""
+class _InUse:
+    """How many of a pool's connections this process's calls hold: a pool that times out with
+    all of them held is busy, not down (while it reconnects, it counts connections it remakes)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+#: The tables the migrations change.
+_TABLES = ("workflows", "workflow_events", "councils", "workflow_votes", "schema_version")
+
+
+def _lock_holders(conn: psycopg.Connection[Any]) -> str:
+    """The other sessions that hold a lock on our tables, by pid, state, client and the age of
+    their transaction (not their queries, which may hold data): what a migration waits for. A
+    role without ``pg_read_all_stats`` sees no state of other roles' sessions."""
     rows = conn.execute(
-        "SELECT pid, state, application_name, extract(epoch FROM clock_timestamp() - xact_start)::int AS age "
-        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-        "AND xact_start IS NOT NULL ORDER BY xact_start LIMIT 3"
+        "SELECT a.pid, a.state, a.application_name, "
+        "extract(epoch FROM clock_timestamp() - a.xact_start)::int AS age "
+        "FROM pg_stat_activity AS a WHERE a.pid <> pg_backend_pid() AND a.pid IN ("
+        "SELECT l.pid FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation "
+        "WHERE l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND c.relname = ANY(%s)) ORDER BY a.xact_start NULLS LAST LIMIT 3",
+        (list(_TABLES),),
     ).fetchall()
     if not rows:
-        return "no open transaction this role may see (pg_read_all_stats shows other roles')"
+        return "no session this role may see holds them now"
     shown = ", ".join(
         f"pid {r['pid']} ({r['state'] or 'state hidden'}"
         f"{', ' + r['application_name'] if r['application_name'] else ''}, "
-        f"{r['age']} s)"
+        f"{'?' if r['age'] is None else r['age']} s)"
         for r in rows
     )
-    return f"the oldest open transactions: {shown}"
+    return f"the sessions that hold them: {shown}"
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
