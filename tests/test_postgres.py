@@ -1149,7 +1149,7 @@ def test_a_migration_that_never_gets_its_table_gives_up_naming_who_holds_it(
             assert not migrating.is_alive(), "the migration waited for the report for good"
         assert len(failed) == 1 and isinstance(failed[0], StoreUnavailable), failed
         message = str(failed[0])
-        assert "stayed in use for 0.5 s" in message
+        assert "stayed in use; gave up " in message and "(MIGRATION_PATIENCE 0.5 s)" in message
         assert f"pid {pid} (idle in transaction, nightly-report, " in message
         # Nothing of the try is left: the schema is the last version's, and the next try applies it.
         with psycopg.connect(pg_url) as conn:
@@ -1344,6 +1344,90 @@ def test_a_first_use_migration_that_gives_up_is_not_retried_and_fails_its_waitin
                 thread.join(30)
         assert len(failed) == 3 and all(isinstance(exc, StoreBusy) for _, exc in failed), failed
         assert max(at for at, _ in failed) < 2.5  # one patience, not one each, nor a retry's
-        assert "stayed in use for 1 s" in str(failed[0][1])
+        assert "(MIGRATION_PATIENCE 1 s)" in str(failed[0][1])
+    finally:
+        store.close()
+
+
+def test_a_first_use_waits_for_another_processs_migration_no_longer_than_its_patience(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workflow_engine.stores.base import StoreBusy
+    from workflow_engine.stores.postgres import MIGRATION_LOCK_ID
+
+    older = open_store(pg_url)
+    scripts = older.migration_scripts()  # type: ignore[attr-defined]
+    monkeypatch.setattr(older, "migration_scripts", lambda: scripts[:-1])
+    older.migrate()
+    older.close()
+    store = open_store(pg_url)
+    monkeypatch.setattr(store, "MIGRATION_PATIENCE", 1.0)
+    try:
+        failed: list[BaseException] = []
+
+        def first_call() -> None:
+            try:
+                store.get("nothing")
+            except BaseException as exc:
+                failed.append(exc)
+
+        with psycopg.connect(pg_url) as migrating:  # another process, in a long migration
+            migrating.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+            caller = threading.Thread(target=first_call, daemon=True)
+            caller.start()
+            caller.join(2.5)
+            assert not caller.is_alive(), "it waited for the other migration past its patience"
+        assert len(failed) == 1 and isinstance(failed[0], StoreBusy), failed
+        assert "another process's migration held the migration lock" in str(failed[0])
+        assert store.get("nothing") is None  # it has ended: the next call migrates
+    finally:
+        store.close()
+
+
+def test_a_busy_pool_on_a_server_that_no_longer_answers_is_unavailable_not_busy(pg_url: str) -> None:
+    """Every connection held, and no new one answers: a frozen host, a network cut, not a pool
+    too small (the advice to raise pool_size would point the wrong way)."""
+    from workflow_engine.stores.base import StoreBusy
+
+    name = pg_url.rsplit("/", 1)[1]
+    store = open_store(pg_url, pool_size=1, connect_timeout=1)
+    store.insert([a_workflow()])
+    release = threading.Event()
+
+    def hold_the_only_connection() -> None:
+        with store.transaction() as tx:  # type: ignore[attr-defined]
+            tx.fetch("SELECT 1 AS one", {})
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    try:
+        time.sleep(0.2)
+        with psycopg.connect(pg_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            try:
+                with pytest.raises(StoreUnavailable) as down:
+                    store.get("x")
+                assert not isinstance(down.value, StoreBusy), down.value
+                assert "no connection of the pool came free in 1 s, and a new one failed" in str(down.value)
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+    finally:
+        release.set()
+        holder.join(10)
+        store.close()
+
+
+def test_another_feature_not_supported_error_is_no_stale_plan(pg_url: str) -> None:
+    """Only the server's plan-cache check means a column changed type: any other 0A000 is the
+    statement's own error, and replaces no connection."""
+    store = open_store(pg_url)
+    try:
+        store.migrate()
+        with pytest.raises(StoreError) as refused:
+            with store.transaction() as tx:  # type: ignore[attr-defined]
+                tx.fetch("SELECT count(*) AS n FROM workflows FOR UPDATE", {})
+        assert not isinstance(refused.value, StoreUnavailable)
+        assert "changed type" not in str(refused.value)
     finally:
         store.close()

@@ -268,6 +268,15 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         (StoreBusy, not retried: nothing was sent, and a retry would wait as long again), or
         none could be opened (the server is down or refuses: StoreUnavailable, retried)."""
         if self._in_use.count >= self.pool_size:
+            # Held, but are they being answered? A server that stopped answering (a frozen host,
+            # a network cut) holds them too: a new connection tells the two apart.
+            try:
+                self._probe(timeout=min(self.connect_timeout, 2.0))
+            except StoreUnavailable as down:
+                return StoreUnavailable(
+                    f"PostgreSQL is unavailable: no connection of the pool came free in "
+                    f"{self.connect_timeout:g} s, and a new one failed too ({down})"
+                )
             return StoreBusy(
                 f"all {self.pool_size} of this process's connections to PostgreSQL stayed in use for "
                 f"{self.connect_timeout:g} s (pool_size={self.pool_size}): raise pool_size, or look for "
@@ -303,15 +312,14 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
             _sweep(self._pool, self.connect_timeout)
             raise
 
-    def _probe(self) -> None:
+    def _probe(self, timeout: float | None = None) -> None:
         """Connect once, directly, before building the pool: a wrong database name, role or
         password fails at once with the server's own words, where the pool would retry it
         for its whole timeout and then say only that it could not fill itself. Not done in a
         forked child whose parent's pool reached the URL (a work-horse, once a job)."""
+        seconds = self.connect_timeout if timeout is None else timeout
         try:
-            _Connection.connect(
-                self.url, connect_timeout=max(1, int(self.connect_timeout)), **_KEEPALIVES
-            ).close()
+            _Connection.connect(self.url, connect_timeout=max(1, int(seconds)), **_KEEPALIVES).close()
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc, self.url)}") from _cause(
                 exc, self.url
@@ -406,10 +414,12 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         behind it: a long report would stall every process. So each try waits for a table's lock
         at most :attr:`MIGRATION_LOCK_TIMEOUT` seconds, then undoes its work (a savepoint: the
         queries waiting behind it go on), waits as long again and tries once more, keeping the
-        advisory lock; after :attr:`MIGRATION_PATIENCE` seconds it gives up with StoreUnavailable
-        naming the oldest open transactions."""
+        advisory lock. :attr:`MIGRATION_PATIENCE` seconds after it started, its wait for the
+        advisory lock (another process's migration) included, it gives up with StoreBusy, naming
+        the sessions that hold its tables' locks."""
         pool = self._get_pool()
-        deadline = time.monotonic() + self.MIGRATION_PATIENCE  # waiting for another's migration counts too
+        started = time.monotonic()
+        deadline = started + self.MIGRATION_PATIENCE  # waiting for another's migration counts too
         try:
             with store_call(), pool.connection() as conn, self._in_use, conn.transaction():
                 done = self._migrated_already(_PgTx(conn))
@@ -423,8 +433,16 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 # session, and the others' migrations go on.
                 idle_ms = max(1, int(self.EXCLUSIVE_IDLE_TIMEOUT * 1000))
                 conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}")
-                tx.fetch("SELECT pg_advisory_xact_lock(%(id)s)", {"id": MIGRATION_LOCK_ID})
-                # After the advisory lock, which the other processes' migrations wait for as long as it takes.
+                # Another process's migration, running: waited for until the deadline.
+                left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                conn.execute(f"SET LOCAL lock_timeout = {left_ms}")
+                try:
+                    tx.fetch("SELECT pg_advisory_xact_lock(%(id)s)", {"id": MIGRATION_LOCK_ID})
+                except psycopg.errors.LockNotAvailable:
+                    raise StoreBusy(
+                        f"cannot migrate PostgreSQL: another process's migration held the migration lock "
+                        f"for the {self.MIGRATION_PATIENCE:g} s this one waited; try again once it has ended"
+                    ) from None
                 timeout_ms = max(1, int(self.MIGRATION_LOCK_TIMEOUT * 1000))
                 conn.execute(f"SET LOCAL lock_timeout = {timeout_ms}")
                 said = 0.0  # when it last said it waits: at most every 30 s
@@ -436,8 +454,9 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                     except psycopg.errors.LockNotAvailable:
                         if time.monotonic() >= deadline:
                             raise StoreBusy(
-                                f"cannot migrate PostgreSQL: a table the migration changes stayed in use "
-                                f"for {self.MIGRATION_PATIENCE:g} s; {_lock_holders(conn)}. "
+                                f"cannot migrate PostgreSQL: a table the migration changes stayed in use; "
+                                f"gave up {time.monotonic() - started:.0f} s after it started "
+                                f"(MIGRATION_PATIENCE {self.MIGRATION_PATIENCE:g} s); {_lock_holders(conn)}. "
                                 "Run `workflow-engine migrate` again when they have ended"
                             ) from None
                         if time.monotonic() - said >= 30:
@@ -575,9 +594,9 @@ def _raise_pool_error(exc: Exception, url: str) -> None:
 
 def _stale_plan(exc: psycopg.Error) -> bool:
     """The server refused a prepared statement whose result's columns changed type ("cached plan
-    must not change result type", in the server's language): the only feature_not_supported
-    error the store's own statements meet."""
-    return exc.sqlstate == "0A000"
+    must not change result type", in the server's language): told by the server function that
+    raised it, which no other feature_not_supported error names."""
+    return exc.sqlstate == "0A000" and exc.diag.source_function == "RevalidateCachedQuery"
 
 
 class _InUse:
