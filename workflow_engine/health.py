@@ -152,7 +152,7 @@ def check_health(
         try:
             rows, stale = _result(database, deadline, timeout)
         except Exception as exc:
-            # A schema newer than this code, or none (a store that does not migrate): the database
+            # A schema newer than this code, or none (a store opened with create=False): the database
             # answered, and what it said is the detail; else it did not answer.
             answered = isinstance(exc, ConfigurationError)
             detail = _one_line(exc) if answered else f"unreachable: {_one_line(exc)}"
