@@ -323,6 +323,32 @@ def test_a_scrape_with_a_hung_database_or_redis_still_arrives_in_time_saying_whi
     assert value(m, "workflow_engine_database_up") == 1
 
 
+def test_a_forked_child_does_not_wait_for_a_scrape_read_its_parent_had_in_progress(
+    engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread in the child will ever settle the parent's read: its scrapes must read afresh."""
+    import threading
+
+    monkeypatch.setattr(metrics, "SCRAPE_BUDGET", 0.5)
+    hung = threading.Event()
+    monkeypatch.setattr(engine.store, "gauges", held(engine.store.gauges, hung))
+    registry = metrics.make_registry(engine, metrics.Instruments())
+    try:
+        assert value(scrape_registry_of(registry), "workflow_engine_database_up") == 0  # in progress
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the read is not held
+            hung.set()
+            up = value(scrape_registry_of(registry), "workflow_engine_database_up")
+            os.write(write, b"1" if up == 1 else b"0")
+            os._exit(0)
+        os.close(write)
+        assert os.read(read, 1) == b"1"
+        os.waitpid(pid, 0)
+    finally:
+        hung.set()
+
+
 def test_a_forked_work_horse_does_not_hold_the_metrics_port(engine: WorkflowEngine) -> None:
     """Orphaned by a killed worker, a work-horse that held the listening socket kept the port: the
     restarted worker could not serve its metrics."""

@@ -353,6 +353,18 @@ def _alive(pid: int) -> bool:
 SCRAPE_BUDGET = 4.0
 
 
+def _forget_reads_in_child() -> None:
+    """In a forked child: no thread there will ever settle a read the parent had in progress, and
+    a thread of the parent may have held a collector's lock at the fork."""
+    for collector in list(_COLLECTORS):
+        collector._lock, collector._reads = threading.Lock(), {}
+
+
+#: Every collector of this process (see _forget_reads_in_child).
+_COLLECTORS: weakref.WeakSet[DatabaseCollector] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_forget_reads_in_child)
+
+
 class DatabaseCollector:
     """Gauges read from the database and Redis at scrape time, so they hold across processes.
 
@@ -365,6 +377,7 @@ class DatabaseCollector:
         self.instruments = instruments
         self._lock = threading.Lock()
         self._reads: dict[str, Future[Any]] = {}
+        _COLLECTORS.add(self)
 
     def describe(self) -> list[Metric]:
         return []  # registering must not touch the database
