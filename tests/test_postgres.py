@@ -1257,12 +1257,12 @@ def test_threads_that_arrive_during_their_processs_first_migration_wait_for_it_w
         store.close()
 
 
-def test_a_busy_pool_says_so_and_is_not_retried_as_if_the_server_were_down(pg_url: str) -> None:
-    from workflow_engine.stores.base import StoreBusy
-
+@contextlib.contextmanager
+def _only_connection_held(pg_url: str) -> Iterator[Any]:
+    """A store with pool_size=1 (1 s pool timeout) whose one connection another thread holds, in
+    a transaction, for the block's duration; yields the store."""
     store = open_store(pg_url, pool_size=1, connect_timeout=1)
-    wf = a_workflow()
-    store.insert([wf])
+    store.insert([a_workflow()])
     release = threading.Event()
 
     def hold_the_only_connection() -> None:
@@ -1274,19 +1274,26 @@ def test_a_busy_pool_says_so_and_is_not_retried_as_if_the_server_were_down(pg_ur
     holder.start()
     try:
         time.sleep(0.2)
+        yield store
+    finally:
+        release.set()
+        holder.join(10)
+        store.close()
+
+
+def test_a_busy_pool_says_so_and_is_not_retried_as_if_the_server_were_down(pg_url: str) -> None:
+    from workflow_engine.stores.base import StoreBusy
+
+    with _only_connection_held(pg_url) as store:
         started = time.monotonic()
         with pytest.raises(StoreBusy) as busy:
-            store.get(wf.id)
+            store.get("x")
         assert time.monotonic() - started < 1.8  # one pool timeout (1 s), not two or three
         assert isinstance(busy.value, StoreUnavailable)
         assert str(busy.value) == (
             "all 1 of this process's connections to PostgreSQL stayed in use for 1 s (pool_size=1): "
             "raise pool_size, or look for long transactions and waits on a row lock"
         )
-    finally:
-        release.set()
-        holder.join(10)
-        store.close()
 
 
 def test_a_pool_that_cannot_reconnect_is_unavailable_not_busy(pg_url: str) -> None:
@@ -1390,32 +1397,18 @@ def test_a_busy_pool_on_a_server_that_no_longer_answers_is_unavailable_not_busy(
     from workflow_engine.stores.base import StoreBusy
 
     name = pg_url.rsplit("/", 1)[1]
-    store = open_store(pg_url, pool_size=1, connect_timeout=1)
-    store.insert([a_workflow()])
-    release = threading.Event()
-
-    def hold_the_only_connection() -> None:
-        with store.transaction() as tx:  # type: ignore[attr-defined]
-            tx.fetch("SELECT 1 AS one", {})
-            release.wait(10)
-
-    holder = threading.Thread(target=hold_the_only_connection)
-    holder.start()
-    try:
-        time.sleep(0.2)
-        with psycopg.connect(pg_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-            try:
-                with pytest.raises(StoreUnavailable) as down:
-                    store.get("x")
-                assert not isinstance(down.value, StoreBusy), down.value
-                assert "no connection of the pool came free in 1 s, and a new one failed" in str(down.value)
-            finally:
-                admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-    finally:
-        release.set()
-        holder.join(10)
-        store.close()
+    with (
+        _only_connection_held(pg_url) as store,
+        psycopg.connect(pg_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin,
+    ):
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        try:
+            with pytest.raises(StoreUnavailable) as down:
+                store.get("x")
+            assert not isinstance(down.value, StoreBusy), down.value
+            assert "no connection of the pool came free in 1 s, and a new one failed" in str(down.value)
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
 
 
 def test_another_feature_not_supported_error_is_no_stale_plan(pg_url: str) -> None:
