@@ -62,6 +62,26 @@ def held(real: Callable[..., T], until: threading.Event) -> Callable[..., T]:
     return waits_then
 
 
+def true_in_a_forked_child(body: Callable[[], bool]) -> bool:
+    """Whether ``body()`` is true in a child forked now (which exits at once; any exception is
+    false): what a process forked at that moment, a work-horse, say, would find."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = body()
+        except BaseException:
+            ok = False
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        return os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ from workflow_engine.health import CHECKS, check_health
 from workflow_engine.models import utcnow
 from workflow_engine.stores import open_store
 
-from support import BIN, RedisServer, free_port, held, start_worker, wait_for
+from support import BIN, RedisServer, free_port, held, start_worker, true_in_a_forked_child, wait_for
 
 S = WorkflowStatus
 
@@ -363,16 +363,12 @@ def test_a_forked_child_does_not_wait_for_a_read_its_parent_had_in_progress(
     monkeypatch.setattr(engine.store, "stats", held(engine.store.stats, hung))
     try:
         assert not check_health(engine, only=["queue_age"], timeout=0.2).healthy  # a read in progress
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: its copy of the read is not held
+
+        def in_the_child() -> bool:  # where its copy of the read is not held
             hung.set()
-            ok = check_health(engine, only=["queue_age"], timeout=2).healthy
-            os.write(write, b"ok" if ok else b"no")
-            os._exit(0)
-        os.close(write)
-        assert os.read(read, 2) == b"ok"
-        os.waitpid(pid, 0)
+            return check_health(engine, only=["queue_age"], timeout=2).healthy
+
+        assert true_in_a_forked_child(in_the_child)
     finally:
         hung.set()
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from workflow_engine import WorkflowEngine, WorkflowStatus, metrics
 from workflow_engine.models import utcnow
 
-from support import APPS, RedisServer, free_port, held, start_worker, wait_for
+from support import APPS, RedisServer, free_port, held, start_worker, true_in_a_forked_child, wait_for
 
 S = WorkflowStatus
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -335,16 +335,12 @@ def test_a_forked_child_does_not_wait_for_a_scrape_read_its_parent_had_in_progre
     registry = metrics.make_registry(engine, metrics.Instruments())
     try:
         assert value(scrape_registry_of(registry), "workflow_engine_database_up") == 0  # in progress
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: its copy of the read is not held
+
+        def in_the_child() -> bool:  # where its copy of the read is not held
             hung.set()
-            up = value(scrape_registry_of(registry), "workflow_engine_database_up")
-            os.write(write, b"1" if up == 1 else b"0")
-            os._exit(0)
-        os.close(write)
-        assert os.read(read, 1) == b"1"
-        os.waitpid(pid, 0)
+            return bool(value(scrape_registry_of(registry), "workflow_engine_database_up") == 1)
+
+        assert true_in_a_forked_child(in_the_child)
     finally:
         hung.set()
 
