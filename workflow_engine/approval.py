@@ -174,10 +174,8 @@ def decide(engine: WorkflowEngine, workflow_id: str, council: Council) -> Tally:
                 detail=f"approved by council {council.id} ({approvals} of {council.quorum})",
                 apply=if_still(True),
             )
-        except (
-            QueueUnavailable
-        ):  # approved and queued in the database (the engine logged it); reconcile delivers it
-            pass
+        except QueueUnavailable:
+            pass  # approved and queued in the database (the engine logged it): reconcile delivers it
     if not decided:  # the votes moved, or another process decided first: where it stands now
         return tally(engine, workflow_id)
     return Tally(
