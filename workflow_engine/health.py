@@ -136,12 +136,12 @@ def check_health(
     asks_database = bool(wanted & {"database", "queue_age", "stale_running", "failure_rate"})
     reads_stats = bool(wanted & {"queue_age", "failure_rate"})
     database = (
-        _run(engine, ("database", reads_stats, window, max_stale_age), read_database, timeout)
+        read_once(engine, ("health-database", reads_stats, window, max_stale_age), read_database, timeout)
         if asks_database
         else None
     )
     redis = (
-        _run(engine, ("redis", "workers" in wanted), read_redis, timeout)
+        read_once(engine, ("health-redis", "workers" in wanted), read_redis, timeout)
         if wanted & {"redis", "workers"}
         else None
     )
@@ -215,9 +215,9 @@ def check_health(
     return HealthReport(tuple(checks[name] for name in CHECKS if name in wanted))
 
 
-def complete(future: Future[T], read: Callable[[], T]) -> None:
+def _complete(future: Future[T], read: Callable[[], T]) -> None:
     """Settle ``future`` with ``read()``'s result, or with what it raised: a reading thread's
-    whole work (the metrics' scrape uses it too)."""
+    whole work."""
     future.set_running_or_notify_cancel()
     try:
         future.set_result(read())
@@ -225,8 +225,8 @@ def complete(future: Future[T], read: Callable[[], T]) -> None:
         future.set_exception(exc)
 
 
-#: Each engine's reads in progress, by what they read: a check with a deadline that finds one
-#: takes its outcome instead of starting another (see _run).
+#: Each engine's reads in progress, by what they read: a check or a scrape that finds one takes
+#: its outcome instead of starting another (see read_once).
 _READS: weakref.WeakKeyDictionary[WorkflowEngine, dict[tuple[Any, ...], Future[Any]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -244,20 +244,21 @@ def _forget_reads() -> None:
 os.register_at_fork(after_in_child=_forget_reads)
 
 
-def _run(
+def read_once(
     engine: WorkflowEngine, key: tuple[Any, ...], read: Callable[[], T], timeout: float | None
 ) -> Future[T]:
     """``read``'s outcome: computed here without a ``timeout``, else in a daemon thread (one that
-    hangs must not hold up the process's exit).
+    hangs must not hold up the process's exit), named ``workflow-engine-{key[0]}``.
 
-    While the engine's read of the same ``key`` (the server, and what is read from it) goes on,
-    a check takes that read's outcome instead of starting another: checks that arrive together
-    ask the server once, and a server that hangs is read once however often it is checked (a
-    web process serving the check every few seconds would otherwise pile up threads, each
-    holding one of the pool's connections, which the app's own requests need)."""
+    While the engine's read of the same ``key`` (who reads, the server, and what is read from
+    it) goes on, a caller takes that read's outcome instead of starting another: checks that
+    arrive together ask the server once, and a server that hangs is read once however often it
+    is checked or scraped (a web process serving the check every few seconds would otherwise
+    pile up threads, each holding one of the pool's connections, which the app's own requests
+    need). The metrics' scrape reads through it too."""
     future: Future[T] = Future()
     if timeout is None:
-        complete(future, read)
+        _complete(future, read)
         return future
     with _READS_LOCK:
         reads = _READS.setdefault(engine, {})
@@ -266,7 +267,7 @@ def _run(
             return running
         reads[key] = future
     threading.Thread(
-        target=complete, args=(future, read), name=f"workflow-engine-health-{key[0]}", daemon=True
+        target=_complete, args=(future, read), name=f"workflow-engine-{key[0]}", daemon=True
     ).start()
     return future
 

@@ -22,14 +22,14 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from .analytics import queued_age, status_totals
 from .errors import ConfigurationError, MissingDependency
-from .health import complete
+from .health import read_once
 from .models import Workflow, utcnow
 from .status import TERMINAL, WorkflowStatus
 
@@ -353,46 +353,19 @@ def _alive(pid: int) -> bool:
 SCRAPE_BUDGET = 4.0
 
 
-def _forget_reads_in_child() -> None:
-    """In a forked child: no thread there will ever settle a read the parent had in progress, and
-    a thread of the parent may have held a collector's lock at the fork."""
-    for collector in list(_COLLECTORS):
-        collector._lock, collector._reads = threading.Lock(), {}
-
-
-#: Every collector of this process (see _forget_reads_in_child).
-_COLLECTORS: weakref.WeakSet[DatabaseCollector] = weakref.WeakSet()
-os.register_at_fork(after_in_child=_forget_reads_in_child)
-
-
 class DatabaseCollector:
     """Gauges read from the database and Redis at scrape time, so they hold across processes.
 
-    The two are read side by side, each in a thread of the collector's own, within
+    The two are read side by side, each in a thread of its own (health.read_once), within
     :data:`SCRAPE_BUDGET`. A read that outlasts it goes on, and the next scrape waits for that
     same read instead of starting another."""
 
     def __init__(self, engine: WorkflowEngine, instruments: Instruments) -> None:
         self.engine = engine
         self.instruments = instruments
-        self._lock = threading.Lock()
-        self._reads: dict[str, Future[Any]] = {}
-        _COLLECTORS.add(self)
 
     def describe(self) -> list[Metric]:
         return []  # registering must not touch the database
-
-    def _start(self, name: str, read: Callable[[], Any]) -> Future[Any]:
-        """``read`` in a daemon thread of its own (a hung one must not hold up the process's exit),
-        unless the last one of that name still runs: then that one."""
-        with self._lock:
-            running = self._reads.get(name)
-            if running is None or running.done():
-                running = self._reads[name] = Future()
-                threading.Thread(
-                    target=complete, args=(running, read), name=f"workflow-engine-scrape-{name}", daemon=True
-                ).start()
-            return running
 
     def _read_database(self) -> tuple[dict[str, int], float, int, set[str]]:
         """Workflows by status, the oldest queued one's age, the stale running ones, and every
@@ -416,8 +389,9 @@ class DatabaseCollector:
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, value=value)
 
-        database = self._start("database", self._read_database)
-        redis = self._start("redis", self._read_redis)
+        # Each in a daemon thread, unless the engine's last one still runs: then that one.
+        database = read_once(self.engine, ("scrape-database",), self._read_database, SCRAPE_BUDGET)
+        redis = read_once(self.engine, ("scrape-redis",), self._read_redis, SCRAPE_BUDGET)
         deadline = time.monotonic() + SCRAPE_BUDGET
         read = _within(database, deadline, "the database")
         yield gauge(
