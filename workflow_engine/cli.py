@@ -766,7 +766,8 @@ def _action_command(
 def _undelivered_ok(change: Callable[[], Any]) -> None:
     """Make ``change`` (an enqueue or a requeue); if it is recorded but Redis is down, do not fail:
     the workflow is ``queued`` in the database, and reconcile delivers it. The engine has logged
-    a warning that says so (``warning: …`` on stderr, or a JSON record)."""
+    a warning that says so (``… WARNING workflow_engine: N workflow(s) recorded queued, but not
+    put on the queue: …`` on stderr, or a JSON record)."""
     try:
         change()
     except QueueUnavailable:
