@@ -225,14 +225,12 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                 "(`workflow-engine migrate` creates one)"
             )
         # After a fork the parent's connection is left alone (never closed here).
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
-        try:
             if checked:  # before WAL is switched on: a file without our tables is left as it was
                 self._require_schema(_SQLiteTx(conn))
             if self.path != ":memory:":
@@ -240,7 +238,8 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except BaseException as exc:
-            conn.close()
+            if conn is not None:
+                conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
             raise
