@@ -85,8 +85,7 @@ def _after_fork_in_child() -> None:
     if _CONNECTING.locked():  # taken by the fork (or by a parent's thread that is not in the child)
         _CONNECTING.release()
     for store in list(_STORES):
-        store._lock_obj, store._first_use_obj = threading.Lock(), threading.Lock()
-        store._lock_pid = store._first_use_pid = os.getpid()
+        store._lock, store._first_use = threading.Lock(), threading.Lock()
     inherited = [conn for conn in list(_OPENED) if not conn.closed]
     _OPENED.clear()
     if not inherited:
@@ -174,34 +173,22 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         self.url = url
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        self._lock_obj = threading.Lock()
-        self._lock_pid = os.getpid()
+        #: Both are replaced in a forked child (see _after_fork_in_child): a thread of the parent
+        #: may have held one at the fork. ``_first_use`` is held by the thread that migrates (or
+        #: checks) the schema on this process's first use: the others wait there, holding none
+        #: of the pool's connections, which it may need.
+        self._lock = threading.Lock()
+        self._first_use = threading.Lock()
         self._pool: ConnectionPool | None = None
         self._pid = 0
         self._migrated = False
         #: Create the schema on first use; if False, refuse a database without it.
         self.create_on_use = create
-        self._first_use_obj = threading.Lock()
-        self._first_use_pid = os.getpid()
         #: A first use's migration that gave up, and when: the threads that waited for it fail
         #: with it instead of each waiting as long again.
         self._gave_up: tuple[float, StoreBusy] | None = None
         self._in_use = _InUse()
         _STORES.add(self)
-
-    @property
-    def _lock(self) -> threading.Lock:
-        if self._lock_pid != os.getpid():  # never inherit a lock another thread held at fork time
-            self._lock_obj, self._lock_pid = threading.Lock(), os.getpid()
-        return self._lock_obj
-
-    @property
-    def _first_use(self) -> threading.Lock:
-        """Held by the thread that migrates (or checks) the schema on this process's first use:
-        the others wait here, holding none of the pool's connections, which it may need."""
-        if self._first_use_pid != os.getpid():
-            self._first_use_obj, self._first_use_pid = threading.Lock(), os.getpid()
-        return self._first_use_obj
 
     def _get_pool(self) -> ConnectionPool:
         pool = self._pool
