@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import pickle
+import queue
 import re
 import signal
 import subprocess
@@ -498,6 +499,61 @@ def test_enqueueing_a_workflow_whose_job_waits_in_process_does_nothing_as_in_pro
         (S.QUEUED, S.RUNNING),
         (S.RUNNING, S.COMPLETED),
     ]
+
+
+def parent_that_waits_for_another_thread(wf: Workflow) -> dict[str, str]:
+    """Enqueues a child, lets the test's other thread act on it, and reports what the child was then."""
+    engine = _PARENTS["waits"]
+    cid = engine.create_workflow(workflow_type_id="child", enqueue=True)
+    _CHILD_QUEUED.put(cid)
+    assert _OTHER_THREAD_DONE.wait(10)
+    return {"child": cid, "child_then": engine.get_workflow(cid).status.value}
+
+
+_CHILD_QUEUED: queue.Queue[str] = queue.Queue()
+_OTHER_THREAD_DONE = threading.Event()
+
+
+def test_a_job_waiting_in_one_threads_in_process_queue_is_live_to_every_other_thread(
+    workflow_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a job waiting in Redis is to every process: another thread's reconcile or enqueue leaves
+    the child alone, and it runs once, after its parent's attempt, in the parent's thread."""
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
+    _PARENTS["waits"] = workflow_engine
+    _OTHER_THREAD_DONE.clear()
+    workflow_engine.register_handler("child", child)
+    workflow_engine.register_handler("parent", parent_that_waits_for_another_thread)
+    seen: dict[str, Any] = {}
+
+    def other_thread() -> None:
+        cid = _CHILD_QUEUED.get(timeout=10)
+        try:
+            seen["reconcile"] = workflow_engine.reconcile()
+            workflow_engine.enqueue_execution(cid)
+            seen["status"] = workflow_engine.get_workflow(cid).status
+        finally:
+            _OTHER_THREAD_DONE.set()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    parent = workflow_engine.create_workflow(workflow_type_id="parent", enqueue=True)
+    thread.join(10)
+    result = workflow_engine.get_workflow(parent).result
+    assert seen["reconcile"].total == 0 and seen["reconcile"].undeliverable == []
+    assert seen["status"] is S.QUEUED and result["child_then"] == "queued"  # type: ignore[index]
+    trail = [(e.from_status, e.to_status, e.detail) for e in workflow_engine.get_events(result["child"])]  # type: ignore[index]
+    assert [t[:2] for t in trail] == [
+        (None, S.PENDING),
+        (S.PENDING, S.QUEUED),
+        (S.QUEUED, S.RUNNING),
+        (S.RUNNING, S.COMPLETED),
+    ]
+    # Done with, it is no longer live: a workflow whose job was lost is delivered again.
+    assert (
+        workflow_engine.transport.live_jobs([str(workflow_engine.get_workflow(result["child"]).job_id)])
+        == set()
+    )  # type: ignore[index]
 
 
 def test_a_store_or_redis_connection_of_the_wrong_kind_is_refused_at_once() -> None:

@@ -437,3 +437,15 @@ def test_a_database_newer_than_this_code_fails_the_database_check_as_what_it_is_
     assert result.exit_code == 1 and verdict == "UNHEALTHY: database"
     assert database.startswith("FAIL  database      the database is at schema version 999, newer than")
     assert queue_age == "skip  queue_age     unknown: the database check failed"
+
+
+def test_an_in_process_engine_is_healthy_with_no_worker_since_its_jobs_need_none(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    """So that an app's test of its health endpoint passes against the test fixture's engine."""
+    workflow_engine.register_handler("noop", "we_test_handlers:noop")
+    workflow_engine.create_workflow(workflow_type_id="noop", enqueue=True)
+    report = check_health(workflow_engine)
+    assert report.healthy, report.to_dict()
+    [workers] = [c for c in report.checks if c.name == "workers"]
+    assert workers.status == "ok" and "in-process" in workers.detail

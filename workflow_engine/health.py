@@ -91,7 +91,8 @@ def check_health(
 
     - ``database``: the database answers (the statistics query, when a check below needs it);
     - ``redis``: Redis answers PING;
-    - ``workers``: at least one RQ worker is registered on the engine's queue;
+    - ``workers``: at least one RQ worker is registered on the engine's queue (always ``ok`` in the
+      in-process mode, ``is_async=False``, where no worker is needed);
     - ``queue_age``: the oldest due queued workflow is younger than ``max_queued_age`` seconds;
     - ``stale_running``: no running workflow's lease expired more than ``max_stale_age``
       seconds ago (reconcile recovers one within a pass: one still there means none runs);
@@ -294,6 +295,8 @@ def _chosen(only: Sequence[str] | None) -> set[str]:
 def _workers(engine: WorkflowEngine) -> Check:
     from rq import Worker
 
+    if not engine.is_async:  # no worker needed: every job runs inside the call that enqueues it
+        return Check("workers", "ok", "in-process mode: each workflow runs inside the call that enqueues it")
     try:
         workers = Worker.all(queue=engine.queue)
     except Exception as exc:

@@ -17,7 +17,7 @@ import secrets
 import socket
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timezone
 from typing import Any
@@ -122,6 +122,16 @@ def _unpickle_preload() -> Preload:
 
 #: The sync-mode jobs this thread still has to perform, while it performs one (else None).
 _sync = threading.local()
+#: The ids of every sync-mode job in this process that some thread has still to perform or is
+#: performing: what another thread's reconcile or enqueue must take for live, as a job in Redis.
+_sync_pending: set[str] = set()
+_sync_pending_lock = threading.Lock()
+
+
+def _sync_live(job_ids: Iterable[str]) -> set[str]:
+    with _sync_pending_lock:
+        return {job_id for job_id in job_ids if job_id in _sync_pending}
+
 
 #: Any Redis failure (down, READONLY replica, OOM, a broken reply) means the queue is unavailable.
 _REDIS_ERRORS = (redis.exceptions.RedisError,)
@@ -255,6 +265,8 @@ class Transport:
 
                 owner = _ENGINES.get(engine_key) if engine_key is not None else None
                 jobs = [(self, options(wf), owner) for wf in workflows]
+                with _sync_pending_lock:
+                    _sync_pending.update(opts["job_id"] for _, opts, _ in jobs)
                 running = getattr(_sync, "jobs", None)
                 if running is not None:
                     running.extend(jobs)
@@ -264,7 +276,7 @@ class Transport:
                 stop: BaseException | None = None
                 try:
                     while _sync.jobs:
-                        transport, opts, _owner = _sync.jobs.popleft()
+                        transport, opts, _owner = _sync.jobs[0]  # pending until performed, as a started job
                         try:
                             transport._perform(opts)
                         except Exception as exc:  # a store failure: the others still run, then it is raised
@@ -275,7 +287,15 @@ class Transport:
                             # A worker records that job and goes on with the next ones (retries and
                             # workflows it created included): so do these, then it is raised.
                             stop = stop or exc
+                        finally:
+                            _sync.jobs.popleft()
+                            with _sync_pending_lock:
+                                _sync_pending.discard(opts["job_id"])
                 finally:
+                    # Jobs left unperformed (another BaseException) are lost, as Redis may lose
+                    # them: no longer live, so that reconcile delivers their workflows again.
+                    with _sync_pending_lock:
+                        _sync_pending.difference_update(opts["job_id"] for _, opts, _ in _sync.jobs)
                     _sync.jobs = None
                 if stop is not None:
                     raise stop
@@ -327,6 +347,9 @@ class Transport:
         """
         if not job_ids:
             return {}
+        if not self.is_async:  # no job reaches Redis: one a thread of this process has still to perform
+            live = _sync_live(job_ids)
+            return {job_id: b"queued" if job_id in live else None for job_id in job_ids}
         taken_list = f"{self.queue.key}:intermediate"
         try:
             # RQ moves jobs through the intermediate list only on Redis 6.2 and later (LMOVE);
@@ -354,6 +377,9 @@ class Transport:
     def queued_ids(self) -> frozenset[str] | None:
         """Every job id on the queue's list now, in one read; None for a list longer than
         :data:`QUEUE_SCAN_LIMIT`, which is not read (a pass of reconcile reads it once)."""
+        if not self.is_async:
+            with _sync_pending_lock:
+                return frozenset(_sync_pending)
         try:
             if self.connection.llen(self.queue.key) > QUEUE_SCAN_LIMIT:
                 return None
@@ -411,11 +437,10 @@ class Transport:
     def live_jobs(self, job_ids: Sequence[str]) -> set[str]:
         """The subset of ``job_ids`` whose RQ job still exists and will run or is running.
 
-        In sync mode no job reaches Redis: the live ones are those this thread has still to
-        perform (a workflow a handler queued, which runs after its parent's job)."""
+        In sync mode no job reaches Redis: the live ones are those a thread of this process has
+        still to perform (a workflow a handler queued, which runs after its parent's job)."""
         if not self.is_async:
-            waiting = {opts["job_id"] for _, opts, _ in getattr(_sync, "jobs", None) or ()}
-            return {jid for jid in job_ids if jid in waiting}
+            return _sync_live(job_ids)
         return {jid for jid, st in self.job_statuses(job_ids).items() if st in LIVE_JOB_STATUSES}
 
     def stop(self, job_id: str, worker: str | None = None) -> bool:
