@@ -23,6 +23,7 @@ import pytest
 
 from workflow_engine import StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus, cancel_requested
 from workflow_engine.errors import ConfigurationError, MissingDependency, StoreError
+from workflow_engine.stores.base import StoreBusy
 from workflow_engine.models import utcnow
 from workflow_engine.stores import open_store
 
@@ -1422,5 +1423,35 @@ def test_another_feature_not_supported_error_is_no_stale_plan(pg_url: str) -> No
                 tx.fetch("SELECT count(*) AS n FROM workflows FOR UPDATE", {})
         assert not isinstance(refused.value, StoreUnavailable)
         assert "changed type" not in str(refused.value)
+    finally:
+        store.close()
+
+
+def test_a_statement_the_server_cancels_is_reported_busy_not_a_failure_and_not_retried(pg_url: str) -> None:
+    """An operator's statement_timeout (here in the URL) bounds a call held up by a lock: the caller
+    gets StoreBusy (a StoreUnavailable: a web app answers 503) once, not a StoreError (a 500), and
+    not after a retry that would wait as long again."""
+    engine = WorkflowEngine(
+        database_url=f"{pg_url}?options=-c%20statement_timeout%3D300", redis_url="fakeredis://"
+    )
+    wid = engine.create_workflow(workflow_type_id="report")
+    with psycopg.connect(pg_url, autocommit=True) as other:
+        other.execute("BEGIN")
+        other.execute("LOCK TABLE workflows IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(StoreBusy, match="statement_timeout"):
+            engine.get_workflow(wid)
+        assert time.monotonic() - started < 0.6 + 1.0  # one wait of 0.3 s, not two
+        other.execute("ROLLBACK")
+    assert engine.get_workflow(wid).status is S.PENDING
+    engine.close()
+
+
+def test_a_migration_is_not_cut_short_by_the_statement_timeout_meant_for_the_apps_queries(
+    pg_url: str,
+) -> None:
+    store = open_store(f"{pg_url}?options=-c%20statement_timeout%3D1")
+    try:
+        assert store.migrate() >= 1
     finally:
         store.close()

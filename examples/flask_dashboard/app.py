@@ -61,6 +61,8 @@ def create_app(*, database_url: str, redis_url: str | None = None) -> Flask:
         engine = WorkflowEngine(database_url=database_url, redis_url=redis_url)
     for type_id, path in HANDLERS.items():
         engine.register_handler(type_id, path, max_retries=2)
+    # A write: fine for this demo, but an app that writes at start cannot start while its database
+    # is down; a production app runs it as a deploy step (docs/flask.md, Setup).
     engine.configure_council(COUNCIL, members=COUNCIL_MEMBERS, quorum=2)
 
     app = Flask(__name__, template_folder=str(HERE / "templates"))

@@ -420,6 +420,10 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                 # session, and the others' migrations go on.
                 idle_ms = max(1, int(self.EXCLUSIVE_IDLE_TIMEOUT * 1000))
                 conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}")
+                # An operator's statement_timeout (in the URL, or set on the database or role) is
+                # for the app's queries: a migration's waits are bounded below, and its DDL on a
+                # large table may take longer.
+                conn.execute("SET LOCAL statement_timeout = 0")
                 # Another process's migration, running: waited for until the deadline.
                 left_ms = max(1, int((deadline - time.monotonic()) * 1000))
                 conn.execute(f"SET LOCAL lock_timeout = {left_ms}")
@@ -636,14 +640,26 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute(_SESSION)
 
 
+#: The SQLSTATEs of a statement the server gave up on while the database was busy, and why.
+_BUSY = {
+    "57014": "the statement was canceled (statement_timeout, or by an administrator)",
+    "55P03": "the statement waited longer than lock_timeout for a lock",
+}
+
+
 def _store_error(exc: psycopg.Error, what: str | None = None, *, url: str | None = None) -> StoreError:
     """The store's error for a driver error: StoreUnavailable when the server could not be
     reached or stopped serving (worth retrying later), StoreError for a statement it refused.
 
     Unavailable: no SQLSTATE (the client lost the connection), or a connection exception (08),
-    insufficient resources (53) or an operator intervention (57P). psycopg calls many refusals
+    insufficient resources (53) or an operator intervention (57P). Busy (StoreBusy: not retried at
+    once, a retry would wait as long again): a statement the server canceled (57014: the
+    ``statement_timeout`` an operator set, ``pg_cancel_backend``) or one that waited longer than
+    the ``lock_timeout`` an operator set for a lock (55P03). psycopg calls many refusals
     "operational" too: a deadlock, an index row too large."""
     state = exc.sqlstate
+    if state in _BUSY:
+        return StoreBusy(f"{what or 'PostgreSQL is busy'}: {_BUSY[state]}: {_safe(exc, url)}")
     if isinstance(exc, psycopg.OperationalError) and (state is None or state.startswith(("08", "53", "57P"))):
         return StoreUnavailable(f"{what or 'PostgreSQL is unavailable'}: {_safe(exc, url)}")
     return StoreError(f"{what or 'PostgreSQL failed'}: {_safe(exc, url)}")
