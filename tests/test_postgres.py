@@ -23,9 +23,9 @@ import pytest
 
 from workflow_engine import StoreUnavailable, Workflow, WorkflowEngine, WorkflowStatus, cancel_requested
 from workflow_engine.errors import ConfigurationError, MissingDependency, StoreError
-from workflow_engine.stores.base import StoreBusy
 from workflow_engine.models import utcnow
 from workflow_engine.stores import open_store
+from workflow_engine.stores.base import StoreBusy
 
 from support import APPS, RedisServer, a_workflow, free_port, start_worker, successes, wait_for
 
