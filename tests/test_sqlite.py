@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from workflow_engine import WorkflowEngine, WorkflowStatus
-from workflow_engine.errors import HandlerTimeout, StoreError, StoreUnavailable
+from workflow_engine.errors import HandlerTimeout, StoreError, StoreUnavailable, WorkflowEngineError
 from workflow_engine.execution import _call_with_timeout
 from workflow_engine.models import utcnow
 from workflow_engine.stores import queries as q
@@ -99,6 +99,61 @@ def test_a_child_forked_while_another_thread_writes_never_hangs(store: SQLiteSto
         stop.set()
         thread.join()
     assert all(outcomes), f"{outcomes.count(False)} of {len(outcomes)} forked children hung"
+
+
+def test_a_child_forked_while_other_threads_read_and_write_never_hangs(store: SQLiteStore) -> None:
+    """The same with reads, which have a connection and a lock of their own: the fork waits for
+    both."""
+    stop = threading.Event()
+    wid = store.insert([a_workflow()])[0][0].id
+
+    def reads() -> None:
+        while not stop.is_set():
+            store.get(wid)
+            store.find(limit=5, filters={})
+
+    def writes() -> None:
+        while not stop.is_set():
+            insert_one(store)
+
+    threads = [threading.Thread(target=work, daemon=True) for work in (reads, reads, writes)]
+    for thread in threads:
+        thread.start()
+    try:
+        outcomes = [child_writes(store) for _ in range(30)]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert all(outcomes), f"{outcomes.count(False)} of {len(outcomes)} forked children hung"
+
+
+def test_a_write_waiting_for_another_processs_lock_holds_up_no_read_of_this_process(tmp_path: Path) -> None:
+    """One web process: a request's write waits for the lock a backup (or a `sqlite3` shell) holds;
+    its other requests' reads, its health check and its metrics go on, as WAL lets them."""
+    path = str(tmp_path / "workflows.db")
+    store = SQLiteStore(path, busy_timeout=4.0)
+    wid = store.insert([a_workflow()])[0][0].id
+    holder = hold_the_writer_lock(path, 3.0)
+    writer = threading.Thread(target=insert_one, args=(store,))
+    writer.start()
+    try:
+        time.sleep(0.2)  # the write now waits for the lock, in BEGIN IMMEDIATE
+        assert writer.is_alive()
+        started = time.monotonic()
+        assert store.get(wid) is not None
+        assert len(store.find(limit=10, filters={})) == 1
+        assert time.monotonic() - started < 1.0
+    finally:
+        writer.join()
+        holder.join()
+    assert len(store.find(limit=10, filters={})) == 2  # the write went in once the lock was free
+    store.close()
+
+
+def test_the_reading_connection_refuses_to_write(store: SQLiteStore) -> None:
+    with pytest.raises(WorkflowEngineError, match="readonly"), store.transaction(write=False) as tx:
+        tx.execute("DELETE FROM workflows", {})
 
 
 #: A worker parent that has used the store, then forks a work-horse that opens its own connection

@@ -2,8 +2,10 @@
 
 WAL journal, ``synchronous=NORMAL``, a busy timeout, and ``BEGIN IMMEDIATE``
 for every write so that several worker processes writing one file wait for
-each other instead of failing with "database is locked". One connection per
-process (a forked work-horse opens its own), shared by threads under a lock.
+each other instead of failing with "database is locked". Per process (a forked
+work-horse opens its own), one connection for writes, shared by threads under a
+lock, and one for reads under a lock of its own, so that a write waiting for
+another process's write lock holds up no read of this process.
 
 ``os.fork()`` waits until no thread is inside one of this process's stores: a
 child forked while another thread was inside SQLite could inherit one of
@@ -101,9 +103,9 @@ def _before_fork() -> None:
     deleted file: lost. Closed here, the parent's state is gone before the fork; the parent
     reopens on its next call."""
     for store in list(_stores):
-        lock = store._lock
-        lock.acquire()
-        _held_for_fork.append(lock)
+        for lock in (store._lock, store._read_lock):  # always in this order, as every caller takes them
+            lock.acquire()
+            _held_for_fork.append(lock)
         store._close_for_fork()
 
 
@@ -154,9 +156,13 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         #: Create the file and the schema on first use; if False, refuse a database without them.
         self.create_on_use = create
         self._lock_obj = threading.RLock()
+        self._read_lock_obj = threading.RLock()
         self._lock_pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        #: The connection of reads (not for an in-memory database, which has only one).
+        self._reader_conn: sqlite3.Connection | None = None
+        self._reader_pid = 0
         self._migrated = False
         _stores.add(self)
 
@@ -180,11 +186,20 @@ SELECT j.key AS key, TOTAL(j.value) AS total
     # -- connection -------------------------------------------------------
     @property
     def _lock(self) -> threading.RLock:
-        # A lock held by another thread when the process forked would never be released in the
-        # child (a work-horse), so each process gets its own.
+        """The lock of the writing connection. A thread that needs both takes this one first.
+
+        A lock held by another thread when the process forked would never be released in the
+        child (a work-horse), so each process gets its own (both locks)."""
         if self._lock_pid != os.getpid():
             self._lock_obj, self._lock_pid = threading.RLock(), os.getpid()
+            self._read_lock_obj = threading.RLock()
         return self._lock_obj
+
+    @property
+    def _read_lock(self) -> threading.RLock:
+        """The lock of the reading connection."""
+        self._lock  # noqa: B018 - a new process's locks, both
+        return self._read_lock_obj
 
     def database(self) -> sqlite_utils.Database:
         """A connection of its own to the file, wrapped by sqlite-utils: for inspection and scripts.
@@ -267,18 +282,40 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                     raise
                 time.sleep(0.01)
 
-    def _close_for_fork(self) -> None:
-        """Close this process's connection to a file before ``os.fork()`` (see ``_before_fork``).
-        Runs under the store's lock; a connection inside a transaction, or an in-memory
-        database (closing it would lose it), is left open."""
-        conn = self._conn
-        if conn is None or self._pid != os.getpid() or self.path == ":memory:" or conn.in_transaction:
-            return
-        self._conn = None
+    def _reader(self) -> sqlite3.Connection:
+        """This process's connection for reads, opened on first use (the schema is there: see
+        :meth:`transaction`). It refuses writes (``query_only``)."""
+        if self._reader_conn is not None and self._reader_pid == os.getpid():
+            return self._reader_conn
+        conn: sqlite3.Connection | None = None
         try:
-            conn.close()
-        except sqlite3.Error:  # pragma: no cover - closing an idle connection does not fail
-            pass
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        self._reader_conn, self._reader_pid = conn, os.getpid()
+        return conn
+
+    def _close_for_fork(self) -> None:
+        """Close this process's connections to a file before ``os.fork()`` (see ``_before_fork``).
+        Runs under the store's locks; a connection inside a transaction, or an in-memory
+        database (closing it would lose it), is left open."""
+        if self.path == ":memory:":
+            return
+        for name, pid in (("_conn", self._pid), ("_reader_conn", self._reader_pid)):
+            conn = getattr(self, name)
+            if conn is None or pid != os.getpid() or conn.in_transaction:
+                continue
+            setattr(self, name, None)
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover - closing an idle connection does not fail
+                pass
 
     def close(self) -> None:
         with self._lock:
@@ -287,14 +324,26 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             self._conn = None
             if self.path == ":memory:":
                 self._migrated = False  # the next connection is a new, empty database: give it the schema
+            with self._read_lock:
+                if self._reader_conn is not None and self._reader_pid == os.getpid():
+                    self._reader_conn.close()
+                self._reader_conn = None
 
     @contextmanager
     def transaction(self, *, write: bool = True, single: bool = False) -> Iterator[Tx]:
         # Every write takes BEGIN IMMEDIATE, one statement or several: a lone statement would
         # start as a reader, and SQLite fails its upgrade to writer at once if another process
         # wrote in between, instead of waiting.
-        with store_call(), self._lock:
-            conn = self._connect()
+        # Reads go to a connection of their own, so that a write waiting up to busy_timeout for
+        # another process's write lock holds up no read here (WAL: readers never wait for the
+        # writer). Not a read by a thread inside a write, which must see what it wrote; nor an
+        # in-memory database's, which another connection would not see.
+        apart = not write and self.path != ":memory:" and not self._lock._is_owned()  # type: ignore[attr-defined]
+        if apart and not self._migrated:
+            with self._lock:
+                self._connect()  # the schema, on first use: migrated, or checked (create=False)
+        with store_call(), self._read_lock if apart else self._lock:
+            conn = self._reader() if apart else self._connect()
             try:
                 if write:
                     try:
