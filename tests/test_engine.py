@@ -46,7 +46,7 @@ from workflow_engine.models import utcnow
 from workflow_engine.stores import open_store
 
 import we_test_handlers
-from support import a_workflow, wait_for
+from support import a_workflow, true_in_a_forked_child, wait_for
 
 S = WorkflowStatus
 
@@ -554,6 +554,58 @@ def test_a_job_waiting_in_one_threads_in_process_queue_is_live_to_every_other_th
         workflow_engine.transport.live_jobs([str(workflow_engine.get_workflow(result["child"]).job_id)])
         == set()
     )  # type: ignore[index]
+
+
+def test_an_in_process_engine_takes_a_job_waiting_in_a_shared_redis_for_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A script in the in-process mode beside a web app's engine, on one database and one Redis:
+    its reconcile leaves the job a worker has still to take alone."""
+    monkeypatch.setattr(recovery, "REDELIVERY_GRACE", timedelta(0))
+    url, server = f"sqlite:///{tmp_path / 'w.db'}", fakeredis.FakeServer()
+    web = WorkflowEngine(database_url=url, redis_connection=fakeredis.FakeRedis(server=server))
+    script = WorkflowEngine(
+        database_url=url, redis_connection=fakeredis.FakeRedis(server=server), is_async=False
+    )
+    for engine in (web, script):
+        engine.register_handler("noop", "we_test_handlers:noop")
+    wid = web.create_workflow(workflow_type_id="noop", enqueue=True)
+    job = str(web.get_workflow(wid).job_id)
+    assert script.transport.live_jobs([job]) == {job}
+    assert script.reconcile().total == 0
+    script.enqueue_execution(wid)  # queued, its job waiting: nothing to do
+    assert [e.detail for e in script.get_events(wid)] == [None, "enqueued"]
+    web.close()
+    script.close()
+
+
+def test_a_forked_child_never_waits_for_the_in_process_jobs_lock_as_it_came_across(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    from workflow_engine import transport
+
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with transport._sync_pending_lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    try:
+
+        def free() -> bool:
+            asked = threading.Thread(target=transport._sync_live, args=(["x"],), daemon=True)
+            asked.start()
+            asked.join(2)
+            return not asked.is_alive()
+
+        assert true_in_a_forked_child(free)
+    finally:
+        done.set()
+        holder.join()
 
 
 def test_a_store_or_redis_connection_of_the_wrong_kind_is_refused_at_once() -> None:

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from workflow_engine import WorkflowEngine, WorkflowStatus
-from workflow_engine.errors import HandlerTimeout, StoreError, StoreUnavailable, WorkflowEngineError
+from workflow_engine.errors import HandlerTimeout, StoreError, StoreUnavailable
 from workflow_engine.execution import _call_with_timeout
 from workflow_engine.models import utcnow
 from workflow_engine.stores import queries as q
 from workflow_engine.stores.sqlite import SQLiteStore
 
-from support import a_workflow, wait_for
+from support import a_workflow, true_in_a_forked_child, wait_for
 
 
 @pytest.fixture
@@ -151,9 +151,67 @@ def test_a_write_waiting_for_another_processs_lock_holds_up_no_read_of_this_proc
     store.close()
 
 
+def test_a_forked_child_has_both_locks_new_before_its_first_call(store: SQLiteStore) -> None:
+    """A preloaded parent (gunicorn --preload --threads) forks; the child's threads make their first
+    calls at once. The fork took both locks: a child thread that found either as it came across,
+    held, would wait for good. The fork hook replaces both while the child has one thread."""
+    store.get("nothing")
+    parents = (store._lock_obj, store._read_lock_obj)
+
+    def fresh() -> bool:
+        mine = (store._lock_obj, store._read_lock_obj)  # as any thread of the child finds them
+        if mine[0] is parents[0] or mine[1] is parents[1]:
+            return False
+        got: list[bool] = []
+        thread = threading.Thread(target=lambda: got.append(mine[1].acquire(timeout=2)))
+        thread.start()
+        thread.join()
+        return got == [True]
+
+    assert true_in_a_forked_child(fresh)
+
+
+def test_reads_beside_a_steady_stream_of_writes_leave_the_wal_bounded(store: SQLiteStore) -> None:
+    """A reading connection that overlapped each of the process's commits would keep SQLite from
+    ever restarting the WAL: it grew to 79 MB in these 1,500 writes. Reads take it only while the
+    process's write waits for another process's lock."""
+    store.insert([a_workflow(inputs={"pad": "x" * 2000}) for _ in range(2000)])  # reads that take a while
+    stop = threading.Event()
+
+    def reads() -> None:
+        while not stop.is_set():
+            store.stats(since=None, recent=utcnow())
+
+    reader = threading.Thread(target=reads)
+    reader.start()
+    largest = 0
+    try:
+        for n in range(1500):
+            store.insert([a_workflow(inputs={"pad": "y" * 3000})])
+            if n % 50 == 0:
+                largest = max(largest, os.path.getsize(store.path + "-wal"))
+    finally:
+        stop.set()
+        reader.join()
+    assert largest < 25_000_000, f"the WAL grew to {largest / 1e6:.0f} MB"
+
+
+def test_an_in_memory_database_named_by_uri_keeps_its_one_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a SQLite built without URI filenames would make a file
+    store = SQLiteStore("file::memory:")
+    [(wf, _)] = store.insert([a_workflow()])
+    assert store.get(wf.id) is not None
+    assert len(store.find(limit=5, filters={})) == 1
+    store.close()
+
+
 def test_the_reading_connection_refuses_to_write(store: SQLiteStore) -> None:
-    with pytest.raises(WorkflowEngineError, match="readonly"), store.transaction(write=False) as tx:
-        tx.execute("DELETE FROM workflows", {})
+    store.insert([a_workflow()])
+    with store._read_lock, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        store._reader().execute("DELETE FROM workflows")
+    assert len(store.find(limit=5, filters={})) == 1
 
 
 #: A worker parent that has used the store, then forks a work-horse that opens its own connection

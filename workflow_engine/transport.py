@@ -12,6 +12,7 @@ import functools
 import importlib
 import logging
 import math
+import os
 import re
 import secrets
 import socket
@@ -131,6 +132,19 @@ _sync_pending_lock = threading.Lock()
 def _sync_live(job_ids: Iterable[str]) -> set[str]:
     with _sync_pending_lock:
         return {job_id for job_id in job_ids if job_id in _sync_pending}
+
+
+def _pending(jobs: Iterable[tuple[Any, dict[str, Any], Any]]) -> None:
+    with _sync_pending_lock:
+        _sync_pending.update(opts["job_id"] for _, opts, _ in jobs)
+
+
+def _after_fork_in_child() -> None:
+    global _sync_pending_lock
+    _sync_pending_lock = threading.Lock()  # another thread may have held it as the process forked
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 #: Any Redis failure (down, READONLY replica, OOM, a broken reply) means the queue is unavailable.
@@ -265,16 +279,16 @@ class Transport:
 
                 owner = _ENGINES.get(engine_key) if engine_key is not None else None
                 jobs = [(self, options(wf), owner) for wf in workflows]
-                with _sync_pending_lock:
-                    _sync_pending.update(opts["job_id"] for _, opts, _ in jobs)
                 running = getattr(_sync, "jobs", None)
                 if running is not None:
-                    running.extend(jobs)
+                    running.extend(jobs)  # first: a job that is live must be one that runs
+                    _pending(jobs)
                     return
                 _sync.jobs = deque(jobs)
                 failure: BaseException | None = None
                 stop: BaseException | None = None
                 try:
+                    _pending(jobs)
                     while _sync.jobs:
                         transport, opts, _owner = _sync.jobs[0]  # pending until performed, as a started job
                         try:
@@ -347,9 +361,6 @@ class Transport:
         """
         if not job_ids:
             return {}
-        if not self.is_async:  # no job reaches Redis: one a thread of this process has still to perform
-            live = _sync_live(job_ids)
-            return {job_id: b"queued" if job_id in live else None for job_id in job_ids}
         taken_list = f"{self.queue.key}:intermediate"
         try:
             # RQ moves jobs through the intermediate list only on Redis 6.2 and later (LMOVE);
@@ -366,8 +377,13 @@ class Transport:
         found = replies[::2] if lists else replies
         positions = replies[1::2] if lists else [None] * len(job_ids)
         statuses: dict[str, bytes | None] = {}
+        # Sync mode: a job a thread of this process has still to perform is waiting, as on the
+        # queue (it never reaches Redis); one in Redis (an engine in another mode, sharing it) too.
+        waiting = _sync_live(job_ids) if not self.is_async else set()
         for job_id, status, position in zip(job_ids, found, positions, strict=True):
-            if status == b"queued" and position is not None:
+            if job_id in waiting:
+                status = b"queued"
+            elif status == b"queued" and position is not None:
                 status = TAKEN
             elif status == b"queued" and on_queue is not None and job_id not in on_queue:
                 status = OFF_THE_QUEUE
@@ -377,9 +393,6 @@ class Transport:
     def queued_ids(self) -> frozenset[str] | None:
         """Every job id on the queue's list now, in one read; None for a list longer than
         :data:`QUEUE_SCAN_LIMIT`, which is not read (a pass of reconcile reads it once)."""
-        if not self.is_async:
-            with _sync_pending_lock:
-                return frozenset(_sync_pending)
         try:
             if self.connection.llen(self.queue.key) > QUEUE_SCAN_LIMIT:
                 return None
@@ -388,7 +401,11 @@ class Transport:
             raise QueueUnavailable(f"Redis is unavailable: {exc}") from exc
         if len(ids) > QUEUE_SCAN_LIMIT:
             return None
-        return frozenset(j.decode() if isinstance(j, bytes) else j for j in ids)
+        on_queue = frozenset(j.decode() if isinstance(j, bytes) else j for j in ids)
+        if not self.is_async:  # and the jobs the threads of this process have still to perform
+            with _sync_pending_lock:
+                return on_queue | _sync_pending
+        return on_queue
 
     def taken_at(
         self, statuses: Mapping[str, bytes | None], now: datetime, *, keep: float
@@ -437,10 +454,9 @@ class Transport:
     def live_jobs(self, job_ids: Sequence[str]) -> set[str]:
         """The subset of ``job_ids`` whose RQ job still exists and will run or is running.
 
-        In sync mode no job reaches Redis: the live ones are those a thread of this process has
-        still to perform (a workflow a handler queued, which runs after its parent's job)."""
-        if not self.is_async:
-            return _sync_live(job_ids)
+        In sync mode no job of this engine reaches Redis: the live ones are those a thread of this
+        process has still to perform (a workflow a handler queued, which runs after its parent's
+        job), and any in Redis (an engine in another mode that shares it)."""
         return {jid for jid, st in self.job_statuses(job_ids).items() if st in LIVE_JOB_STATUSES}
 
     def stop(self, job_id: str, worker: str | None = None) -> bool:
