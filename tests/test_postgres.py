@@ -1455,3 +1455,47 @@ def test_a_migration_is_not_cut_short_by_the_statement_timeout_meant_for_the_app
         assert store.migrate() >= 1
     finally:
         store.close()
+
+
+def test_after_an_outage_a_process_is_back_on_the_database_within_seconds_not_as_long_again(
+    pg_url: str,
+) -> None:
+    """psycopg_pool retries a failed connection 1, 2, 4, 8, … s apart, so a worker stayed off the
+    database about as long again as an outage (28 s after one of 40 s), while its lease ran out and
+    reconcile, connecting afresh, took its workflow to run it twice. The pool gives up a retry
+    after a second, and the next call connects at once."""
+    name = pg_url.rsplit("/", 1)[1]
+    store = open_store(pg_url, pool_size=1)  # one connection: one chain of retries
+    store.migrate()
+    admin = psycopg.connect(pg_url.rsplit("/", 1)[0] + "/postgres", autocommit=True)
+    successes: list[float] = []
+    stop = threading.Event()
+
+    def beat() -> None:  # as a worker's heartbeat thread, once a second
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                store.get("nothing")
+                successes.append(time.monotonic())
+            stop.wait(1)
+
+    beater = threading.Thread(target=beat)
+    beater.start()
+    try:
+        wait_for(lambda: successes, 10, what="a first call")
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        time.sleep(
+            20
+        )  # the pool's retries, 1, 3, 7 and 15 s after the first failure, fail; the next is at 31 s
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        back = time.monotonic()
+        wait_for(lambda: successes and successes[-1] > back, 20, what="a call after the outage")
+        # A call that waits for the pool when the database comes back waits out its timeout (5 s),
+        # and its retry connects at once; psycopg_pool's own next retry was 11 s or more away.
+        assert successes[-1] - back < 9
+    finally:
+        stop.set()
+        beater.join()
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.close()
+        store.close()

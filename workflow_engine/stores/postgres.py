@@ -154,6 +154,9 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
     #: (see :meth:`migrate`), and seconds it goes on trying before it gives up.
     MIGRATION_LOCK_TIMEOUT = 2.0
     MIGRATION_PATIENCE = 300.0
+    #: Seconds the pool goes on retrying a connection that failed before it gives up; the next
+    #: call that needs one connects again at once (see :meth:`_get_pool`).
+    RECONNECT_TIMEOUT = 1.0
 
     def __init__(
         self, url: str, *, pool_size: int = 4, connect_timeout: float = 5.0, create: bool = True
@@ -217,6 +220,12 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
                         **_KEEPALIVES,
                     },
                     timeout=self.connect_timeout,
+                    # psycopg_pool retries a failed connection 1, 2, 4, 8, … s apart: after an outage
+                    # a worker stayed off the database about as long again (28 s after one of 40 s),
+                    # while its lease ran out and reconcile, connecting afresh, took its workflow to
+                    # run it twice. Given up after this long, a connection is made again on demand,
+                    # at the next call.
+                    reconnect_timeout=self.RECONNECT_TIMEOUT,
                     # A connection whose backend was terminated is replaced at checkout, not handed out.
                     check=self._check_connection,
                     configure=_configure,
