@@ -608,6 +608,20 @@ def test_a_forked_child_never_waits_for_the_in_process_jobs_lock_as_it_came_acro
         holder.join()
 
 
+def test_a_forked_child_does_not_take_its_parents_pending_in_process_jobs_for_live() -> None:
+    """The parent's threads perform them, not the child's: if the parent died, the child's
+    reconcile must deliver their workflows again."""
+    from workflow_engine import transport
+
+    transport._pending([(None, {"job_id": "parents-job"}, None)])
+    try:
+        assert transport._sync_live(["parents-job"]) == {"parents-job"}
+        assert true_in_a_forked_child(lambda: transport._sync_live(["parents-job"]) == set())
+    finally:
+        with transport._sync_pending_lock:
+            transport._sync_pending.discard("parents-job")
+
+
 def test_a_store_or_redis_connection_of_the_wrong_kind_is_refused_at_once() -> None:
     with pytest.raises(InvalidInput, match="store must be a workflow_engine store"):
         WorkflowEngine(store="sqlite:///w.db")  # type: ignore[arg-type]

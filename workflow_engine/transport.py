@@ -140,8 +140,9 @@ def _pending(jobs: Iterable[tuple[Any, dict[str, Any], Any]]) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _sync_pending_lock
+    global _sync_pending, _sync_pending_lock
     _sync_pending_lock = threading.Lock()  # another thread may have held it as the process forked
+    _sync_pending = set()  # the parent's threads perform those jobs, not the child's
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

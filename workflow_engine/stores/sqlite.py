@@ -2,10 +2,8 @@
 
 WAL journal, ``synchronous=NORMAL``, a busy timeout, and ``BEGIN IMMEDIATE``
 for every write so that several worker processes writing one file wait for
-each other instead of failing with "database is locked". Per process (a forked
-work-horse opens its own), one connection, shared by threads under a lock; and one
-that only reads, under a lock of its own, for the reads that would otherwise wait
-behind a write of this process waiting for another process's write lock.
+each other instead of failing with "database is locked". One connection per
+process (a forked work-horse opens its own), shared by threads under a lock.
 
 ``os.fork()`` waits until no thread is inside one of this process's stores: a
 child forked while another thread was inside SQLite could inherit one of
@@ -81,10 +79,6 @@ def _unavailable(exc: sqlite3.Error) -> bool:
     return str(name).startswith(_UNAVAILABLE)
 
 
-#: How often, in seconds, a read waiting for the writing connection looks whether its holder
-#: waits for another process's write lock (then the read goes to the reading connection).
-READ_POLL = 0.005
-
 #: Every SQLite store of this process, and the locks a fork in progress holds.
 _stores: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 _held_for_fork: list[threading.RLock] = []
@@ -107,9 +101,9 @@ def _before_fork() -> None:
     deleted file: lost. Closed here, the parent's state is gone before the fork; the parent
     reopens on its next call."""
     for store in list(_stores):
-        for lock in (store._lock, store._read_lock):  # always in this order, as every caller takes them
-            lock.acquire()
-            _held_for_fork.append(lock)
+        lock = store._lock
+        lock.acquire()
+        _held_for_fork.append(lock)
         store._close_for_fork()
 
 
@@ -119,9 +113,7 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    _held_for_fork.clear()
-    for store in list(_stores):  # the child has one thread now: no other can see the old locks
-        store._new_locks()
+    _held_for_fork.clear()  # the child's stores make new locks (SQLiteStore._lock)
 
 
 os.register_at_fork(
@@ -161,16 +153,10 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         self.busy_timeout = busy_timeout
         #: Create the file and the schema on first use; if False, refuse a database without them.
         self.create_on_use = create
-        self._new_locks()
-        #: True while the thread that holds the writing connection waits in BEGIN IMMEDIATE.
-        self._writer_waits = False
-        #: An in-memory database: it lives in its one connection (another would see another).
-        self._in_memory = path == ":memory:" or path.startswith("file::memory:") or "mode=memory" in path
+        self._lock_obj = threading.RLock()
+        self._lock_pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
-        #: The connection of reads (not for an in-memory database, which has only one).
-        self._reader_conn: sqlite3.Connection | None = None
-        self._reader_pid = 0
         self._migrated = False
         _stores.add(self)
 
@@ -192,32 +178,13 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         )
 
     # -- connection -------------------------------------------------------
-    def _new_locks(self) -> None:
-        # Both made before the pid says they are this process's: a thread that sees the new pid
-        # must not take the other lock as it came across the fork, held.
-        self._lock_obj, self._read_lock_obj, self._lock_pid = (
-            threading.RLock(),
-            threading.RLock(),
-            os.getpid(),
-        )
-
     @property
     def _lock(self) -> threading.RLock:
-        """The lock of the writing connection. A thread that takes both takes this one first.
-
-        A lock held by another thread when the process forked would never be released in the
-        child (a work-horse), so each process gets its own, both of them: made by the fork
-        hook, in the child while it has only one thread (or here, after a fork without it)."""
+        # A lock held by another thread when the process forked would never be released in the
+        # child (a work-horse), so each process gets its own.
         if self._lock_pid != os.getpid():
-            self._new_locks()
+            self._lock_obj, self._lock_pid = threading.RLock(), os.getpid()
         return self._lock_obj
-
-    @property
-    def _read_lock(self) -> threading.RLock:
-        """The lock of the reading connection."""
-        if self._lock_pid != os.getpid():
-            self._new_locks()
-        return self._read_lock_obj
 
     def database(self) -> sqlite_utils.Database:
         """A connection of its own to the file, wrapped by sqlite-utils: for inspection and scripts.
@@ -236,7 +203,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                 """The store's own connection: closing it would break the engine for good."""
 
         with self._lock:
-            if self._in_memory:
+            if self.path == ":memory:":
                 return _SharedDatabase(self._connect())
             self._connect()  # the schema, before anyone looks
         try:
@@ -252,7 +219,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
         checked = not self._migrated and not self.create_on_use and not migrating
-        if checked and not self._in_memory and not os.path.exists(self.path):
+        if checked and self.path != ":memory:" and not os.path.exists(self.path):
             raise ConfigurationError(  # before connecting, which would create an empty file
                 f"no database file at {os.path.abspath(self.path)}: check the database URL "
                 "(`workflow-engine migrate` creates one)"
@@ -266,7 +233,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if checked:  # before WAL is switched on: a file without our tables is left as it was
                 self._require_schema(_SQLiteTx(conn))
-            if not self._in_memory:
+            if self.path != ":memory:":
                 self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -300,96 +267,41 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                     raise
                 time.sleep(0.01)
 
-    def _reader(self) -> sqlite3.Connection:
-        """This process's connection for reads, opened on first use (the schema is there: see
-        :meth:`transaction`). It refuses writes (``query_only``)."""
-        if self._reader_conn is not None and self._reader_pid == os.getpid():
-            return self._reader_conn
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            conn.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
-        self._reader_conn, self._reader_pid = conn, os.getpid()
-        return conn
-
     def _close_for_fork(self) -> None:
-        """Close this process's connections to a file before ``os.fork()`` (see ``_before_fork``).
-        Runs under the store's locks; a connection inside a transaction, or an in-memory
+        """Close this process's connection to a file before ``os.fork()`` (see ``_before_fork``).
+        Runs under the store's lock; a connection inside a transaction, or an in-memory
         database (closing it would lose it), is left open."""
-        if self._in_memory:
+        conn = self._conn
+        if conn is None or self._pid != os.getpid() or self.path == ":memory:" or conn.in_transaction:
             return
-        for name, pid in (("_conn", self._pid), ("_reader_conn", self._reader_pid)):
-            conn = getattr(self, name)
-            if conn is None or pid != os.getpid() or conn.in_transaction:
-                continue
-            setattr(self, name, None)
-            try:
-                conn.close()
-            except sqlite3.Error:  # pragma: no cover - closing an idle connection does not fail
-                pass
+        self._conn = None
+        try:
+            conn.close()
+        except sqlite3.Error:  # pragma: no cover - closing an idle connection does not fail
+            pass
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
-            if self._in_memory:
+            if self.path == ":memory:":
                 self._migrated = False  # the next connection is a new, empty database: give it the schema
-            with self._read_lock:
-                if self._reader_conn is not None and self._reader_pid == os.getpid():
-                    self._reader_conn.close()
-                self._reader_conn = None
-
-    @contextmanager
-    def _connection(self, write: bool) -> Iterator[sqlite3.Connection]:
-        """The connection for one transaction, held under its lock for the block.
-
-        The writing connection, as a rule. But a read that finds another thread of this process
-        waiting, in ``BEGIN IMMEDIATE``, for another process's write lock (up to ``busy_timeout``)
-        goes to the reading connection, which WAL lets read beside a writer, instead of waiting
-        too. Only then: a reading connection that overlapped this process's every commit would
-        keep SQLite from ever restarting the WAL, which would grow without end under a steady
-        stream of reads. A thread inside a write reads on the writing connection (it holds its
-        lock) and sees what it wrote; an in-memory database has only the one connection; the
-        first use migrates or checks the schema on the writing one."""
-        lock = self._lock
-        if write or self._in_memory or not self._migrated:
-            lock.acquire()
-        else:
-            while not lock.acquire(timeout=READ_POLL):
-                if self._writer_waits:
-                    with self._read_lock:
-                        yield self._reader()
-                    return
-        try:
-            yield self._connect()
-        finally:
-            lock.release()
 
     @contextmanager
     def transaction(self, *, write: bool = True, single: bool = False) -> Iterator[Tx]:
         # Every write takes BEGIN IMMEDIATE, one statement or several: a lone statement would
         # start as a reader, and SQLite fails its upgrade to writer at once if another process
         # wrote in between, instead of waiting.
-        with store_call(), self._connection(write) as conn:
+        with store_call(), self._lock:
+            conn = self._connect()
             try:
                 if write:
                     try:
                         # Inside the try: an exception raised right after BEGIN returns (a handler's
                         # SIGALRM timeout while this waited for the lock) must not leave the
                         # process's connection in a write transaction, locking out every writer.
-                        self._writer_waits = True  # for another process's write lock, maybe
-                        try:
-                            conn.execute("BEGIN IMMEDIATE")
-                        finally:
-                            self._writer_waits = False
+                        conn.execute("BEGIN IMMEDIATE")
                         yield _SQLiteTx(conn)
                         conn.execute("COMMIT")
                     except BaseException:
