@@ -1484,9 +1484,8 @@ def test_after_an_outage_a_process_is_back_on_the_database_within_seconds_not_as
         wait_for(lambda: successes, 10, what="a first call")
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-        time.sleep(
-            20
-        )  # the pool's retries, 1, 3, 7 and 15 s after the first failure, fail; the next is at 31 s
+        # The pool's retries, 1, 3, 7 and 15 s after the first failure, fail; its next is at 31 s.
+        time.sleep(20)
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         back = time.monotonic()
         wait_for(lambda: successes and successes[-1] > back, 20, what="a call after the outage")

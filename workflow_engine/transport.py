@@ -134,9 +134,15 @@ def _sync_live(job_ids: Iterable[str]) -> set[str]:
         return {job_id for job_id in job_ids if job_id in _sync_pending}
 
 
-def _pending(jobs: Iterable[tuple[Any, dict[str, Any], Any]]) -> None:
+def _pending(job_ids: Iterable[str]) -> None:
     with _sync_pending_lock:
-        _sync_pending.update(opts["job_id"] for _, opts, _ in jobs)
+        _sync_pending.update(job_ids)
+
+
+def _settled(job_ids: Iterable[str]) -> None:
+    """Performed, or dropped unperformed: no longer live."""
+    with _sync_pending_lock:
+        _sync_pending.difference_update(job_ids)
 
 
 def _after_fork_in_child() -> None:
@@ -283,13 +289,13 @@ class Transport:
                 running = getattr(_sync, "jobs", None)
                 if running is not None:
                     running.extend(jobs)  # first: a job that is live must be one that runs
-                    _pending(jobs)
+                    _pending(opts["job_id"] for _, opts, _ in jobs)
                     return
                 _sync.jobs = deque(jobs)
                 failure: BaseException | None = None
                 stop: BaseException | None = None
                 try:
-                    _pending(jobs)
+                    _pending(opts["job_id"] for _, opts, _ in jobs)
                     while _sync.jobs:
                         transport, opts, _owner = _sync.jobs[0]  # pending until performed, as a started job
                         try:
@@ -304,13 +310,11 @@ class Transport:
                             stop = stop or exc
                         finally:
                             _sync.jobs.popleft()
-                            with _sync_pending_lock:
-                                _sync_pending.discard(opts["job_id"])
+                            _settled([opts["job_id"]])
                 finally:
                     # Jobs left unperformed (another BaseException) are lost, as Redis may lose
                     # them: no longer live, so that reconcile delivers their workflows again.
-                    with _sync_pending_lock:
-                        _sync_pending.difference_update(opts["job_id"] for _, opts, _ in _sync.jobs)
+                    _settled(opts["job_id"] for _, opts, _ in _sync.jobs)
                     _sync.jobs = None
                 if stop is not None:
                     raise stop
