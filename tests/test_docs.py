@@ -171,8 +171,13 @@ _FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 
 
 def slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    """GitHub's anchor for a heading: its text (markup dropped, a code span's underscores kept) in
+    lower case, punctuation but hyphens and underscores dropped, spaces to hyphens."""
+    parts = re.split(r"(`[^`]*`)", heading.strip())
+    text = "".join(
+        part[1:-1] if part.startswith("`") else re.sub(r"[*_]|\[([^\]]*)\]\([^)]*\)", r"\1", part)
+        for part in parts
+    ).lower()
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 

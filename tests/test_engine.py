@@ -36,6 +36,7 @@ from workflow_engine import (
     WorkflowStatus,
     cancel_requested,
     config,
+    current_engine,
     execution,
     models,
     recovery,
@@ -499,6 +500,128 @@ def test_enqueueing_a_workflow_whose_job_waits_in_process_does_nothing_as_in_pro
         (S.QUEUED, S.RUNNING),
         (S.RUNNING, S.COMPLETED),
     ]
+
+
+# -- handlers that start workflows: current_engine() ---------------------------
+def parent_through_current_engine(wf: Workflow) -> dict[str, str]:
+    """Starts its child through the engine running it: once, though its first attempt then fails."""
+    engine = current_engine()
+    cid = engine.create_workflow(
+        workflow_type_id="child", inputs={"parent": wf.id}, idempotency_key=f"{wf.id}:child", enqueue=True
+    )
+    if wf.attempts == 1:
+        raise ConnectionError("failed after starting its child")
+    return {"child": cid, "engine": engine.key}
+
+
+def test_a_handler_starts_a_child_through_current_engine_and_a_retry_with_its_key_starts_no_second(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    workflow_engine.register_handler("child", child)
+    workflow_engine.register_handler("parent", parent_through_current_engine, max_retries=1, retry_backoff=0)
+    pid = workflow_engine.create_workflow(workflow_type_id="parent", enqueue=True)
+
+    parent = workflow_engine.get_workflow(pid)
+    assert (parent.status, parent.attempts) == (S.COMPLETED, 2), parent.error
+    assert parent.result == {"child": parent.result["child"], "engine": workflow_engine.key}  # type: ignore[index]
+    [only_child] = workflow_engine.list_workflows(workflow_type_id="child")
+    assert only_child.id == parent.result["child"]  # type: ignore[index]
+    assert only_child.inputs == {"parent": pid}
+    assert (only_child.status, only_child.result) == (S.COMPLETED, {"child": True})
+
+
+def current_engine_in_a_thread(wf: Workflow) -> dict[str, str]:
+    """What current_engine() says in a thread this handler starts."""
+    said: list[str] = []
+
+    def call() -> None:
+        try:
+            current_engine()
+        except WorkflowEngineError as exc:
+            said.append(str(exc))
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+    return {"in_thread": said[0], "here": current_engine().key}
+
+
+def test_current_engine_outside_a_handler_or_in_a_thread_it_started_raises_saying_where_it_works(
+    workflow_engine: WorkflowEngine,
+) -> None:
+    message = "current_engine() is only available while a handler runs, in the handler's own thread"
+    with pytest.raises(WorkflowEngineError, match=re.escape(message)):
+        current_engine()
+    workflow_engine.register_handler("threads", current_engine_in_a_thread)
+    wid = workflow_engine.create_workflow(workflow_type_id="threads", enqueue=True)
+    result = workflow_engine.get_workflow(wid).result
+    assert result["here"] == workflow_engine.key  # type: ignore[index]
+    assert result["in_thread"].startswith(message)  # type: ignore[index]
+    with pytest.raises(WorkflowEngineError):
+        current_engine()  # the attempt is over
+
+
+def parent_of_an_unknown_type(wf: Workflow) -> None:
+    current_engine().create_workflow(workflow_type_id="nobody_registered", enqueue=True)
+
+
+def test_a_worker_handler_starting_a_type_its_engine_lacks_fails_saying_to_name_the_apps_engine(
+    tmp_path: Path,
+) -> None:
+    """In a worker (not in-process) the engine has only what WORKFLOW_ENGINE_APP gives it."""
+    engine = file_engine(tmp_path, heartbeat_interval=5, stale_after=30, is_async=True)
+    engine.register_handler("parent", parent_of_an_unknown_type, max_retries=0)
+    wid = engine.create_workflow(workflow_type_id="parent", enqueue=True)
+
+    rq.SimpleWorker([engine.queue], connection=engine.redis).work(burst=True)
+
+    wf = engine.get_workflow(wid)
+    assert wf.status is S.FAILED
+    assert wf.error is not None, wf
+    assert wf.error.startswith("UnknownWorkflowType: no handler is registered"), wf.error
+    assert "WORKFLOW_ENGINE_APP" in wf.error and "package.module:engine" in wf.error
+    assert engine.list_workflows(workflow_type_id="nobody_registered") == []  # nothing half-made
+    engine.close()
+
+
+def test_a_worker_engine_takes_the_handlers_of_the_app_engine_that_workflow_engine_app_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = f"we_app_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "from workflow_engine import WorkflowEngine\n"
+        "engine = WorkflowEngine(\n"
+        "    database_url='sqlite:///:memory:', redis_url='fakeredis://', is_async=False\n"
+        ")\n"
+        "engine.register_handler('report', 'we_test_handlers:noop', max_retries=5, timeout=9)\n"
+        "not_an_engine = 42\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    worker = file_engine(tmp_path, heartbeat_interval=5, stale_after=30, is_async=True)
+    try:
+        assert execution.take_app_handlers(worker) is None  # WORKFLOW_ENGINE_APP unset: nothing
+        assert worker.handler_types() == []
+        monkeypatch.setenv("WORKFLOW_ENGINE_APP", f" {module}:engine\r")  # as a CRLF .env file gives it
+        app = execution.take_app_handlers(worker)
+        assert app is sys.modules[module].engine
+        spec = worker.handler_for("report")
+        assert spec is not None
+        assert (spec.path, spec.max_retries, spec.timeout) == ("we_test_handlers:noop", 5, 9)
+        assert worker.database_url != app.database_url  # only the registrations: the database stays
+        for name, error in [
+            (module, "must be named as 'package.module:engine'"),
+            (f"{module}:", "must be named as 'package.module:engine'"),
+            (f"{module}:missing", "cannot load the app's engine"),
+            ("we_no_app:engine", "cannot load the app's engine 'we_no_app:engine': ModuleNotFoundError"),
+            (f"{module}:not_an_engine", "is a int, not a WorkflowEngine"),
+        ]:
+            with pytest.raises(ConfigurationError, match=re.escape(error)):
+                execution.take_app_handlers(worker, name)
+        app.close()
+    finally:
+        worker.close()
+        sys.modules.pop(module, None)
 
 
 def parent_that_waits_for_another_thread(wf: Workflow) -> dict[str, str]:

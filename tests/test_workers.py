@@ -201,6 +201,55 @@ def test_a_handler_the_worker_cannot_import_fails_the_workflow_with_a_message_sa
 
 
 @pytest.mark.services
+@pytest.mark.parametrize(
+    ("kind", "worker_class", "app"),
+    [
+        ("rq", "fork", {"extra_env": {"WORKFLOW_ENGINE_APP": "we_child_app:engine"}}),
+        ("engine", "simple", {"extra_args": ["--app", "we_child_app:engine"]}),
+    ],
+    ids=["rq-worker-with-WORKFLOW_ENGINE_APP", "workflow-engine-worker-with---app"],
+)
+def test_a_handler_on_a_worker_starts_a_child_workflow_with_the_registrations_of_the_apps_engine(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    effects: Path,
+    engine: WorkflowEngine,
+    kind: str,
+    worker_class: str,
+    app: dict[str, Any],
+) -> None:
+    engine.register_handler("parent", "we_child_app:start_child")  # by path: this process never imports it
+    ids = submit_many(engine, "parent", 3)
+
+    run_burst_worker(tmp_path, redis_server, effects, kind=kind, worker_class=worker_class, **app)
+
+    children = engine.list_workflows(workflow_type_id="child")
+    assert sorted(wf.inputs["parent"] for wf in children) == sorted(ids)  # one child each
+    for wid in ids:
+        parent = engine.get_workflow(wid)
+        assert parent.status is S.COMPLETED, parent.error
+        child = engine.get_workflow(parent.result["child"])  # type: ignore[index]
+        assert (child.status, child.handler) == (S.COMPLETED, "we_test_handlers:record_success")
+        assert successes(effects, child.id) == 1
+
+
+@pytest.mark.services
+def test_without_the_apps_engine_a_worker_handler_cannot_start_a_child_and_says_what_to_set(
+    tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
+) -> None:
+    engine.register_handler("parent", "we_child_app:start_child", max_retries=0)
+    [wid] = submit_many(engine, "parent", 1)
+
+    run_burst_worker(tmp_path, redis_server, effects, kind="rq", worker_class="simple")
+
+    parent = engine.get_workflow(wid)
+    assert parent.status is S.FAILED
+    assert parent.error is not None and "UnknownWorkflowType" in parent.error, parent.error
+    assert "WORKFLOW_ENGINE_APP" in parent.error, parent.error
+    assert engine.list_workflows(workflow_type_id="child") == []
+
+
+@pytest.mark.services
 def test_a_stock_rq_worker_with_the_preload_and_json_logs_writes_only_json_lines(
     tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
 ) -> None:
@@ -588,8 +637,16 @@ def test_the_demo_command_runs_in_an_empty_directory_and_leaves_a_sqlite_file_th
             "Error: cannot preload 'myapp.workflowz': ModuleNotFound",
         ),
         ({"WORKFLOW_ENGINE_DATABASE_URL": "mysql://x"}, "Error: unsupported database URL scheme 'mysql'"),
+        (
+            {"WORKFLOW_ENGINE_APP": "myapp.engine"},
+            "Error: the app's engine 'myapp.engine' must be named as 'package.module:engine'",
+        ),
+        (
+            {"WORKFLOW_ENGINE_APP": "myapp.engine:engine"},
+            "Error: cannot load the app's engine 'myapp.engine:engine': ModuleNotFoundError",
+        ),
     ],
-    ids=["a-module-it-cannot-import", "a-database-url-it-cannot-use"],
+    ids=["a-module-it-cannot-import", "a-database-url-it-cannot-use", "an-app-unnamed", "an-app-missing"],
 )
 def test_a_stock_worker_with_a_bad_setting_stops_at_start_with_one_line_not_a_traceback(
     tmp_path: Path, env: dict[str, str], message: str

@@ -14,7 +14,7 @@ from .errors import (
     WorkflowEngineError,
     WorkflowNotFound,
 )
-from .execution import cancel_requested
+from .execution import cancel_requested, current_engine
 from .models import Workflow, WorkflowEvent
 from .status import WorkflowStatus
 
@@ -24,6 +24,7 @@ __all__ = [
     # the engine
     "WorkflowEngine",
     "cancel_requested",
+    "current_engine",
     # models
     "Workflow",
     "WorkflowEvent",

@@ -497,6 +497,15 @@ def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: st
     help="Import this module (or handler path) before forking, so that work-horses find the app loaded "
     "(repeatable, or comma-separated; default: $WORKFLOW_ENGINE_PRELOAD).",
 )
+@click.option(
+    "--app",
+    envvar="WORKFLOW_ENGINE_APP",
+    show_envvar=True,
+    default=None,
+    metavar="MODULE:ENGINE",
+    help="The app's engine (myapp.engine:engine): the worker takes its handler registrations, so that "
+    "handlers can create and enqueue workflows of those types through current_engine().",
+)
 @_metrics_options
 @_errors
 def worker(
@@ -506,6 +515,7 @@ def worker(
     name: str | None,
     paths: tuple[str, ...],
     preloads: tuple[str, ...],
+    app: str | None,
     metrics_port: int | None,
     metrics_host: str,
     **options: Any,
@@ -519,9 +529,10 @@ def worker(
     Example:
       WORKFLOW_ENGINE_DATABASE_URL=sqlite:////srv/app/workflows.db workflow-engine worker
       workflow-engine worker --path /srv/app --preload myapp.workflows
+      workflow-engine worker --path /srv/app --app myapp.engine:engine
       workflow-engine worker --metrics-port 9108
     """
-    from .execution import preload_modules, set_worker_engine
+    from .execution import preload_modules, set_worker_engine, take_app_handlers
     from .workers import SimpleWorkflowWorker, WorkflowWorker
 
     for path in reversed(paths):
@@ -533,6 +544,7 @@ def worker(
         # As `rq worker -c workflow_engine.rq_preload` does (None: $WORKFLOW_ENGINE_PRELOAD), and before
         # the metrics and the reconcile thread: a wrong name stops the worker here, at once.
         preload_modules(config.split_names(" ".join(preloads)) or None)
+        take_app_handlers(engine, app or "")  # click has read WORKFLOW_ENGINE_APP already
         if metrics_port is not None:
             _serve_metrics(stack, engine, metrics_port, metrics_host, forking=True)
         set_worker_engine(engine)

@@ -37,6 +37,8 @@ ENVIRONMENT: dict[str, str] = {
     f"(default {DEFAULT_STALE_AFTER:g})",
     "WORKFLOW_ENGINE_PRELOAD": "modules (or handler paths) a worker imports before it forks, "
     "comma-separated: read by `rq worker -c workflow_engine.rq_preload` and `workflow-engine worker`",
+    "WORKFLOW_ENGINE_APP": "the app's engine, as package.module:attribute, whose handler registrations "
+    "a worker's engine takes, so that handlers can create and enqueue workflows through current_engine()",
     # read by the CLI (and the logs of `rq worker -c workflow_engine.rq_preload`) only
     "WORKFLOW_ENGINE_LOG_FORMAT": "log format: text or json (default text)",
     "WORKFLOW_ENGINE_LOG_LEVEL": "log level (default INFO)",
@@ -82,6 +84,11 @@ def preload_names(environ: Mapping[str, str] | None = None) -> list[str]:
     """The modules or handler paths ``WORKFLOW_ENGINE_PRELOAD`` names (comma- or space-separated)."""
     env = os.environ if environ is None else environ
     return split_names(env.get("WORKFLOW_ENGINE_PRELOAD", ""))
+
+
+def app_name(environ: Mapping[str, str] | None = None) -> str:
+    """What ``WORKFLOW_ENGINE_APP`` names (``package.module:engine``), or "" if it is unset."""
+    return _text(os.environ if environ is None else environ, "WORKFLOW_ENGINE_APP")
 
 
 def split_names(text: str) -> list[str]:

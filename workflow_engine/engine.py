@@ -284,6 +284,27 @@ class WorkflowEngine:
     def handler_for(self, workflow_type_id: str) -> HandlerSpec | None:
         return self._handlers.get(workflow_type_id)
 
+    def handler_types(self) -> list[str]:
+        """The workflow types this engine has a handler registered for."""
+        return list(self._handlers)
+
+    def take_handlers(self, other: WorkflowEngine) -> None:
+        """Register every handler ``other`` has, with its options (a worker's engine takes the app's)."""
+        if not isinstance(other, WorkflowEngine):
+            raise InvalidInput(f"take_handlers needs a WorkflowEngine, got {type(other).__name__}")
+        self._handlers.update(other._handlers)
+
+    def _no_handler(self, workflow_type_id: str) -> UnknownWorkflowType:
+        from .execution import in_handler
+
+        detail = None
+        if self.is_async and in_handler():  # a handler creating a workflow, in a worker
+            detail = (
+                "in a worker, current_engine() has the handlers of the app's engine that "
+                "WORKFLOW_ENGINE_APP (or workflow-engine worker --app) names as package.module:engine"
+            )
+        return UnknownWorkflowType(workflow_type_id, detail)
+
     def resolve_handler(self, path: str, workflow_type_id: str) -> HandlerFunc:
         """The function behind ``path``: a registered one if this engine has it, else imported."""
         spec = self._handlers.get(workflow_type_id)
@@ -700,7 +721,7 @@ class WorkflowEngine:
     def _queue_change(self, wf: Workflow, *, detail: str, reset: bool = False) -> Change:
         spec = self._handlers.get(wf.workflow_type_id)
         if spec is None and wf.handler is None:
-            raise UnknownWorkflowType(wf.workflow_type_id)
+            raise self._no_handler(wf.workflow_type_id)
         changes: dict[str, Any] = {"job_id": new_job_id(wf.id), "run_after": None}
         if wf.status is not S.QUEUED or reset:
             policy = spec or HandlerSpec(  # the recorded policy, within today's bounds
@@ -757,7 +778,7 @@ class WorkflowEngine:
                     wid, wf.status.value, S.QUEUED.value, "enqueue_many takes pending workflows"
                 )
             if self._handlers.get(wf.workflow_type_id) is None and wf.handler is None:
-                raise UnknownWorkflowType(wf.workflow_type_id)
+                raise self._no_handler(wf.workflow_type_id)
         pending = [found[wid] for wid in ids if found[wid].status is S.PENDING]
         # In-process too: all are queued in one transaction first, then run one by one, as workers would.
         changes = [self._queue_change(wf, detail="enqueued") for wf in pending]

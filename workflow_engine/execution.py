@@ -10,6 +10,7 @@ thread stamps the database, and records the outcome.
 from __future__ import annotations
 
 import contextvars
+import importlib
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from rq.timeouts import BaseDeathPenalty
 
 from . import recovery
-from .errors import HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
+from .errors import ConfigurationError, HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
 from .handlers import HandlerFunc, describe, traceback_text
 from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
@@ -65,8 +66,16 @@ def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
         return found
     with _engine_lock:
         if _worker_engine is None:
-            # A stock `rq worker`: the database comes from WORKFLOW_ENGINE_DATABASE_URL.
-            _worker_engine = WorkflowEngine.from_env()
+            # A stock `rq worker`: the database comes from WORKFLOW_ENGINE_DATABASE_URL, the
+            # handlers a job's own workflow needs from its row, and those its handler may create
+            # workflows of from the app's engine that WORKFLOW_ENGINE_APP names, if it is set.
+            engine = WorkflowEngine.from_env()
+            try:
+                take_app_handlers(engine)
+            except BaseException:
+                engine.close()
+                raise
+            _worker_engine = engine
             _worker_engine_pid = os.getpid()
             where = shown(_worker_engine.database_url)
             if os.environ.get("WORKFLOW_ENGINE_DATABASE_URL"):
@@ -78,6 +87,66 @@ def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
                     where,
                 )
         return _worker_engine
+
+
+def take_app_handlers(engine: WorkflowEngine, name: str | None = None) -> WorkflowEngine | None:
+    """Register on ``engine`` every handler of the app's engine that ``name`` names, and return that.
+
+    ``name`` is ``package.module:attribute`` (None reads ``WORKFLOW_ENGINE_APP``; unset, nothing
+    is done and None returned). A worker's engine comes from the environment and knows no
+    handlers: a job's own workflow needs none (its row records its handler), but a handler that
+    creates and enqueues workflows through :func:`current_engine` needs their types registered.
+    Only the registrations are taken; the database, Redis and queue stay the worker's own.
+    Raises ConfigurationError if the module cannot be imported or the attribute is not a
+    :class:`WorkflowEngine`.
+    """
+    from . import config
+    from .engine import WorkflowEngine
+
+    name = config.app_name() if name is None else name.strip()
+    if not name:
+        return None
+    module_name, sep, attr = name.partition(":")
+    if not module_name or not sep or not attr:
+        raise ConfigurationError(
+            f"the app's engine {name!r} must be named as 'package.module:engine' (WORKFLOW_ENGINE_APP, --app)"
+        )
+    try:
+        app: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            app = getattr(app, part)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot load the app's engine {name!r}: {describe(exc)}; start the worker where it can "
+            "import that module (--path <app dir>)"
+        ) from exc
+    if not isinstance(app, WorkflowEngine):
+        raise ConfigurationError(f"the app's engine {name!r} is a {type(app).__name__}, not a WorkflowEngine")
+    engine.take_handlers(app)
+    log.info("handlers of %s: %s", name, ", ".join(sorted(app.handler_types())) or "none")
+    return app
+
+
+def current_engine() -> WorkflowEngine:
+    """Inside a handler: the engine running this attempt, to create and enqueue more workflows with.
+
+    In the in-process mode that is the engine that enqueued the workflow (a test's fixture);
+    in a worker, the worker's engine, which knows the handlers of the app's engine that
+    ``WORKFLOW_ENGINE_APP`` names. Raises WorkflowEngineError outside a handler, and in a
+    thread the handler started: call it in the handler and pass the engine on.
+    """
+    attempt = _current.get()
+    if attempt is None:
+        raise WorkflowEngineError(
+            "current_engine() is only available while a handler runs, in the handler's own thread "
+            "(call it there and pass the engine to threads the handler starts)"
+        )
+    return attempt.engine
+
+
+def in_handler() -> bool:
+    """True while a handler runs in this thread (or context)."""
+    return _current.get() is not None
 
 
 def preload(modules: Iterable[str] | None = None) -> WorkflowEngine:
