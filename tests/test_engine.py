@@ -565,30 +565,10 @@ def parent_of_an_unknown_type(wf: Workflow) -> None:
     current_engine().create_workflow(workflow_type_id="nobody_registered", enqueue=True)
 
 
-def test_a_worker_handler_starting_a_type_its_engine_lacks_fails_saying_to_name_the_apps_engine(
-    tmp_path: Path,
-) -> None:
-    """In a worker (not in-process) the engine has only what WORKFLOW_ENGINE_APP gives it."""
-    engine = file_engine(tmp_path, heartbeat_interval=5, stale_after=30, is_async=True)
-    engine.register_handler("parent", parent_of_an_unknown_type, max_retries=0)
-    wid = engine.create_workflow(workflow_type_id="parent", enqueue=True)
-
-    rq.SimpleWorker([engine.queue], connection=engine.redis).work(burst=True)
-
-    wf = engine.get_workflow(wid)
-    assert wf.status is S.FAILED
-    assert wf.error is not None, wf
-    assert wf.error.startswith("UnknownWorkflowType: no handler is registered"), wf.error
-    assert "WORKFLOW_ENGINE_APP" in wf.error and "package.module:engine" in wf.error
-    assert engine.list_workflows(workflow_type_id="nobody_registered") == []  # nothing half-made
-    engine.close()
-
-
-def test_a_worker_engine_takes_the_handlers_of_the_app_engine_that_workflow_engine_app_names(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def app_module(folder: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module in ``folder``, importable, whose ``engine`` is an app's with a ``report`` handler."""
     module = f"we_app_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(
+    (folder / f"{module}.py").write_text(
         "from workflow_engine import WorkflowEngine\n"
         "engine = WorkflowEngine(\n"
         "    database_url='sqlite:///:memory:', redis_url='fakeredis://', is_async=False\n"
@@ -597,7 +577,78 @@ def test_a_worker_engine_takes_the_handlers_of_the_app_engine_that_workflow_engi
         "not_an_engine = 42\n",
         encoding="utf-8",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(folder))
+    return module
+
+
+@pytest.mark.services
+def test_a_worker_handler_starting_a_type_its_engine_lacks_fails_saying_what_the_apps_engine_gave(
+    tmp_path: Path, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stock worker's engine (built from the environment) has only the handlers of the app's
+    engine that WORKFLOW_ENGINE_APP names; the failed attempt says which of three cases it was.
+    One that cannot be loaded fails only the attempts that need it: other jobs run."""
+    module = app_module(tmp_path, monkeypatch)
+    web = WorkflowEngine(database_url=f"sqlite:///{tmp_path / 'w.db'}", redis_url=redis_server.url)
+    web.register_handler("parent", parent_of_an_unknown_type, max_retries=0)
+    web.register_handler("report", "we_test_handlers:noop")
+    monkeypatch.setenv("WORKFLOW_ENGINE_DATABASE_URL", web.database_url)
+    monkeypatch.setenv("WORKFLOW_ENGINE_REDIS_URL", redis_server.url)
+    said = {}
+    try:
+        for case, app in [("unset", None), ("loaded", f"{module}:engine"), ("broken", f"{module}:missing")]:
+            if app is None:
+                monkeypatch.delenv("WORKFLOW_ENGINE_APP", raising=False)
+            else:
+                monkeypatch.setenv("WORKFLOW_ENGINE_APP", app)
+            execution.set_worker_engine(None)  # built again, from the environment, at the first job
+            wid = web.create_workflow(workflow_type_id="parent", enqueue=True)
+            other = web.create_workflow(workflow_type_id="report", enqueue=True)
+            rq.SimpleWorker([web.queue], connection=web.redis).work(burst=True)
+            assert web.get_workflow(other).status is S.COMPLETED, case
+            wf = web.get_workflow(wid)
+            assert wf.status is S.FAILED and wf.error is not None, case
+            assert wf.error.startswith("UnknownWorkflowType: no handler is registered for workflow type "), wf
+            said[case] = wf.error
+            worker = execution._worker_engine
+            assert worker is not None
+            worker.close()
+    finally:
+        execution.set_worker_engine(None)
+        web.close()
+        sys.modules[module].engine.close()
+        sys.modules.pop(module, None)
+    assert said["unset"].endswith(
+        "(in a worker, current_engine() has the handlers of the app's engine that WORKFLOW_ENGINE_APP "
+        "(or workflow-engine worker --app) names as package.module:engine)"
+    )
+    assert said["loaded"].endswith(f"(nor has the app's engine {module}:engine (handlers: report))")
+    assert said["broken"].endswith(
+        f"(WORKFLOW_ENGINE_APP could not be loaded: cannot load the app's engine '{module}:missing': "
+        f"module '{module}' has no 'missing')"
+    )
+    assert web.list_workflows(workflow_type_id="nobody_registered") == []  # nothing half-made
+
+
+def test_in_process_a_handler_starting_a_type_nobody_registered_fails_without_the_workers_advice(
+    tmp_path: Path,
+) -> None:
+    """WORKFLOW_ENGINE_APP does nothing where the engine that enqueued runs the job (fakeredis)."""
+    engine = file_engine(tmp_path, heartbeat_interval=5, stale_after=30, is_async=True)
+    engine.register_handler("parent", parent_of_an_unknown_type, max_retries=0)
+    wid = engine.create_workflow(workflow_type_id="parent", enqueue=True)
+    rq.SimpleWorker([engine.queue], connection=engine.redis).work(burst=True)
+    wf = engine.get_workflow(wid)
+    assert wf.status is S.FAILED and wf.error is not None
+    assert wf.error.startswith("UnknownWorkflowType: no handler is registered"), wf.error
+    assert "WORKFLOW_ENGINE_APP" not in wf.error
+    engine.close()
+
+
+def test_a_worker_engine_shares_the_handlers_of_the_app_engine_that_workflow_engine_app_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = app_module(tmp_path, monkeypatch)
     worker = file_engine(tmp_path, heartbeat_interval=5, stale_after=30, is_async=True)
     try:
         assert execution.take_app_handlers(worker) is None  # WORKFLOW_ENGINE_APP unset: nothing
@@ -608,11 +659,24 @@ def test_a_worker_engine_takes_the_handlers_of_the_app_engine_that_workflow_engi
         spec = worker.handler_for("report")
         assert spec is not None
         assert (spec.path, spec.max_retries, spec.timeout) == ("we_test_handlers:noop", 5, 9)
+        # Registered on the app's engine later (by a handler module imported after): shared too.
+        app.register_handler("later", "we_test_handlers:noop")
+        assert sorted(worker.handler_types()) == ["later", "report"]
+        worker.register_handler("report", "we_test_handlers:record_success")  # its own come first
+        assert [e.handler_for("report").path for e in (worker, app)] == [  # type: ignore[union-attr]
+            "we_test_handlers:record_success",
+            "we_test_handlers:noop",
+        ]
+        execution.take_app_handlers(worker)  # again: shared once
+        assert len(worker._handlers.maps) == 2
         assert worker.database_url != app.database_url  # only the registrations: the database stays
         for name, error in [
             (module, "must be named as 'package.module:engine'"),
             (f"{module}:", "must be named as 'package.module:engine'"),
-            (f"{module}:missing", "cannot load the app's engine"),
+            (
+                f"{module}:missing",
+                f"cannot load the app's engine '{module}:missing': module '{module}' has no",
+            ),
             ("we_no_app:engine", "cannot load the app's engine 'we_no_app:engine': ModuleNotFoundError"),
             (f"{module}:not_an_engine", "is a int, not a WorkflowEngine"),
         ]:

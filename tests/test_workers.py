@@ -204,10 +204,35 @@ def test_a_handler_the_worker_cannot_import_fails_the_workflow_with_a_message_sa
 @pytest.mark.parametrize(
     ("kind", "worker_class", "app"),
     [
-        ("rq", "fork", {"extra_env": {"WORKFLOW_ENGINE_APP": "we_child_app:engine"}}),
+        (
+            "rq",
+            "fork",
+            {
+                "extra_env": {
+                    "WORKFLOW_ENGINE_APP": "we_child_app:engine",
+                    "WORKFLOW_ENGINE_PRELOAD": "we_child_handlers",
+                },
+                "extra_args": ["-c", "workflow_engine.rq_preload"],
+            },
+        ),
+        (
+            "rq",
+            "simple",
+            {
+                # The environment's Redis is not the worker's --url: children go where the job came from.
+                "extra_env": {
+                    "WORKFLOW_ENGINE_APP": "we_child_app:engine",
+                    "WORKFLOW_ENGINE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+                }
+            },
+        ),
         ("engine", "simple", {"extra_args": ["--app", "we_child_app:engine"]}),
     ],
-    ids=["rq-worker-with-WORKFLOW_ENGINE_APP", "workflow-engine-worker-with---app"],
+    ids=[
+        "preloaded-rq-worker-with-WORKFLOW_ENGINE_APP",
+        "plain-rq-worker-whose-environment-names-another-redis",
+        "workflow-engine-worker-with---app",
+    ],
 )
 def test_a_handler_on_a_worker_starts_a_child_workflow_with_the_registrations_of_the_apps_engine(
     tmp_path: Path,
@@ -218,7 +243,9 @@ def test_a_handler_on_a_worker_starts_a_child_workflow_with_the_registrations_of
     worker_class: str,
     app: dict[str, Any],
 ) -> None:
-    engine.register_handler("parent", "we_child_app:start_child")  # by path: this process never imports it
+    engine.register_handler(
+        "parent", "we_child_handlers:start_child"
+    )  # by path: this process never imports it
     ids = submit_many(engine, "parent", 3)
 
     run_burst_worker(tmp_path, redis_server, effects, kind=kind, worker_class=worker_class, **app)
@@ -229,7 +256,7 @@ def test_a_handler_on_a_worker_starts_a_child_workflow_with_the_registrations_of
         parent = engine.get_workflow(wid)
         assert parent.status is S.COMPLETED, parent.error
         child = engine.get_workflow(parent.result["child"])  # type: ignore[index]
-        assert (child.status, child.handler) == (S.COMPLETED, "we_test_handlers:record_success")
+        assert (child.status, child.handler) == (S.COMPLETED, "we_child_handlers:child")
         assert successes(effects, child.id) == 1
 
 
@@ -237,7 +264,7 @@ def test_a_handler_on_a_worker_starts_a_child_workflow_with_the_registrations_of
 def test_without_the_apps_engine_a_worker_handler_cannot_start_a_child_and_says_what_to_set(
     tmp_path: Path, redis_server: RedisServer, effects: Path, engine: WorkflowEngine
 ) -> None:
-    engine.register_handler("parent", "we_child_app:start_child", max_retries=0)
+    engine.register_handler("parent", "we_child_handlers:start_child", max_retries=0)
     [wid] = submit_many(engine, "parent", 1)
 
     run_burst_worker(tmp_path, redis_server, effects, kind="rq", worker_class="simple")

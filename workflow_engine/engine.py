@@ -8,11 +8,13 @@ apply it with a compare-and-set and record its event.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
 import uuid
 import weakref
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -176,7 +178,12 @@ class WorkflowEngine:
         # Only this process can run the jobs: with fakeredis, or in sync mode (RQ runs them inline).
         in_process = not is_async or type(connection).__module__.startswith("fakeredis")
         self.transport = Transport(connection, queue_name, is_async=is_async, in_process=in_process)
-        self._handlers: dict[str, HandlerSpec] = {}
+        # This engine's own registrations first, then those of engines it shares (share_handlers).
+        self._handlers: ChainMap[str, HandlerSpec] = ChainMap({})
+        #: Set on a worker's engine: the app's engine it shares handlers with, by name, or why
+        #: that could not be loaded (said when a handler starts a workflow of a type it lacks).
+        self._app_name: str | None = None
+        self._app_error: str | None = None
         self._listeners: list[Listener] = []
         self._recent: dict[str, Workflow] = {}
         self._recent_lock = threading.Lock()
@@ -288,21 +295,39 @@ class WorkflowEngine:
         """The workflow types this engine has a handler registered for."""
         return list(self._handlers)
 
-    def take_handlers(self, other: WorkflowEngine) -> None:
-        """Register every handler ``other`` has, with its options (a worker's engine takes the app's)."""
+    def share_handlers(self, other: WorkflowEngine) -> None:
+        """Use every handler registered on ``other`` too, now and later, with its options; this
+        engine's own registrations come first. A worker's engine shares the app's this way."""
         if not isinstance(other, WorkflowEngine):
-            raise InvalidInput(f"take_handlers needs a WorkflowEngine, got {type(other).__name__}")
-        self._handlers.update(other._handlers)
+            raise InvalidInput(f"share_handlers needs a WorkflowEngine, got {type(other).__name__}")
+        own = other._handlers.maps[0]  # not what other shares in turn: no cycle can form
+        if other is not self and not any(m is own for m in self._handlers.maps):
+            self._handlers.maps.append(own)
+
+    def _using(self, transport: Transport) -> WorkflowEngine:
+        """This engine (its store, handlers and listeners), putting jobs on ``transport``: a
+        worker's job's own connection and queue, which the environment's may not be."""
+        if transport is self.transport:
+            return self
+        view = copy.copy(self)
+        view.transport, view.queue_name = transport, transport.queue_name
+        return view
 
     def _no_handler(self, workflow_type_id: str) -> UnknownWorkflowType:
         from .execution import in_handler
 
         detail = None
-        if self.is_async and in_handler():  # a handler creating a workflow, in a worker
-            detail = (
-                "in a worker, current_engine() has the handlers of the app's engine that "
-                "WORKFLOW_ENGINE_APP (or workflow-engine worker --app) names as package.module:engine"
-            )
+        if not self.transport.in_process and in_handler():  # a handler starting a workflow, in a worker
+            if self._app_error is not None:
+                detail = f"WORKFLOW_ENGINE_APP could not be loaded: {self._app_error}"
+            elif self._app_name is not None:
+                known = ", ".join(sorted(self._handlers)) or "none"
+                detail = f"nor has the app's engine {self._app_name} (handlers: {known})"
+            else:
+                detail = (
+                    "in a worker, current_engine() has the handlers of the app's engine that "
+                    "WORKFLOW_ENGINE_APP (or workflow-engine worker --app) names as package.module:engine"
+                )
         return UnknownWorkflowType(workflow_type_id, detail)
 
     def resolve_handler(self, path: str, workflow_type_id: str) -> HandlerFunc:

@@ -52,8 +52,12 @@ def set_worker_engine(engine: WorkflowEngine | None) -> None:
         _worker_engine, _worker_engine_pid = engine, os.getpid() if engine else 0
 
 
-def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
-    """The engine a job runs with: by key (in-process), the worker's, or one from the environment."""
+def worker_engine(engine_key: str | None = None, *, strict: bool = False) -> WorkflowEngine:
+    """The engine a job runs with: by key (in-process), the worker's, or one from the environment.
+
+    Built from the environment, it shares the handlers of ``WORKFLOW_ENGINE_APP``'s engine; one
+    that cannot be loaded raises ConfigurationError if ``strict`` (at a worker's start), else is
+    logged and said again by each attempt that needs it (a job's own workflow does not)."""
     global _worker_engine, _worker_engine_pid
     from .engine import _ENGINES, WorkflowEngine
 
@@ -72,9 +76,14 @@ def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
             engine = WorkflowEngine.from_env()
             try:
                 take_app_handlers(engine)
-            except BaseException:
-                engine.close()
-                raise
+            except ConfigurationError as exc:
+                if strict:
+                    engine.close()
+                    raise
+                # Only a handler that starts a workflow needs the app's handlers: every other job
+                # runs, and that handler's attempt fails saying why.
+                engine._app_error = str(exc)
+                log.error("%s", exc)
             _worker_engine = engine
             _worker_engine_pid = os.getpid()
             where = shown(_worker_engine.database_url)
@@ -90,15 +99,16 @@ def worker_engine(engine_key: str | None = None) -> WorkflowEngine:
 
 
 def take_app_handlers(engine: WorkflowEngine, name: str | None = None) -> WorkflowEngine | None:
-    """Register on ``engine`` every handler of the app's engine that ``name`` names, and return that.
+    """Make ``engine`` use the handlers of the app's engine that ``name`` names, and return that.
 
     ``name`` is ``package.module:attribute`` (None reads ``WORKFLOW_ENGINE_APP``; unset, nothing
     is done and None returned). A worker's engine comes from the environment and knows no
     handlers: a job's own workflow needs none (its row records its handler), but a handler that
     creates and enqueues workflows through :func:`current_engine` needs their types registered.
-    Only the registrations are taken; the database, Redis and queue stay the worker's own.
-    Raises ConfigurationError if the module cannot be imported or the attribute is not a
-    :class:`WorkflowEngine`.
+    ``engine`` shares the app engine's registrations, those made later included (a handler
+    module that registers on the app's engine when it is imported); the database, Redis and
+    queue stay the worker's own. Raises ConfigurationError if the module cannot be imported or
+    the attribute is not a :class:`WorkflowEngine`.
     """
     from . import config
     from .engine import WorkflowEngine
@@ -111,19 +121,27 @@ def take_app_handlers(engine: WorkflowEngine, name: str | None = None) -> Workfl
         raise ConfigurationError(
             f"the app's engine {name!r} must be named as 'package.module:engine' (WORKFLOW_ENGINE_APP, --app)"
         )
+    cannot = f"cannot load the app's engine {name!r}"
     try:
         app: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise ConfigurationError(f"{cannot}: importing {module_name!r} raised {describe(exc)}") from exc
+        raise ConfigurationError(
+            f"{cannot}: {describe(exc)}; start the worker where it can import that module (--path <app dir>)"
+        ) from exc
+    except Exception as exc:
+        raise ConfigurationError(f"{cannot}: importing {module_name!r} raised {describe(exc)}") from exc
+    try:
         for part in attr.split("."):
             app = getattr(app, part)
-    except Exception as exc:
-        raise ConfigurationError(
-            f"cannot load the app's engine {name!r}: {describe(exc)}; start the worker where it can "
-            "import that module (--path <app dir>)"
-        ) from exc
+    except AttributeError:
+        raise ConfigurationError(f"{cannot}: module {module_name!r} has no {attr!r}") from None
     if not isinstance(app, WorkflowEngine):
         raise ConfigurationError(f"the app's engine {name!r} is a {type(app).__name__}, not a WorkflowEngine")
-    engine.take_handlers(app)
-    log.info("handlers of %s: %s", name, ", ".join(sorted(app.handler_types())) or "none")
+    engine.share_handlers(app)
+    engine._app_name, engine._app_error = name, None
+    log.info("handlers from the app's engine %s", name)
     return app
 
 
@@ -141,7 +159,8 @@ def current_engine() -> WorkflowEngine:
             "current_engine() is only available while a handler runs, in the handler's own thread "
             "(call it there and pass the engine to threads the handler starts)"
         )
-    return attempt.engine
+    # Jobs go where this job came from: a stock `rq worker --url …` may have no REDIS_URL set.
+    return attempt.engine if attempt.transport is None else attempt.engine._using(attempt.transport)
 
 
 def in_handler() -> bool:
@@ -160,7 +179,9 @@ def preload(modules: Iterable[str] | None = None) -> WorkflowEngine:
     (comma-separated). One that cannot be imported raises ConfigurationError.
     ``rq worker -c workflow_engine.rq_preload`` calls this.
     """
-    engine = worker_engine()
+    engine = worker_engine(strict=True)
+    if engine._app_error is not None:  # at start, a wrong WORKFLOW_ENGINE_APP stops the worker
+        raise ConfigurationError(engine._app_error)
     engine.store.migrate()
     preload_modules(modules)
     return engine
@@ -238,6 +259,8 @@ class _Attempt:
     workflow_id: str
     job_id: str
     engine: WorkflowEngine
+    #: Where the job came from, when that is not ``engine.transport`` (a stock worker's job).
+    transport: Transport | None = None
     cancel_requested: bool = False
     #: Set when a heartbeat finds that another job now carries the workflow.
     lost: bool = False
@@ -297,7 +320,7 @@ def run_attempt(
     wf = claim_attempt(engine, workflow_id, job_id=job_id, worker=worker)
     if isinstance(wf, str):
         return wf
-    outcome = run_handler(engine, wf, job_id, handler)
+    outcome = run_handler(engine, wf, job_id, handler, transport=transport)
     status = record_outcome(engine, wf, job_id, outcome, transport)
     if outcome.interrupt is not None:
         raise outcome.interrupt
@@ -351,10 +374,20 @@ class Outcome(NamedTuple):
     interrupt: BaseException | None = None
 
 
-def run_handler(engine: WorkflowEngine, wf: Workflow, job_id: str, handler: str | None) -> Outcome:
-    """Run the claimed workflow's handler under its timeout, with a heartbeat; record nothing."""
+def run_handler(
+    engine: WorkflowEngine,
+    wf: Workflow,
+    job_id: str,
+    handler: str | None,
+    *,
+    transport: Transport | None = None,
+) -> Outcome:
+    """Run the claimed workflow's handler under its timeout, with a heartbeat; record nothing.
+
+    ``transport``: where the job came from, if not ``engine.transport``; what the handler
+    enqueues through :func:`current_engine` goes there."""
     path = handler or wf.handler
-    attempt = _Attempt(wf.id, job_id, engine)
+    attempt = _Attempt(wf.id, job_id, engine, None if transport is engine.transport else transport)
     token = _current.set(attempt)
     func: HandlerFunc | None = None
     try:
