@@ -503,7 +503,7 @@ def _serve_metrics(stack: ExitStack, engine: WorkflowEngine, port: int, host: st
     show_envvar=True,
     default=None,
     metavar="MODULE:ENGINE",
-    help="The app's engine (myapp.engine:engine): the worker takes its handler registrations, so that "
+    help="The app's engine (myapp.engine:engine): the worker shares its handler registrations, so that "
     "handlers can create and enqueue workflows of those types through current_engine().",
 )
 @_metrics_options

@@ -38,7 +38,7 @@ ENVIRONMENT: dict[str, str] = {
     "WORKFLOW_ENGINE_PRELOAD": "modules (or handler paths) a worker imports before it forks, "
     "comma-separated: read by `rq worker -c workflow_engine.rq_preload` and `workflow-engine worker`",
     "WORKFLOW_ENGINE_APP": "the app's engine, as package.module:attribute, whose handler registrations "
-    "a worker's engine takes, so that handlers can create and enqueue workflows through current_engine()",
+    "a worker's engine shares, so that handlers can create and enqueue workflows through current_engine()",
     # read by the CLI (and the logs of `rq worker -c workflow_engine.rq_preload`) only
     "WORKFLOW_ENGINE_LOG_FORMAT": "log format: text or json (default text)",
     "WORKFLOW_ENGINE_LOG_LEVEL": "log level (default INFO)",
