@@ -577,6 +577,10 @@ def app_module(folder: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         "not_an_engine = 42\n",
         encoding="utf-8",
     )
+    # An app whose settings check exits as it is imported.
+    (folder / f"{module}_exits.py").write_text(
+        "import sys\nsys.exit('SECRET_KEY is not set')\n", encoding="utf-8"
+    )
     monkeypatch.syspath_prepend(str(folder))
     return module
 
@@ -678,7 +682,11 @@ def test_a_worker_engine_shares_the_handlers_of_the_app_engine_that_workflow_eng
                 f"cannot load the app's engine '{module}:missing': module '{module}' has no",
             ),
             ("we_no_app:engine", "cannot load the app's engine 'we_no_app:engine': ModuleNotFoundError"),
-            (f"{module}:not_an_engine", "is a int, not a WorkflowEngine"),
+            (f"{module}:not_an_engine", "is of type int, not a WorkflowEngine"),
+            (
+                f"{module}_exits:engine",
+                f"importing '{module}_exits' raised SystemExit: SECRET_KEY is not set",
+            ),
         ]:
             with pytest.raises(ConfigurationError, match=re.escape(error)):
                 execution.take_app_handlers(worker, name)

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from workflow_engine import WorkflowEngine, WorkflowStatus, metrics
 from workflow_engine.models import utcnow
+from workflow_engine.transport import Transport
 
 from support import APPS, RedisServer, free_port, held, start_worker, true_in_a_forked_child, wait_for
 
@@ -223,9 +224,13 @@ def test_the_listener_counts_creations_finishes_failed_attempts_and_observes_dur
 
 
 def test_instrumenting_an_engine_twice_counts_once(engine: WorkflowEngine) -> None:
+    """Also through the copy of a worker's engine that current_engine() gives a handler (it puts
+    jobs where the handler's job came from, and shares the engine's listeners)."""
     inst = metrics.Instruments()
     metrics.instrument(engine, inst)
     metrics.instrument(engine, inst)
+    metrics.instrument(engine._using(Transport(engine.redis, "elsewhere")), inst)
+    assert len(engine._listeners) == 1
     engine.create_workflow(workflow_type_id="ok")
     assert value(scrape_registry(engine, inst), "workflow_engine_workflows_created_total", type="ok") == 1
 

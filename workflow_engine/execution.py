@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from rq.timeouts import BaseDeathPenalty
+from rq.timeouts import BaseDeathPenalty, BaseTimeoutException
 
 from . import recovery
 from .errors import ConfigurationError, HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
@@ -84,6 +84,9 @@ def worker_engine(engine_key: str | None = None, *, strict: bool = False) -> Wor
                 # runs, and that handler's attempt fails saying why.
                 engine._app_error = str(exc)
                 log.error("%s", exc)
+            except BaseException:  # RQ's job timeout during the import: the next job tries again
+                engine.close()
+                raise
             _worker_engine = engine
             _worker_engine_pid = os.getpid()
             where = shown(_worker_engine.database_url)
@@ -130,7 +133,9 @@ def take_app_handlers(engine: WorkflowEngine, name: str | None = None) -> Workfl
         raise ConfigurationError(
             f"{cannot}: {describe(exc)}; start the worker where it can import that module (--path <app dir>)"
         ) from exc
-    except Exception as exc:
+    except BaseTimeoutException:  # RQ's job timeout, during a slow import: that attempt's, not the app's
+        raise
+    except (Exception, SystemExit) as exc:  # SystemExit: a settings check's sys.exit("… is not set")
         raise ConfigurationError(f"{cannot}: importing {module_name!r} raised {describe(exc)}") from exc
     try:
         for part in attr.split("."):
@@ -138,7 +143,9 @@ def take_app_handlers(engine: WorkflowEngine, name: str | None = None) -> Workfl
     except AttributeError:
         raise ConfigurationError(f"{cannot}: module {module_name!r} has no {attr!r}") from None
     if not isinstance(app, WorkflowEngine):
-        raise ConfigurationError(f"the app's engine {name!r} is a {type(app).__name__}, not a WorkflowEngine")
+        raise ConfigurationError(
+            f"the app's engine {name!r} is of type {type(app).__name__}, not a WorkflowEngine"
+        )
     engine.share_handlers(app)
     engine._app_name, engine._app_error = name, None
     log.info("handlers from the app's engine %s", name)

@@ -131,7 +131,9 @@ class Instruments:
 
     def instrument(self, engine: WorkflowEngine) -> None:
         """Count the status changes ``engine`` makes (once, however often this is called)."""
-        if engine in self._engines:
+        # The listener too: current_engine() hands a handler a copy of its worker's engine that
+        # shares its listeners, which the set of engines would not recognise.
+        if engine in self._engines or self.record in engine._listeners:
             return
         self._engines.add(engine)
         with _LOCK:
