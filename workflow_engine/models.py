@@ -228,7 +228,7 @@ class Workflow(BaseModel):
         JSON columns must already be decoded; the stores do that, since only
         they know whether a column came back as text or as ``jsonb``.
         """
-        return cls.model_validate(dict(row))
+        return cls.model_validate(row if type(row) is dict else dict(row))  # validating copies nothing
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: enums become strings and datetimes ISO 8601 strings."""
@@ -260,7 +260,7 @@ class WorkflowEvent(BaseModel):
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> WorkflowEvent:
-        return cls.model_validate(dict(row))
+        return cls.model_validate(row if type(row) is dict else dict(row))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -523,7 +523,7 @@ SELECT j.key AS key, SUM(j.value::numeric) AS total
         return value
 
     def decode_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(row)
+        return row if type(row) is dict else dict(row)  # psycopg's values are the models' already
 
 
 def _sweep(pool: ConnectionPool | None, timeout: float) -> None:

@@ -53,8 +53,10 @@ class _SQLiteTx:
         return [self.fetch(sql, params) for sql, params in statements]  # in-process: no round trips
 
 
-#: The columns decode_row parses as timestamps: a workflow's, and an event's ``at``.
-_TIME_KEYS = q.TIME_COLUMNS | {"at"}
+#: The columns decode_row parses as timestamps: a workflow's, and an event's ``at``; and those it
+#: parses as JSON. Looked up one by one (a listing decodes 50 rows: no set built for each).
+_TIME_KEYS = tuple(sorted(q.TIME_COLUMNS | {"at"}))
+_JSON_KEYS = tuple(sorted(q.JSON_COLUMNS))
 
 #: SQLite's result codes for a database that cannot serve now (busy past the timeout, the disk,
 #: the file), as opposed to a statement it refuses (a missing table, a constraint): worth a retry.
@@ -387,12 +389,14 @@ SELECT j.key AS key, TOTAL(j.value) AS total
 
     def decode_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(row)
-        for key in q.JSON_COLUMNS.intersection(out):
-            if out[key] is not None:
-                out[key] = load_json(out[key])
-        for key in _TIME_KEYS.intersection(out):
-            if out[key] is not None:
-                out[key] = datetime.fromisoformat(out[key])
+        for key in _JSON_KEYS:
+            value = out.get(key)
+            if value is not None:
+                out[key] = load_json(value)
+        for key in _TIME_KEYS:
+            value = out.get(key)
+            if value is not None:
+                out[key] = datetime.fromisoformat(value)
         return out
 
 
