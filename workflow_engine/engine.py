@@ -14,7 +14,6 @@ import os
 import threading
 import uuid
 import weakref
-from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -178,8 +177,10 @@ class WorkflowEngine:
         # Only this process can run the jobs: with fakeredis, or in sync mode (RQ runs them inline).
         in_process = not is_async or type(connection).__module__.startswith("fakeredis")
         self.transport = Transport(connection, queue_name, is_async=is_async, in_process=in_process)
-        # This engine's own registrations first, then those of engines it shares (share_handlers).
-        self._handlers: ChainMap[str, HandlerSpec] = ChainMap({})
+        # This engine's own registrations; then, for a type it has none for, those of the engines
+        # it shares (share_handlers), looked at only then: a dict lookup on every create and job.
+        self._handlers: dict[str, HandlerSpec] = {}
+        self._shared: list[dict[str, HandlerSpec]] = []
         #: Set on a worker's engine: the app's engine it shares handlers with, by name, or why
         #: that could not be loaded (said when a handler starts a workflow of a type it lacks).
         self._app_name: str | None = None
@@ -289,20 +290,26 @@ class WorkflowEngine:
         return spec
 
     def handler_for(self, workflow_type_id: str) -> HandlerSpec | None:
-        return self._handlers.get(workflow_type_id)
+        spec = self._handlers.get(workflow_type_id)
+        if spec is None and self._shared:
+            for shared in self._shared:
+                spec = shared.get(workflow_type_id)
+                if spec is not None:
+                    break
+        return spec
 
     def handler_types(self) -> list[str]:
-        """The workflow types this engine has a handler registered for."""
-        return list(self._handlers)
+        """The workflow types this engine has a handler registered for (shared ones included)."""
+        return list(dict.fromkeys([*self._handlers, *(t for shared in self._shared for t in shared)]))
 
     def share_handlers(self, other: WorkflowEngine) -> None:
         """Use every handler registered on ``other`` too, now and later, with its options; this
         engine's own registrations come first. A worker's engine shares the app's this way."""
         if not isinstance(other, WorkflowEngine):
             raise InvalidInput(f"share_handlers needs a WorkflowEngine, got {type(other).__name__}")
-        own = other._handlers.maps[0]  # not what other shares in turn: no cycle can form
-        if other is not self and not any(m is own for m in self._handlers.maps):
-            self._handlers.maps.append(own)
+        own = other._handlers  # not what other shares in turn
+        if other is not self and not any(m is own for m in self._shared):
+            self._shared.append(own)
 
     def _using(self, transport: Transport) -> WorkflowEngine:
         """This engine (its store, handlers and listeners), putting jobs on ``transport``: a
@@ -321,7 +328,7 @@ class WorkflowEngine:
             if self._app_error is not None:
                 detail = f"WORKFLOW_ENGINE_APP could not be loaded: {self._app_error}"
             elif self._app_name is not None:
-                known = ", ".join(sorted(self._handlers)) or "none"
+                known = ", ".join(sorted(self.handler_types())) or "none"
                 detail = f"nor has the app's engine {self._app_name} (handlers: {known})"
             else:
                 detail = (
@@ -332,7 +339,7 @@ class WorkflowEngine:
 
     def resolve_handler(self, path: str, workflow_type_id: str) -> HandlerFunc:
         """The function behind ``path``: a registered one if this engine has it, else imported."""
-        spec = self._handlers.get(workflow_type_id)
+        spec = self.handler_for(workflow_type_id)
         if spec is not None and spec.path == path and spec.func is not None:
             return spec.func
         return import_handler(path, workflow_type_id)
@@ -453,7 +460,7 @@ class WorkflowEngine:
         idempotency_key: str | None = None,
         requires_approval: bool | None = False,
     ) -> Workflow:
-        spec = self._handlers.get(workflow_type_id) if isinstance(workflow_type_id, str) else None
+        spec = self.handler_for(workflow_type_id) if isinstance(workflow_type_id, str) else None
         if spec is None or type(workflow_type_id) is not str:  # a registered id was checked then
             check_new_id("workflow_type_id", validate_type_id(workflow_type_id))
         inputs = {} if inputs is None else inputs
@@ -744,7 +751,7 @@ class WorkflowEngine:
         return True
 
     def _queue_change(self, wf: Workflow, *, detail: str, reset: bool = False) -> Change:
-        spec = self._handlers.get(wf.workflow_type_id)
+        spec = self.handler_for(wf.workflow_type_id)
         if spec is None and wf.handler is None:
             raise self._no_handler(wf.workflow_type_id)
         changes: dict[str, Any] = {"job_id": new_job_id(wf.id), "run_after": None}
@@ -802,7 +809,7 @@ class WorkflowEngine:
                 raise InvalidTransition(
                     wid, wf.status.value, S.QUEUED.value, "enqueue_many takes pending workflows"
                 )
-            if self._handlers.get(wf.workflow_type_id) is None and wf.handler is None:
+            if self.handler_for(wf.workflow_type_id) is None and wf.handler is None:
                 raise self._no_handler(wf.workflow_type_id)
         pending = [found[wid] for wid in ids if found[wid].status is S.PENDING]
         # In-process too: all are queued in one transaction first, then run one by one, as workers would.

@@ -137,7 +137,7 @@ class Instruments:
             return
         self._engines.add(engine)
         with _LOCK:
-            for kind in list(engine._handlers):
+            for kind in engine.handler_types():
                 self._series_for(kind)
         engine.add_listener(self.record)
 
