@@ -623,8 +623,8 @@ def test_a_worker_handler_starting_a_type_its_engine_lacks_fails_saying_what_the
         sys.modules[module].engine.close()
         sys.modules.pop(module, None)
     assert said["unset"].endswith(
-        "(in a worker, current_engine() has the handlers of the app's engine that WORKFLOW_ENGINE_APP "
-        "(or workflow-engine worker --app) names as package.module:engine)"
+        "(WORKFLOW_ENGINE_APP is not set: in a worker, current_engine() has the handlers of the app's "
+        "engine it names as package.module:engine (or workflow-engine worker --app))"
     )
     assert said["loaded"].endswith(f"(nor has the app's engine {module}:engine (handlers: report))")
     assert said["broken"].endswith(
@@ -646,6 +646,9 @@ def test_in_process_a_handler_starting_a_type_nobody_registered_fails_without_th
     assert wf.status is S.FAILED and wf.error is not None
     assert wf.error.startswith("UnknownWorkflowType: no handler is registered"), wf.error
     assert "WORKFLOW_ENGINE_APP" not in wf.error
+    assert wf.error.endswith(
+        "(on the engine running this handler: in a test, register it on the test's engine too)"
+    )
     engine.close()
 
 
@@ -681,11 +684,20 @@ def test_a_worker_engine_shares_the_handlers_of_the_app_engine_that_workflow_eng
                 f"{module}:missing",
                 f"cannot load the app's engine '{module}:missing': module '{module}' has no",
             ),
-            ("we_no_app:engine", "cannot load the app's engine 'we_no_app:engine': ModuleNotFoundError"),
+            (
+                "we_no_app:engine",
+                "cannot load the app's engine 'we_no_app:engine': ModuleNotFoundError: No module named "
+                "'we_no_app'; start the worker where it can import that module (--path <app dir>)",
+            ),
+            (
+                "workflow_engine.engin:engine",
+                "ModuleNotFoundError: No module named 'workflow_engine.engin'; package 'workflow_engine' "
+                "has no module 'engin'",
+            ),
             (f"{module}:not_an_engine", "is of type int, not a WorkflowEngine"),
             (
                 f"{module}_exits:engine",
-                f"importing '{module}_exits' raised SystemExit: SECRET_KEY is not set",
+                f"SystemExit: SECRET_KEY is not set (importing '{module}_exits' raised it)",
             ),
         ]:
             with pytest.raises(ConfigurationError, match=re.escape(error)):

@@ -324,17 +324,20 @@ class WorkflowEngine:
         from .execution import in_handler
 
         detail = None
-        if not self.transport.in_process and in_handler():  # a handler starting a workflow, in a worker
-            if self._app_error is not None:
-                detail = f"WORKFLOW_ENGINE_APP could not be loaded: {self._app_error}"
-            elif self._app_name is not None:
-                known = ", ".join(sorted(self.handler_types())) or "none"
-                detail = f"nor has the app's engine {self._app_name} (handlers: {known})"
-            else:
-                detail = (
-                    "in a worker, current_engine() has the handlers of the app's engine that "
-                    "WORKFLOW_ENGINE_APP (or workflow-engine worker --app) names as package.module:engine"
-                )
+        if not in_handler():
+            pass
+        elif self.transport.in_process:  # a test's handler: @engine.handler registered on the app's engine
+            detail = "on the engine running this handler: in a test, register it on the test's engine too"
+        elif self._app_error is not None:  # a handler starting a workflow, in a worker
+            detail = f"WORKFLOW_ENGINE_APP could not be loaded: {self._app_error}"
+        elif self._app_name is not None:
+            known = ", ".join(sorted(self.handler_types())) or "none"
+            detail = f"nor has the app's engine {self._app_name} (handlers: {known})"
+        else:
+            detail = (
+                "WORKFLOW_ENGINE_APP is not set: in a worker, current_engine() has the handlers of the "
+                "app's engine it names as package.module:engine (or workflow-engine worker --app)"
+            )
         return UnknownWorkflowType(workflow_type_id, detail)
 
     def resolve_handler(self, path: str, workflow_type_id: str) -> HandlerFunc:

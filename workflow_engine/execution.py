@@ -26,7 +26,7 @@ from rq.timeouts import BaseDeathPenalty, BaseTimeoutException
 
 from . import recovery
 from .errors import ConfigurationError, HandlerTimeout, UnknownWorkflowType, WorkflowEngineError
-from .handlers import HandlerFunc, describe, traceback_text
+from .handlers import HandlerFunc, describe, import_advice, traceback_text
 from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
 from .stores.base import after_store_call, in_store_call
@@ -127,16 +127,10 @@ def take_app_handlers(engine: WorkflowEngine, name: str | None = None) -> Workfl
     cannot = f"cannot load the app's engine {name!r}"
     try:
         app: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
-            raise ConfigurationError(f"{cannot}: importing {module_name!r} raised {describe(exc)}") from exc
-        raise ConfigurationError(
-            f"{cannot}: {describe(exc)}; start the worker where it can import that module (--path <app dir>)"
-        ) from exc
     except BaseTimeoutException:  # RQ's job timeout, during a slow import: that attempt's, not the app's
         raise
     except (Exception, SystemExit) as exc:  # SystemExit: a settings check's sys.exit("… is not set")
-        raise ConfigurationError(f"{cannot}: importing {module_name!r} raised {describe(exc)}") from exc
+        raise ConfigurationError(f"{cannot}: {describe(exc)}{import_advice(module_name, exc)}") from exc
     try:
         for part in attr.split("."):
             app = getattr(app, part)

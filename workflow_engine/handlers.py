@@ -260,6 +260,18 @@ def traceback_text() -> str:
     return text
 
 
+def import_advice(module_name: str, exc: BaseException) -> str:
+    """What to do about ``exc``, raised importing ``module_name``: start the worker where the app's
+    top package can be imported (``--path``) only if that package is what was not found; a module
+    missing inside it is a misspelled name, and any other error the module's own."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name is not None:
+        if exc.name == module_name.split(".")[0]:
+            return "; start the worker where it can import that module (--path <app dir>)"
+        if (module_name + ".").startswith(exc.name + "."):
+            return f"; package {exc.name.rpartition('.')[0]!r} has no module {exc.name.rpartition('.')[2]!r}"
+    return f" (importing {module_name!r} raised it)"
+
+
 def preload_handlers(names: Iterable[str]) -> list[str]:
     """Import each module (``package.module``) or handler (``package.module:function``) now.
 
@@ -277,13 +289,15 @@ def preload_handlers(names: Iterable[str]) -> list[str]:
             )
         try:
             obj: Any = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot preload {name!r}: {describe(exc)}{import_advice(module_name, exc)}"
+            ) from exc
+        try:
             for part in attr.split(".") if attr else ():
                 obj = getattr(obj, part)
         except Exception as exc:
-            raise ConfigurationError(
-                f"cannot preload {name!r}: {describe(exc)}; start the worker where it can "
-                "import that module (--path <app dir>)"
-            ) from exc
+            raise ConfigurationError(f"cannot preload {name!r}: {describe(exc)}") from exc
         if attr and not callable(obj):
             raise ConfigurationError(f"cannot preload {name!r}: it is not callable")
         imported.append(module_name)
