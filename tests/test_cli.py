@@ -565,6 +565,42 @@ def test_json_logs_are_ascii_so_that_any_stream_encoding_keeps_them_json() -> No
     assert line.isascii() and json.loads(line)["message"] == "café 😀"
 
 
+def test_text_logs_name_the_workflow_a_record_is_about_after_its_message_before_a_traceback() -> None:
+    import logging
+
+    from workflow_engine.logs import TextFormatter
+
+    about = {"workflow_id": "c856", "workflow_type_id": "website_creation", "attempt": 1}
+    plain = logging.makeLogRecord(
+        {
+            "name": "workflow_engine.execution",
+            "msg": "attempt %d started",
+            "args": (1,),
+            "levelname": "INFO",
+            **about,
+        }
+    )
+    fields = "[workflow_id=c856 workflow_type_id=website_creation attempt=1]"
+    assert (
+        TextFormatter().format(plain).endswith(f"INFO workflow_engine.execution: attempt 1 started {fields}")
+    )
+    other = logging.makeLogRecord(
+        {"name": "workflow_engine", "msg": "reconcile: nothing to do", "levelname": "INFO"}
+    )
+    assert TextFormatter().format(other).endswith("INFO workflow_engine: reconcile: nothing to do")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        failed = logging.makeLogRecord(
+            {"msg": "attempt failed", "levelname": "WARNING", "exc_info": sys.exc_info(), **about}
+        )
+    first, *rest = TextFormatter().format(failed).splitlines()
+    assert first.endswith(f"attempt failed {fields}")
+    assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "ValueError: boom"
+
+
 def test_the_workers_reconcile_thread_logs_one_line_a_failed_pass_when_the_database_is_down(
     engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -342,8 +342,8 @@ def test_a_forking_worker_imports_the_package_once_and_the_handler_module_once_i
     importers = [int(line.split()[1]) for line in (effects / "imports").read_text().splitlines()]
     if preloaded:
         assert importers == [worker.proc.pid], "imported once, by the worker before it forked"
-        assert "INFO workflow_engine.execution: attempt 1 started" in worker.output(), (
-            "the engine's logs show"
+        assert "INFO workflow_engine.execution: attempt 1 started [workflow_id=" in worker.output(), (
+            "the engine's logs show, naming the workflow"
         )
     else:
         assert sorted(importers) == sorted(horses), "a plain worker's every work-horse imports it again"

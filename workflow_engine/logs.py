@@ -56,6 +56,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)  # ASCII: a stream that cannot encode a character would break the JSON
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, and the workflow a record is about after its message:
+    ``… workflow completed [workflow_id=c856… workflow_type_id=website_creation attempt=1]``.
+    Without it a text log says "attempt 1 started" and not of which workflow."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # before a traceback, if any
+        text = super().formatMessage(record)
+        fields = [(key, record.__dict__.get(key)) for key in _WORKFLOW_FIELDS]
+        named = " ".join(f"{key}={value}" for key, value in fields if value is not None)
+        return f"{text} [{named}]" if named else text
+
+
+#: The fields that name the workflow a record is about, in the order a text line shows them.
+_WORKFLOW_FIELDS = ("workflow_id", "workflow_type_id", "attempt")
+
+
 def _json_safe(value: Any) -> bool:
     try:
         json.dumps(value, allow_nan=False)  # NaN and Infinity are not JSON: strict parsers refuse them
@@ -84,7 +103,7 @@ def _stderr_handler(log_format: str, what: str, error: type[ValueError]) -> logg
     if log_format not in FORMATS:
         raise error(f"{what} must be one of {', '.join(FORMATS)}, got {log_format!r}")
     handler = _StderrHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     return handler
 
 
