@@ -577,6 +577,7 @@ def app_module(folder: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         "not_an_engine = 42\n",
         encoding="utf-8",
     )
+    (folder / f"{module}_checkout").mkdir()  # no __init__.py: a namespace package if imported
     # An app whose settings check exits as it is imported.
     (folder / f"{module}_exits.py").write_text(
         "import sys\nsys.exit('SECRET_KEY is not set')\n", encoding="utf-8"
@@ -600,12 +601,23 @@ def test_a_worker_handler_starting_a_type_its_engine_lacks_fails_saying_what_the
     monkeypatch.setenv("WORKFLOW_ENGINE_REDIS_URL", redis_server.url)
     said = {}
     try:
-        for case, app in [("unset", None), ("loaded", f"{module}:engine"), ("broken", f"{module}:missing")]:
+        cases = [
+            ("unset", None),
+            ("loaded", f"{module}:engine"),
+            ("broken", f"{module}:missing"),
+            ("set", None),
+        ]
+        for case, app in cases:
             if app is None:
                 monkeypatch.delenv("WORKFLOW_ENGINE_APP", raising=False)
             else:
                 monkeypatch.setenv("WORKFLOW_ENGINE_APP", app)
             execution.set_worker_engine(None)  # built again, from the environment, at the first job
+            if case == "set":  # but the worker runs on an engine that did not take it (set by code)
+                monkeypatch.setenv("WORKFLOW_ENGINE_APP", f"{module}:engine")
+                execution.set_worker_engine(
+                    WorkflowEngine(database_url=web.database_url, redis_url=redis_server.url)
+                )
             wid = web.create_workflow(workflow_type_id="parent", enqueue=True)
             other = web.create_workflow(workflow_type_id="report", enqueue=True)
             rq.SimpleWorker([web.queue], connection=web.redis).work(burst=True)
@@ -627,6 +639,10 @@ def test_a_worker_handler_starting_a_type_its_engine_lacks_fails_saying_what_the
         "engine it names as package.module:engine (or workflow-engine worker --app))"
     )
     assert said["loaded"].endswith(f"(nor has the app's engine {module}:engine (handlers: report))")
+    assert said["set"].endswith(
+        "(this engine has not taken the handlers of WORKFLOW_ENGINE_APP's engine: in a worker, the engine "
+        "current_engine() returns has them)"
+    )
     assert said["broken"].endswith(
         f"(WORKFLOW_ENGINE_APP could not be loaded: cannot load the app's engine '{module}:missing': "
         f"module '{module}' has no 'missing')"
@@ -693,6 +709,11 @@ def test_a_worker_engine_shares_the_handlers_of_the_app_engine_that_workflow_eng
                 "workflow_engine.engin:engine",
                 "ModuleNotFoundError: No module named 'workflow_engine.engin'; package 'workflow_engine' "
                 "has no module 'engin'",
+            ),
+            (  # a checkout named like its package, its parent on the path: a bare directory
+                f"{module}_checkout.engine:engine",
+                f"'{module}_checkout' was found as a bare directory ({tmp_path / (module + '_checkout')}), "
+                "not the app's package: start the worker where it can import that module (--path <app dir>)",
             ),
             (f"{module}:not_an_engine", "is of type int, not a WorkflowEngine"),
             (

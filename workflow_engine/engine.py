@@ -333,6 +333,11 @@ class WorkflowEngine:
         elif self._app_name is not None:
             known = ", ".join(sorted(self.handler_types())) or "none"
             detail = f"nor has the app's engine {self._app_name} (handlers: {known})"
+        elif config.app_name():  # set, but this is not the engine that took it: not current_engine()'s
+            detail = (
+                "this engine has not taken the handlers of WORKFLOW_ENGINE_APP's engine: in a worker, "
+                "the engine current_engine() returns has them"
+            )
         else:
             detail = (
                 "WORKFLOW_ENGINE_APP is not set: in a worker, current_engine() has the handlers of the "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import sys
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -268,7 +269,17 @@ def import_advice(module_name: str, exc: BaseException) -> str:
         if exc.name == module_name.split(".")[0]:
             return "; start the worker where it can import that module (--path <app dir>)"
         if (module_name + ".").startswith(exc.name + "."):
-            return f"; package {exc.name.rpartition('.')[0]!r} has no module {exc.name.rpartition('.')[2]!r}"
+            parent, _, child = exc.name.rpartition(".")
+            found = sys.modules.get(parent)
+            if found is not None and getattr(found, "__file__", None) is None:
+                # A bare directory of that name came first on the path (a checkout named like its
+                # package, the worker started from its parent): not the app's package at all.
+                where = ", ".join(getattr(found, "__path__", []))
+                return (
+                    f"; {parent!r} was found as a bare directory ({where}), not the app's package: start "
+                    "the worker where it can import that module (--path <app dir>)"
+                )
+            return f"; package {parent!r} has no module {child!r}"
     return f" (importing {module_name!r} raised it)"
 
 
