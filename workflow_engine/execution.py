@@ -260,7 +260,7 @@ class _Attempt:
     workflow_id: str
     job_id: str
     engine: WorkflowEngine
-    #: Where the job came from, when that is not ``engine.transport`` (a stock worker's job).
+    #: Where the job came from (a stock worker's job: maybe not ``engine.transport``), if given.
     transport: Transport | None = None
     cancel_requested: bool = False
     #: Set when a heartbeat finds that another job now carries the workflow.
@@ -388,7 +388,7 @@ def run_handler(
     ``transport``: where the job came from, if not ``engine.transport``; what the handler
     enqueues through :func:`current_engine` goes there."""
     path = handler or wf.handler
-    attempt = _Attempt(wf.id, job_id, engine, None if transport is engine.transport else transport)
+    attempt = _Attempt(wf.id, job_id, engine, transport)
     token = _current.set(attempt)
     func: HandlerFunc | None = None
     try:

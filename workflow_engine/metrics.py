@@ -21,7 +21,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -116,7 +115,6 @@ class Instruments:
             buckets=QUEUE_WAIT_BUCKETS,
             registry=None,
         )
-        self._engines: weakref.WeakSet[WorkflowEngine] = weakref.WeakSet()
         #: Types whose series exist (at zero until counted): see :meth:`_series_for`.
         self._types: set[str] = set()
         #: How many of them no engine had registered when it was instrumented; past
@@ -131,11 +129,10 @@ class Instruments:
 
     def instrument(self, engine: WorkflowEngine) -> None:
         """Count the status changes ``engine`` makes (once, however often this is called)."""
-        # The listener too: current_engine() hands a handler a copy of its worker's engine that
-        # shares its listeners, which the set of engines would not recognise.
-        if engine in self._engines or self.record in engine._listeners:
+        # By the listener, not the engine: current_engine() hands a handler a copy of its
+        # worker's engine that shares its listeners.
+        if self.record in engine._listeners:
             return
-        self._engines.add(engine)
         with _LOCK:
             for kind in engine.handler_types():
                 self._series_for(kind)
