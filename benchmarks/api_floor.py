@@ -10,8 +10,10 @@ Each round makes N calls of each kind, in turn, on a private Redis and a fresh S
   round trip), with no database: what RQ charges to put that job on the queue;
 - ``sql floor``: the same delivery after exactly the SQL of a fused create, one durable
   transaction with the store's own statements and PRAGMAs (``BEGIN IMMEDIATE``; INSERT the
-  workflow, already ``queued``; INSERT both of its events; ``COMMIT``), and nothing else: the
-  cost of the guarantee that a workflow is in the database before its job is in Redis;
+  workflow, already ``queued``; INSERT both of its events; ``COMMIT``), checkpointed as the
+  store checkpoints (a thread every 100 commits, SQLite's own at the store's backstop), and
+  nothing else: the cost of the guarantee that a workflow is in the database before its job
+  is in Redis;
 - ``workflow``: ``engine.create_workflow(workflow_type_id=..., enqueue=True)``.
 
 It prints each kind's median rate and its ratio to ``raw``. ``sql floor`` ÷ ``raw`` is the highest
@@ -156,7 +158,7 @@ class Floor:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(q.INSERT_WORKFLOW, row)
         conn.execute(q.insert_events_sql(2), events)
-        conn.execute("COMMIT")
+        bench_jobs.floor_commit(conn)
         return workflow_id, job_id
 
     def sql_floor(self) -> float:
@@ -188,7 +190,7 @@ class Floor:
             rate = self.timed(calls)
             queued = conn.execute("SELECT COUNT(*) FROM workflows WHERE status = 'queued'").fetchone()[0]
         finally:
-            conn.close()
+            bench_jobs.floor_close(conn)
             engine.close()
         if queued != self.n:
             raise BenchFailure(f"{queued} of {self.n} rows queued")

@@ -45,17 +45,40 @@ def stopped_noop(job: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
 
 
 _floor_conn: Any = None
+#: The checkpoint thread of each floor connection (by ``id``), as a store has one.
+_checkpointers: dict[int, Any] = {}
 
 
 def floor_connection(path: str) -> Any:
-    """A bare sqlite3 connection to ``path`` with the store's PRAGMAs: what the floor jobs and
-    ``api_floor.py`` run their SQL on, with no store around it."""
+    """A bare sqlite3 connection to ``path`` with the store's PRAGMAs and its way of checkpointing:
+    what the floor jobs and ``api_floor.py`` run their SQL on, with no store around it. Commit
+    with :func:`floor_commit`, close with :func:`floor_close`."""
     import sqlite3
 
+    from workflow_engine.stores.sqlite import _Checkpointer
+
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON"):
+    for pragma in (
+        "busy_timeout = 30000",
+        "journal_mode = WAL",
+        f"wal_autocheckpoint = {_Checkpointer.BACKSTOP}",  # the store's backstop
+        "synchronous = NORMAL",
+        "foreign_keys = ON",
+    ):
         conn.execute(f"PRAGMA {pragma}")
+    _checkpointers[id(conn)] = _Checkpointer(path)
     return conn
+
+
+def floor_commit(conn: Any) -> None:
+    """``COMMIT``, and count it for the connection's checkpoint thread, as the store does."""
+    conn.execute("COMMIT")
+    _checkpointers[id(conn)].committed()
+
+
+def floor_close(conn: Any) -> None:
+    _checkpointers.pop(id(conn)).stop()
+    conn.close()
 
 
 def sql_floor_job(workflow_id: str, handler: str, job_id: str, engine_key: str | None = None) -> Any:
@@ -93,7 +116,7 @@ def sql_floor_job(workflow_id: str, handler: str, job_id: str, engine_key: str |
         conn.execute("ROLLBACK")
         raise RuntimeError(f"workflow {workflow_id} was not queued for job {job_id}")
     conn.execute(q.INSERT_EVENT, {**event, "from_status": "queued", "to_status": "running", "at": now})
-    conn.execute("COMMIT")
+    floor_commit(conn)
     finished = datetime.now(timezone.utc)
     done = finished.isoformat(timespec="microseconds")
     columns = ("result", "error", "traceback", "finished_at", "updated_at", "status", "duration_s")
@@ -103,5 +126,5 @@ def sql_floor_job(workflow_id: str, handler: str, job_id: str, engine_key: str |
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(q.update_sql(columns, job_id=True, lease_expired=False), params).fetchall()
     conn.execute(q.INSERT_EVENT, {**event, "from_status": "running", "to_status": "completed", "at": done})
-    conn.execute("COMMIT")
+    floor_commit(conn)
     return {"workflow_id": workflow_id, "status": "completed"}
