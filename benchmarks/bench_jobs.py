@@ -61,19 +61,18 @@ def floor_connection(path: str) -> Any:
     for pragma in (
         "busy_timeout = 30000",
         "journal_mode = WAL",
-        f"wal_autocheckpoint = {_Checkpointer.BACKSTOP}",  # the store's backstop
         "synchronous = NORMAL",
         "foreign_keys = ON",
     ):
         conn.execute(f"PRAGMA {pragma}")
-    _checkpointers[id(conn)] = _Checkpointer(path)
+    _checkpointers[id(conn)] = _Checkpointer()
     return conn
 
 
 def floor_commit(conn: Any) -> None:
     """``COMMIT``, and count it for the connection's checkpoint thread, as the store does."""
     conn.execute("COMMIT")
-    _checkpointers[id(conn)].committed()
+    _checkpointers[id(conn)].committed(conn)
 
 
 def floor_close(conn: Any) -> None:

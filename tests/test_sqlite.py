@@ -163,19 +163,27 @@ def wal_frames(path: str) -> int:
         conn.close()
 
 
-def test_a_thread_of_the_process_copies_the_wal_back_while_commits_leave_it_alone(
-    store: SQLiteStore,
-) -> None:
-    """SQLite's own checkpoint, inside a commit, made that commit wait for two fsyncs (17 ms on a
-    slow disk, where a commit takes 0.15). A commit now checkpoints only past the backstop."""
-    insert_one(store)
+def autocheckpoint(store: SQLiteStore) -> int:
     with store.transaction(write=False) as tx:
         [row] = tx.fetch("PRAGMA wal_autocheckpoint", {})
-    assert list(row.values()) == [_Checkpointer.BACKSTOP]
+    return int(next(iter(row.values())))
+
+
+def test_a_thread_of_the_process_copies_the_wal_back_while_commits_leave_it_alone(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's own checkpoint, inside a commit, made that commit wait for two fsyncs (17 ms on a
+    slow disk, where a commit takes 0.15). Once the thread runs, a commit checkpoints only past the
+    backstop; when the commits pause, the thread copies what its last checkpoint left, so that
+    the next write starts the log again."""
+    monkeypatch.setattr(_Checkpointer, "QUIET", 0.1)
+    insert_one(store)
+    assert autocheckpoint(store) == 1000  # SQLite's default, until the thread runs
     checkpointer = store._checkpointer
-    for _ in range(_Checkpointer.EVERY):  # about 1,000 pages: under the backstop, over SQLite's default
+    for _ in range(_Checkpointer.EVERY + 50):  # about 1,500 pages: under the backstop
         insert_one(store)
-    wait_for(lambda: checkpointer.runs >= 1, 10, what="the thread's checkpoint")
+    assert autocheckpoint(store) == _Checkpointer.BACKSTOP
+    wait_for(lambda: checkpointer.runs >= 2, 10, what="the thread's checkpoint, and the one after the pause")
     wait_for(lambda: not checkpointer.lock.locked(), 10, what="the checkpoint to end")
     insert_one(store)  # the log was copied whole: this commit starts it again
     assert wal_frames(store.path) < 50
@@ -261,12 +269,67 @@ def test_an_in_memory_database_has_no_wal_and_no_checkpoint_thread(
     store.close()
 
 
-def test_a_checkpoint_never_creates_a_database_file_deleted_meanwhile(store: SQLiteStore) -> None:
+def test_a_checkpoint_never_creates_a_database_file_deleted_meanwhile(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_Checkpointer, "EVERY", 1)
     insert_one(store)
+    checkpointer = store._checkpointer
+    wait_for(lambda: checkpointer.runs >= 1 and not checkpointer.lock.locked(), 10, what="a checkpoint")
+    runs = checkpointer.runs
     os.unlink(store.path)  # the store's connection still has it open
-    store._checkpointer.checkpoint()
+    checkpointer.checkpoint()
     assert not os.path.exists(store.path)
-    assert store._checkpointer.runs == 0
+    assert checkpointer.runs == runs
+
+
+def test_the_thread_checkpoints_the_file_the_store_opened_after_the_directory_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path is the file of the directory the store opened it in, not of today's."""
+    monkeypatch.setattr(_Checkpointer, "EVERY", 1)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    store = SQLiteStore("rel.db")
+    insert_one(store)
+    monkeypatch.chdir(tmp_path / "b")
+    before = store._checkpointer.runs
+    insert_one(store)
+    wait_for(lambda: store._checkpointer.runs > before, 10, what="a checkpoint of a/rel.db")
+    store.close()
+    assert not (tmp_path / "b" / "rel.db").exists()
+
+
+def test_a_forked_work_horse_keeps_sqlites_own_checkpoint_and_its_parents_thread(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A work-horse commits a claim and an outcome: too few to start a thread, so it keeps SQLite's
+    default of 1,000 pages; the parent's checkpointer, which it inherits, is not its to stop."""
+    monkeypatch.setattr(_Checkpointer, "EVERY", 2)
+    insert_one(store)
+    insert_one(store)
+    parents = store._checkpointer
+    assert parents.thread is not None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            insert_one(store)  # its own connection, its own count: one commit
+            thread = parents.thread
+            parents.stop()  # what its exit's finalizer calls: nothing, in a child
+            ok = autocheckpoint(store) == 1000 and store._checkpointer.thread is None
+            os.write(write, b"ok" if ok and parents.thread is thread else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], 10)
+        assert ready and os.read(read, 2) == b"ok"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert parents.thread is not None and parents.thread.is_alive()
 
 
 def test_an_in_memory_database_named_by_uri_keeps_its_one_connection(

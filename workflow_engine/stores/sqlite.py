@@ -93,66 +93,83 @@ class _Checkpointer:
     In WAL mode SQLite checkpoints inside the commit that takes the log past
     ``wal_autocheckpoint`` pages (1,000 by default): that one commit waits for the
     copy and for its two fsyncs, 17 ms on a slow disk where a commit takes 0.15, which
-    made the average commit twice its median (docs/performance.md). Instead, every
-    ``EVERY`` commits the store wakes this thread, which runs a ``PASSIVE`` checkpoint
-    on a connection of its own while the commits go on; SQLite releases the GIL
-    meanwhile. SQLite's own checkpoint stays as a backstop at ``BACKSTOP`` pages: a
-    steady stream of writes never leaves the log copied whole, and SQLite restarts the
-    log only when it is, so the commit that reaches the backstop copies the little
-    that is left and the next write starts the log again. The log is bounded by the
-    backstop as it was by the default (about 16 MB instead of 4). Durability is SQLite's
-    with ``synchronous=NORMAL`` either way: a commit survives a crash of the process,
-    and the checkpoint's fsyncs protect against one of the machine.
+    made the average commit twice its median (docs/performance.md). Instead, at every
+    ``EVERY``-th commit of the process the store wakes this thread, which runs a
+    ``PASSIVE`` checkpoint on a connection of its own while the commits go on (SQLite
+    releases the GIL meanwhile), and once more when the commits pause for ``QUIET``
+    seconds, so that the log is copied whole and the next write starts it again.
+
+    From the first wake on, the store's connection keeps SQLite's own checkpoint only
+    as a backstop, at ``BACKSTOP`` pages: a steady stream of writes never leaves the
+    thread's checkpoint with the whole log copied, and SQLite starts the log again only
+    when it is, so the commit that reaches the backstop copies the little that is left.
+    The log is bounded by the backstop as it was by the default (about 16 MB instead of
+    4). A process that commits fewer than ``EVERY`` times (a forked work-horse, a CLI
+    command) starts no thread and keeps SQLite's default. Durability is SQLite's with
+    ``synchronous=NORMAL`` either way.
 
     Nothing is kept open between checkpoints: each opens and closes its connection,
     under ``lock``, which ``os.fork()`` takes, so that no connection and no thread
-    inside SQLite crosses a fork (see ``_before_fork``). A forked child starts its own
-    thread if it commits enough.
+    inside SQLite crosses a fork (see ``_before_fork``). A forked child has its own.
     """
 
     #: Commits between two checkpoints: a workflow's transaction writes about ten pages,
     #: so about SQLite's own interval of 1,000.
     EVERY = 100
-    #: Pages of log after which a commit checkpoints itself, as SQLite would at 1,000.
+    #: Pages of log after which a commit checkpoints itself, once the thread runs.
     BACKSTOP = 4_000
+    #: Seconds without a commit after which the thread copies what the last checkpoint left.
+    QUIET = 1.0
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        # Opened read-write only: a file deleted meanwhile is not created again, empty.
-        self.uri = path if path.startswith("file:") else f"file:{quote(os.path.abspath(path))}?mode=rw"
+    def __init__(self) -> None:
+        self.pid = os.getpid()  # the process whose thread this is (a forked child has its own)
+        self.uri: str | None = None  # the store's file, read-write only: set at the first wake
         self.lock = threading.Lock()  # held while checkpointing; a fork waits for it
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
-        self.commits = 0
+        self.commits = 0  # this process's commits to the store
         self.runs = 0  # checkpoints run, for the tests and for whoever debugs
+        self.warned = False
 
-    def committed(self) -> None:
-        """Count one commit of the store's; every ``EVERY``-th wakes the thread (started now
-        if it is not running)."""
+    def committed(self, conn: sqlite3.Connection) -> None:
+        """Count one commit of the store's (under its lock, on its connection ``conn``);
+        every ``EVERY``-th wakes the thread, started now if it is not running."""
         self.commits += 1
-        if self.commits < self.EVERY:
+        if self.commits % self.EVERY:
             return
-        self.commits = 0
+        if self.uri is None:
+            # The file the connection opened, whatever the directory is now (a relative path,
+            # a file: URI); opened read-write only, so a file deleted meanwhile is not made again.
+            name = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+            if not name:
+                return
+            self.uri = f"file:{quote(name)}?mode=rw"
+        conn.execute(f"PRAGMA wal_autocheckpoint = {self.BACKSTOP}")  # again on a connection reopened
         if self.thread is None:
             thread = threading.Thread(target=self._run, name="workflow_engine-sqlite-checkpoint", daemon=True)
             try:
                 thread.start()
-            except RuntimeError:  # the interpreter is shutting down: the backstop remains
+            except RuntimeError:  # the interpreter is shutting down: SQLite's own checkpoint remains
                 return
             self.thread = thread
         self.wake.set()
 
     def _run(self) -> None:
         me = threading.current_thread()
+        copied = 0  # the commit count when the last checkpoint started
         while True:
-            self.wake.wait()
+            woken = self.wake.wait(timeout=self.QUIET if copied != self.commits else None)
             self.wake.clear()
             if self.thread is not me:  # stopped (a newer thread may have started since)
                 return
-            self.checkpoint()
+            if woken or copied != self.commits:  # woken, or commits that paused since
+                copied = self.commits
+                self.checkpoint()
 
     def checkpoint(self) -> None:
         """One ``PASSIVE`` checkpoint: it copies what the log holds and waits for no one."""
+        if self.uri is None:
+            return
         with self.lock:
             try:
                 conn = sqlite3.connect(self.uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -160,16 +177,19 @@ class _Checkpointer:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 finally:
                     conn.close()
-            except sqlite3.Error as exc:  # the next one, or the backstop, will do it
-                log.debug("background WAL checkpoint of %s failed: %s", self.path, exc)
+            except sqlite3.Error as exc:  # the next one, or SQLite's own at the backstop, will do it
+                level = logging.DEBUG if self.warned else logging.WARNING
+                self.warned = True
+                log.log(level, "background WAL checkpoint of %s failed: %s", self.uri, exc)
                 return
             self.runs += 1
 
     def stop(self) -> None:
         """Let the thread end (it is idle, or ends its checkpoint first); wait for it unless
-        called from it."""
+        called from it. Nothing in a forked child, which inherited this but not the thread."""
+        if os.getpid() != self.pid:
+            return
         thread, self.thread = self.thread, None
-        self.commits = 0
         if thread is None:
             return
         self.wake.set()
@@ -257,7 +277,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         self.create_on_use = create
         self._lock_obj = threading.RLock()
         self._lock_pid = os.getpid()
-        self._checkpointer_obj = _Checkpointer(path)
+        self._checkpointer_obj = _Checkpointer()
         self._checkpointer_pid = os.getpid()
         weakref.finalize(self, self._checkpointer_obj.stop)
         self._conn: sqlite3.Connection | None = None
@@ -296,7 +316,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
     def _checkpointer(self) -> _Checkpointer:
         # A forked child has none of its parent's threads, and may have its lock held: its own.
         if self._checkpointer_pid != os.getpid():
-            self._checkpointer_obj, self._checkpointer_pid = _Checkpointer(self.path), os.getpid()
+            self._checkpointer_obj, self._checkpointer_pid = _Checkpointer(), os.getpid()
             weakref.finalize(self, self._checkpointer_obj.stop)
         return self._checkpointer_obj
 
@@ -348,8 +368,6 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             if checked:  # before WAL is switched on: a file without our tables is left as it was
                 self._require_schema(_SQLiteTx(conn))
             wal = self.path != ":memory:" and self._enable_wal(conn)
-            if wal:  # the thread checkpoints; a commit does only past the backstop
-                conn.execute(f"PRAGMA wal_autocheckpoint = {_Checkpointer.BACKSTOP}")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except BaseException as exc:
@@ -398,8 +416,8 @@ SELECT j.key AS key, TOTAL(j.value) AS total
             pass
 
     def close(self) -> None:
-        self._checkpointer.stop()  # before the lock: a fork in progress holds both
-        with self._lock:
+        with self._lock:  # no commit starts a thread meanwhile (the thread never takes this lock)
+            self._checkpointer.stop()
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
@@ -423,7 +441,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
                         yield _SQLiteTx(conn)
                         conn.execute("COMMIT")
                         if self._wal:
-                            self._checkpointer.committed()
+                            self._checkpointer.committed(conn)
                     except BaseException:
                         if conn.in_transaction:
                             conn.rollback()
