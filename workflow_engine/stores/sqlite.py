@@ -137,14 +137,19 @@ class _Checkpointer:
         self.commits += 1
         if self.commits % self.EVERY:
             return
-        if self.uri is None:
-            # The file the connection opened, whatever the directory is now (a relative path,
-            # a file: URI); opened read-write only, so a file deleted meanwhile is not made again.
-            name = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
-            if not name:
-                return
-            self.uri = f"file:{quote(name)}?mode=rw"
-        conn.execute(f"PRAGMA wal_autocheckpoint = {self.BACKSTOP}")  # again on a connection reopened
+        try:  # after a COMMIT that succeeded: nothing here may make the write look failed
+            if self.uri is None:
+                # The file the connection opened, whatever the directory is now (a relative path,
+                # a file: URI); opened read-write only, so a file deleted meanwhile is not made again.
+                rows = conn.execute("PRAGMA database_list").fetchall()
+                name = next((row[2] for row in rows if row[1] == "main"), "")
+                if not name:
+                    return
+                self.uri = f"file:{quote(name)}?mode=rw"
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self.BACKSTOP}")  # again on a connection reopened
+        except sqlite3.Error as exc:  # SQLite's own checkpoint goes on as before
+            log.debug("cannot set up background WAL checkpoints: %s", exc)
+            return
         if self.thread is None:
             thread = threading.Thread(target=self._run, name="workflow_engine-sqlite-checkpoint", daemon=True)
             try:
