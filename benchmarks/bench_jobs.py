@@ -58,12 +58,7 @@ def floor_connection(path: str) -> Any:
     from workflow_engine.stores.sqlite import _Checkpointer
 
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    for pragma in (
-        "busy_timeout = 30000",
-        "journal_mode = WAL",
-        "synchronous = NORMAL",
-        "foreign_keys = ON",
-    ):
+    for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON"):
         conn.execute(f"PRAGMA {pragma}")
     _checkpointers[id(conn)] = _Checkpointer()
     return conn

@@ -282,9 +282,7 @@ SELECT j.key AS key, TOTAL(j.value) AS total
         self.create_on_use = create
         self._lock_obj = threading.RLock()
         self._lock_pid = os.getpid()
-        self._checkpointer_obj = _Checkpointer()
-        self._checkpointer_pid = os.getpid()
-        weakref.finalize(self, self._checkpointer_obj.stop)
+        self._checkpointer_obj = self._new_checkpointer()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._wal = False  # the connection's journal is a WAL (not an in-memory database's)
@@ -320,10 +318,15 @@ SELECT j.key AS key, TOTAL(j.value) AS total
     @property
     def _checkpointer(self) -> _Checkpointer:
         # A forked child has none of its parent's threads, and may have its lock held: its own.
-        if self._checkpointer_pid != os.getpid():
-            self._checkpointer_obj, self._checkpointer_pid = _Checkpointer(), os.getpid()
-            weakref.finalize(self, self._checkpointer_obj.stop)
+        if self._checkpointer_obj.pid != os.getpid():
+            self._checkpointer_obj = self._new_checkpointer()
         return self._checkpointer_obj
+
+    def _new_checkpointer(self) -> _Checkpointer:
+        """A checkpointer for this process, whose thread ends when the store is collected."""
+        checkpointer = _Checkpointer()
+        weakref.finalize(self, checkpointer.stop)
+        return checkpointer
 
     def database(self) -> sqlite_utils.Database:
         """A connection of its own to the file, wrapped by sqlite-utils: for inspection and scripts.
