@@ -686,3 +686,28 @@ def test_two_migrations_with_one_number_are_refused(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(base.resources, "files", lambda package: tmp_path)
     with pytest.raises(ConfigurationError, match=r"two sqlite migrations share a number: \[1, 1\]"):
         SQLiteStore(str(tmp_path / "w.db")).migration_scripts()
+
+
+def test_savings_that_an_operator_stored_as_text_that_is_not_json_count_for_nothing(
+    store: SQLiteStore,
+) -> None:
+    """SQLite's TEXT column takes anything; summing in Python must skip what its JSON functions
+    refused (not JSON, NaN, Infinity), and count what they accept (a number beyond any float is
+    infinite there too)."""
+    [(wf, _)] = store.insert([a_workflow(calculated_savings={"usd": 1})])
+    store.insert([a_workflow(calculated_savings={"usd": 2})])
+    deep = '{"usd": 4, "tree": ' + "[" * 600 + "]" * 600 + "}"  # deeper than pydantic's parser goes
+    for text, expected in (
+        ("{not json", {"usd": 2.0}),
+        ('{"usd": NaN}', {"usd": 2.0}),
+        ('{"usd": -Infinity}', {"usd": 2.0}),
+        ("", {"usd": 2.0}),
+        (deep, {"usd": 6.0}),
+        ('{"usd": 1' + "0" * 400 + "}", {"usd": float("inf")}),
+        ('{"usd": 1, "usd": 5}', {"usd": 7.0}),  # the last of two equal keys, as PostgreSQL's jsonb keeps
+    ):
+        with store.transaction() as tx:
+            tx.execute(
+                "UPDATE workflows SET calculated_savings = :text WHERE id = :id", {"text": text, "id": wf.id}
+            )
+        assert store.stats(since=None, recent=utcnow()).savings == expected, text

@@ -940,6 +940,23 @@ def test_savings_that_are_not_a_json_object_count_for_nothing_and_leave_stats_wo
         assert savings(store) == {"hours": 2.0}
 
 
+def test_savings_sum_each_top_level_number_by_key_and_nothing_else(store: Store) -> None:
+    store.insert([a_workflow(calculated_savings={"usd": 1, "hours": 2.5, "flag": True, "note": "7"})])
+    store.insert([a_workflow(calculated_savings={"usd": 2.25, "off": False, "none": None})])
+    store.insert([a_workflow(calculated_savings={"nested": {"usd": 100}, "list": [1, 2], "usd": -0.25})])
+    store.insert([a_workflow(calculated_savings={}), a_workflow(calculated_savings=None)])
+    assert savings(store) == {"usd": 3.0, "hours": 2.5}
+
+
+def test_savings_in_a_stats_window_sum_only_the_workflows_created_in_it(store: Store) -> None:
+    now = utcnow()
+    store.insert([a_workflow(calculated_savings={"usd": 1}, created_at=now - timedelta(days=2))])
+    store.insert([a_workflow(calculated_savings={"usd": 10, "hours": 3}, created_at=now)])
+    since = store.stats(since=now - timedelta(days=1), recent=now)
+    assert since.savings == {"usd": 10.0, "hours": 3.0}
+    assert savings(store) == {"usd": 11.0, "hours": 3.0}
+
+
 # -- rows an operator wrote by hand ---------------------------------------------------------------
 def test_a_row_this_version_cannot_read_raises_a_store_error_that_names_it(store: Store) -> None:
     """A status of a newer version, or inputs that are not a JSON object, written by an operator's

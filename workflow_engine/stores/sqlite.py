@@ -14,7 +14,9 @@ SQLite's own mutexes held, and hang at its first call.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -25,6 +27,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+from pydantic_core import from_json
 
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ..models import compact_json, load_json
@@ -57,6 +61,32 @@ class _SQLiteTx:
 
     def fetch_each(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> list[list[dict[str, Any]]]:
         return [self.fetch(sql, params) for sql, params in statements]  # in-process: no round trips
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _add_savings(totals: dict[str, float], text: Any) -> None:
+    """Add one calculated_savings document's top-level numbers to ``totals``, by key, as
+    PostgreSQL's ``jsonb_each`` sum counts them: ``true`` and ``false`` are not numbers, and a
+    document that is not a JSON object (only an operator's SQL could store one: an array, a bare
+    number, text that is not JSON, a NaN) counts for nothing instead of failing ``stats()``."""
+    try:
+        doc = from_json(text, allow_inf_nan=False)
+    except ValueError:  # nested deeper than pydantic parses, a lone surrogate, or not JSON at all
+        try:
+            doc = json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, TypeError, RecursionError):
+            return
+    if type(doc) is not dict:
+        return
+    for key, value in doc.items():
+        if type(value) is float or type(value) is int:
+            try:
+                totals[key] = totals.get(key, 0.0) + value
+            except OverflowError:  # an integer beyond any float: SQLite reads it as infinite
+                totals[key] = totals.get(key, 0.0) + (math.inf if value > 0 else -math.inf)
 
 
 #: The columns decode_row parses as timestamps: a workflow's, and an event's ``at``; and those it
@@ -260,15 +290,8 @@ class SQLiteStore(SQLStore):
     #: the completed-duration index, which holds created_at (migration 0006), never sorted: at 1M
     #: rows and a window over all of them, the 40 ranks took 3.3 s sorted and 0.1 s walked.
     SORTED_WINDOW = 2_000
-    savings_sql = """
-SELECT j.key AS key, TOTAL(j.value) AS total
-  FROM workflows AS w,
-       json_each(CASE WHEN json_valid(w.calculated_savings) THEN
-                     CASE json_type(w.calculated_savings) WHEN 'object' THEN w.calculated_savings END
-                 END) AS j
- WHERE w.calculated_savings IS NOT NULL AND j.type IN ('integer', 'real') {since}
- GROUP BY j.key
-"""
+    #: The documents the savings are summed from (see :meth:`_savings`), in the table's order.
+    savings_sql = "SELECT calculated_savings FROM workflows WHERE calculated_savings IS NOT NULL {since}"
 
     def __init__(
         self, path: str, *, url: str | None = None, busy_timeout: float = 30.0, create: bool = True
@@ -530,6 +553,19 @@ SELECT j.key AS key, TOTAL(j.value) AS total
 
     def encode_time(self, value: datetime) -> Any:
         return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+    def _savings(self, tx: Tx, cond: str, params: Mapping[str, Any]) -> dict[str, float]:
+        # Summed here, each document parsed once. In SQL (json_each, kept from a malformed document
+        # by json_valid and from an array by json_type) SQLite 3.40 parsed each one three times, as
+        # its JSON functions keep nothing between calls: at 1M workflows, 267k with savings, 1.05 s
+        # against 0.71 here (alternating, the twenty-fifth session). Read in batches: no list of them all.
+        assert isinstance(tx, _SQLiteTx)
+        cursor = tx.conn.execute(self.savings_sql.format(since=cond), dict(params))
+        totals: dict[str, float] = {}
+        while batch := cursor.fetchmany(1000):
+            for (text,) in batch:
+                _add_savings(totals, text)
+        return totals
 
     def decode_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(row)
