@@ -688,26 +688,33 @@ def test_two_migrations_with_one_number_are_refused(tmp_path: Path, monkeypatch:
         SQLiteStore(str(tmp_path / "w.db")).migration_scripts()
 
 
-def test_savings_that_an_operator_stored_as_text_that_is_not_json_count_for_nothing(
+def test_savings_that_an_operator_stored_count_as_sqlites_json_functions_read_them(
     store: SQLiteStore,
 ) -> None:
-    """SQLite's TEXT column takes anything; summing in Python must skip what its JSON functions
-    refused (not JSON, NaN, Infinity), and count what they accept (a number beyond any float is
-    infinite there too)."""
+    """SQLite's TEXT column takes anything. What Python's parser refuses is read by SQLite's JSON
+    functions, as when the whole sum was SQL: text that is not JSON and NaN count for nothing, and
+    a document nested deeper than pydantic parses, a number of more digits than Python converts,
+    or text that is not UTF-8 count what SQLite reads in them, instead of failing ``stats()``."""
     [(wf, _)] = store.insert([a_workflow(calculated_savings={"usd": 1})])
     store.insert([a_workflow(calculated_savings={"usd": 2})])
-    deep = '{"usd": 4, "tree": ' + "[" * 600 + "]" * 600 + "}"  # deeper than pydantic's parser goes
-    for text, expected in (
-        ("{not json", {"usd": 2.0}),
-        ('{"usd": NaN}', {"usd": 2.0}),
-        ('{"usd": -Infinity}', {"usd": 2.0}),
-        ("", {"usd": 2.0}),
-        (deep, {"usd": 6.0}),
-        ('{"usd": 1' + "0" * 400 + "}", {"usd": float("inf")}),
-        ('{"usd": 1, "usd": 5}', {"usd": 7.0}),  # the last of two equal keys, as PostgreSQL's jsonb keeps
+    deep = '{"usd": 4, "tree": ' + "[" * 1500 + "]" * 1500 + "}"
+    not_utf8 = "CAST(x'" + b'{"usd": 5, "note": "caf\x85"}'.hex() + "' AS TEXT)"
+    for value, expected in (
+        ("'{not json'", {"usd": 2.0}),
+        ("'{\"usd\": NaN}'", {"usd": 2.0}),
+        ("'{\"usd\": -Infinity}'", {"usd": 2.0}),
+        ("''", {"usd": 2.0}),
+        (f"'{deep}'", {"usd": 6.0}),
+        ('\'{"usd": 1' + "0" * 400 + "}'", {"usd": float("inf")}),
+        ('\'{"hours": 3, "usd": 1' + "0" * 5000 + "}'", {"usd": float("inf"), "hours": 3.0}),
+        (not_utf8, {"usd": 7.0}),
+        ('\'{"usd": 1, "usd": 5}\'', {"usd": 7.0}),  # the last of two equal keys, as PostgreSQL's jsonb keeps
     ):
         with store.transaction() as tx:
-            tx.execute(
-                "UPDATE workflows SET calculated_savings = :text WHERE id = :id", {"text": text, "id": wf.id}
-            )
-        assert store.stats(since=None, recent=utcnow()).savings == expected, text
+            tx.execute(f"UPDATE workflows SET calculated_savings = {value} WHERE id = :id", {"id": wf.id})
+        assert store.stats(since=None, recent=utcnow()).savings == expected, value[:40]
+
+
+def test_savings_of_more_workflows_than_one_batch_of_reads_are_all_summed(store: SQLiteStore) -> None:
+    store.insert([a_workflow(calculated_savings={"usd": 1}) for _ in range(2_500)])
+    assert store.stats(since=None, recent=utcnow()).savings == {"usd": 2_500.0}

@@ -14,7 +14,6 @@ SQLite's own mutexes held, and hang at its first call.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -63,25 +62,10 @@ class _SQLiteTx:
         return [self.fetch(sql, params) for sql, params in statements]  # in-process: no round trips
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _add_savings(totals: dict[str, float], text: Any) -> None:
-    """Add one calculated_savings document's top-level numbers to ``totals``, by key, as
-    PostgreSQL's ``jsonb_each`` sum counts them: ``true`` and ``false`` are not numbers, and a
-    document that is not a JSON object (only an operator's SQL could store one: an array, a bare
-    number, text that is not JSON, a NaN) counts for nothing instead of failing ``stats()``."""
-    try:
-        doc = from_json(text, allow_inf_nan=False)
-    except ValueError:  # nested deeper than pydantic parses, a lone surrogate, or not JSON at all
-        try:
-            doc = json.loads(text, parse_constant=_refuse_constant)
-        except (ValueError, TypeError, RecursionError):
-            return
-    if type(doc) is not dict:
-        return
-    for key, value in doc.items():
+def _add_savings(totals: dict[str, float], items: Iterable[tuple[str, Any]]) -> None:
+    """Add the numbers of one calculated_savings document's top-level ``(key, value)`` pairs to
+    ``totals``, by key: ``true`` and ``false`` are not numbers, nor is anything else."""
+    for key, value in items:
         if type(value) is float or type(value) is int:
             try:
                 totals[key] = totals.get(key, 0.0) + value
@@ -290,8 +274,22 @@ class SQLiteStore(SQLStore):
     #: the completed-duration index, which holds created_at (migration 0006), never sorted: at 1M
     #: rows and a window over all of them, the 40 ranks took 3.3 s sorted and 0.1 s walked.
     SORTED_WINDOW = 2_000
-    #: The documents the savings are summed from (see :meth:`_savings`), in the table's order.
-    savings_sql = "SELECT calculated_savings FROM workflows WHERE calculated_savings IS NOT NULL {since}"
+    #: The documents the savings are summed from (see :meth:`_savings`), in the table's order, as
+    #: bytes: a TEXT value that is not UTF-8 (an operator's SQL) must not fail the read.
+    savings_sql = (
+        "SELECT id, CAST(calculated_savings AS BLOB) AS doc FROM workflows"
+        " WHERE calculated_savings IS NOT NULL {since}"
+    )
+    #: One workflow's savings as SQLite's JSON functions read them, for a document that Python's
+    #: parser refused: a document that is not JSON, or not an object, gives no rows.
+    savings_of_one_sql = """
+SELECT j.key AS key, j.value AS value
+  FROM workflows AS w,
+       json_each(CASE WHEN json_valid(w.calculated_savings) THEN
+                     CASE json_type(w.calculated_savings) WHEN 'object' THEN w.calculated_savings END
+                 END) AS j
+ WHERE w.id = :id AND j.type IN ('integer', 'real')
+"""
 
     def __init__(
         self, path: str, *, url: str | None = None, busy_timeout: float = 30.0, create: bool = True
@@ -555,16 +553,25 @@ class SQLiteStore(SQLStore):
         return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
     def _savings(self, tx: Tx, cond: str, params: Mapping[str, Any]) -> dict[str, float]:
-        # Summed here, each document parsed once. In SQL (json_each, kept from a malformed document
-        # by json_valid and from an array by json_type) SQLite 3.40 parsed each one three times, as
-        # its JSON functions keep nothing between calls: at 1M workflows, 267k with savings, 1.05 s
-        # against 0.71 here (alternating, the twenty-fifth session). Read in batches: no list of them all.
+        # Summed here, each document parsed once. In SQL alone (json_each, kept from a malformed
+        # document by json_valid and from an array by json_type) SQLite 3.40 parsed each one three
+        # times, as its JSON functions keep nothing between calls: at 1M workflows, 267k with
+        # savings, 1.05 s against 0.71 here (alternating, the twenty-fifth session). What Python's
+        # parser refuses (not JSON, NaN, deeper than 200 levels, 4,300 digits, bytes that are not
+        # UTF-8: only an operator's SQL writes those) is read by that SQL, as before, one by one.
+        # Read in batches: no list of them all.
         assert isinstance(tx, _SQLiteTx)
         cursor = tx.conn.execute(self.savings_sql.format(since=cond), dict(params))
         totals: dict[str, float] = {}
         while batch := cursor.fetchmany(1000):
-            for (text,) in batch:
-                _add_savings(totals, text)
+            for workflow_id, doc in batch:
+                try:
+                    parsed = from_json(doc, allow_inf_nan=False)
+                except ValueError:
+                    _add_savings(totals, tx.conn.execute(self.savings_of_one_sql, {"id": workflow_id}))
+                    continue
+                if type(parsed) is dict:  # an array, a number, a string or null counts for nothing
+                    _add_savings(totals, parsed.items())
         return totals
 
     def decode_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
