@@ -561,14 +561,14 @@ SELECT j.key AS key, j.value AS value
         # UTF-8: only an operator's SQL writes those) is read by that SQL, as before, one by one.
         # Read in batches: no list of them all.
         assert isinstance(tx, _SQLiteTx)
-        cursor = tx.conn.execute(self.savings_sql.format(since=cond), dict(params))
+        cursor = tx._run(self.savings_sql.format(since=cond), params)
         totals: dict[str, float] = {}
         while batch := cursor.fetchmany(1000):
             for workflow_id, doc in batch:
                 try:
                     parsed = from_json(doc, allow_inf_nan=False)
                 except ValueError:
-                    _add_savings(totals, tx.conn.execute(self.savings_of_one_sql, {"id": workflow_id}))
+                    _add_savings(totals, tx._run(self.savings_of_one_sql, {"id": workflow_id}))
                     continue
                 if type(parsed) is dict:  # an array, a number, a string or null counts for nothing
                     _add_savings(totals, parsed.items())
