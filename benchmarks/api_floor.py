@@ -5,9 +5,9 @@
 Each round makes N calls of each kind, in turn, on a private Redis and a fresh SQLite WAL file:
 
 - ``raw``: RQ's ``Queue.enqueue`` of a no-op, as raw RQ runs in ``bench.py``'s API rows;
-- ``delivery``: the workflow job as the engine delivers it (``Queue.prepare_data`` with the
-  workflow job's function, arguments and options, RQ's ``enqueue_many`` into one pipeline, one
-  round trip), with no database: what RQ charges to put that job on the queue;
+- ``delivery``: the workflow job as the engine delivers it (its hash as RQ writes it, copied
+  from the first job of its kind, and the push, in one pipeline, one round trip), with no
+  database and no model: what putting that job on the queue costs;
 - ``sql floor``: the same delivery after exactly the SQL of a fused create, one durable
   transaction with the store's own statements and PRAGMAs (``BEGIN IMMEDIATE``; INSERT the
   workflow, already ``queued``; INSERT both of its events; ``COMMIT``), checkpointed as the
@@ -17,8 +17,8 @@ Each round makes N calls of each kind, in turn, on a private Redis and a fresh S
 - ``workflow``: ``engine.create_workflow(workflow_type_id=..., enqueue=True)``.
 
 It prints each kind's median rate and its ratio to ``raw``. ``sql floor`` ÷ ``raw`` is the highest
-ratio that any engine writing the workflow durably before delivering its job, through RQ's own
-enqueue, could reach on this machine; ``workflow`` ÷ ``sql floor`` is what the engine's own Python
+ratio that any engine writing the workflow durably before delivering its job, as this engine
+delivers it, could reach on this machine; ``workflow`` ÷ ``sql floor`` is what the engine's own Python
 (validation, the model, encoding, the state machine, logging) keeps of it. It exits non-zero if a
 kind did not leave N jobs queued (and, with a database, N workflows queued); it asserts no timing.
 
@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import redis as redis_lib
-from rq import Callback, Queue
+from rq import Queue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -51,12 +51,11 @@ import harness
 from harness import QUEUE, BenchFailure, RedisServer
 
 from workflow_engine import WorkflowEngine
-from workflow_engine.execution import on_job_stopped, run_workflow
 from workflow_engine.status import WorkflowStatus as S
 from workflow_engine.stores import queries as q
 from workflow_engine.stores.base import NewEvent
 from workflow_engine.stores.sqlite import SQLiteStore
-from workflow_engine.transport import META_KEY, PRELOAD, RESULT_TTL
+from workflow_engine.transport import META_KEY, ON_JOB_STOPPED, PRELOAD, RESULT_TTL, Transport
 
 TYPE = "bench"
 HANDLER = "bench_jobs:noop_workflow"
@@ -76,6 +75,7 @@ class Floor:
         self.tmp, self.redis, self.n = tmp, redis, n
         self.connection = redis_lib.Redis.from_url(redis.url)
         self.queue = Queue(QUEUE, connection=self.connection)
+        self.transport = Transport(self.connection, QUEUE)
 
     def database(self) -> str:
         """A fresh SQLite file with the store's schema; its path."""
@@ -86,24 +86,20 @@ class Floor:
         return path
 
     def deliver(self, workflow_id: str, job_id: str) -> None:
-        """The workflow job, as ``Transport.deliver`` puts it on the queue: one pipeline."""
+        """The workflow job, as ``Transport.deliver`` puts it on the queue: one pipeline, the hash RQ
+        wrote for the first job of its kind copied (``Transport._write_jobs``), no model built."""
+        options = {
+            "args": (workflow_id, HANDLER, job_id),
+            "kwargs": None,
+            "timeout": -1,
+            "result_ttl": RESULT_TTL,
+            "job_id": job_id,
+            "description": f"workflow {TYPE} {workflow_id}",
+            "on_stopped": ON_JOB_STOPPED,
+            "meta": {META_KEY: PRELOAD},
+        }
         with self.connection.pipeline() as pipe:
-            self.queue.enqueue_many(
-                [
-                    Queue.prepare_data(
-                        run_workflow,
-                        args=(workflow_id, HANDLER, job_id),
-                        kwargs=None,
-                        timeout=-1,
-                        result_ttl=RESULT_TTL,
-                        job_id=job_id,
-                        description=f"workflow {TYPE} {workflow_id}",
-                        on_stopped=Callback(on_job_stopped),
-                        meta={META_KEY: PRELOAD},
-                    )
-                ],
-                pipeline=pipe,
-            )
+            self.transport._write_jobs(pipe, [options])
             pipe.execute()
 
     def timed(self, calls: Callable[[], None]) -> float:

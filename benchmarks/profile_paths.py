@@ -136,7 +136,7 @@ def instrument() -> None:
     _wrap(SQLStore, "get_many", "  store.get_many")
     _wrap(SQLStore, "apply", "  store.apply (compare-and-set UPDATE + event)")
     _wrap(Transport, "live_jobs", "  transport.live_jobs")
-    _wrap(Transport, "deliver", "  transport.deliver (RQ enqueue_call, one pipeline)")
+    _wrap(Transport, "deliver", "  transport.deliver (one pipeline)")
     _wrap(execution, "run_workflow", "run_workflow (the job)")
     _wrap(SQLStore, "claim", "  store.claim")
     _wrap(execution, "_call_with_timeout", "  the handler")

@@ -2476,6 +2476,90 @@ def test_create_workflows_with_enqueue_queues_every_new_one_in_one_delivery(
     assert [async_engine.get_workflow(w).result for w in ids[:-1]] == [{"doubled": 2 * i} for i in range(20)]
 
 
+def _rqs_own_hashes(connection: Any, jobs: list[dict[str, Any]]) -> dict[str, dict[bytes, bytes]]:
+    """The hashes RQ's own bulk enqueue writes for these jobs, on a Redis of their own."""
+    own = fakeredis.FakeRedis()
+    rq.Queue("workflows", connection=own).enqueue_many(
+        [rq.Queue.prepare_data(transport.RUN_WORKFLOW, **opts) for opts in jobs]
+    )
+    return {opts["job_id"]: own.hgetall(rq.job.Job.key_for(opts["job_id"])) for opts in jobs}
+
+
+def _without_times(mapping: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    return {k: v for k, v in mapping.items() if k not in (b"created_at", b"enqueued_at")}
+
+
+@pytest.mark.parametrize("engine_key", [None, "an-engine"])
+def test_a_delivered_job_has_the_hash_rqs_own_enqueue_writes_and_the_queue_keeps_their_order(
+    engine_key: str | None,
+) -> None:
+    """RQ writes the first job of each kind (timeout, engine key) itself; the others copy its hash.
+    Either way every hash is RQ's own, field for field, bar its times, and the jobs are queued in
+    the order given, across deliveries and kinds."""
+    connection = fakeredis.FakeRedis()
+    tr = transport.Transport(connection, "workflows")
+    timeouts = [None, 5.0, None, None, 5.0, 2.5, None]
+    batches = [
+        [a_workflow(job_id=f"{b}{i}", handler="h:f", timeout=t) for i, t in enumerate(timeouts)]
+        for b in "xyz"
+    ]
+    for batch in batches:
+        tr.deliver(batch, engine_key=engine_key)
+    jobs = [transport._job_options(wf, engine_key=engine_key) for batch in batches for wf in batch]
+    expected = _rqs_own_hashes(connection, jobs)
+    assert len(tr._templates) == 3 and None not in tr._templates.values()  # the later ones were copied
+    for opts in jobs:
+        written = connection.hgetall(rq.job.Job.key_for(opts["job_id"]))
+        assert _without_times(written) == _without_times(expected[opts["job_id"]])
+        assert written[b"created_at"] and written[b"enqueued_at"]
+        job = rq.job.Job.fetch(opts["job_id"], connection=connection)
+        assert (job.func_name, job.args) == (transport.RUN_WORKFLOW, opts["args"])
+        assert job.kwargs == (opts["kwargs"] or {})
+        assert job.enqueued_at is not None and job.get_status() == "queued" and job.origin == "workflows"
+    assert tr.queue.job_ids == [opts["job_id"] for opts in jobs]
+    assert connection.smembers("rq:queues") == {b"rq:queue:workflows"}
+
+
+def test_a_kind_of_job_whose_hash_rq_writes_differently_is_written_by_rq_every_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A later RQ that writes a field naming the job (or encodes a field another way) is not copied
+    wrongly: each job of that kind goes through RQ's own enqueue, with a warning, once. Other kinds
+    are still copied, and the queue keeps the order given."""
+    to_dict = rq.job.Job.to_dict
+
+    def with_a_field_of_its_own(self: rq.job.Job, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        mapping = to_dict(self, *args, **kwargs)
+        return {**mapping, "lineage": f"from {self.id}"} if self.timeout == -1 else mapping
+
+    monkeypatch.setattr(rq.job.Job, "to_dict", with_a_field_of_its_own)
+    monkeypatch.setattr(transport, "_copy_refused_logged", False)
+    connection = fakeredis.FakeRedis()
+    tr = transport.Transport(connection, "workflows")
+    timeouts = [None, 5.0, None, 5.0, 5.0, None, None, 5.0]
+    workflows = [a_workflow(job_id=f"j{i}", handler="h:f", timeout=t) for i, t in enumerate(timeouts)]
+    tr.deliver(workflows[:2])
+    tr.deliver(workflows[2:])
+    assert tr._templates[(-1, True)] is None and tr._templates[(65, True)] is not None
+    for wf in workflows:
+        lineage = connection.hget(rq.job.Job.key_for(wf.job_id or ""), "lineage")
+        assert lineage == (f"from {wf.job_id}".encode() if wf.timeout is None else None)
+    assert tr.queue.job_ids == [wf.job_id for wf in workflows]
+    refused = [r for r in caplog.records if "does not copy" in r.getMessage()]
+    assert len(refused) == 1 and "lineage" in refused[0].getMessage()
+
+
+def test_jobs_copied_from_rqs_hash_run_in_a_stock_worker(async_engine: WorkflowEngine) -> None:
+    async_engine.register_handler("double", double)
+    async_engine.register_handler("slow_double", double, timeout=30)
+    items = [{"workflow_type_id": t, "inputs": {"n": i}} for i in range(6) for t in ("double", "slow_double")]
+    ids = async_engine.create_workflows(items, enqueue=True)
+    assert len(async_engine.transport._templates) == 2
+    work(async_engine)
+    results = [async_engine.get_workflow(w).result for w in ids]
+    assert results == [{"doubled": 2 * i} for i in range(6) for _ in "ab"]
+
+
 def test_reconcile_works_on_a_redis_without_lpos(
     async_engine: WorkflowEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ import re
 import secrets
 import socket
 import threading
+import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -26,10 +27,13 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import Pipeline
 from redis.retry import Retry
 from rq import Callback, Queue
+from rq import __version__ as rq_version
 from rq.job import Job
-from rq.utils import get_version, utcparse
+from rq.utils import get_version, utcformat, utcparse
+from rq.utils import now as rq_now
 
 from .config import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, unclean
 from .errors import ConfigurationError, QueueUnavailable
@@ -227,6 +231,74 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
         raise ConfigurationError(f"malformed Redis URL: {exc}") from exc
 
 
+def _job_options(wf: Workflow, *, engine_key: str | None) -> dict[str, Any]:
+    """RQ's ``prepare_data`` arguments for a workflow's job."""
+    # RQ int()s its timeout and caps an unset one at 180 s: "none" is -1, and a set
+    # timeout gets a grace so that our own, exact timer fires first.
+    timeout = -1 if wf.timeout is None else math.ceil(wf.timeout) + TIMEOUT_GRACE
+    return {
+        "args": (wf.id, wf.handler, wf.job_id),
+        "kwargs": None if engine_key is None else {"engine_key": engine_key},
+        "timeout": timeout,
+        "result_ttl": RESULT_TTL,
+        "job_id": wf.job_id,
+        "description": f"workflow {wf.workflow_type_id} {wf.id}",
+        "on_stopped": ON_JOB_STOPPED,
+        "meta": {META_KEY: PRELOAD},
+    }
+
+
+#: Kinds of job whose hash a transport keeps; more are forgotten and learnt again.
+_TEMPLATES_KEPT = 64
+#: The fields of a copied job hash that are the job's own; every other one is its kind's.
+_OWN_FIELDS = ("data", "description", "created_at", "enqueued_at")
+_copy_refused_logged = False
+
+
+def _job_hash(
+    template: Mapping[str, Any], opts: Mapping[str, Any], serializer: Any, stamp: str
+) -> dict[Any, Any]:
+    """The hash RQ's ``Job.to_dict`` gives a workflow job, from one of its kind's (``template``)."""
+    mapping = dict(template)
+    # RQ's Job.data: the function's name, no instance, the arguments; stored compressed.
+    job_tuple = (RUN_WORKFLOW, None, opts["args"], opts["kwargs"] or {})
+    mapping["data"] = zlib.compress(serializer.dumps(job_tuple))
+    mapping["description"] = opts["description"]
+    mapping["created_at"] = mapping["enqueued_at"] = stamp
+    return mapping
+
+
+def _copyable(job: Job, opts: Mapping[str, Any], serializer: Any) -> dict[Any, Any] | None:
+    """The hash RQ wrote for ``job``, as a template for its kind, if :func:`_job_hash` rebuilds it exactly.
+
+    It is checked, not assumed: the rebuilt hash must equal RQ's field for field, and no other
+    field may name the job or its workflow (a field a later RQ might add). Otherwise None, and
+    RQ writes every job of that kind itself: slower, never different.
+    """
+    global _copy_refused_logged
+    written = job.to_dict()
+    rebuilt = _job_hash(written, opts, serializer, "")
+    rebuilt["created_at"], rebuilt["enqueued_at"] = written.get("created_at"), written.get("enqueued_at")
+    own = (opts["job_id"], opts["args"][0])
+    names_it = [
+        field
+        for field, value in written.items()
+        if field not in _OWN_FIELDS
+        and any(name in (value.decode("latin-1") if isinstance(value, bytes) else str(value)) for name in own)
+    ]
+    if rebuilt == written and not names_it and all(field in written for field in _OWN_FIELDS):
+        return written
+    if not _copy_refused_logged:
+        _copy_refused_logged = True
+        log.warning(
+            "RQ %s writes a job's hash in a way workflow_engine does not copy; RQ writes each one "
+            "itself (slower). Fields that differ or name the job: %s",
+            rq_version,
+            sorted({*names_it, *(f for f in {*written, *rebuilt} if written.get(f) != rebuilt.get(f))}),
+        )
+    return None
+
+
 def _split(url: str) -> SplitResult | None:
     try:
         return urlsplit(url)
@@ -245,6 +317,9 @@ class Transport:
         self.is_async = is_async
         #: True when only this process can run the jobs (fakeredis): the job may then name its engine.
         self.in_process = in_process
+        #: RQ's hash of the first job of each kind delivered, for the next ones to copy (or None:
+        #: that kind's hash cannot be copied). See :meth:`_write_jobs`.
+        self._templates: dict[tuple[int, bool], dict[Any, Any] | None] = {}
 
     @functools.cached_property
     def queue(self) -> Queue:
@@ -258,22 +333,7 @@ class Transport:
         """
         if not workflows:
             return
-
-        def options(wf: Workflow) -> dict[str, Any]:
-            # RQ int()s its timeout and caps an unset one at 180 s: "none" is -1, and a set
-            # timeout gets a grace so that our own, exact timer fires first.
-            timeout = -1 if wf.timeout is None else math.ceil(wf.timeout) + TIMEOUT_GRACE
-            return {
-                "args": (wf.id, wf.handler, wf.job_id),
-                "kwargs": None if engine_key is None else {"engine_key": engine_key},
-                "timeout": timeout,
-                "result_ttl": RESULT_TTL,
-                "job_id": wf.job_id,
-                "description": f"workflow {wf.workflow_type_id} {wf.id}",
-                "on_stopped": ON_JOB_STOPPED,
-                "meta": {META_KEY: PRELOAD},
-            }
-
+        options = functools.partial(_job_options, engine_key=engine_key)
         try:
             if not self.is_async:
                 # Sync mode: perform RQ's job right here, as RQ's own sync queue would, but
@@ -321,12 +381,9 @@ class Transport:
                 if failure is not None:
                     raise failure
                 return
-            # One round trip for all, instead of RQ's two per job: RQ's bulk enqueue, into a
-            # pipeline that is sent once (it also registers the queue once, not once a job).
+            # One round trip for all, instead of RQ's two per job: one MULTI/EXEC pipeline.
             with self.connection.pipeline() as pipe:
-                self.queue.enqueue_many(
-                    [Queue.prepare_data(RUN_WORKFLOW, **options(wf)) for wf in workflows], pipeline=pipe
-                )
+                self._write_jobs(pipe, [options(wf) for wf in workflows])
                 pipe.execute()
         except _REDIS_ERRORS as exc:
             raise QueueUnavailable(
@@ -334,6 +391,46 @@ class Transport:
                 "engine.reconcile() will deliver it once Redis is back",
                 workflow_ids=[wf.id for wf in workflows],
             ) from exc
+
+    def _write_jobs(self, pipe: Pipeline, jobs: Sequence[dict[str, Any]]) -> None:
+        """Write each job's hash and push the jobs onto the queue, in order, into ``pipe``.
+
+        RQ itself writes the first job of each kind (timeout, engine key or none), by its bulk
+        enqueue. The others copy the hash RQ wrote, with their own arguments, description and
+        times: RQ's ``Job.create`` and ``to_dict`` are about half of a delivery, and its three
+        commands a job (the status, the hash, the push) become one, plus one push for the batch.
+        A kind whose hash cannot be copied (:func:`_copyable`) is written by RQ every time.
+        """
+        queue, templates = self.queue, self._templates
+        pipe.sadd(queue.redis_queues_keys, queue.key)  # as RQ's enqueue does
+        stamp = utcformat(rq_now())  # RQ's created_at and enqueued_at, a few µs apart on its own jobs
+        copied: list[str] = []  # written here, not pushed yet
+        by_rq: list[Any] = []  # for RQ to write and push, in one call
+        for opts in jobs:
+            kind = (opts["timeout"], opts["kwargs"] is None)
+            template = templates.get(kind)
+            if template is not None:
+                if by_rq:  # first, to keep the queue's order
+                    queue.enqueue_many(by_rq, pipeline=pipe)
+                    by_rq.clear()
+                mapping = _job_hash(template, opts, queue.serializer, stamp)
+                pipe.hset(Job.key_for(opts["job_id"]), mapping=mapping)
+                copied.append(opts["job_id"])
+                continue
+            if copied:
+                pipe.rpush(queue.key, *copied)
+                copied.clear()
+            by_rq.append(Queue.prepare_data(RUN_WORKFLOW, **opts))
+            if kind not in templates:  # the first of its kind: learn from the hash RQ writes
+                job = queue.enqueue_many(by_rq, pipeline=pipe)[-1]
+                by_rq.clear()
+                if len(templates) >= _TEMPLATES_KEPT:
+                    templates.clear()
+                templates[kind] = _copyable(job, opts, queue.serializer)
+        if copied:
+            pipe.rpush(queue.key, *copied)
+        if by_rq:
+            queue.enqueue_many(by_rq, pipeline=pipe)
 
     def _perform(self, opts: dict[str, Any]) -> None:
         """Sync mode: run one job's function here, as RQ's own sync queue would."""
