@@ -40,6 +40,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import redis as redis_lib
 from rq import Queue
@@ -55,7 +56,7 @@ from workflow_engine.status import WorkflowStatus as S
 from workflow_engine.stores import queries as q
 from workflow_engine.stores.base import NewEvent
 from workflow_engine.stores.sqlite import SQLiteStore
-from workflow_engine.transport import META_KEY, ON_JOB_STOPPED, PRELOAD, RESULT_TTL, Transport
+from workflow_engine.transport import Transport, _job_options
 
 TYPE = "bench"
 HANDLER = "bench_jobs:noop_workflow"
@@ -86,20 +87,13 @@ class Floor:
         return path
 
     def deliver(self, workflow_id: str, job_id: str) -> None:
-        """The workflow job, as ``Transport.deliver`` puts it on the queue: one pipeline, the hash RQ
-        wrote for the first job of its kind copied (``Transport._write_jobs``), no model built."""
-        options = {
-            "args": (workflow_id, HANDLER, job_id),
-            "kwargs": None,
-            "timeout": -1,
-            "result_ttl": RESULT_TTL,
-            "job_id": job_id,
-            "description": f"workflow {TYPE} {workflow_id}",
-            "on_stopped": ON_JOB_STOPPED,
-            "meta": {META_KEY: PRELOAD},
-        }
+        """The workflow job, as ``Transport.deliver`` puts it on the queue (its hash copied from
+        RQ's, ``Transport._write_jobs``): one pipeline, no model built."""
+        fields = SimpleNamespace(
+            id=workflow_id, handler=HANDLER, job_id=job_id, timeout=None, workflow_type_id=TYPE
+        )
         with self.connection.pipeline() as pipe:
-            self.transport._write_jobs(pipe, [options])
+            self.transport._write_jobs(pipe, [_job_options(fields, engine_key=None)])  # type: ignore[arg-type]
             pipe.execute()
 
     def timed(self, calls: Callable[[], None]) -> float:

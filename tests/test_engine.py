@@ -2489,13 +2489,21 @@ def _without_times(mapping: dict[bytes, bytes]) -> dict[bytes, bytes]:
     return {k: v for k, v in mapping.items() if k not in (b"created_at", b"enqueued_at")}
 
 
+@pytest.fixture
+def unlearnt(monkeypatch: pytest.MonkeyPatch) -> dict[Any, Any]:
+    """No kind of job learnt yet in this process, and no refusal logged yet."""
+    templates: dict[Any, Any] = {}
+    monkeypatch.setattr(transport, "_templates", templates)
+    monkeypatch.setattr(transport, "_copy_refused_logged", False)
+    return templates
+
+
 @pytest.mark.parametrize("engine_key", [None, "an-engine"])
 def test_a_delivered_job_has_the_hash_rqs_own_enqueue_writes_and_the_queue_keeps_their_order(
-    engine_key: str | None,
+    engine_key: str | None, unlearnt: dict[Any, Any]
 ) -> None:
-    """RQ writes the first job of each kind (timeout, engine key) itself; the others copy its hash.
-    Either way every hash is RQ's own, field for field, bar its times, and the jobs are queued in
-    the order given, across deliveries and kinds."""
+    """Each job's hash is copied from its kind's, learnt from RQ; it is RQ's own, field for field,
+    bar its times, and the jobs are queued in the order given, across deliveries and kinds."""
     connection = fakeredis.FakeRedis()
     tr = transport.Transport(connection, "workflows")
     timeouts = [None, 5.0, None, None, 5.0, 2.5, None]
@@ -2507,7 +2515,7 @@ def test_a_delivered_job_has_the_hash_rqs_own_enqueue_writes_and_the_queue_keeps
         tr.deliver(batch, engine_key=engine_key)
     jobs = [transport._job_options(wf, engine_key=engine_key) for batch in batches for wf in batch]
     expected = _rqs_own_hashes(connection, jobs)
-    assert len(tr._templates) == 3 and None not in tr._templates.values()  # the later ones were copied
+    assert len(unlearnt) == 3 and None not in unlearnt.values()  # copied, not written by RQ
     for opts in jobs:
         written = connection.hgetall(rq.job.Job.key_for(opts["job_id"]))
         assert _without_times(written) == _without_times(expected[opts["job_id"]])
@@ -2520,33 +2528,78 @@ def test_a_delivered_job_has_the_hash_rqs_own_enqueue_writes_and_the_queue_keeps
     assert connection.smembers("rq:queues") == {b"rq:queue:workflows"}
 
 
-def test_a_kind_of_job_whose_hash_rq_writes_differently_is_written_by_rq_every_time(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A later RQ that writes a field naming the job (or encodes a field another way) is not copied
-    wrongly: each job of that kind goes through RQ's own enqueue, with a warning, once. Other kinds
-    are still copied, and the queue keeps the order given."""
-    to_dict = rq.job.Job.to_dict
-
-    def with_a_field_of_its_own(self: rq.job.Job, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        mapping = to_dict(self, *args, **kwargs)
-        return {**mapping, "lineage": f"from {self.id}"} if self.timeout == -1 else mapping
-
-    monkeypatch.setattr(rq.job.Job, "to_dict", with_a_field_of_its_own)
-    monkeypatch.setattr(transport, "_copy_refused_logged", False)
-    connection = fakeredis.FakeRedis()
+def _a_mix_delivered(connection: Any) -> list[Workflow]:
+    """Eight jobs of two kinds (no timeout; 5 s), interleaved, in two deliveries."""
     tr = transport.Transport(connection, "workflows")
     timeouts = [None, 5.0, None, 5.0, 5.0, None, None, 5.0]
     workflows = [a_workflow(job_id=f"j{i}", handler="h:f", timeout=t) for i, t in enumerate(timeouts)]
     tr.deliver(workflows[:2])
     tr.deliver(workflows[2:])
-    assert tr._templates[(-1, True)] is None and tr._templates[(65, True)] is not None
-    for wf in workflows:
-        lineage = connection.hget(rq.job.Job.key_for(wf.job_id or ""), "lineage")
-        assert lineage == (f"from {wf.job_id}".encode() if wf.timeout is None else None)
     assert tr.queue.job_ids == [wf.job_id for wf in workflows]
-    refused = [r for r in caplog.records if "does not copy" in r.getMessage()]
-    assert len(refused) == 1 and "lineage" in refused[0].getMessage()
+    return workflows
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "enqueues a job differently" in r.getMessage()]
+
+
+@pytest.mark.parametrize("field", ["names the job", "differs from job to job"])
+def test_a_kind_of_job_whose_hash_rq_writes_differently_is_enqueued_by_rq_every_time(
+    field: str, unlearnt: dict[Any, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A later RQ whose hash has a field of each job's own (naming the job, or not) is not copied
+    wrongly: each job of that kind goes through RQ's own enqueue, with one warning. Other kinds
+    are still copied, and the queue keeps the order given."""
+    to_dict = rq.job.Job.to_dict
+
+    def with_a_field_of_its_own(self: rq.job.Job, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        mapping = to_dict(self, *args, **kwargs)
+        if self.timeout != -1:
+            return mapping
+        return {**mapping, "extra": f"from {self.id}" if field == "names the job" else uuid.uuid4().hex}
+
+    monkeypatch.setattr(rq.job.Job, "to_dict", with_a_field_of_its_own)
+    connection = fakeredis.FakeRedis()
+    workflows = _a_mix_delivered(connection)
+    assert [template is None for template in unlearnt.values()] == [True, False]
+    extras = [connection.hget(rq.job.Job.key_for(wf.job_id or ""), "extra") for wf in workflows]
+    assert [extra is not None for extra in extras] == [wf.timeout is None for wf in workflows]
+    assert len(set(filter(None, extras))) == 4  # each job's own, as RQ wrote it
+    [refusal] = _refusals(caplog)
+    assert "extra" in refusal
+
+
+def test_a_kind_of_job_for_which_rqs_enqueue_sends_another_command_is_enqueued_by_rq_every_time(
+    unlearnt: dict[Any, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A later RQ that sends more than the job's hash and push (an expiry, a registry) is not
+    copied either: only RQ would send it."""
+    persist = rq.Queue._persist_job
+
+    def and_an_expiry(self: rq.Queue, job: rq.job.Job, pipeline: Any, *args: Any, **kwargs: Any) -> None:
+        persist(self, job, pipeline, *args, **kwargs)
+        if job.timeout == -1:
+            pipeline.expire(job.key, 3600)
+
+    monkeypatch.setattr(rq.Queue, "_persist_job", and_an_expiry)
+    connection = fakeredis.FakeRedis()
+    workflows = _a_mix_delivered(connection)
+    assert [template is None for template in unlearnt.values()] == [True, False]
+    ttls = [connection.ttl(rq.job.Job.key_for(wf.job_id or "")) for wf in workflows]
+    assert [ttl > 0 for ttl in ttls] == [wf.timeout is None for wf in workflows]
+    [refusal] = _refusals(caplog)
+    assert "EXPIRE" in refusal
+
+
+def test_a_delivery_with_a_job_id_twice_or_one_rq_refuses_sends_nothing(unlearnt: dict[Any, Any]) -> None:
+    connection = fakeredis.FakeRedis()
+    tr = transport.Transport(connection, "workflows")
+    wf = a_workflow(job_id="j1", handler="h:f")
+    with pytest.raises(ValueError, match="more than once"):
+        tr.deliver([wf, a_workflow(job_id="j2", handler="h:f"), wf.model_copy(update={"id": "other"})])
+    with pytest.raises(ValueError, match="letters, numbers"):
+        tr.deliver([a_workflow(job_id="j3", handler="h:f"), a_workflow(job_id="j:4", handler="h:f")])
+    assert connection.keys("*") == []
 
 
 def test_jobs_copied_from_rqs_hash_run_in_a_stock_worker(async_engine: WorkflowEngine) -> None:
@@ -2554,7 +2607,7 @@ def test_jobs_copied_from_rqs_hash_run_in_a_stock_worker(async_engine: WorkflowE
     async_engine.register_handler("slow_double", double, timeout=30)
     items = [{"workflow_type_id": t, "inputs": {"n": i}} for i in range(6) for t in ("double", "slow_double")]
     ids = async_engine.create_workflows(items, enqueue=True)
-    assert len(async_engine.transport._templates) == 2
+    assert {kind[1] for kind in transport._templates if kind[0] == "workflows"} >= {-1, 90}
     work(async_engine)
     results = [async_engine.get_workflow(w).result for w in ids]
     assert results == [{"doubled": 2 * i} for i in range(6) for _ in "ab"]

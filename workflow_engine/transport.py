@@ -31,7 +31,7 @@ from redis.client import Pipeline
 from redis.retry import Retry
 from rq import Callback, Queue
 from rq import __version__ as rq_version
-from rq.job import Job
+from rq.job import Job, validate_job_id
 from rq.utils import get_version, utcformat, utcparse
 from rq.utils import now as rq_now
 
@@ -232,7 +232,11 @@ def connect(url: str, *, connect_timeout: float = 2.0, socket_timeout: float = 5
 
 
 def _job_options(wf: Workflow, *, engine_key: str | None) -> dict[str, Any]:
-    """RQ's ``prepare_data`` arguments for a workflow's job."""
+    """RQ's ``prepare_data`` arguments for a workflow's job.
+
+    Only the arguments, the job id, the description and the timeout vary from job to job; the
+    result TTL, the stop callback and the meta are the same for every workflow job (see ``_kind``).
+    """
     # RQ int()s its timeout and caps an unset one at 180 s: "none" is -1, and a set
     # timeout gets a grace so that our own, exact timer fires first.
     timeout = -1 if wf.timeout is None else math.ceil(wf.timeout) + TIMEOUT_GRACE
@@ -248,53 +252,98 @@ def _job_options(wf: Workflow, *, engine_key: str | None) -> dict[str, Any]:
     }
 
 
-#: Kinds of job whose hash a transport keeps; more are forgotten and learnt again.
+#: RQ's hash of a workflow job of each kind (see ``_kind``), learnt from RQ once a process, for
+#: every job of that kind to copy; None for a kind whose hash cannot be copied (``_learn``).
+_templates: dict[tuple[Any, ...], dict[Any, Any] | None] = {}
+#: Kinds of job whose hash is kept; more are forgotten and learnt again.
 _TEMPLATES_KEPT = 64
-#: The fields of a copied job hash that are the job's own; every other one is its kind's.
-_OWN_FIELDS = ("data", "description", "created_at", "enqueued_at")
+#: The fields of a job's hash that ``_job_hash`` writes for the job itself.
+_TIMES = ("created_at", "enqueued_at")
+_ABSENT = object()
 _copy_refused_logged = False
 
 
+def _kind(queue_name: str, opts: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a job's hash shares with other workflow jobs': everything but its arguments, id,
+    description and times (the stop callback and the meta are constants, ``_job_options``)."""
+    return (queue_name, opts["timeout"], opts["result_ttl"], opts["kwargs"] is None)
+
+
 def _job_hash(
-    template: Mapping[str, Any], opts: Mapping[str, Any], serializer: Any, stamp: str
+    template: Mapping[Any, Any], opts: Mapping[str, Any], serializer: Any, stamp: str
 ) -> dict[Any, Any]:
-    """The hash RQ's ``Job.to_dict`` gives a workflow job, from one of its kind's (``template``)."""
+    """The hash RQ's enqueue writes for a workflow job, from one of its kind's (``template``)."""
     mapping = dict(template)
     # RQ's Job.data: the function's name, no instance, the arguments; stored compressed.
     job_tuple = (RUN_WORKFLOW, None, opts["args"], opts["kwargs"] or {})
     mapping["data"] = zlib.compress(serializer.dumps(job_tuple))
     mapping["description"] = opts["description"]
-    mapping["created_at"] = mapping["enqueued_at"] = stamp
+    for field in _TIMES:
+        mapping[field] = stamp
     return mapping
 
 
-def _copyable(job: Job, opts: Mapping[str, Any], serializer: Any) -> dict[Any, Any] | None:
-    """The hash RQ wrote for ``job``, as a template for its kind, if :func:`_job_hash` rebuilds it exactly.
+def _learn(queue: Queue, opts: Mapping[str, Any]) -> dict[Any, Any] | None:
+    """RQ's hash of a job of this kind, as a template, if copying it gives exactly what RQ sends.
 
-    It is checked, not assumed: the rebuilt hash must equal RQ's field for field, and no other
-    field may name the job or its workflow (a field a later RQ might add). Otherwise None, and
-    RQ writes every job of that kind itself: slower, never different.
+    RQ enqueues two jobs of the kind, ``opts`` and the same with another workflow, handler, job
+    and engine key, into a pipeline that is never sent. Its commands must be the queue's
+    registration, each job's hash (its status, then the whole hash) and each job's push, nothing
+    else (no expiry, no registry); and each job's hash, rebuilt by :func:`_job_hash` from the
+    first's, must be RQ's own field for field, bar the two times, which RQ must write too. So a
+    field that differs from job to job, another encoding, or another command in a later RQ is
+    seen here, and every job of that kind is then written by RQ itself: slower, never different.
     """
     global _copy_refused_logged
-    written = job.to_dict()
-    rebuilt = _job_hash(written, opts, serializer, "")
-    rebuilt["created_at"], rebuilt["enqueued_at"] = written.get("created_at"), written.get("enqueued_at")
-    own = (opts["job_id"], opts["args"][0])
-    names_it = [
-        field
-        for field, value in written.items()
-        if field not in _OWN_FIELDS
-        and any(name in (value.decode("latin-1") if isinstance(value, bytes) else str(value)) for name in own)
+    other_id = secrets.token_hex(16)
+    samples = [
+        dict(opts),
+        {
+            **opts,
+            "args": (other_id, "another.module:handler", f"{other_id}-00000000"),
+            "kwargs": None if opts["kwargs"] is None else {"engine_key": "another-engine"},
+            "job_id": f"{other_id}-00000000",
+            "description": f"workflow another_type {other_id}",
+        },
     ]
-    if rebuilt == written and not names_it and all(field in written for field in _OWN_FIELDS):
-        return written
+    with queue.connection.pipeline() as unsent:  # reset on leaving, never executed
+        queue.enqueue_many([Queue.prepare_data(RUN_WORKFLOW, **job) for job in samples], pipeline=unsent)
+        sent = [args for args, _ in unsent.command_stack]
+    hashes: dict[Any, dict[Any, Any]] = {}
+    pushed: list[Any] = []
+    odd: list[str] = []
+    for name, *rest in sent:
+        if name == "SADD" and rest == [queue.redis_queues_keys, queue.key]:
+            continue
+        if name == "HSET" and len(rest) % 2 == 1:
+            hashes.setdefault(rest[0], {}).update(zip(rest[1::2], rest[2::2], strict=True))
+        elif name == "RPUSH" and rest[:1] == [queue.key]:
+            pushed.extend(rest[1:])
+        else:
+            odd.append(str(name))
+    keys = [Job.key_for(job["job_id"]) for job in samples]
+    template = hashes.get(keys[0])
+    differ: set[Any] = set(odd)
+    if list(hashes) != keys or pushed != [job["job_id"] for job in samples] or template is None:
+        differ.add("the jobs' keys or pushes")
+    else:
+        differ.update(field for field in _TIMES if field not in template)
+        for key, job in zip(keys, samples, strict=True):
+            written, rebuilt = hashes[key], _job_hash(template, job, queue.serializer, "")
+            differ.update(
+                field
+                for field in {*written, *rebuilt}
+                if field not in _TIMES and written.get(field, _ABSENT) != rebuilt.get(field, _ABSENT)
+            )
+    if not differ:
+        return template
     if not _copy_refused_logged:
         _copy_refused_logged = True
         log.warning(
-            "RQ %s writes a job's hash in a way workflow_engine does not copy; RQ writes each one "
-            "itself (slower). Fields that differ or name the job: %s",
+            "RQ %s enqueues a job differently from what workflow_engine copies, so RQ writes each "
+            "such job itself (slower). What differs: %s",
             rq_version,
-            sorted({*names_it, *(f for f in {*written, *rebuilt} if written.get(f) != rebuilt.get(f))}),
+            ", ".join(sorted(map(str, differ))),
         )
     return None
 
@@ -317,9 +366,6 @@ class Transport:
         self.is_async = is_async
         #: True when only this process can run the jobs (fakeredis): the job may then name its engine.
         self.in_process = in_process
-        #: RQ's hash of the first job of each kind delivered, for the next ones to copy (or None:
-        #: that kind's hash cannot be copied). See :meth:`_write_jobs`.
-        self._templates: dict[tuple[int, bool], dict[Any, Any] | None] = {}
 
     @functools.cached_property
     def queue(self) -> Queue:
@@ -395,38 +441,40 @@ class Transport:
     def _write_jobs(self, pipe: Pipeline, jobs: Sequence[dict[str, Any]]) -> None:
         """Write each job's hash and push the jobs onto the queue, in order, into ``pipe``.
 
-        RQ itself writes the first job of each kind (timeout, engine key or none), by its bulk
-        enqueue. The others copy the hash RQ wrote, with their own arguments, description and
-        times: RQ's ``Job.create`` and ``to_dict`` are about half of a delivery, and its three
-        commands a job (the status, the hash, the push) become one, plus one push for the batch.
-        A kind whose hash cannot be copied (:func:`_copyable`) is written by RQ every time.
+        Each job's hash is the one RQ's enqueue writes, copied from its kind's (``_learn``), with
+        the job's own arguments, description and times: RQ's ``Job.create`` and ``to_dict`` were
+        about half of a delivery, and its three commands a job (the status, the hash, the push)
+        become one, plus one push for the batch. A kind whose hash cannot be copied is enqueued
+        by RQ itself.
         """
-        queue, templates = self.queue, self._templates
+        job_ids = [opts["job_id"] for opts in jobs]
+        for job_id in job_ids:
+            validate_job_id(job_id)  # as RQ's Job does
+        if len(set(job_ids)) != len(job_ids):  # as RQ's enqueue_many: one would overwrite the other
+            raise ValueError("a job id appears more than once in one delivery")
+        queue = self.queue
         pipe.sadd(queue.redis_queues_keys, queue.key)  # as RQ's enqueue does
         stamp = utcformat(rq_now())  # RQ's created_at and enqueued_at, a few µs apart on its own jobs
         copied: list[str] = []  # written here, not pushed yet
         by_rq: list[Any] = []  # for RQ to write and push, in one call
         for opts in jobs:
-            kind = (opts["timeout"], opts["kwargs"] is None)
-            template = templates.get(kind)
-            if template is not None:
-                if by_rq:  # first, to keep the queue's order
-                    queue.enqueue_many(by_rq, pipeline=pipe)
-                    by_rq.clear()
-                mapping = _job_hash(template, opts, queue.serializer, stamp)
-                pipe.hset(Job.key_for(opts["job_id"]), mapping=mapping)
-                copied.append(opts["job_id"])
+            kind = _kind(queue.name, opts)
+            if kind not in _templates:
+                if len(_templates) >= _TEMPLATES_KEPT:
+                    _templates.clear()
+                _templates[kind] = _learn(queue, opts)
+            template = _templates.get(kind)
+            if template is None:
+                if copied:  # first, to keep the queue's order
+                    pipe.rpush(queue.key, *copied)
+                    copied.clear()
+                by_rq.append(Queue.prepare_data(RUN_WORKFLOW, **opts))
                 continue
-            if copied:
-                pipe.rpush(queue.key, *copied)
-                copied.clear()
-            by_rq.append(Queue.prepare_data(RUN_WORKFLOW, **opts))
-            if kind not in templates:  # the first of its kind: learn from the hash RQ writes
-                job = queue.enqueue_many(by_rq, pipeline=pipe)[-1]
+            if by_rq:
+                queue.enqueue_many(by_rq, pipeline=pipe)
                 by_rq.clear()
-                if len(templates) >= _TEMPLATES_KEPT:
-                    templates.clear()
-                templates[kind] = _copyable(job, opts, queue.serializer)
+            pipe.hset(Job.key_for(opts["job_id"]), mapping=_job_hash(template, opts, queue.serializer, stamp))
+            copied.append(opts["job_id"])
         if copied:
             pipe.rpush(queue.key, *copied)
         if by_rq:
