@@ -19,7 +19,7 @@ import socket
 import threading
 import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timezone
 from typing import Any
@@ -259,7 +259,6 @@ _templates: dict[tuple[Any, ...], dict[Any, Any] | None] = {}
 _TEMPLATES_KEPT = 64
 #: The fields of a job's hash that ``_job_hash`` writes for the job itself.
 _TIMES = ("created_at", "enqueued_at")
-_ABSENT = object()
 _copy_refused_logged = False
 
 
@@ -283,16 +282,28 @@ def _job_hash(
     return mapping
 
 
+class _NoConnections(redis.ConnectionPool):
+    """A pool that gives out no connection: a client on it can fill a pipeline and send nothing."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        raise _SentOutsideThePipeline
+
+
+class _SentOutsideThePipeline(Exception):
+    pass
+
+
 def _learn(queue: Queue, opts: Mapping[str, Any]) -> dict[Any, Any] | None:
     """RQ's hash of a job of this kind, as a template, if copying it gives exactly what RQ sends.
 
     RQ enqueues two jobs of the kind, ``opts`` and the same with another workflow, handler, job
-    and engine key, into a pipeline that is never sent. Its commands must be the queue's
-    registration, each job's hash (its status, then the whole hash) and each job's push, nothing
-    else (no expiry, no registry); and each job's hash, rebuilt by :func:`_job_hash` from the
-    first's, must be RQ's own field for field, bar the two times, which RQ must write too. So a
-    field that differs from job to job, another encoding, or another command in a later RQ is
-    seen here, and every job of that kind is then written by RQ itself: slower, never different.
+    and engine key, into a pipeline of a client that can send nothing. Its commands must be the
+    queue's registration, each job's hash (its status, then the whole hash) and each job's push,
+    nothing else (no expiry, no registry, nothing sent outside the pipeline); and each job's hash,
+    rebuilt by :func:`_job_hash` from the first's, must be RQ's own, field for field and byte for
+    byte as redis-py encodes them, bar the two times, which RQ must write too. So a field that
+    differs from job to job, another encoding, or another command in a later RQ is seen here, and
+    every job of that kind is then written by RQ itself: slower, never different.
     """
     global _copy_refused_logged
     other_id = secrets.token_hex(16)
@@ -306,12 +317,20 @@ def _learn(queue: Queue, opts: Mapping[str, Any]) -> dict[Any, Any] | None:
             "description": f"workflow another_type {other_id}",
         },
     ]
-    with queue.connection.pipeline() as unsent:  # reset on leaving, never executed
-        queue.enqueue_many([Queue.prepare_data(RUN_WORKFLOW, **job) for job in samples], pipeline=unsent)
+    mute = redis.Redis(connection_pool=_NoConnections())
+    rehearsal = Queue(queue.name, connection=mute, serializer=queue.serializer)
+    rehearsal.redis_server_version = queue.get_redis_server_version()  # RQ asks once a connection
+    differ: set[Any] = set()
+    sent: list[Any] = []
+    with mute.pipeline() as unsent:  # reset on leaving, never executed
+        try:
+            rehearsal.enqueue_many([Queue.prepare_data(RUN_WORKFLOW, **j) for j in samples], pipeline=unsent)
+        except _SentOutsideThePipeline:
+            differ.add("a command sent outside the pipeline")
         sent = [args for args, _ in unsent.command_stack]
+    encode: Callable[[Any], bytes] = mute.get_encoder().encode  # as redis-py will send it
     hashes: dict[Any, dict[Any, Any]] = {}
     pushed: list[Any] = []
-    odd: list[str] = []
     for name, *rest in sent:
         if name == "SADD" and rest == [queue.redis_queues_keys, queue.key]:
             continue
@@ -320,21 +339,18 @@ def _learn(queue: Queue, opts: Mapping[str, Any]) -> dict[Any, Any] | None:
         elif name == "RPUSH" and rest[:1] == [queue.key]:
             pushed.extend(rest[1:])
         else:
-            odd.append(str(name))
+            differ.add(str(name))
     keys = [Job.key_for(job["job_id"]) for job in samples]
     template = hashes.get(keys[0])
-    differ: set[Any] = set(odd)
     if list(hashes) != keys or pushed != [job["job_id"] for job in samples] or template is None:
         differ.add("the jobs' keys or pushes")
     else:
         differ.update(field for field in _TIMES if field not in template)
         for key, job in zip(keys, samples, strict=True):
-            written, rebuilt = hashes[key], _job_hash(template, job, queue.serializer, "")
-            differ.update(
-                field
-                for field in {*written, *rebuilt}
-                if field not in _TIMES and written.get(field, _ABSENT) != rebuilt.get(field, _ABSENT)
-            )
+            written = {encode(k): encode(v) for k, v in hashes[key].items() if k not in _TIMES}
+            rebuilt = _job_hash(template, job, queue.serializer, "")
+            mine = {encode(k): encode(v) for k, v in rebuilt.items() if k not in _TIMES}
+            differ.update(field for field in {*written, *mine} if written.get(field) != mine.get(field))
     if not differ:
         return template
     if not _copy_refused_logged:
@@ -343,7 +359,7 @@ def _learn(queue: Queue, opts: Mapping[str, Any]) -> dict[Any, Any] | None:
             "RQ %s enqueues a job differently from what workflow_engine copies, so RQ writes each "
             "such job itself (slower). What differs: %s",
             rq_version,
-            ", ".join(sorted(map(str, differ))),
+            ", ".join(sorted(f.decode() if isinstance(f, bytes) else str(f) for f in differ)),
         )
     return None
 
