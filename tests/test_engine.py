@@ -2615,6 +2615,25 @@ def test_a_kind_of_job_for_which_rqs_enqueue_sends_a_command_outside_its_pipelin
     assert "outside the pipeline" in refusal
 
 
+def test_a_kind_of_job_whose_rehearsal_fails_is_enqueued_by_rq(
+    unlearnt: dict[Any, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Learning a kind never fails a delivery: if RQ's enqueue cannot be rehearsed (a later RQ that
+    needs what the rehearsal lacks), that kind is left to RQ's own enqueue."""
+    persist = rq.Queue._persist_job
+
+    def fails_where_nothing_is_sent(self: rq.Queue, job: rq.job.Job, *args: Any, **kwargs: Any) -> None:
+        if job.timeout == -1 and isinstance(self.connection.connection_pool, transport._NoConnections):
+            raise RuntimeError("needs a real connection")
+        persist(self, job, *args, **kwargs)
+
+    monkeypatch.setattr(rq.Queue, "_persist_job", fails_where_nothing_is_sent)
+    _a_mix_delivered(fakeredis.FakeRedis())
+    assert [template is None for template in unlearnt.values()] == [True, False]
+    [refusal] = _refusals(caplog)
+    assert "RuntimeError: needs a real connection" in refusal
+
+
 def test_jobs_of_two_queues_are_copied_each_from_its_own_queues_kind(unlearnt: dict[Any, Any]) -> None:
     connection = fakeredis.FakeRedis()
     for name in ("first", "second", "first"):

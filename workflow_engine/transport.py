@@ -327,6 +327,8 @@ def _learn(queue: Queue, opts: Mapping[str, Any]) -> dict[Any, Any] | None:
             rehearsal.enqueue_many([Queue.prepare_data(RUN_WORKFLOW, **j) for j in samples], pipeline=unsent)
         except _SentOutsideThePipeline:
             differ.add("a command sent outside the pipeline")
+        except Exception as exc:  # a later RQ that enqueues otherwise: its own enqueue will tell
+            differ.add(f"the rehearsal raised {type(exc).__name__}: {exc}")
         sent = [args for args, _ in unsent.command_stack]
     encode: Callable[[Any], bytes] = mute.get_encoder().encode  # as redis-py will send it
     hashes: dict[Any, dict[Any, Any]] = {}
