@@ -2634,6 +2634,24 @@ def test_a_kind_of_job_whose_rehearsal_fails_is_enqueued_by_rq(
     assert "RuntimeError: needs a real connection" in refusal
 
 
+def test_a_kind_of_job_whose_hash_redis_py_cannot_send_fails_as_rqs_own_enqueue_would(
+    unlearnt: dict[Any, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A field redis-py cannot encode is never copied; RQ's own enqueue then fails to send it, as before."""
+    to_dict = rq.job.Job.to_dict
+
+    def with_a_none(self: rq.job.Job, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {**to_dict(self, *args, **kwargs), "broken": None}
+
+    monkeypatch.setattr(rq.job.Job, "to_dict", with_a_none)
+    wf = a_workflow(job_id="j1", handler="h:f")
+    with pytest.raises(QueueUnavailable) as raised:
+        transport.Transport(fakeredis.FakeRedis(), "workflows").deliver([wf])
+    assert list(raised.value.workflow_ids) == [wf.id] and list(unlearnt.values()) == [None]
+    [refusal] = _refusals(caplog)
+    assert "cannot be encoded" in refusal
+
+
 def test_jobs_of_two_queues_are_copied_each_from_its_own_queues_kind(unlearnt: dict[Any, Any]) -> None:
     connection = fakeredis.FakeRedis()
     for name in ("first", "second", "first"):

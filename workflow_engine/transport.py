@@ -349,9 +349,13 @@ def _learn(queue: Queue, opts: Mapping[str, Any]) -> dict[Any, Any] | None:
     else:
         differ.update(field for field in _TIMES if field not in template)
         for key, job in zip(keys, samples, strict=True):
-            written = {encode(k): encode(v) for k, v in hashes[key].items() if k not in _TIMES}
-            rebuilt = _job_hash(template, job, queue.serializer, "")
-            mine = {encode(k): encode(v) for k, v in rebuilt.items() if k not in _TIMES}
+            try:
+                written = {encode(k): encode(v) for k, v in hashes[key].items() if k not in _TIMES}
+                rebuilt = _job_hash(template, job, queue.serializer, "")
+                mine = {encode(k): encode(v) for k, v in rebuilt.items() if k not in _TIMES}
+            except Exception as exc:  # a value redis-py cannot send (RQ could not either)
+                differ.add(f"a field that cannot be encoded ({type(exc).__name__}: {exc})")
+                break
             differ.update(field for field in {*written, *mine} if written.get(field) != mine.get(field))
     if not differ:
         return template
@@ -361,7 +365,7 @@ def _learn(queue: Queue, opts: Mapping[str, Any]) -> dict[Any, Any] | None:
             "RQ %s enqueues a job differently from what workflow_engine copies, so RQ writes each "
             "such job itself (slower). What differs: %s",
             rq_version,
-            ", ".join(sorted(f.decode() if isinstance(f, bytes) else str(f) for f in differ)),
+            ", ".join(sorted(f.decode(errors="replace") if isinstance(f, bytes) else str(f) for f in differ)),
         )
     return None
 
