@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis as redis_lib
 from rq import Queue
@@ -71,6 +72,18 @@ class Delivery:
         self.queue = Queue(QUEUE, connection=connection)
         self.transport = transport.Transport(connection, QUEUE)
 
+    def put(self, kind: str, jobs: list[dict[str, Any]]) -> None:
+        """Workflow jobs on the queue in one pipeline: through RQ's ``enqueue_many`` (``rq``) or as
+        ``Transport.deliver`` writes them (``copied``)."""
+        with self.connection.pipeline() as pipe:
+            if kind == "rq":
+                self.queue.enqueue_many(
+                    [Queue.prepare_data(transport.RUN_WORKFLOW, **opts) for opts in jobs], pipeline=pipe
+                )
+            else:
+                self.transport._write_jobs(pipe, jobs)
+            pipe.execute()
+
     def run(self, kind: str, batch: int) -> float:
         """ms a job for N jobs of ``kind`` in batches of ``batch``."""
         self.connection.flushall()
@@ -81,14 +94,7 @@ class Delivery:
             if kind == "raw":
                 self.queue.enqueue_many([Queue.prepare_data(bench_jobs.noop) for _ in some])
                 continue
-            with self.connection.pipeline() as pipe:
-                if kind == "rq":
-                    self.queue.enqueue_many(
-                        [Queue.prepare_data(transport.RUN_WORKFLOW, **opts) for opts in some], pipeline=pipe
-                    )
-                else:
-                    self.transport._write_jobs(pipe, some)
-                pipe.execute()
+            self.put(kind, some)
         ms = (time.perf_counter() - start) * 1000 / self.n
         if self.queue.count != self.n:
             raise BenchFailure(f"{kind}: {self.queue.count} jobs on the queue, expected {self.n}")
@@ -102,14 +108,7 @@ def same_hashes(connection: redis_lib.Redis) -> None:
     written: dict[str, list[dict[bytes, bytes]]] = {}
     for kind in ("rq", "copied"):
         connection.flushall()
-        with connection.pipeline() as pipe:
-            if kind == "rq":
-                delivery.queue.enqueue_many(
-                    [Queue.prepare_data(transport.RUN_WORKFLOW, **opts) for opts in jobs], pipeline=pipe
-                )
-            else:
-                delivery.transport._write_jobs(pipe, jobs)
-            pipe.execute()
+        delivery.put(kind, jobs)
         written[kind] = [
             {k: v for k, v in connection.hgetall(Job.key_for(opts["job_id"])).items() if k not in TIMES}
             for opts in jobs
