@@ -586,6 +586,74 @@ def app_module(folder: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return module
 
 
+def test_a_work_horse_uses_the_engine_its_worker_prepared_finished_as_it_would_have_built_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain forking worker builds its engine as it reads its first workflow job, unconnected and
+    without the app: each work-horse inherits it instead of building one per job. The horse finishes
+    it (the app's handlers), and builds its own if the environment no longer says the same."""
+    module = app_module(tmp_path, monkeypatch)
+    database_url = f"sqlite:///{tmp_path / 'w.db'}"
+    monkeypatch.setenv("WORKFLOW_ENGINE_DATABASE_URL", database_url)
+    monkeypatch.setenv("WORKFLOW_ENGINE_APP", f"{module}:engine")
+    execution.set_worker_engine(None)
+    try:
+        execution.prepare_worker_engine()
+        prepared = execution._worker_engine
+        assert prepared is not None and prepared.database_url == database_url
+        assert prepared._app_name is None and module not in sys.modules, "the app is the horse's to import"
+        assert not (tmp_path / "w.db").exists(), "nothing is connected"
+        execution.prepare_worker_engine()
+        assert execution._worker_engine is prepared, "prepared once"
+
+        def finished() -> bool:
+            engine = execution.worker_engine()
+            return (
+                engine is prepared
+                and engine._app_name == f"{module}:engine"
+                and engine.handler_types() == ["report"]
+            )
+
+        assert true_in_a_forked_child(finished)
+        monkeypatch.setenv("WORKFLOW_ENGINE_QUEUE", "elsewhere")
+
+        def built_again() -> bool:
+            engine = execution.worker_engine()
+            return engine is not prepared and engine.queue_name == "elsewhere"
+
+        assert true_in_a_forked_child(built_again)
+        monkeypatch.setenv("WORKFLOW_ENGINE_HEARTBEAT_INTERVAL", "soon")
+
+        def says_why() -> bool:
+            with pytest.raises(ConfigurationError, match="WORKFLOW_ENGINE_HEARTBEAT_INTERVAL"):
+                execution.worker_engine()
+            return True
+
+        assert true_in_a_forked_child(says_why)
+        assert execution._worker_engine is prepared and prepared._app_name is None, (
+            "the worker's own is untouched"
+        )
+    finally:
+        execution.set_worker_engine(None)
+        sys.modules.pop(module, None)
+
+
+def test_an_engine_already_set_is_never_replaced_by_a_prepared_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`workflow-engine worker` and a preloading worker set theirs at start: reading a job's meta
+    later changes nothing."""
+    monkeypatch.setenv("WORKFLOW_ENGINE_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    given = WorkflowEngine(database_url=f"sqlite:///{tmp_path / 'given.db'}", redis_url="fakeredis://")
+    execution.set_worker_engine(given)
+    try:
+        execution.prepare_worker_engine()
+        assert execution.worker_engine() is given
+    finally:
+        execution.set_worker_engine(None)
+        given.close()
+
+
 @pytest.mark.services
 def test_a_worker_handler_starting_a_type_its_engine_lacks_fails_saying_what_the_apps_engine_gave(
     tmp_path: Path, redis_server: Any, monkeypatch: pytest.MonkeyPatch
@@ -1129,22 +1197,31 @@ def test_enqueue_in_async_mode_only_queues_the_job(async_engine: WorkflowEngine)
     ],
 )
 def test_reading_a_jobs_meta_imports_workflow_engine_and_the_configured_stores_driver_and_never_fails(
-    database_url: str, driver: str | None
+    database_url: str, driver: str | None, tmp_path: Path
 ) -> None:
     """RQ's worker unpickles a job's meta as it takes the job (``Job.restore``), before it forks: a
-    fresh process that does only that has the package loaded afterwards, and the store's driver."""
+    fresh process that does only that has the package loaded afterwards, the store's driver, and
+    the worker's engine, built from the environment but not connected (no database file made)."""
     if driver == "psycopg":
         pytest.importorskip("psycopg")
     probe = (
         "import pickle, sys; meta = pickle.loads(bytes.fromhex(sys.argv[1])); "
         "print(type(meta['workflow_engine']).__name__, 'workflow_engine.execution' in sys.modules, "
-        "'pydantic' in sys.modules, 'sqlite3' in sys.modules, 'psycopg' in sys.modules)"
+        "'pydantic' in sys.modules, 'sqlite3' in sys.modules, 'psycopg' in sys.modules); "
+        "from workflow_engine import execution; engine = execution._worker_engine; "
+        "store = engine and engine.store; "
+        "print(engine and engine.database_url, store and vars(store).get('_conn', vars(store).get('_pool')))"
     )
     raw = pickle.dumps({transport.META_KEY: transport.PRELOAD}, protocol=pickle.HIGHEST_PROTOCOL)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_ENGINE_")}
     env["WORKFLOW_ENGINE_DATABASE_URL"] = database_url
     out = subprocess.run(
-        [sys.executable, "-c", probe, raw.hex()], capture_output=True, text=True, check=True, env=env
+        [sys.executable, "-c", probe, raw.hex()],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert out.stdout.split() == [
         "Preload",
@@ -1152,7 +1229,10 @@ def test_reading_a_jobs_meta_imports_workflow_engine_and_the_configured_stores_d
         "True",  # is pydantic loaded?
         str(driver == "sqlite3"),  # is sqlite3 loaded?
         str(driver == "psycopg"),  # is psycopg loaded?
+        str(database_url if driver else None),  # the worker's engine's database, if one was built
+        "None",  # its connection (SQLite) or pool (PostgreSQL): none opened
     ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_enqueueing_a_queued_workflow_again_adds_no_second_job(async_engine: WorkflowEngine) -> None:
