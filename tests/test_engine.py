@@ -638,20 +638,104 @@ def test_a_work_horse_uses_the_engine_its_worker_prepared_finished_as_it_would_h
         sys.modules.pop(module, None)
 
 
-def test_an_engine_already_set_is_never_replaced_by_a_prepared_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_prepared_engine_is_finished_once_in_a_process_that_forks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """`workflow-engine worker` and a preloading worker set theirs at start: reading a job's meta
-    later changes nothing."""
-    monkeypatch.setenv("WORKFLOW_ENGINE_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
-    given = WorkflowEngine(database_url=f"sqlite:///{tmp_path / 'given.db'}", redis_url="fakeredis://")
-    execution.set_worker_engine(given)
+    """A SimpleWorker reads its first job's meta and runs the job in one process: the first job
+    finishes the engine, and later jobs neither take the app's handlers again nor log it again."""
+    module = app_module(tmp_path, monkeypatch)
+    monkeypatch.setenv("WORKFLOW_ENGINE_DATABASE_URL", f"sqlite:///{tmp_path / 'w.db'}")
+    monkeypatch.setenv("WORKFLOW_ENGINE_APP", f"{module}:engine")
+    execution.set_worker_engine(None)
+    caplog.set_level("INFO", logger="workflow_engine")
     try:
         execution.prepare_worker_engine()
-        assert execution.worker_engine() is given
+        prepared = execution._worker_engine
+        assert [execution.worker_engine() for _ in range(3)] == [prepared] * 3
+        said = [r.getMessage() for r in caplog.records if r.name == "workflow_engine.execution"]
+        assert said == [
+            f"handlers from the app's engine {module}:engine",
+            f"worker engine from the environment: sqlite:///{tmp_path / 'w.db'}",
+        ]
+    finally:
+        execution.set_worker_engine(None)
+        sys.modules.pop(module, None)
+
+
+def test_a_prepared_engine_whose_app_cannot_be_loaded_at_a_strict_start_stays_prepared_for_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = app_module(tmp_path, monkeypatch)
+    monkeypatch.setenv("WORKFLOW_ENGINE_DATABASE_URL", f"sqlite:///{tmp_path / 'w.db'}")
+    monkeypatch.setenv("WORKFLOW_ENGINE_APP", f"{module}:missing")
+    execution.set_worker_engine(None)
+    try:
+        execution.prepare_worker_engine()
+        prepared = execution._worker_engine
+        assert prepared is not None
+        with pytest.raises(ConfigurationError, match="has no 'missing'"):
+            execution.worker_engine(strict=True)
+        assert execution._worker_engine is prepared and execution._prepared is not None
+        monkeypatch.setenv("WORKFLOW_ENGINE_APP", f"{module}:engine")
+        engine = execution.worker_engine(strict=True)
+        assert engine is prepared and engine.handler_types() == ["report"] and execution._prepared is None
+    finally:
+        execution.set_worker_engine(None)
+        sys.modules.pop(module, None)
+
+
+@pytest.mark.parametrize("order", ["set, then prepared", "prepared, then set"])
+def test_an_engine_set_is_never_replaced_by_a_prepared_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    """`workflow-engine worker` and a preloading worker set theirs at start: reading a job's meta
+    before or after changes nothing, and the engine set is used as it is."""
+    monkeypatch.setenv("WORKFLOW_ENGINE_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    monkeypatch.setenv("WORKFLOW_ENGINE_APP", "we_no_such_app:engine")  # taken only by an engine built here
+    execution.set_worker_engine(None)
+    given = WorkflowEngine(database_url=f"sqlite:///{tmp_path / 'given.db'}", redis_url="fakeredis://")
+    try:
+        if order == "set, then prepared":
+            execution.set_worker_engine(given)
+            execution.prepare_worker_engine()
+        else:
+            execution.prepare_worker_engine()
+            execution.set_worker_engine(given)
+        assert execution.worker_engine(strict=True) is given
     finally:
         execution.set_worker_engine(None)
         given.close()
+
+
+def test_an_app_whose_import_reads_a_workflow_job_does_not_stop_its_worker_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building the worker's engine imports the app; an app that reads a workflow job as it is
+    imported (Job.fetch in a module, a framework's ready hook) unpickles its meta meanwhile, which
+    prepares an engine only if nothing is building one: it must not wait for the builder."""
+    module = app_module(tmp_path, monkeypatch)
+    reader = f"{module}_reads_jobs"
+    (tmp_path / f"{reader}.py").write_text(
+        "import pickle\n"
+        "from workflow_engine import transport\n"
+        "pickle.loads(pickle.dumps({transport.META_KEY: transport.PRELOAD}))  # what Job.fetch does\n"
+        f"from {module} import engine\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_ENGINE_")}
+    env.update(
+        WORKFLOW_ENGINE_DATABASE_URL=f"sqlite:///{tmp_path / 'w.db'}",
+        WORKFLOW_ENGINE_APP=f"{reader}:engine",
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(we_test_handlers.__file__).parent)]),
+    )
+    start = (  # what `rq worker -c workflow_engine.rq_preload` and `workflow-engine worker` do first
+        "from workflow_engine import execution; engine = execution.worker_engine(strict=True); "
+        "print(engine._app_name, engine.handler_types())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", start], capture_output=True, text=True, env=env, timeout=30, check=True
+    )
+    assert out.stdout.strip() == f"{reader}:engine ['report']"
 
 
 @pytest.mark.services
