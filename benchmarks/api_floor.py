@@ -199,14 +199,51 @@ class Floor:
         bench_jobs.floor_commit(conn)
 
     def two_call_floor(self) -> float:
+        def call(engine: WorkflowEngine, conn: sqlite3.Connection) -> None:
+            workflow_id, job_id = self.insert(conn, queued=False)
+            self.enqueue(conn, workflow_id, job_id)
+            self.deliver(workflow_id, job_id)
+
+        return self.on_floor(call)
+
+    def two_calls(self) -> float:
+        return self.on_engine(
+            lambda engine: engine.enqueue_execution(engine.create_workflow(workflow_type_id=TYPE))
+        )
+
+    def sql_floor(self) -> float:
+        return self.steps(0)
+
+    def steps(self, level: int) -> float:
+        """The floor's loop with the engine's first ``level`` pieces in place of its own (``STEPS``)."""
+        history = (NewEvent(None, S.PENDING), NewEvent(S.PENDING, S.QUEUED, "enqueued"))
+
+        def call(engine: WorkflowEngine, conn: sqlite3.Connection) -> None:
+            if level >= 1:
+                wf = engine._new_workflow(workflow_type_id=TYPE)
+            if level >= 2:
+                wf = wf.model_copy(update=engine._queue_change(wf, detail="enqueued").changes)
+            if level >= 3:
+                engine.store.insert([wf], [history])
+                workflow_id, job_id = wf.id, str(wf.job_id)
+            else:
+                workflow_id, job_id = self.insert(conn)
+            if level >= 4:
+                engine._deliver(wf)
+            else:
+                self.deliver(workflow_id, job_id)
+
+        return self.on_floor(call)
+
+    def on_floor(self, call: Callable[[WorkflowEngine, sqlite3.Connection], None]) -> float:
+        """N calls of ``call(engine, conn)``, ``conn`` a bare connection (``bench_jobs.floor_connection``)
+        to the engine's fresh database; the rate, once N rows are queued there."""
         engine = self.engine()
         conn = bench_jobs.floor_connection(engine.store.path)  # type: ignore[attr-defined]
 
         def calls() -> None:
             for _ in range(self.n):
-                workflow_id, job_id = self.insert(conn, queued=False)
-                self.enqueue(conn, workflow_id, job_id)
-                self.deliver(workflow_id, job_id)
+                call(engine, conn)
 
         try:
             rate = self.timed(calls)
@@ -218,12 +255,14 @@ class Floor:
             raise BenchFailure(f"{queued} of {self.n} rows queued")
         return rate
 
-    def two_calls(self) -> float:
+    def on_engine(self, call: Callable[[WorkflowEngine], object]) -> float:
+        """N calls of ``call(engine)`` on an engine with a fresh database; the rate, once N workflows
+        are queued there."""
         engine = self.engine()
 
         def calls() -> None:
             for _ in range(self.n):
-                engine.enqueue_execution(engine.create_workflow(workflow_type_id=TYPE))
+                call(engine)
 
         try:
             rate = self.timed(calls)
@@ -232,41 +271,6 @@ class Floor:
             engine.close()
         if queued != self.n:
             raise BenchFailure(f"{queued} of {self.n} workflows queued")
-        return rate
-
-    def sql_floor(self) -> float:
-        return self.steps(0)
-
-    def steps(self, level: int) -> float:
-        """The floor's loop with the engine's first ``level`` pieces in place of its own (``STEPS``)."""
-        engine = self.engine()
-        conn = bench_jobs.floor_connection(engine.store.path)  # type: ignore[attr-defined]
-        history = (NewEvent(None, S.PENDING), NewEvent(S.PENDING, S.QUEUED, "enqueued"))
-
-        def calls() -> None:
-            for _ in range(self.n):
-                if level >= 1:
-                    wf = engine._new_workflow(workflow_type_id=TYPE)
-                if level >= 2:
-                    wf = wf.model_copy(update=engine._queue_change(wf, detail="enqueued").changes)
-                if level >= 3:
-                    engine.store.insert([wf], [history])
-                    workflow_id, job_id = wf.id, str(wf.job_id)
-                else:
-                    workflow_id, job_id = self.insert(conn)
-                if level >= 4:
-                    engine._deliver(wf)
-                else:
-                    self.deliver(workflow_id, job_id)
-
-        try:
-            rate = self.timed(calls)
-            queued = conn.execute("SELECT COUNT(*) FROM workflows WHERE status = 'queued'").fetchone()[0]
-        finally:
-            bench_jobs.floor_close(conn)
-            engine.close()
-        if queued != self.n:
-            raise BenchFailure(f"{queued} of {self.n} rows queued")
         return rate
 
     def engine(self) -> WorkflowEngine:
@@ -278,20 +282,7 @@ class Floor:
         return engine
 
     def workflow(self) -> float:
-        engine = self.engine()
-
-        def calls() -> None:
-            for _ in range(self.n):
-                engine.create_workflow(workflow_type_id=TYPE, enqueue=True)
-
-        try:
-            rate = self.timed(calls)
-            queued = len(engine.list_workflows(limit=self.n + 1, status="queued"))
-        finally:
-            engine.close()
-        if queued != self.n:
-            raise BenchFailure(f"{queued} of {self.n} workflows queued")
-        return rate
+        return self.on_engine(lambda engine: engine.create_workflow(workflow_type_id=TYPE, enqueue=True))
 
     def run(self, kind: str) -> float:
         self.redis.flushall()
