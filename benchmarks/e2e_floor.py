@@ -1,12 +1,14 @@
-"""What bounds the end-to-end ratio: one stock worker, four kinds of job, side by side.
+"""What bounds the end-to-end ratio: stock workers, four kinds of job, side by side.
 
-    python benchmarks/e2e_floor.py [--n 2000] [--rounds 5] [--worker simple|fork]
+    python benchmarks/e2e_floor.py [--n 2000] [--rounds 5] [--worker simple|fork] [--procs 1]
 
 Each round runs one ``rq worker workflows --burst -w rq.SimpleWorker`` process (the stock
 command, as in ``bench.py``'s e2e rows) over N jobs of each kind, in turn, on a private Redis
 and a fresh SQLite WAL file. With ``--worker fork`` it runs the default forking worker instead,
 with ``-c workflow_engine.rq_preload`` for every kind but ``raw`` (as ``bench.py``'s preloaded
 row): then each job's work-horse opens the database afresh, as any durable job must after a fork.
+With ``--procs 2`` it runs two such processes side by side over the same queue, as ``bench.py``'s
+x2 rows do: on two cores the workers, Redis and SQLite then share the CPU.
 
 - ``raw``: RQ's no-op job, as raw RQ runs it in ``bench.py``;
 - ``shape``: a job with a workflow job's arguments, options (timeout, result TTL, description,
@@ -55,44 +57,51 @@ WORKERS = {"simple": "-w rq.SimpleWorker ", "fork": "(forking; -c workflow_engin
 
 @dataclass(frozen=True)
 class Run:
-    whole: float  # jobs/s, from the worker's start to its exit
+    whole: float  # jobs/s, from the workers' start to the end of the last job
     steady: float  # jobs/s, from the end of its first job to the end of its last
     cpu_ms: float  # the worker process's CPU time (user + system) a job, start-up included
 
 
 class Floor:
-    def __init__(self, tmp: Path, redis: RedisServer, n: int, worker_class: str = "simple") -> None:
-        self.tmp, self.redis, self.n, self.worker_class = tmp, redis, n, worker_class
+    def __init__(
+        self, tmp: Path, redis: RedisServer, n: int, worker_class: str = "simple", procs: int = 1
+    ) -> None:
+        self.tmp, self.redis, self.n, self.worker_class, self.procs = tmp, redis, n, worker_class, procs
         self.connection = redis_lib.Redis.from_url(redis.url)
         self.queue = Queue(QUEUE, connection=self.connection)
         self.runs = 0
 
     def worker(self, database_url: str | None, job_ids: list[str]) -> Run:
-        """One stock burst worker over the queue: its jobs/s from start to exit, at its steady pace
-        (from the end of its first job to the end of its last: no start-up, no first import), and
-        the CPU time it used a job, which the hypervisor's steal barely touches."""
+        """``procs`` stock burst workers over the queue: their jobs/s from the start to the end of the
+        last job (not to their exit, which a burst worker delays by up to 1 s at random, as
+        ``bench.py`` says), at their steady pace (from the end of the first job to the end of the
+        last: no start-up, no first import), and the CPU time they used a job, which the
+        hypervisor's steal barely touches."""
         cmd = harness.rq_worker_cmd(self.redis.url, self.worker_class)
         if self.worker_class == "fork" and database_url is not None:
             cmd += ["-c", "workflow_engine.rq_preload"]  # the package and the engine, built once
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        proc = harness.start(cmd, harness.worker_env(database_url, self.redis.url), self.tmp)
+        wall_start = time.time()
+        env = harness.worker_env(database_url, self.redis.url)
+        procs = [harness.start(cmd, env, self.tmp) for _ in range(self.procs)]
         try:
-            code = proc.wait(timeout=max(120.0, self.n * 0.1))
+            codes = [proc.wait(timeout=max(120.0, self.n * 0.1)) for proc in procs]
         finally:
-            proc.stop()
-        elapsed = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the worker, once reaped
+            for proc in procs:
+                proc.stop()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, once reaped
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-        if code != 0:
-            raise BenchFailure(f"worker exited with code {code}\n{proc.tail()}")
-        proc.log.unlink(missing_ok=True)
+        for proc, code in zip(procs, codes, strict=True):
+            if code != 0:
+                raise BenchFailure(f"worker exited with code {code}\n{proc.tail()}")
+            proc.log.unlink(missing_ok=True)
         failed = self.queue.failed_job_registry.count
         if failed or self.queue.count:
             raise BenchFailure(f"{failed} jobs failed and {self.queue.count} are still queued")
         ends = [job.ended_at for job in Job.fetch_many(job_ids, connection=self.connection) if job]
         if len(ends) != self.n or None in ends:
             raise BenchFailure(f"{len(ends)} of {self.n} jobs have an end time")
+        elapsed = max(ends).timestamp() - wall_start  # type: ignore[type-var,union-attr]
         steady = (max(ends) - min(ends)).total_seconds()  # type: ignore[type-var,operator]
         return Run(
             self.n / elapsed, (self.n - 1) / steady if steady > 0 else float("nan"), cpu / self.n * 1000
@@ -172,16 +181,19 @@ def main(argv: list[str] | None = None) -> int:
         default="simple",
         help="rq.SimpleWorker (default), or the forking Worker with the package preloaded (try --n 200)",
     )
+    parser.add_argument(
+        "--procs", type=int, default=1, help="worker processes side by side over the queue (default 1)"
+    )
     args = parser.parse_args(argv)
-    if args.n < 1 or args.rounds < 1:
-        parser.error("--n and --rounds must be at least 1")
+    if args.n < 1 or args.rounds < 1 or args.procs < 1:
+        parser.error("--n, --rounds and --procs must be at least 1")
     print(harness.compile_bytecode())
     times_before = harness.cpu_times()
     with tempfile.TemporaryDirectory(prefix="we-floor-") as tmp_name:
         redis = RedisServer(Path(tmp_name))
         try:
             redis.start()
-            floor = Floor(Path(tmp_name), redis, args.n, args.worker)
+            floor = Floor(Path(tmp_name), redis, args.n, args.worker, args.procs)
             runs = harness.alternating(
                 KINDS,
                 args.rounds,
@@ -191,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             redis.stop()
     stolen = harness.steal_percent(times_before, harness.cpu_times())
+    times = f" x{args.procs}" if args.procs > 1 else ""
     print(
-        f"\n`rq worker {WORKERS[args.worker]}--burst`, SQLite WAL, N={args.n}, median of {args.rounds}; "
-        f"CPU stolen by the hypervisor over the run: {stolen}. Whole: from the worker's start to its "
-        "exit. Steady: from the end of its first job to the end of its last. CPU: the worker "
-        "process's own user and system time a job, start-up included.\n"
+        f"\n`rq worker {WORKERS[args.worker]}--burst`{times}, SQLite WAL, N={args.n}, median of "
+        f"{args.rounds}; CPU stolen by the hypervisor over the run: {stolen}. Whole: from the "
+        "workers' start to the end of the last job. Steady: from the end of the first job to the end "
+        "of the last. CPU: the worker processes' own user and system time a job, start-up included.\n"
     )
     print("| job | jobs/s, whole | ÷ raw | jobs/s, steady | ÷ raw | worker CPU, ms a job | + over raw |")
     print("|---|---|---|---|---|---|---|")
