@@ -58,8 +58,8 @@ WORKERS = {"simple": "-w rq.SimpleWorker ", "fork": "(forking; -c workflow_engin
 @dataclass(frozen=True)
 class Run:
     whole: float  # jobs/s, from the workers' start to the end of the last job
-    steady: float  # jobs/s, from the end of its first job to the end of its last
-    cpu_ms: float  # the worker process's CPU time (user + system) a job, start-up included
+    steady: float  # jobs/s, from the end of the first job to the end of the last
+    cpu_ms: float  # the worker processes' CPU time (user + system) a job, start-up included
 
 
 class Floor:
