@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_jobs
 import bench_queries
+import e2e_floor
 import harness
 import peers
 import recovery
@@ -58,6 +59,9 @@ SMOKE_ROWS = (2_000,)
 LABEL = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 #: Raw RQ's turn in an e2e round (see Bench.e2e).
 RAW = "raw"
+#: The floor's turn in an e2e round: the same workers over jobs that run only the SQL of a claim and
+#: a completion (``bench_jobs.sql_floor_job``), on SQLite.
+FLOOR = "floor"
 
 
 def say(message: str) -> None:
@@ -80,10 +84,17 @@ class Row:
     key: str = ""
     a: list[float] = field(default_factory=list)
     b: list[float] = field(default_factory=list)
+    #: The same-run floor's rates (e2e rows on SQLite with a stock worker class), in B's unit.
+    floor: list[float] = field(default_factory=list)
 
     @property
     def median_a(self) -> float:
         return statistics.median(self.a)
+
+    @property
+    def floor_ratio(self) -> float | None:
+        """The floor ÷ raw RQ, measured in the same rounds; None where no floor ran."""
+        return statistics.median(self.floor) / self.median_b if self.floor else None
 
     @property
     def median_b(self) -> float:
@@ -400,7 +411,13 @@ class Bench:
         Each worker configuration runs every backend and raw RQ in one alternating sequence:
         (SQLite, raw, PostgreSQL), then (PostgreSQL, raw, SQLite), … Both backends' rows share
         raw RQ's rounds, which are measured once instead of once per backend (about 1.5 minutes
-        of a slow instance's suite), and each workflow round still runs next to a raw one."""
+        of a slow instance's suite), and each workflow round still runs next to a raw one.
+
+        The stock SimpleWorker rows and the preloaded forking row also run their floor on SQLite, in
+        the same sequence (SQLite, raw, the floor, PostgreSQL): the same workers over N workflows whose
+        jobs run only the SQL of a claim and a completion (two durable transactions,
+        ``bench_jobs.sql_floor_job``), what an engine that keeps those guarantees with no Python of its
+        own would reach in this run."""
         from rq import Queue
 
         configs: list[tuple[str, int, int, tuple[str, ...], tuple[str, ...]]] = [
@@ -447,6 +464,23 @@ class Bench:
                         engine.close()
                     return n / elapsed
 
+                def floor_run(
+                    worker_class: str = worker_class,
+                    procs: int = procs,
+                    n: int = n,
+                    extra: tuple[str, ...] = extra,
+                ) -> float:
+                    self.redis.flushall()
+                    with self.database("sqlite") as url:
+                        engine = WorkflowEngine(database_url=url, redis_url=self.redis.url, queue_name=QUEUE)
+                        engine.register_handler(TYPE, HANDLER_PATH)
+                        workflows = e2e_floor.queue_workflows(engine, n, TYPE)
+                        e2e_floor.reshape(self.raw_queue(), bench_jobs.sql_floor_job, workflows, TYPE)
+                        elapsed = self.run_workers(n, worker_class, procs, url, extra)
+                        self.check_completed(engine, n)
+                        engine.close()
+                    return n / elapsed
+
                 def rq_run(worker_class: str = worker_class, procs: int = procs, n: int = n) -> float:
                     self.redis.flushall()
                     queue = self.raw_queue()
@@ -472,17 +506,22 @@ class Bench:
                     for backend in arms
                 }
                 raw: list[float] = []
+                # A floor for the stock SimpleWorker rows and the preloaded forking one, on SQLite.
+                floored = "sqlite" in arms and extra == (() if worker_class == "simple" else PRELOAD)
                 for r in range(self.rounds):
-                    order = [arms[0], RAW, *arms[1:]]
+                    order = [arms[0], RAW, *([FLOOR] if floored else []), *arms[1:]]
                     for who in order if r % 2 == 0 else reversed(order):
                         if who == RAW:
                             raw.append(rq_run())
+                        elif who == FLOOR:
+                            rows["sqlite"].floor.append(floor_run())
                         else:
                             rows[who].a.append(engine_run(who))
                     figures = ", ".join(f"{LABEL[b]} {rows[b].a[-1]:,.0f} wf/s" for b in arms)
+                    floor = f", the floor {rows['sqlite'].floor[-1]:,.0f} jobs/s" if floored else ""
                     say(
                         f"  e2e {kind} x{procs}{options}, N={n}, round {r + 1}/{self.rounds}: "
-                        f"{figures}, raw RQ {raw[-1]:,.0f} jobs/s"
+                        f"{figures}, raw RQ {raw[-1]:,.0f} jobs/s{floor}"
                     )
                 for backend in arms:
                     rows[backend].b = list(raw)
@@ -540,6 +579,28 @@ def format_table(rows: list[Row]) -> str:
         lines.append(
             f"| {row.measure} | {row.median_a:,.0f} {row.unit_a} | {row.median_b:,.0f} {row.unit_b} | "
             f"{row.ratio:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def format_floors(rows: list[Row]) -> str:
+    """The e2e rows that ran their floor beside them, with it."""
+    floored = [row for row in rows if row.floor]
+    if not floored:
+        return ""
+    lines = [
+        "Floors in this run: the same workers, in the same rounds, over N workflows on SQLite whose jobs "
+        "run only the SQL of a claim and a completion (two durable transactions; "
+        "bench_jobs.sql_floor_job), what an engine that keeps those guarantees with no Python of its own "
+        "would reach:",
+        "",
+        "| row | workflow_engine | the floor | raw RQ | workflow_engine ÷ raw | the floor ÷ raw |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in floored:
+        lines.append(
+            f"| {row.measure} | {row.median_a:,.0f} {row.unit_a} | {statistics.median(row.floor):,.0f} "
+            f"{row.unit_b} | {row.median_b:,.0f} {row.unit_b} | {row.ratio:.2f} | {row.floor_ratio:.2f} |"
         )
     return "\n".join(lines)
 
@@ -623,7 +684,10 @@ def targets(bench: Bench) -> list[tuple[str, str, str, str]]:
     def ratio(key: str, what: str, goal: float) -> None:
         row = by_key.get(key)
         if row is not None:
-            out.append((what, f"≥ {goal:.2f}", f"{row.ratio:.2f}", "yes" if row.ratio >= goal else "**no**"))
+            result = f"{row.ratio:.2f}"
+            if row.floor_ratio is not None:
+                result += f" (the floor in this run: {row.floor_ratio:.2f})"
+            out.append((what, f"≥ {goal:.2f}", result, "yes" if row.ratio >= goal else "**no**"))
 
     for row in bench.rows:
         if row.key.startswith("e2e-sqlite-"):
@@ -898,9 +962,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if bench.rows:
         print(format_table(bench.rows))
-        scaling = format_scaling(bench.rows)
-        if scaling:
-            print(f"\n{scaling}")
+        for table in (format_floors(bench.rows), format_scaling(bench.rows)):
+            if table:
+                print(f"\n{table}")
     if bench.peers:
         print(f"\n{format_peers(bench)}")
     if bench.queries:
@@ -916,7 +980,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nEvery round (workflow_engine / raw RQ):")
         for row in bench.rows:
             pairs = ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(row.a, row.b, strict=False))
-            print(f"- {row.measure}: {pairs}")
+            floor = f"; the floor {', '.join(f'{x:,.0f}' for x in row.floor)}" if row.floor else ""
+            print(f"- {row.measure}: {pairs}{floor}")
     for note in bench.notes:
         print(f"\nNote: {note}")
     if bench.timings:

@@ -55,6 +55,42 @@ KINDS = ("raw", "shape", "sql floor", "workflow")
 WORKERS = {"simple": "-w rq.SimpleWorker ", "fork": "(forking; -c workflow_engine.rq_preload but for raw) "}
 
 
+def queue_workflows(engine: WorkflowEngine, n: int, workflow_type: str = TYPE) -> list[tuple[str, str]]:
+    """``n`` workflows of ``workflow_type`` queued in ``engine``'s database, each with its job id;
+    their jobs are on the engine's queue."""
+    for done in range(0, n, 500):
+        engine.create_workflows([{"workflow_type_id": workflow_type}] * min(500, n - done), enqueue=True)
+    rows = engine.list_workflows(limit=n, status="queued")
+    return [(wf.id, str(wf.job_id)) for wf in rows]
+
+
+def reshape(
+    queue: Queue,
+    func: Callable[..., object],
+    workflows: list[tuple[str, str]],
+    workflow_type: str = TYPE,
+    handler: str = HANDLER,
+) -> None:
+    """Replace the queue's jobs by ``func`` jobs with the workflow jobs' ids, arguments and options
+    (``bench_jobs.sql_floor_job``: the floor; ``bench_jobs.workflow_shaped_noop``: the shape)."""
+    queue.empty()
+    queue.enqueue_many(
+        [
+            Queue.prepare_data(
+                func,
+                args=(wid, handler, jid),
+                timeout=-1,
+                result_ttl=RESULT_TTL,
+                job_id=jid,
+                description=f"workflow {workflow_type} {wid}",
+                on_stopped=Callback(bench_jobs.stopped_noop),
+                meta={META_KEY: PRELOAD},
+            )
+            for wid, jid in workflows
+        ]
+    )
+
+
 @dataclass(frozen=True)
 class Run:
     whole: float  # jobs/s, from the workers' start to the end of the last job
@@ -117,32 +153,6 @@ class Floor:
         engine.register_handler(TYPE, HANDLER)
         return engine
 
-    def queued(self, engine: WorkflowEngine) -> list[tuple[str, str]]:
-        """N workflows queued in the database, each with its job id; their jobs are on the queue."""
-        for done in range(0, self.n, 500):
-            engine.create_workflows([{"workflow_type_id": TYPE}] * min(500, self.n - done), enqueue=True)
-        rows = engine.list_workflows(limit=self.n, status="queued")
-        return [(wf.id, str(wf.job_id)) for wf in rows]
-
-    def shaped(self, func: Callable[..., object], workflows: list[tuple[str, str]]) -> None:
-        """Replace the queue's jobs by ``func`` jobs with the workflow jobs' ids, arguments and options."""
-        self.queue.empty()
-        self.queue.enqueue_many(
-            [
-                Queue.prepare_data(
-                    func,
-                    args=(wid, HANDLER, jid),
-                    timeout=-1,
-                    result_ttl=RESULT_TTL,
-                    job_id=jid,
-                    description=f"workflow {TYPE} {wid}",
-                    on_stopped=Callback(bench_jobs.stopped_noop),
-                    meta={META_KEY: PRELOAD},
-                )
-                for wid, jid in workflows
-            ]
-        )
-
     def completed(self, engine: WorkflowEngine) -> None:
         done = len(engine.list_workflows(limit=self.n + 1, status="completed"))
         engine.close()
@@ -155,15 +165,15 @@ class Floor:
             jobs = self.queue.enqueue_many([Queue.prepare_data(bench_jobs.noop) for _ in range(self.n)])
             return self.worker(None, [job.id for job in jobs])
         engine = self.engine()
-        workflows = self.queued(engine)
+        workflows = queue_workflows(engine, self.n)
         job_ids = [jid for _, jid in workflows]
         if kind == "shape":
-            self.shaped(bench_jobs.workflow_shaped_noop, workflows)
+            reshape(self.queue, bench_jobs.workflow_shaped_noop, workflows)
             rates = self.worker(engine.database_url, job_ids)
             engine.close()
             return rates
         if kind == "sql floor":
-            self.shaped(bench_jobs.sql_floor_job, workflows)
+            reshape(self.queue, bench_jobs.sql_floor_job, workflows)
         rates = self.worker(engine.database_url, job_ids)
         self.completed(engine)
         return rates
