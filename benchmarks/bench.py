@@ -92,17 +92,17 @@ class Row:
         return statistics.median(self.a)
 
     @property
-    def floor_ratio(self) -> float | None:
-        """The floor ÷ raw RQ, measured in the same rounds; None where no floor ran."""
-        return statistics.median(self.floor) / self.median_b if self.floor else None
-
-    @property
     def median_b(self) -> float:
         return statistics.median(self.b)
 
     @property
     def ratio(self) -> float:
         return self.median_a / self.median_b
+
+    @property
+    def floor_ratio(self) -> float | None:
+        """The floor ÷ raw RQ, measured in the same rounds; None where no floor ran."""
+        return statistics.median(self.floor) / self.median_b if self.floor else None
 
 
 def compare(
