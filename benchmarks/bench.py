@@ -448,34 +448,24 @@ class Bench:
                     procs: int = procs,
                     n: int = n,
                     extra: tuple[str, ...] = extra,
+                    floor: bool = False,
                 ) -> float:
+                    """N workflows run by the workers; ``floor``: their jobs replaced by jobs that run only
+                    the SQL of their claim and completion (``bench_jobs.sql_floor_job``)."""
                     self.redis.flushall()
                     with self.database(backend) as url:
                         engine = WorkflowEngine(database_url=url, redis_url=self.redis.url, queue_name=QUEUE)
                         engine.register_handler(TYPE, HANDLER_PATH)
-                        for done in range(0, n, self.batch):
-                            engine.enqueue_many(
-                                engine.create_workflows(
-                                    [{"workflow_type_id": TYPE}] * min(self.batch, n - done)
+                        if floor:
+                            workflows = e2e_floor.queue_workflows(engine, n, TYPE)
+                            e2e_floor.reshape(self.raw_queue(), bench_jobs.sql_floor_job, workflows, TYPE)
+                        else:
+                            for done in range(0, n, self.batch):
+                                engine.enqueue_many(
+                                    engine.create_workflows(
+                                        [{"workflow_type_id": TYPE}] * min(self.batch, n - done)
+                                    )
                                 )
-                            )
-                        elapsed = self.run_workers(n, worker_class, procs, url, extra)
-                        self.check_completed(engine, n)
-                        engine.close()
-                    return n / elapsed
-
-                def floor_run(
-                    worker_class: str = worker_class,
-                    procs: int = procs,
-                    n: int = n,
-                    extra: tuple[str, ...] = extra,
-                ) -> float:
-                    self.redis.flushall()
-                    with self.database("sqlite") as url:
-                        engine = WorkflowEngine(database_url=url, redis_url=self.redis.url, queue_name=QUEUE)
-                        engine.register_handler(TYPE, HANDLER_PATH)
-                        workflows = e2e_floor.queue_workflows(engine, n, TYPE)
-                        e2e_floor.reshape(self.raw_queue(), bench_jobs.sql_floor_job, workflows, TYPE)
                         elapsed = self.run_workers(n, worker_class, procs, url, extra)
                         self.check_completed(engine, n)
                         engine.close()
@@ -514,7 +504,7 @@ class Bench:
                         if who == RAW:
                             raw.append(rq_run())
                         elif who == FLOOR:
-                            rows["sqlite"].floor.append(floor_run())
+                            rows["sqlite"].floor.append(engine_run("sqlite", floor=True))
                         else:
                             rows[who].a.append(engine_run(who))
                     figures = ", ".join(f"{LABEL[b]} {rows[b].a[-1]:,.0f} wf/s" for b in arms)

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis as redis_lib
 from rq import Callback, Queue
@@ -60,8 +61,15 @@ def queue_workflows(engine: WorkflowEngine, n: int, workflow_type: str = TYPE) -
     their jobs are on the engine's queue."""
     for done in range(0, n, 500):
         engine.create_workflows([{"workflow_type_id": workflow_type}] * min(500, n - done), enqueue=True)
-    rows = engine.list_workflows(limit=n, status="queued")
-    return [(wf.id, str(wf.job_id)) for wf in rows]
+    found: list[tuple[str, str]] = []
+    page: list[Any] = []
+    while len(found) < n:  # pages of at most 10,000, list_workflows' largest limit
+        before = page[-1] if page else None
+        page = engine.list_workflows(limit=min(n - len(found), 10_000), status="queued", before=before)
+        if not page:
+            break
+        found += [(wf.id, str(wf.job_id)) for wf in page]
+    return found
 
 
 def reshape(
