@@ -39,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import api_floor
 import bench_jobs
 import bench_queries
 import e2e_floor
@@ -84,7 +85,7 @@ class Row:
     key: str = ""
     a: list[float] = field(default_factory=list)
     b: list[float] = field(default_factory=list)
-    #: The same-run floor's rates (e2e rows on SQLite with a stock worker class), in B's unit.
+    #: The same-run floor's rates (the e2e rows of stock workers and the API rows, on SQLite), in B's unit.
     floor: list[float] = field(default_factory=list)
 
     @property
@@ -113,16 +114,19 @@ def compare(
     unit_a: str,
     unit_b: str,
     key: str = "",
+    run_floor: Callable[[], float] | None = None,
 ) -> Row:
-    """Run A and B ``rounds`` times each, alternating which goes first (ABBA…); keep every rate."""
+    """Run A and B ``rounds`` times each, alternating which goes first (ABBA…); keep every rate.
+    ``run_floor``: A's floor, run in the same rounds after B (A B floor, then floor B A, …)."""
     row = Row(measure, unit_a, unit_b, key)
     for r in range(rounds):
-        pair = [(run_a, row.a), (run_b, row.b)]
-        for run, into in pair if r % 2 == 0 else reversed(pair):
+        turns = [(run_a, row.a), (run_b, row.b), *([(run_floor, row.floor)] if run_floor else [])]
+        for run, into in turns if r % 2 == 0 else reversed(turns):
             into.append(run())
+        floor = f", the floor {row.floor[-1]:,.0f} {unit_b}" if run_floor else ""
         say(
             f"  {measure} round {r + 1}/{rounds}: workflow_engine {row.a[-1]:,.0f} {unit_a}, "
-            f"raw RQ {row.b[-1]:,.0f} {unit_b}"
+            f"raw RQ {row.b[-1]:,.0f} {unit_b}{floor}"
         )
     return row
 
@@ -305,11 +309,23 @@ class Bench:
             for _ in range(n):
                 queue.enqueue(bench_jobs.noop)
 
-        for calls, fill, key in (
-            ("create_workflow+enqueue_execution", two_calls, "api"),
-            ("create_workflow(enqueue=True)", fused, "api-fused"),
+        # On SQLite, each row's floor in the same rounds: the same delivery after only the SQL of the
+        # call's durable transactions (api_floor.py: two for the two calls, one for the fused call).
+        floors = api_floor.Floor(self.tmp, self.redis, self.n) if backend == "sqlite" else None
+
+        def floor_of(kind: str) -> Callable[[], float] | None:
+            if floors is None:
+                return None
+            api_floor.Floor(self.tmp, self.redis, 20).run(kind)  # a warm-up, as the rows have
+            measured = floors
+            return lambda: measured.run(kind)  # on a flushed Redis and a fresh SQLite file
+
+        for calls, fill, key, floor in (
+            ("create_workflow+enqueue_execution", two_calls, "api", floor_of("two-call floor")),
+            ("create_workflow(enqueue=True)", fused, "api-fused", floor_of("sql floor")),
         ):
-            self.compare_queued(backend, f"API: {calls} vs Queue.enqueue", key, fill, raw, warm_up=20)
+            measure = f"API: {calls} vs Queue.enqueue"
+            self.compare_queued(backend, measure, key, fill, raw, warm_up=20, run_floor=floor)
 
     def bulk(self, backend: str) -> None:
         """``create_workflows`` + ``enqueue_many`` (two transactions a batch), or the fused
@@ -347,8 +363,10 @@ class Bench:
         raw: Callable[[Any, int], None],
         *,
         warm_up: int,
+        run_floor: Callable[[], float] | None = None,
     ) -> None:
-        """One API row: ``fill`` against ``raw``, after a warm-up of each (first-use imports and caches)."""
+        """One API row: ``fill`` against ``raw``, after a warm-up of each (first-use imports and caches);
+        ``run_floor``: its floor, run in the same rounds."""
         self.queued_by_engine(backend, warm_up, fill)
         self.queued_by_rq(warm_up, raw)
         what = "SQLite WAL" if backend == "sqlite" else "PostgreSQL"
@@ -361,6 +379,7 @@ class Bench:
                 "wf/s",
                 "jobs/s",
                 key=f"{key}-{backend}",
+                run_floor=run_floor,
             )
         )
         self.redis.flushall()
@@ -574,15 +593,16 @@ def format_table(rows: list[Row]) -> str:
 
 
 def format_floors(rows: list[Row]) -> str:
-    """The e2e rows that ran their floor beside them, with it."""
+    """The rows that ran their floor beside them (e2e and API, on SQLite), with it."""
     floored = [row for row in rows if row.floor]
     if not floored:
         return ""
     lines = [
-        "Floors in this run: the same workers, in the same rounds, over N workflows on SQLite whose jobs "
-        "run only the SQL of a claim and a completion (two durable transactions; "
-        "bench_jobs.sql_floor_job), what an engine that keeps those guarantees with no Python of its own "
-        "would reach:",
+        "Floors in this run, measured in the same rounds on SQLite: what an engine that keeps the "
+        "guarantees with no Python of its own would reach. End to end: the same workers over N "
+        "workflows whose jobs run only the SQL of a claim and a completion (two durable transactions; "
+        "bench_jobs.sql_floor_job). API: the same delivery as the engine's after only the SQL of the "
+        "call's durable transactions (one for the fused call, two for the two calls; api_floor.py):",
         "",
         "| row | workflow_engine | the floor | raw RQ | workflow_engine ÷ raw | the floor ÷ raw |",
         "|---|---|---|---|---|---|",
