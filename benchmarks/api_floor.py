@@ -266,7 +266,7 @@ class Floor:
 
         try:
             rate = self.timed(calls)
-            queued = len(engine.list_workflows(limit=self.n + 1, status="queued"))
+            queued = len(harness.workflows_in(engine, "queued", self.n + 1))
         finally:
             engine.close()
         if queued != self.n:

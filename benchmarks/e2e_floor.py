@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis as redis_lib
 from rq import Callback, Queue
@@ -61,15 +60,7 @@ def queue_workflows(engine: WorkflowEngine, n: int, workflow_type: str = TYPE) -
     their jobs are on the engine's queue."""
     for done in range(0, n, 500):
         engine.create_workflows([{"workflow_type_id": workflow_type}] * min(500, n - done), enqueue=True)
-    found: list[tuple[str, str]] = []
-    page: list[Any] = []
-    while len(found) < n:  # pages of at most 10,000, list_workflows' largest limit
-        before = page[-1] if page else None
-        page = engine.list_workflows(limit=min(n - len(found), 10_000), status="queued", before=before)
-        if not page:
-            break
-        found += [(wf.id, str(wf.job_id)) for wf in page]
-    return found
+    return [(wf.id, str(wf.job_id)) for wf in harness.workflows_in(engine, "queued", n)]
 
 
 def reshape(
@@ -162,7 +153,7 @@ class Floor:
         return engine
 
     def completed(self, engine: WorkflowEngine) -> None:
-        done = len(engine.list_workflows(limit=self.n + 1, status="completed"))
+        done = len(harness.workflows_in(engine, "completed", self.n + 1))
         engine.close()
         if done != self.n:
             raise BenchFailure(f"{done} of {self.n} workflows completed")

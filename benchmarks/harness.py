@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +41,19 @@ def alternating(
         figures = ", ".join(f"{kind} {describe(done[-1])}" for kind, done in results.items())
         print(f"round {r + 1}/{rounds}: {figures}", flush=True)
     return results
+
+
+def workflows_in(engine: Any, status: str, at_most: int) -> list[Any]:
+    """Up to ``at_most`` of ``engine``'s workflows in ``status``, newest first, read in pages of at
+    most 10,000 (``list_workflows``' largest limit)."""
+    found: list[Any] = []
+    while len(found) < at_most:
+        want = min(at_most - len(found), 10_000)
+        page = engine.list_workflows(limit=want, status=status, before=found[-1] if found else None)
+        found += page
+        if len(page) < want:
+            break
+    return found
 
 
 def free_port() -> int:
