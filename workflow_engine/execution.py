@@ -17,11 +17,11 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from rq.job import get_current_job
 from rq.timeouts import BaseDeathPenalty, BaseTimeoutException
 
 from . import recovery
@@ -31,12 +31,11 @@ from .models import Workflow, log_extra, to_json, utcnow
 from .status import WorkflowStatus
 from .stores.base import after_store_call, in_store_call
 from .stores.urls import shown
-from .transport import TIMEOUT_GRACE
+from .transport import TIMEOUT_GRACE, Transport
 
 if TYPE_CHECKING:
     from .config import Settings
     from .engine import WorkflowEngine
-    from .transport import Transport
 
 log = logging.getLogger("workflow_engine.execution")
 S = WorkflowStatus
@@ -97,6 +96,9 @@ def worker_engine(engine_key: str | None = None, *, strict: bool = False) -> Wor
     that cannot be loaded raises ConfigurationError if ``strict`` (at a worker's start), else is
     logged and said again by each attempt that needs it (a job's own workflow does not)."""
     global _worker_engine, _worker_engine_pid, _prepared
+    engine = _worker_engine
+    if engine_key is None and engine is not None and _prepared is None:
+        return engine  # every job but a worker's first: nothing to check, nothing to take
     from .config import Settings
     from .engine import _ENGINES, WorkflowEngine
 
@@ -256,8 +258,6 @@ def run_workflow(
     store failure propagates, so RQ marks the job failed; reconcile recovers
     the workflow from the database later.
     """
-    from rq import get_current_job
-
     engine = worker_engine(engine_key)
     job = get_current_job()
     transport = engine.transport if job is None or engine_key is not None else _job_transport(job)
@@ -275,8 +275,6 @@ def run_workflow(
 
 def _job_transport(job: Any) -> Transport:
     """Retries go back on the queue ``job`` came from, over the worker's own connection."""
-    from .transport import Transport
-
     return Transport(job.connection, job.origin, is_async=True)
 
 
@@ -439,15 +437,17 @@ def run_handler(
     attempt = _Attempt(wf.id, job_id, engine, transport)
     token = _current.set(attempt)
     func: HandlerFunc | None = None
+    beater: _Beater | None = None
     try:
         # The heartbeat runs from the claim on: importing the handler's module (in each work-horse
         # of a plain forking worker) may take longer than stale_after, and must keep the lease.
-        with _heartbeat(engine, attempt):
-            if not path:
-                raise UnknownWorkflowType(wf.workflow_type_id, "the workflow records no handler path")
-            func = engine.resolve_handler(path, wf.workflow_type_id)
-            started = time.monotonic()
-            result = _call_with_timeout(func, wf, wf.timeout)
+        beater = _watch(engine, attempt)
+        if not path:
+            raise UnknownWorkflowType(wf.workflow_type_id, "the workflow records no handler path")
+        func = engine.resolve_handler(path, wf.workflow_type_id)
+        started = time.monotonic()
+        result = _call_with_timeout(func, wf, wf.timeout)
+        if result is not None:  # None is JSON's null: nothing to check
             to_json(result, "the handler's result")  # a large result takes a while: under the lease
     except UnknownWorkflowType as exc:
         if func is not None:  # raised by the handler itself: an error like any other
@@ -465,6 +465,8 @@ def run_handler(
         stop = exc if isinstance(exc, (KeyboardInterrupt, SystemExit)) else None
         return Outcome("failed", error=describe(exc), traceback=traceback_text(), interrupt=stop)
     finally:
+        if beater is not None:
+            beater.forget(attempt)
         _current.reset(token)
     return Outcome("completed", result=result, duration=time.monotonic() - started)
 
@@ -619,6 +621,11 @@ class _Beater(threading.Thread):
         self.lock = threading.Lock()
         self.wake = threading.Event()
 
+    def forget(self, attempt: _Attempt) -> None:
+        """Stop stamping ``attempt``: it is over."""
+        with self.lock:
+            self.attempts.pop(id(attempt), None)
+
     @staticmethod
     def beat(attempt: _Attempt) -> None:
         at = utcnow()
@@ -655,21 +662,19 @@ _beater: _Beater | None = None
 _beater_pid = 0
 
 
-@contextmanager
-def _heartbeat(engine: WorkflowEngine, attempt: _Attempt) -> Iterator[None]:
+def _watch(engine: WorkflowEngine, attempt: _Attempt) -> _Beater:
+    """Have this process's heartbeat thread (started now if it is not running) stamp ``attempt``
+    until :meth:`_Beater.forget`; the thread, returned."""
     global _beater, _beater_pid
     # In-process mode too: the claim gave the attempt a lease, and a reconcile (this engine's or
     # another process's on the same database) takes an attempt whose lease ran out for lost.
-    if _beater is None or _beater_pid != os.getpid() or not _beater.is_alive():
-        _beater, _beater_pid = _Beater(), os.getpid()
-        _beater.start()
     beater = _beater
+    if beater is None or _beater_pid != os.getpid() or not beater.is_alive():
+        beater = _beater = _Beater()
+        _beater_pid = os.getpid()
+        beater.start()
     with beater.lock:
         beater.attempts[id(attempt)] = attempt
     if engine.heartbeat_interval < _Beater.IDLE_WAIT:
         beater.wake.set()  # otherwise its next look, at most IDLE_WAIT away, is soon enough
-    try:
-        yield
-    finally:
-        with beater.lock:
-            beater.attempts.pop(id(attempt), None)
+    return beater
