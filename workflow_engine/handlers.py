@@ -168,9 +168,10 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
         raise UnknownWorkflowType(
             workflow_type_id, f"malformed handler path {path!r}; use 'package.module:function'"
         )
-    register = f"engine.register_handler({workflow_type_id!r}, 'package.module:function')"
+    obj: Any = sys.modules.get(module_name)
     try:
-        obj: Any = importlib.import_module(module_name)
+        if obj is None or getattr(getattr(obj, "__spec__", None), "_initializing", False):
+            obj = importlib.import_module(module_name)  # not imported yet, or halfway (another thread)
     except ModuleNotFoundError as exc:
         if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
             # The module exists, but imports one that does not: a missing dependency of the app.
@@ -179,7 +180,8 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
             workflow_type_id,
             message=f"cannot import handler {path!r} for workflow type {workflow_type_id!r}: "
             f"no module named {exc.name!r}; start the worker where it can import it "
-            f"(rq worker --path <app dir>), or register the type with a path it can import: {register}",
+            "(rq worker --path <app dir>), or register the type with a path it can import: "
+            + _register_advice(workflow_type_id),
         ) from exc
     except BaseTimeoutException:  # RQ's job timeout, during a slow import: the attempt's, retryable
         raise
@@ -193,7 +195,8 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
             workflow_type_id,
             message=f"cannot import handler {path!r} for workflow type {workflow_type_id!r}: module "
             f"{module_name!r} has no {attr!r}; is the worker running the same version of the app "
-            f"(rq worker --path <app dir>)? Or register the type with the right path: {register}",
+            "(rq worker --path <app dir>)? Or register the type with the right path: "
+            + _register_advice(workflow_type_id),
         ) from exc
     except Exception as exc:  # a module's own __getattr__ (lazy loading) that failed
         raise _import_failed(path, workflow_type_id, exc) from exc
@@ -201,12 +204,18 @@ def import_handler(path: str, workflow_type_id: str) -> HandlerFunc:
         raise UnknownWorkflowType(
             workflow_type_id,
             message=f"cannot use handler {path!r} for workflow type {workflow_type_id!r}: it is a "
-            f"{type(obj).__name__}, not a function; register the type with a function's path: {register}",
+            f"{type(obj).__name__}, not a function; register the type with a function's path: "
+            + _register_advice(workflow_type_id),
         )
     if is_async_handler(obj):
         raise UnknownWorkflowType(workflow_type_id, message=async_handler_refused(path, workflow_type_id))
     handler: HandlerFunc = obj
     return handler
+
+
+def _register_advice(workflow_type_id: str) -> str:
+    """How to register ``workflow_type_id``'s handler, for the messages of a handler that cannot be used."""
+    return f"engine.register_handler({workflow_type_id!r}, 'package.module:function')"
 
 
 def is_async_handler(func: Any) -> bool:
