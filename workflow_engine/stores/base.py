@@ -277,6 +277,9 @@ def _lock_order(items: Sequence[T], key: Callable[[T], str]) -> list[int]:
     return sorted(range(len(items)), key=lambda i: (key(items[i]), i))
 
 
+#: The claim's compare-and-set, as ``_changed`` takes it (a data-modifying CTE wraps it on PostgreSQL).
+_CLAIM = q.CLAIM.strip()
+
 _calls = threading.local()
 
 
@@ -696,7 +699,7 @@ class SQLStore(Store):
                     "now": self.encode_time(stamp),
                     "lease_until": self.encode_time(until),
                 }
-                return self._changed(tx, q.CLAIM.strip(), params, event)
+                return self._changed(tx, _CLAIM, params, event)
 
         def committed() -> Workflow | None:
             # The claim stamps heartbeat_at (updated_at too, but a cancel request may have stamped

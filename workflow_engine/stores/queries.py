@@ -215,10 +215,20 @@ def update_sql(
     ``cancel_not_requested``: only if ``cancel_requested_at`` is NULL.
     ``attempts``: only if ``attempts`` equals ``:expected_attempts``.
     """
-    cols = list(columns)
+    return _update_sql(tuple(columns), job_id, lease_expired, cancel_not_requested, attempts)
+
+
+@functools.lru_cache(maxsize=256)  # a few dozen shapes, one of them on every attempt's completion
+def _update_sql(
+    cols: tuple[str, ...],
+    job_id: str | bool | None,
+    lease_expired: bool,
+    cancel_not_requested: bool,
+    attempts: bool,
+) -> str:
     bad = set(cols) - MUTABLE_COLUMNS
     if bad or not cols:
-        raise ValueError(f"not updatable columns: {sorted(bad) or cols}")
+        raise ValueError(f"not updatable columns: {sorted(bad) or list(cols)}")
     sets = ", ".join(f"{c} = :set_{c}" for c in cols)
     where = "id = :id AND status = :expected_status"
     if job_id is None:
