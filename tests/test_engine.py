@@ -651,7 +651,9 @@ def test_a_prepared_engine_is_finished_once_in_a_process_that_forks_nothing(
     try:
         execution.prepare_worker_engine()
         prepared = execution._worker_engine
+        assert execution._ready is None, "not complete: a job must not take it as it is"
         assert [execution.worker_engine() for _ in range(3)] == [prepared] * 3
+        assert execution._ready is prepared, "complete: later jobs take it without the lock"
         said = [r.getMessage() for r in caplog.records if r.name == "workflow_engine.execution"]
         assert said == [
             f"handlers from the app's engine {module}:engine",

@@ -45,15 +45,20 @@ _worker_engine_pid = 0
 #: The settings ``_worker_engine`` was built from ahead of its first job (prepare_worker_engine),
 #: while it still lacks what that job gives it; None once it is complete, or given.
 _prepared: Settings | None = None
+#: ``_worker_engine`` once it is complete (given, or built and given the app's handlers), else None:
+#: the one global a job reads without the lock, so that it never sees one half-way through a change.
+_ready: WorkflowEngine | None = None
 _engine_lock = threading.Lock()
 
 
 def set_worker_engine(engine: WorkflowEngine | None) -> None:
     """Make ``engine`` the one that jobs in this process (and its forked work-horses) run with."""
-    global _worker_engine, _worker_engine_pid, _prepared
+    global _worker_engine, _worker_engine_pid, _prepared, _ready
     with _engine_lock:
+        _ready = None
         _worker_engine, _worker_engine_pid = engine, os.getpid() if engine else 0
         _prepared = None
+        _ready = engine
 
 
 def prepare_worker_engine() -> None:
@@ -95,10 +100,10 @@ def worker_engine(engine_key: str | None = None, *, strict: bool = False) -> Wor
     Built from the environment, it shares the handlers of ``WORKFLOW_ENGINE_APP``'s engine; one
     that cannot be loaded raises ConfigurationError if ``strict`` (at a worker's start), else is
     logged and said again by each attempt that needs it (a job's own workflow does not)."""
-    global _worker_engine, _worker_engine_pid, _prepared
-    engine = _worker_engine
-    if engine_key is None and engine is not None and _prepared is None:
-        return engine  # every job but a worker's first: nothing to check, nothing to take
+    global _worker_engine, _worker_engine_pid, _prepared, _ready
+    ready = _ready
+    if engine_key is None and ready is not None:
+        return ready  # every job but a worker's first: nothing to check, nothing to take
     from .config import Settings
     from .engine import _ENGINES, WorkflowEngine
 
@@ -139,6 +144,7 @@ def worker_engine(engine_key: str | None = None, *, strict: bool = False) -> Wor
                     engine.close()
                 raise
             _worker_engine, _worker_engine_pid, _prepared = engine, os.getpid(), None
+            _ready = engine
             where = shown(_worker_engine.database_url)
             if os.environ.get("WORKFLOW_ENGINE_DATABASE_URL"):
                 log.info("worker engine from the environment: %s", where)
@@ -437,18 +443,20 @@ def run_handler(
     attempt = _Attempt(wf.id, job_id, engine, transport)
     token = _current.set(attempt)
     func: HandlerFunc | None = None
-    beater: _Beater | None = None
     try:
         # The heartbeat runs from the claim on: importing the handler's module (in each work-horse
         # of a plain forking worker) may take longer than stale_after, and must keep the lease.
         beater = _watch(engine, attempt)
-        if not path:
-            raise UnknownWorkflowType(wf.workflow_type_id, "the workflow records no handler path")
-        func = engine.resolve_handler(path, wf.workflow_type_id)
-        started = time.monotonic()
-        result = _call_with_timeout(func, wf, wf.timeout)
-        if result is not None:  # None is JSON's null: nothing to check
-            to_json(result, "the handler's result")  # a large result takes a while: under the lease
+        try:
+            if not path:
+                raise UnknownWorkflowType(wf.workflow_type_id, "the workflow records no handler path")
+            func = engine.resolve_handler(path, wf.workflow_type_id)
+            started = time.monotonic()
+            result = _call_with_timeout(func, wf, wf.timeout)
+            if result is not None:  # None is JSON's null: nothing to check
+                to_json(result, "the handler's result")  # a large result takes a while: under the lease
+        finally:
+            beater.forget(attempt)
     except UnknownWorkflowType as exc:
         if func is not None:  # raised by the handler itself: an error like any other
             return Outcome("failed", error=describe(exc), traceback=traceback_text())
@@ -465,8 +473,6 @@ def run_handler(
         stop = exc if isinstance(exc, (KeyboardInterrupt, SystemExit)) else None
         return Outcome("failed", error=describe(exc), traceback=traceback_text(), interrupt=stop)
     finally:
-        if beater is not None:
-            beater.forget(attempt)
         _current.reset(token)
     return Outcome("completed", result=result, duration=time.monotonic() - started)
 
