@@ -334,6 +334,25 @@ def test_compare_and_set_refuses_columns_that_never_change(store: Store) -> None
         store.compare_and_set(wf.id, expected_status=S.PENDING, changes={"inputs": {}}, event=None)
 
 
+def test_each_shape_of_compare_and_set_sql_is_built_once_and_keyed_by_what_it_checks() -> None:
+    """``update_sql`` is cached: ``job_id`` True checks the job, None asks for none, anything else
+    (False, a stray string or 1) sets no condition on it, each with a cache entry of its own."""
+
+    def condition(job_id: Any) -> str:
+        sql = q.update_sql(["status"], job_id=job_id, lease_expired=False)
+        return sql.split(" WHERE ")[1].split(" RETURNING ")[0]
+
+    checked = q.update_sql(["status"], job_id=True, lease_expired=False)
+    assert q.update_sql(("status",), job_id=True, lease_expired=False) is checked
+    assert condition(True).endswith("AND job_id = :expected_job_id")
+    assert condition(None).endswith("AND job_id IS NULL")
+    for unchecked in (False, 1, "job-1"):
+        assert condition(unchecked) == "id = :id AND status = :expected_status"
+    for _ in range(2):  # a refusal is raised every time, never cached
+        with pytest.raises(ValueError, match="not updatable columns: \\['inputs'\\]"):
+            q.update_sql(["inputs"], job_id=True, lease_expired=False)
+
+
 def test_only_the_job_that_carries_a_workflow_can_claim_it_and_only_once(store: Store) -> None:
     wf = new()
     store.insert([wf])

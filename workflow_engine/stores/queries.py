@@ -215,13 +215,16 @@ def update_sql(
     ``cancel_not_requested``: only if ``cancel_requested_at`` is NULL.
     ``attempts``: only if ``attempts`` equals ``:expected_attempts``.
     """
-    return _update_sql(tuple(columns), job_id, lease_expired, cancel_not_requested, attempts)
+    job_cond = None if job_id is None else job_id is True  # the three cases, and a cache key each
+    return _update_sql(
+        tuple(columns), job_cond, bool(lease_expired), bool(cancel_not_requested), bool(attempts)
+    )
 
 
 @functools.lru_cache(maxsize=256)  # a few dozen shapes, one of them on every attempt's completion
 def _update_sql(
     cols: tuple[str, ...],
-    job_id: str | bool | None,
+    job_id: bool | None,
     lease_expired: bool,
     cancel_not_requested: bool,
     attempts: bool,
