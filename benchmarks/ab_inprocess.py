@@ -1,0 +1,140 @@
+"""Did a change to the engine make a workflow job cheaper? Two versions of the package, one process.
+
+    python benchmarks/ab_inprocess.py [--against REF] [--n 6000]
+
+On this noisy 2-core machine a stock worker's CPU a job swings by more than 10 % between two runs
+of the same code, so a change worth a few percent of a job cannot be seen there. This script loads
+the package twice into one process: as it was at git ``REF`` (default ``HEAD``) and as it is in
+the working tree, each under a name of its own and with its own engine and SQLite WAL file. It then
+runs their ``run_workflow`` on queued no-op workflows job by job in alternation (old, new, then new,
+old, …), so that whatever the machine does meanwhile falls on both alike. It adds up each version's
+CPU time (the thread's) and wall time a job.
+
+This is the same in-process path a SimpleWorker runs a job through (the claim, the handler under its
+heartbeat, the completion, each a durable SQLite transaction), without RQ around it: it measures the
+engine's own cost, not the ratio to raw RQ. Two copies of the same code differ by a few microseconds
+a job here (``--against`` the commit you have checked out, with a clean tree, shows it). It asserts
+no timing; it exits non-zero if a workflow did not complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))  # bench_jobs, whose no-op handler both versions run
+
+import harness  # noqa: E402
+
+TYPE = "noop"
+HANDLER = "bench_jobs:noop_workflow"
+
+
+class Version:
+    """One version of the package, imported under ``name``, with an engine on its own SQLite file."""
+
+    def __init__(self, name: str, tmp: Path) -> None:
+        import fakeredis
+
+        package = importlib.import_module(name)
+        self.name = name
+        self.execution: ModuleType = importlib.import_module(f"{name}.execution")
+        self.engine: Any = package.WorkflowEngine(
+            database_url=f"sqlite:///{tmp / f'{name}.db'}", redis_connection=fakeredis.FakeRedis()
+        )
+        self.engine.register_handler(TYPE, HANDLER)
+        self.cpu_ns = self.wall_ns = self.jobs = 0
+
+    def queue(self, n: int) -> list[tuple[str, str]]:
+        """``n`` workflows queued, each with its job id (the jobs wait on fakeredis, never run)."""
+        ids = self.engine.create_workflows([{"workflow_type_id": TYPE}] * n, enqueue=True)
+        found = {wf.id: wf for wf in self.engine.list_workflows(limit=n, status="queued")}
+        return [(wid, str(found[wid].job_id)) for wid in ids]
+
+    def run(self, workflow_id: str, job_id: str) -> None:
+        self.execution.set_worker_engine(self.engine)  # the other version's engine was the worker's
+        wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+        self.execution.run_workflow(workflow_id, HANDLER, job_id)
+        self.cpu_ns += time.thread_time_ns() - cpu
+        self.wall_ns += time.perf_counter_ns() - wall
+        self.jobs += 1
+
+    def completed(self) -> int:
+        return len(harness.workflows_in(self.engine, "completed", self.jobs + 1))
+
+
+def materialize(ref: str | None, into: Path, name: str) -> None:
+    """The package at git ``ref`` (None: as in the working tree), as package ``name`` in ``into``."""
+    target = into / name
+    if ref is None:
+        shutil.copytree(ROOT / "workflow_engine", target, ignore=shutil.ignore_patterns("__pycache__"))
+        return
+    tar = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "workflow_engine"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=BytesIO(tar)) as archive:
+        archive.extractall(into, filter="data")
+    (into / "workflow_engine").rename(target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--against", default="HEAD", help="the git ref of the old version (default HEAD)")
+    parser.add_argument("--n", type=int, default=6000, help="jobs per version (default 6000)")
+    parser.add_argument("--batch", type=int, default=500, help="workflows queued at a time (default 500)")
+    args = parser.parse_args(argv)
+    if args.n < 1 or not 1 <= args.batch <= 10_000:
+        parser.error("--n must be at least 1 and --batch from 1 to 10,000")
+    with tempfile.TemporaryDirectory(prefix="we-ab-") as tmp_name:
+        tmp = Path(tmp_name)
+        materialize(args.against, tmp, "we_old")
+        materialize(None, tmp, "we_new")
+        sys.path.insert(0, str(tmp))
+        old, new = Version("we_old", tmp), Version("we_new", tmp)
+        try:
+            done = 0
+            while done < args.n:
+                size = min(args.batch, args.n - done)
+                pairs = list(zip(old.queue(size), new.queue(size), strict=True))
+                for i, (for_old, for_new) in enumerate(pairs):
+                    runs = [(old, for_old), (new, for_new)]
+                    for version, (workflow_id, job_id) in runs if (done + i) % 2 == 0 else runs[::-1]:
+                        version.run(workflow_id, job_id)
+                done += size
+            for version in (old, new):
+                if version.completed() != args.n:
+                    print(f"{version.name}: not every workflow completed", file=sys.stderr)
+                    return 1
+        finally:
+            old.engine.close()
+            new.engine.close()
+    print(f"run_workflow, in one process, {args.n} jobs each, alternating job by job (SQLite WAL, no RQ):\n")
+    print("| version | CPU a job | wall a job |")
+    print("|---|---|---|")
+    for label, version in ((f"`{args.against}`", old), ("working tree", new)):
+        cpu, wall = (ns / version.jobs / 1000 for ns in (version.cpu_ns, version.wall_ns))
+        print(f"| {label} | {cpu:.1f} µs | {wall:.1f} µs |")
+    cpu = (new.cpu_ns - old.cpu_ns) / args.n / 1000
+    wall = (new.wall_ns - old.wall_ns) / args.n / 1000
+    print(f"\nworking tree minus `{args.against}`: {cpu:+.1f} µs CPU, {wall:+.1f} µs wall a job")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
