@@ -55,6 +55,7 @@ class Version:
             database_url=f"sqlite:///{tmp / f'{name}.db'}", redis_connection=fakeredis.FakeRedis()
         )
         self.engine.register_handler(TYPE, HANDLER)
+        self.execution.set_worker_engine(self.engine)  # each version's own module: its own worker engine
         self.cpu_ns = self.wall_ns = self.jobs = 0
 
     def queue(self, n: int) -> list[tuple[str, str]]:
@@ -64,7 +65,6 @@ class Version:
         return [(wid, str(found[wid].job_id)) for wid in ids]
 
     def run(self, workflow_id: str, job_id: str) -> None:
-        self.execution.set_worker_engine(self.engine)  # the other version's engine was the worker's
         wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
         self.execution.run_workflow(workflow_id, HANDLER, job_id)
         self.cpu_ns += time.thread_time_ns() - cpu
@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{version.name}: not every workflow completed", file=sys.stderr)
                     return 1
         finally:
-            old.engine.close()
-            new.engine.close()
+            for version in (old, new):
+                version.execution.set_worker_engine(None)
+                version.engine.close()
     print(f"run_workflow, in one process, {args.n} jobs each, alternating job by job (SQLite WAL, no RQ):\n")
     print("| version | CPU a job | wall a job |")
     print("|---|---|---|")
