@@ -12,7 +12,7 @@ CPU time (the thread's) and wall time a job.
 
 This is the same in-process path a SimpleWorker runs a job through (the claim, the handler under its
 heartbeat, the completion, each a durable SQLite transaction), without RQ around it: it measures the
-engine's own cost, not the ratio to raw RQ. Two copies of the same code differ by a few microseconds
+engine's own cost, not the ratio to raw RQ. Two copies of the same code differ by up to about 10 µs
 a job here (``--against`` the commit you have checked out, with a clean tree, shows it). It asserts
 no timing; it exits non-zero if a workflow did not complete.
 """
