@@ -37,9 +37,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # bench_jobs, whose no-op handler both versions run
 
 import harness  # noqa: E402
-
-TYPE = "noop"
-HANDLER = "bench_jobs:noop_workflow"
+from e2e_floor import HANDLER, TYPE, queue_workflows  # noqa: E402
 
 
 class Version:
@@ -57,12 +55,6 @@ class Version:
         self.engine.register_handler(TYPE, HANDLER)
         self.execution.set_worker_engine(self.engine)  # each version's own module: its own worker engine
         self.cpu_ns = self.wall_ns = self.jobs = 0
-
-    def queue(self, n: int) -> list[tuple[str, str]]:
-        """``n`` workflows queued, each with its job id (the jobs wait on fakeredis, never run)."""
-        ids = self.engine.create_workflows([{"workflow_type_id": TYPE}] * n, enqueue=True)
-        found = {wf.id: wf for wf in self.engine.list_workflows(limit=n, status="queued")}
-        return [(wid, str(found[wid].job_id)) for wid in ids]
 
     def run(self, workflow_id: str, job_id: str) -> None:
         wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
@@ -111,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             done = 0
             while done < args.n:
                 size = min(args.batch, args.n - done)
-                pairs = list(zip(old.queue(size), new.queue(size), strict=True))
+                # The jobs wait on fakeredis and never run: each version runs them here.
+                queued = [queue_workflows(version.engine, size) for version in (old, new)]
+                pairs = list(zip(*queued, strict=True))
                 for i, (for_old, for_new) in enumerate(pairs):
                     runs = [(old, for_old), (new, for_new)]
                     for version, (workflow_id, job_id) in runs if (done + i) % 2 == 0 else runs[::-1]:
