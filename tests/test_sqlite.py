@@ -22,6 +22,7 @@ from workflow_engine.errors import HandlerTimeout, StoreError, StoreUnavailable
 from workflow_engine.execution import _call_with_timeout
 from workflow_engine.models import utcnow
 from workflow_engine.stores import queries as q
+from workflow_engine.stores.base import in_store_call
 from workflow_engine.stores.sqlite import SQLiteStore, _Checkpointer
 
 from support import a_workflow, wait_for
@@ -542,6 +543,55 @@ def test_a_statement_sqlite_refuses_is_a_store_error_and_a_busy_database_is_unav
     insert_one(store)  # and once it is free, writes go on
     store.close()
 
+
+
+def test_a_transaction_commits_on_a_clean_exit_and_otherwise_leaves_nothing_open(store: SQLiteStore) -> None:
+    """Whatever ends a transaction, the connection is left outside one, the store's lock and the
+    store call are let go, and only a driver error is turned into the store's own."""
+
+    def count() -> int:
+        with store.transaction(write=False, single=True) as tx:
+            return int(tx.fetch("SELECT count(*) AS n FROM workflows", {})[0]["n"])
+
+    def settled() -> None:
+        assert not store._connect().in_transaction
+        assert not in_store_call()
+        other = threading.Thread(target=insert_one, args=(store,))  # the lock is free for others
+        other.start()
+        other.join(5)
+        assert not other.is_alive()
+
+    insert_one(store)
+    assert count() == 1
+    settled()  # a clean write commits (the thread's insert commits too)
+    assert count() == 2
+
+    mistake = KeyError("the caller's own")
+    with pytest.raises(KeyError) as raised, store.transaction() as tx:
+        tx.execute(q.INSERT_WORKFLOW, store._workflow_params(a_workflow()))
+        raise mistake
+    assert raised.value is mistake  # not wrapped, and the insert is rolled back
+    settled()
+    assert count() == 3
+
+    with pytest.raises(StoreError) as refused, store.transaction() as tx:
+        tx.execute("PRAGMA defer_foreign_keys = ON", {})  # so the violation fails COMMIT, not the INSERT
+        tx.execute(
+            "INSERT INTO workflow_events (workflow_id, from_status, to_status, at, detail, attempt)"
+            " VALUES ('no such workflow', NULL, 'pending', '2026-12-01T00:00:00+00:00', NULL, 0)",
+            {},
+        )
+    assert isinstance(refused.value.__cause__, sqlite3.IntegrityError)
+    settled()
+
+    with store.transaction(write=False) as tx:  # several reads share one snapshot, ended on exit
+        assert store._connect().in_transaction
+        tx.fetch("SELECT count(*) AS n FROM workflows", {})
+    settled()
+    with pytest.raises(StoreError), store.transaction(write=False) as tx:
+        tx.fetch("SELECT * FROM no_such_table", {})
+    settled()
+    assert count() == 6  # the first insert and one a settled(): neither failed write left a row
 
 def test_migration_0003_backfills_durations_exact_to_the_microsecond(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
