@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -544,7 +544,6 @@ def test_a_statement_sqlite_refuses_is_a_store_error_and_a_busy_database_is_unav
     store.close()
 
 
-
 def test_a_transaction_commits_on_a_clean_exit_and_otherwise_leaves_nothing_open(store: SQLiteStore) -> None:
     """Whatever ends a transaction, the connection is left outside one, the store's lock and the
     store call are let go, and only a driver error is turned into the store's own."""
@@ -592,6 +591,20 @@ def test_a_transaction_commits_on_a_clean_exit_and_otherwise_leaves_nothing_open
         tx.fetch("SELECT * FROM no_such_table", {})
     settled()
     assert count() == 6  # the first insert and one a settled(): neither failed write left a row
+
+
+def test_a_timestamp_is_stored_as_its_instant_in_utc_whatever_was_stored_before(store: SQLiteStore) -> None:
+    """The store keeps the text of the last timestamp it encoded (a write encodes each of its
+    stamps two or three times): an equal instant gets that text, any other its own."""
+    at = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    text = "2026-12-01T12:00:00.123456+00:00"
+    assert store.encode_time(at) == text
+    assert store.encode_time(at.astimezone(timezone(timedelta(hours=2)))) == text  # the same instant
+    assert store.encode_time(at + timedelta(microseconds=1)) == "2026-12-01T12:00:00.123457+00:00"
+    assert store.encode_time(at) == text
+    naive = at.replace(tzinfo=None)  # local time, as Python reads a naive datetime: never the kept text
+    assert store.encode_time(naive) == naive.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
 
 def test_migration_0003_backfills_durations_exact_to_the_microsecond(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

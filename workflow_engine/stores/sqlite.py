@@ -307,6 +307,8 @@ SELECT j.key AS key, j.value AS value
         self._pid = 0
         self._wal = False  # the connection's journal is a WAL (not an in-memory database's)
         self._migrated = False
+        #: The last timestamp encoded, and its text: see encode_time.
+        self._last_time: tuple[datetime | None, str] = (None, "")
         _stores.add(self)
 
     def duration_index(self, window: int | None) -> str | None:
@@ -520,7 +522,15 @@ SELECT j.key AS key, j.value AS value
         return compact_json(value)
 
     def encode_time(self, value: datetime) -> Any:
-        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        # A write encodes each of its stamps two or three times (a claim's in its columns and its
+        # event, a completion's in finished_at, updated_at and its event): the last text is kept.
+        # Two aware datetimes that are equal are one instant, whose text in UTC is one.
+        last, text = self._last_time
+        if value.tzinfo is not None and value == last:
+            return text
+        text = value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        self._last_time = (value, text)  # one assignment: a thread reads the pair whole
+        return text
 
     def _savings(self, tx: Tx, cond: str, params: Mapping[str, Any]) -> dict[str, float]:
         # Summed here, each document parsed once. In SQL alone (json_each, kept from a malformed
