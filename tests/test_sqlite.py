@@ -606,6 +606,27 @@ def test_a_timestamp_is_stored_as_its_instant_in_utc_whatever_was_stored_before(
     assert store.encode_time(naive) == naive.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
+def test_each_timestamp_of_a_row_is_read_as_its_own_instant_when_several_share_one(
+    store: SQLiteStore,
+) -> None:
+    """decode_row parses a run of equal stamps once (a claim's, a completion's): each column still
+    gets its own value, and a column after a different one is parsed again."""
+    one, two = "2026-12-01T12:00:00.000001+00:00", "2026-12-01T12:00:00.000002+00:00"
+    row = {
+        "created_at": one,
+        "queued_at": one,
+        "started_at": two,
+        "heartbeat_at": two,
+        "updated_at": one,
+        "finished_at": None,
+        "lease_until": two,
+        "run_after": None,
+        "cancel_requested_at": one,
+    }
+    decoded = store.decode_row(row)
+    assert {key: value.isoformat() if value else None for key, value in decoded.items()} == row
+
+
 def test_migration_0003_backfills_durations_exact_to_the_microsecond(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -692,12 +692,13 @@ class SQLStore(Store):
             with self.transaction(single=self.event_in_update) as tx:
                 stamp, until = _held_from(asked, now, lease_until)
                 stamps.append(stamp)
+                until_text = self.encode_time(until)  # before the stamp, which the event encodes again
                 params = {
                     "id": workflow_id,
                     "job_id": job_id,
                     "worker": worker,
                     "now": self.encode_time(stamp),
-                    "lease_until": self.encode_time(until),
+                    "lease_until": until_text,
                 }
                 return self._changed(tx, _CLAIM, params, event)
 
