@@ -1,6 +1,6 @@
 """Did a change to the engine make a workflow job cheaper? Two versions of the package, one process.
 
-    python benchmarks/ab_inprocess.py [--against REF] [--n 6000]
+    python benchmarks/ab_inprocess.py [--against REF] [--n 6000] [--path job|create]
 
 On this noisy 2-core machine a stock worker's CPU a job swings by more than 10 % between two runs
 of the same code, so a change worth a few percent of a job cannot be seen there. This script loads
@@ -15,6 +15,11 @@ heartbeat, the completion, each a durable SQLite transaction), without RQ around
 engine's own cost, not the ratio to raw RQ. Two copies of the same code differ by up to about 10 µs
 a job here (``--against`` the commit you have checked out, with a clean tree, shows it). It asserts
 no timing; it exits non-zero if a workflow did not complete.
+
+``--path create`` alternates ``create_workflow(enqueue=True)`` instead, the fused API call: its durable
+transaction and the delivery of its job, onto fakeredis (the same Redis client code for both
+versions; its cost is fakeredis's, not a server's round trip). It exits non-zero unless every
+workflow was queued.
 """
 
 from __future__ import annotations
@@ -63,8 +68,15 @@ class Version:
         self.wall_ns += time.perf_counter_ns() - wall
         self.jobs += 1
 
-    def completed(self) -> int:
-        return len(harness.workflows_in(self.engine, "completed", self.jobs + 1))
+    def create(self) -> None:
+        wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+        self.engine.create_workflow(workflow_type_id=TYPE, enqueue=True)
+        self.cpu_ns += time.thread_time_ns() - cpu
+        self.wall_ns += time.perf_counter_ns() - wall
+        self.jobs += 1
+
+    def count(self, status: str) -> int:
+        return len(harness.workflows_in(self.engine, status, self.jobs + 1))
 
 
 def materialize(ref: str | None, into: Path, name: str) -> None:
@@ -83,6 +95,21 @@ def materialize(ref: str | None, into: Path, name: str) -> None:
     (into / "workflow_engine").rename(target)
 
 
+def run_jobs(old: Version, new: Version, n: int, batch: int) -> None:
+    """``n`` workflow jobs of each version, alternated job by job (old, new, then new, old, ...)."""
+    done = 0
+    while done < n:
+        size = min(batch, n - done)
+        # The jobs wait on fakeredis and never run: each version runs them here.
+        queued = [queue_workflows(version.engine, size) for version in (old, new)]
+        pairs = list(zip(*queued, strict=True))
+        for i, (for_old, for_new) in enumerate(pairs):
+            runs = [(old, for_old), (new, for_new)]
+            for version, (workflow_id, job_id) in runs if (done + i) % 2 == 0 else runs[::-1]:
+                version.run(workflow_id, job_id)
+        done += size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", default="HEAD", help="the git ref of the old version (default HEAD)")
     parser.add_argument("--n", type=int, default=6000, help="jobs per version (default 6000)")
     parser.add_argument("--batch", type=int, default=500, help="workflows queued at a time (default 500)")
+    parser.add_argument(
+        "--path",
+        choices=("job", "create"),
+        default="job",
+        help="what to alternate: run_workflow (default) or create_workflow(enqueue=True)",
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or not 1 <= args.batch <= 10_000:
         parser.error("--n must be at least 1 and --batch from 1 to 10,000")
@@ -100,34 +133,34 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(tmp))
         old, new = Version("we_old", tmp), Version("we_new", tmp)
         try:
-            done = 0
-            while done < args.n:
-                size = min(args.batch, args.n - done)
-                # The jobs wait on fakeredis and never run: each version runs them here.
-                queued = [queue_workflows(version.engine, size) for version in (old, new)]
-                pairs = list(zip(*queued, strict=True))
-                for i, (for_old, for_new) in enumerate(pairs):
-                    runs = [(old, for_old), (new, for_new)]
-                    for version, (workflow_id, job_id) in runs if (done + i) % 2 == 0 else runs[::-1]:
-                        version.run(workflow_id, job_id)
-                done += size
+            if args.path == "create":
+                for i in range(args.n):
+                    for version in (old, new) if i % 2 == 0 else (new, old):
+                        version.create()
+            else:
+                run_jobs(old, new, args.n, args.batch)
+            status = "queued" if args.path == "create" else "completed"
             for version in (old, new):
-                if version.completed() != args.n:
-                    print(f"{version.name}: not every workflow completed", file=sys.stderr)
+                if version.count(status) != args.n:
+                    print(f"{version.name}: not every workflow is {status}", file=sys.stderr)
                     return 1
         finally:
             for version in (old, new):
                 version.execution.set_worker_engine(None)
                 version.engine.close()
-    print(f"run_workflow, in one process, {args.n} jobs each, alternating job by job (SQLite WAL, no RQ):\n")
-    print("| version | CPU a job | wall a job |")
+    what, unit = (
+        ("create_workflow(enqueue=True)", "call") if args.path == "create" else ("run_workflow", "job")
+    )
+    print(f"{what}, in one process, {args.n} {unit}s each, alternating {unit} by {unit}", end="")
+    print(" (SQLite WAL, no RQ):\n" if unit == "job" else " (SQLite WAL, fakeredis):\n")
+    print(f"| version | CPU a {unit} | wall a {unit} |")
     print("|---|---|---|")
     for label, version in ((f"`{args.against}`", old), ("working tree", new)):
         cpu, wall = (ns / version.jobs / 1000 for ns in (version.cpu_ns, version.wall_ns))
         print(f"| {label} | {cpu:.1f} µs | {wall:.1f} µs |")
     cpu = (new.cpu_ns - old.cpu_ns) / args.n / 1000
     wall = (new.wall_ns - old.wall_ns) / args.n / 1000
-    print(f"\nworking tree minus `{args.against}`: {cpu:+.1f} µs CPU, {wall:+.1f} µs wall a job")
+    print(f"\nworking tree minus `{args.against}`: {cpu:+.1f} µs CPU, {wall:+.1f} µs wall a {unit}")
     return 0
 
 
