@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -593,6 +595,42 @@ def test_a_transaction_commits_on_a_clean_exit_and_otherwise_leaves_nothing_open
     assert count() == 6  # the first insert and one a settled(): neither failed write left a row
 
 
+@pytest.mark.parametrize(("write", "single"), [(True, False), (False, False), (False, True)])
+def test_an_exception_that_lands_as_a_transaction_ends_leaves_nothing_held(
+    store: SQLiteStore, write: bool, single: bool
+) -> None:
+    """A timeout raised from a signal handler lands wherever the thread is (RQ's job timeout, or a
+    handler's past its grace), even at the first step of leaving a transaction: the store's lock,
+    the store call and the transaction are let go all the same, or the heartbeat thread would wait
+    for the lock for good and no other process could write. The generator behind transaction()
+    does that when it is dropped; a context class would not (tried in the thirtieth session)."""
+
+    class Landed(BaseException):
+        pass
+
+    leaving = type(store.transaction()).__exit__.__code__  # the context's own, whatever it is
+
+    def lands_as_it_ends(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is leaving:
+            sys.settrace(None)
+            raise Landed
+
+    insert_one(store)
+    sys.settrace(lands_as_it_ends)
+    try:
+        with pytest.raises(Landed), store.transaction(write=write, single=single) as tx:
+            tx.fetch("SELECT count(*) AS n FROM workflows", {})
+    finally:
+        sys.settrace(None)
+    gc.collect()
+    assert not store._connect().in_transaction
+    assert not in_store_call()
+    other = threading.Thread(target=insert_one, args=(store,))
+    other.start()
+    other.join(5)
+    assert not other.is_alive()  # the lock was free for another thread
+
+
 def test_a_timestamp_is_stored_as_its_instant_in_utc_whatever_was_stored_before(store: SQLiteStore) -> None:
     """The store keeps the text of the last timestamp it encoded (a write encodes each of its
     stamps two or three times): an equal instant gets that text, any other its own."""
@@ -603,6 +641,11 @@ def test_a_timestamp_is_stored_as_its_instant_in_utc_whatever_was_stored_before(
     assert store.encode_time(at + timedelta(microseconds=1)) == "2026-12-01T12:00:00.123457+00:00"
     assert store.encode_time(at) == text
     naive = at.replace(tzinfo=None)  # local time, as Python reads a naive datetime: never the kept text
+    berlin = ZoneInfo("Europe/Berlin")  # its clock went back from 03:00 to 02:00 on 2026-10-25
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=berlin)
+    assert first == first.replace(fold=1)  # the same clock time in one zone: equal, two instants
+    assert store.encode_time(first) == "2026-10-25T00:30:00.000000+00:00"
+    assert store.encode_time(first.replace(fold=1)) == "2026-10-25T01:30:00.000000+00:00"
     assert store.encode_time(naive) == naive.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 

@@ -21,7 +21,8 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -31,7 +32,7 @@ from pydantic_core import from_json
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ..models import compact_json, load_json
 from . import queries as q
-from .base import _STORE_CALL, SQLStore, Tx
+from .base import SQLStore, Tx, store_call
 
 if TYPE_CHECKING:  # imported on demand only: sqlite_utils takes about 45 ms to import
     import sqlite_utils
@@ -458,11 +459,40 @@ SELECT j.key AS key, j.value AS value
             if self.path == ":memory:":
                 self._migrated = False  # the next connection is a new, empty database: give it the schema
 
-    def transaction(self, *, write: bool = True, single: bool = False) -> _Transaction:
+    @contextmanager
+    def transaction(self, *, write: bool = True, single: bool = False) -> Iterator[Tx]:
         # Every write takes BEGIN IMMEDIATE, one statement or several: a lone statement would
         # start as a reader, and SQLite fails its upgrade to writer at once if another process
         # wrote in between, instead of waiting.
-        return _Transaction(self, "BEGIN IMMEDIATE" if write else (None if single else "BEGIN"))
+        with store_call(), self._lock:
+            conn = self._connect()
+            try:
+                if write:
+                    try:
+                        # Inside the try: an exception raised right after BEGIN returns (a handler's
+                        # SIGALRM timeout while this waited for the lock) must not leave the
+                        # process's connection in a write transaction, locking out every writer.
+                        conn.execute("BEGIN IMMEDIATE")
+                        yield _SQLiteTx(conn)
+                        conn.execute("COMMIT")
+                        if self._wal:
+                            self._checkpointer.committed(conn)
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.rollback()
+                        raise
+                elif single:
+                    yield _SQLiteTx(conn)
+                else:  # several reads: one snapshot for all (stats' figures agree), writers go on
+                    try:
+                        conn.execute("BEGIN")  # inside the try, as for writes: never left open
+                        yield _SQLiteTx(conn)
+                    finally:
+                        if conn.in_transaction:
+                            conn.rollback()  # it wrote nothing: ending it either way is the same
+            except sqlite3.Error as exc:
+                error = StoreUnavailable if _unavailable(exc) else StoreError
+                raise error(f"SQLite database {self.path!r} failed: {exc}") from exc
 
     # -- migrations -------------------------------------------------------
     def migrate(self) -> int:
@@ -528,9 +558,11 @@ SELECT j.key AS key, j.value AS value
     def encode_time(self, value: datetime) -> Any:
         # A write encodes each of its stamps two or three times (a claim's in its columns and its
         # event, a completion's in finished_at, updated_at and its event): the last text is kept.
-        # Two aware datetimes that are equal are one instant, whose text in UTC is one.
+        # Only for UTC's own tzinfo (the engine's stamps, and SQLite's rows as read): two datetimes
+        # in it that are equal are one instant, which is not so in a zone whose clock goes back
+        # (== ignores fold between two times in one zone).
         last, text = self._last_time
-        if value.tzinfo is not None and value == last:
+        if value.tzinfo is timezone.utc and value == last:
             return text
         text = value.astimezone(timezone.utc).isoformat(timespec="microseconds")
         self._last_time = (value, text)  # one assignment: a thread reads the pair whole
@@ -573,78 +605,6 @@ SELECT j.key AS key, j.value AS value
                     text, at = value, datetime.fromisoformat(value)
                 out[key] = at
         return out
-
-
-class _Transaction:
-    """What :meth:`SQLiteStore.transaction` returns: a class, not a generator, as it wraps every
-    store call (two on a workflow job's path).
-
-    ``begin`` is ``BEGIN IMMEDIATE`` for a write, committed on a clean exit and rolled back on
-    an error; ``BEGIN`` for several reads, one snapshot for all (stats' figures agree) while
-    writers go on, ended either way; None for one read, sent as it is. The store's lock and
-    :func:`~.base.store_call` are held from ``__enter__`` to the end of ``__exit__``. A driver error
-    from the transaction (BEGIN, a statement, COMMIT, a rollback) is raised as StoreUnavailable
-    or StoreError; one from opening the connection is raised by ``_connect`` as it sees fit.
-    """
-
-    __slots__ = ("begin", "conn", "lock", "store")
-
-    def __init__(self, store: SQLiteStore, begin: str | None) -> None:
-        self.store = store
-        self.begin = begin
-        self.conn: sqlite3.Connection | None = None
-        self.lock: threading.RLock | None = None
-
-    def __enter__(self) -> Tx:
-        _STORE_CALL.__enter__()
-        try:
-            lock = self.store._lock
-            lock.acquire()
-            self.lock = lock
-            self.conn = conn = self.store._connect()
-            if self.begin is not None:
-                # Inside the try: an exception raised right after BEGIN returns (a handler's
-                # SIGALRM timeout while this waited for the lock) must not leave the process's
-                # connection in a transaction, locking out every writer: __exit__ would not run.
-                conn.execute(self.begin)
-            tx = _SQLiteTx(conn)
-        except BaseException as exc:
-            self._end(exc)
-            raise
-        return tx
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if exc is None and self.begin == "BEGIN IMMEDIATE":
-            conn = self.conn
-            assert conn is not None
-            try:
-                conn.execute("COMMIT")
-                if self.store._wal:
-                    self.store._checkpointer.committed(conn)
-            except BaseException as failed:
-                self._end(failed)
-                raise
-        self._end(exc)  # the body's own exception, unless a driver error, goes on as it was
-
-    def _end(self, exc: BaseException | None) -> None:
-        """Roll back whatever is still open, let go of the lock and the store call, and raise
-        ``exc`` (or the rollback's failure) as the store's own error if it is a driver error."""
-        try:
-            try:
-                conn = self.conn
-                if self.begin is not None and conn is not None and conn.in_transaction:
-                    conn.rollback()  # a failed write; a snapshot read wrote nothing: the same either way
-            except sqlite3.Error as failed:
-                exc = failed
-            finally:
-                if self.lock is not None:
-                    self.lock.release()
-                    self.lock = None
-        finally:
-            _STORE_CALL.__exit__(None, None, None)  # may raise a handler's timeout held meanwhile
-        if isinstance(exc, sqlite3.Error) and self.conn is not None:  # not _connect's: raised as it was
-            error = StoreUnavailable if _unavailable(exc) else StoreError
-            raise error(f"SQLite database {self.store.path!r} failed: {exc}") from exc
 
 
 def _has_sql(statement: str) -> bool:
