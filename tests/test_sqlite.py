@@ -632,8 +632,9 @@ def test_an_exception_that_lands_as_a_transaction_ends_leaves_nothing_held(
 
 
 def test_a_timestamp_is_stored_as_its_instant_in_utc_whatever_was_stored_before(store: SQLiteStore) -> None:
-    """The store keeps the text of the last timestamp it encoded (a write encodes each of its
-    stamps two or three times): an equal instant gets that text, any other its own."""
+    """The store keeps the text of the last UTC timestamp it encoded (a write encodes each of its
+    stamps two or three times): an equal instant gets that text, any other its own, and two times
+    that one zone's clock shows twice are two instants."""
     at = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
     text = "2026-12-01T12:00:00.123456+00:00"
     assert store.encode_time(at) == text
@@ -641,12 +642,12 @@ def test_a_timestamp_is_stored_as_its_instant_in_utc_whatever_was_stored_before(
     assert store.encode_time(at + timedelta(microseconds=1)) == "2026-12-01T12:00:00.123457+00:00"
     assert store.encode_time(at) == text
     naive = at.replace(tzinfo=None)  # local time, as Python reads a naive datetime: never the kept text
+    assert store.encode_time(naive) == naive.astimezone(timezone.utc).isoformat(timespec="microseconds")
     berlin = ZoneInfo("Europe/Berlin")  # its clock went back from 03:00 to 02:00 on 2026-10-25
     first = datetime(2026, 10, 25, 2, 30, tzinfo=berlin)
     assert first == first.replace(fold=1)  # the same clock time in one zone: equal, two instants
     assert store.encode_time(first) == "2026-10-25T00:30:00.000000+00:00"
     assert store.encode_time(first.replace(fold=1)) == "2026-10-25T01:30:00.000000+00:00"
-    assert store.encode_time(naive) == naive.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def test_each_timestamp_of_a_row_is_read_as_its_own_instant_when_several_share_one(
