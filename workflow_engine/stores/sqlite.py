@@ -79,7 +79,7 @@ def _add_savings(totals: dict[str, float], items: Iterable[tuple[str, Any]]) -> 
 #: created workflow's ``created_at`` and ``queued_at``; a claim's ``started_at``, ``heartbeat_at``
 #: and ``updated_at``; a completion's ``updated_at`` and ``finished_at``.
 _ALIKE = ("created_at", "queued_at", "started_at", "heartbeat_at", "updated_at", "finished_at")
-_TIME_KEYS = tuple(sorted(q.TIME_COLUMNS | {"at"}, key=lambda k: (_ALIKE.index(k) if k in _ALIKE else 99, k)))
+_TIME_KEYS = _ALIKE + tuple(sorted(q.TIME_COLUMNS - set(_ALIKE) | {"at"}))
 _JSON_KEYS = tuple(sorted(q.JSON_COLUMNS))
 
 #: SQLite's result codes for a database that cannot serve now (busy past the timeout, the disk,
