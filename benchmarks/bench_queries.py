@@ -15,7 +15,9 @@ PostgreSQL's COPY reads its rows from that file rather than generating them agai
 the same; reading them back takes a fifth of the time). PostgreSQL's table is then analyzed, as
 autovacuum would; SQLite's is not, since an app's SQLite file has no statistics. The SQLite
 file is cached under ``/tmp/we-bench-rows/`` keyed by the row count and a hash of the migration
-scripts, so a rerun reuses it; ``--rebuild`` forces a fresh one.
+scripts, so a rerun reuses it, and a PostgreSQL table of the same size is kept in a database of its
+own, ``we_bench_rows_<rows>_<hash>``; ``--rebuild`` forces fresh ones. (Tables under 50,000 rows are
+built each run: a file in the run's temporary folder, a scratch database dropped on exit.)
 
 What the rows look like (fixed seed, so every build is the same):
 
@@ -59,6 +61,9 @@ from workflow_engine.stores import open_store
 from workflow_engine.stores import queries as q
 
 CACHE = Path("/tmp/we-bench-rows")
+#: The databases that keep large PostgreSQL tables between runs, and the comment that marks one built.
+PG_CACHE_PREFIX = "we_bench_rows_"
+PG_CACHE_DONE = "workflow_engine benchmark rows, built in"
 PAGE = 50  # list_workflows' default limit
 DEEP_PAGE = 1000
 #: The smallest table on which every measured filter finds rows, but the sparse ones (combinations
@@ -266,38 +271,87 @@ def copied_rows(source: Path) -> Iterator[tuple[Any, ...]]:
 
 
 @contextmanager
-def postgres_table(admin_url: str, rows: int, source: Path | None = None) -> Iterator[tuple[str, str]]:
-    """A scratch PostgreSQL database with ``rows`` rows (COPY), dropped on exit; yields (url, how).
+def postgres_table(
+    admin_url: str, rows: int, source: Path | None = None, rebuild: bool = False
+) -> Iterator[tuple[str, str]]:
+    """A PostgreSQL database with ``rows`` rows (COPY); yields (url, how).
 
     With ``source``, a SQLite file of the same rows that ``sqlite_table`` built, the rows are
-    copied from it instead of generated again.
+    copied from it instead of generated again. A small table is built in a scratch database,
+    dropped on exit. A large one (as large as ``sqlite_table`` caches) is kept, as the SQLite
+    file is: in the database ``we_bench_rows_<rows>_<schema key>`` on that server, marked
+    complete by its comment once built, and reused by later runs unless ``rebuild``; a database
+    kept for another schema, or left incomplete, is dropped first. Nothing measured here
+    writes to it.
     """
+    if rows < 50_000:
+        with harness.scratch_postgres(admin_url) as url:
+            seconds = build_postgres(url, rows, source)
+            yield url, f"built in {seconds:.1f} s (COPY of rows {_origin(source)}, scratch database)"
+        return
     import psycopg
 
-    with harness.scratch_postgres(admin_url) as url:
-        started = time.perf_counter()
-        store = open_store(url)
-        store.migrate()
-        store.close()
-        with psycopg.connect(url) as conn:
-            indexes = conn.execute(
-                "SELECT i.indexname, i.indexdef FROM pg_indexes i "
-                "JOIN pg_class c ON c.relname = i.indexname JOIN pg_index x ON x.indexrelid = c.oid "
-                "WHERE i.tablename = 'workflows' AND NOT x.indisprimary"
+    name = f"{PG_CACHE_PREFIX}{rows}_{schema_key()}"
+    url = harness.with_dbname(admin_url, name)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        pattern = f"{PG_CACHE_PREFIX}{rows}_".replace("_", "\\_") + "%"
+        kept = dict(
+            conn.execute(
+                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+                "WHERE datname LIKE %s",
+                (pattern,),
             ).fetchall()
-            for name, _sql in indexes:
-                conn.execute(f'DROP INDEX "{name}"')
-            with conn.cursor().copy(f"COPY workflows ({', '.join(q.WORKFLOW_COLUMNS)}) FROM STDIN") as copy:
-                for row in copied_rows(source) if source is not None else generate(rows, "postgres"):
-                    copy.write_row(row)
-            conn.execute("SET maintenance_work_mem = '256MB'")
-            for _name, sql in indexes:
-                conn.execute(sql)
-            conn.commit()
-            conn.autocommit = True
-            conn.execute("VACUUM ANALYZE workflows")
-        origin = "copied from the SQLite file" if source is not None else "generated"
-        yield url, f"built in {time.perf_counter() - started:.1f} s (COPY of rows {origin}, scratch database)"
+        )
+        exists, comment = name in kept, kept.pop(name, None)
+        for stale in kept:  # kept for an older schema
+            conn.execute(f'DROP DATABASE IF EXISTS "{stale}" WITH (FORCE)')
+        if exists and not rebuild and comment is not None and comment.startswith(PG_CACHE_DONE):
+            how = f"cached in database {name} (built in {comment.removeprefix(PG_CACHE_DONE).strip()})"
+        else:
+            if exists:  # never finished, or --rebuild
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            say(f"  building database {name} ({rows:,} rows; kept for later runs)")
+            conn.execute(f'CREATE DATABASE "{name}"')
+            try:
+                seconds = build_postgres(url, rows, source)
+            except BaseException:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                raise
+            conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{PG_CACHE_DONE} {seconds:.1f} s'")
+            how = f"built in {seconds:.1f} s (COPY of rows {_origin(source)}), cached in database {name}"
+    yield url, how
+
+
+def _origin(source: Path | None) -> str:
+    return "copied from the SQLite file" if source is not None else "generated"
+
+
+def build_postgres(url: str, rows: int, source: Path | None = None) -> float:
+    """Give the empty database at ``url`` the store's schema and ``rows`` rows; return the seconds it took."""
+    import psycopg
+
+    started = time.perf_counter()
+    store = open_store(url)
+    store.migrate()
+    store.close()
+    with psycopg.connect(url) as conn:
+        indexes = conn.execute(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i "
+            "JOIN pg_class c ON c.relname = i.indexname JOIN pg_index x ON x.indexrelid = c.oid "
+            "WHERE i.tablename = 'workflows' AND NOT x.indisprimary"
+        ).fetchall()
+        for name, _sql in indexes:
+            conn.execute(f'DROP INDEX "{name}"')
+        with conn.cursor().copy(f"COPY workflows ({', '.join(q.WORKFLOW_COLUMNS)}) FROM STDIN") as copy:
+            for row in copied_rows(source) if source is not None else generate(rows, "postgres"):
+                copy.write_row(row)
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        for _name, sql in indexes:
+            conn.execute(sql)
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE workflows")
+    return time.perf_counter() - started
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -482,7 +536,7 @@ def run(
             table = (
                 sqlite_table(rows, rebuild, tmp)
                 if backend == "sqlite"
-                else postgres_table(str(postgres_url), rows, built)
+                else postgres_table(str(postgres_url), rows, built, rebuild)
             )
             label = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
             progress(f"  {label}, {rows:,} rows: preparing")
@@ -549,7 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-rounds", type=int, default=3)
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument("--no-sqlite", action="store_true", help="only PostgreSQL")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the cached SQLite files")
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="build the cached tables again (SQLite files, PostgreSQL databases)",
+    )
     args = parser.parse_args(argv)
     rows_list = [int(x.replace("_", "")) for x in args.rows.split(",") if x.strip()]
     if not rows_list or min(rows_list) < MIN_ROWS:

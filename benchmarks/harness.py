@@ -257,7 +257,7 @@ def start(cmd: Sequence[str], env: dict[str, str], log_dir: Path) -> Worker:
 
 
 # -- PostgreSQL ----------------------------------------------------------------
-def _with_dbname(url: str, dbname: str) -> str:
+def with_dbname(url: str, dbname: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
 
@@ -273,7 +273,7 @@ def scratch_postgres(admin_url: str) -> Iterator[str]:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield _with_dbname(admin_url, name)
+        yield with_dbname(admin_url, name)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
