@@ -1,4 +1,4 @@
-"""What bounds the API ratio: creating and enqueueing one workflow a call, six ways, side by side.
+"""What bounds the API ratio: creating and enqueueing one workflow a call, eight ways, side by side.
 
     python benchmarks/api_floor.py [--n 2000] [--rounds 5] [--steps]
 
@@ -21,13 +21,20 @@ Each round makes N calls of each kind, in turn, on a private Redis and a fresh S
   event), with the store's own statements, and nothing else: the cost of the guarantees that
   ``create_workflow`` returns a durable workflow and that ``queued`` is durable before the job is
   in Redis;
-- ``two calls``: ``engine.create_workflow(...)``, then ``engine.enqueue_execution(id)``.
+- ``two calls``: ``engine.create_workflow(...)``, then ``engine.enqueue_execution(id)``;
+- ``lean fused`` and ``lean two calls``: the floors' SQL and delivery with the least an engine must
+  add to them, and nothing else: the workflow type looked up among the registered handlers, a new
+  workflow id and job id, the timestamps, and (for the second call) the id checked and the type of the
+  workflow just created remembered instead of read back, as the engine does. No model, no state
+  machine, no store in between, no logging: what a lean engine keeping the same guarantees would cost.
 
 It prints each kind's median rate and its ratio to ``raw``. ``sql floor`` ÷ ``raw`` is the highest
 ratio that any engine writing the workflow durably before delivering its job, as this engine
 delivers it, could reach on this machine; ``workflow`` ÷ ``sql floor`` is what the engine's own Python
 (validation, the model, encoding, the state machine, logging) keeps of it. ``two-call floor`` and
-``two calls`` are the same for the two calls. It exits non-zero if a
+``two calls`` are the same for the two calls; ``lean fused`` and ``lean two calls`` say how close to
+each floor an engine could come without the engine's own design (its validated immutable models, its
+state machine's changes, its one store contract, its log records). It exits non-zero if a
 kind did not leave N jobs queued (and, with a database, N workflows queued); it asserts no timing.
 
 With ``--steps`` it runs the floor's loop again and again, with the engine's pieces put in one at a
@@ -60,15 +67,27 @@ import harness
 from harness import QUEUE, BenchFailure, RedisServer
 
 from workflow_engine import WorkflowEngine
+from workflow_engine.engine import new_workflow_id
+from workflow_engine.handlers import storable_id, validate_type_id
+from workflow_engine.models import utcnow
 from workflow_engine.status import WorkflowStatus as S
 from workflow_engine.stores import queries as q
 from workflow_engine.stores.base import NewEvent
 from workflow_engine.stores.sqlite import SQLiteStore
-from workflow_engine.transport import Transport, _job_options
+from workflow_engine.transport import Transport, _job_options, new_job_id
 
 TYPE = "bench"
 HANDLER = "bench_jobs:noop_workflow"
-KINDS = ("raw", "delivery", "sql floor", "workflow", "two-call floor", "two calls")
+KINDS = (
+    "raw",
+    "delivery",
+    "sql floor",
+    "lean fused",
+    "workflow",
+    "two-call floor",
+    "lean two calls",
+    "two calls",
+)
 #: ``--steps``: the floor's loop, then each of the engine's pieces in turn in place of the floor's own.
 STEPS = (
     "the floor",
@@ -77,6 +96,11 @@ STEPS = (
     "+ store.insert",
     "+ transport.deliver",
 )
+
+
+def _stamp() -> str:
+    """Now, as the SQLite store writes a timestamp."""
+    return utcnow().isoformat(timespec="microseconds")
 
 
 class Floor:
@@ -128,13 +152,20 @@ class Floor:
         return self.timed(calls)
 
     @staticmethod
-    def insert(conn: sqlite3.Connection, *, queued: bool = True) -> tuple[str, str]:
+    def insert(
+        conn: sqlite3.Connection,
+        *,
+        queued: bool = True,
+        workflow_id: str | None = None,
+        job_id: str | None = None,
+        now: str | None = None,
+    ) -> tuple[str, str]:
         """Exactly the fused call's SQL: the workflow row, already queued, and both of its events,
         in one durable transaction with the store's own statements. Its id and job id. With
         ``queued=False``, ``create_workflow``'s: the row ``pending``, with no job, and its one event."""
-        workflow_id = uuid.uuid4().hex
-        job_id = f"{workflow_id}-00000000"
-        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        workflow_id = workflow_id or uuid.uuid4().hex
+        job_id = job_id or f"{workflow_id}-00000000"
+        now = now or datetime.now(timezone.utc).isoformat(timespec="microseconds")
         row = dict.fromkeys(q.WORKFLOW_COLUMNS)
         row.update(
             id=workflow_id,
@@ -180,10 +211,10 @@ class Floor:
     )
 
     @classmethod
-    def enqueue(cls, conn: sqlite3.Connection, workflow_id: str, job_id: str) -> None:
+    def enqueue(cls, conn: sqlite3.Connection, workflow_id: str, job_id: str, now: str | None = None) -> None:
         """Exactly ``enqueue_execution``'s SQL for a pending workflow: its compare-and-set to
         ``queued`` (the row read back, as the store reads it), and its event, in one durable transaction."""
-        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        now = now or datetime.now(timezone.utc).isoformat(timespec="microseconds")
         values = (job_id, None, HANDLER, 3, 1.0, None, 4, None, "queued", now, now)
         params = {f"set_{c}": v for c, v in zip(cls.QUEUE_COLUMNS, values, strict=True)}
         params.update(id=workflow_id, expected_status="pending", expected_attempts=0)
@@ -202,6 +233,36 @@ class Floor:
         def call(engine: WorkflowEngine, conn: sqlite3.Connection) -> None:
             workflow_id, job_id = self.insert(conn, queued=False)
             self.enqueue(conn, workflow_id, job_id)
+            self.deliver(workflow_id, job_id)
+
+        return self.on_floor(call)
+
+    def lean_two_calls(self) -> float:
+        recent: dict[str, str] = {}  # the engine's hint: a workflow it just created needs no read
+
+        def call(engine: WorkflowEngine, conn: sqlite3.Connection) -> None:
+            # create_workflow(workflow_type_id=TYPE): the type known, or a valid new one
+            if engine.handler_for(TYPE) is None:
+                validate_type_id(TYPE)
+            workflow_id = new_workflow_id()
+            self.insert(conn, queued=False, workflow_id=workflow_id, now=_stamp())
+            recent[workflow_id] = TYPE
+            # enqueue_execution(workflow_id): an id a store could hold, a handler for its type
+            if not storable_id(workflow_id) or engine.handler_for(recent.pop(workflow_id)) is None:
+                raise BenchFailure(f"workflow {workflow_id} cannot be enqueued")
+            job_id = new_job_id(workflow_id)
+            self.enqueue(conn, workflow_id, job_id, _stamp())
+            self.deliver(workflow_id, job_id)
+
+        return self.on_floor(call)
+
+    def lean_fused(self) -> float:
+        def call(engine: WorkflowEngine, conn: sqlite3.Connection) -> None:
+            if engine.handler_for(TYPE) is None:  # create_workflow(..., enqueue=True) needs a handler
+                raise BenchFailure(f"no handler for {TYPE}")
+            workflow_id = new_workflow_id()
+            job_id = new_job_id(workflow_id)
+            self.insert(conn, workflow_id=workflow_id, job_id=job_id, now=_stamp())
             self.deliver(workflow_id, job_id)
 
         return self.on_floor(call)
@@ -295,6 +356,8 @@ class Floor:
             "workflow": self.workflow,
             "two-call floor": self.two_call_floor,
             "two calls": self.two_calls,
+            "lean fused": self.lean_fused,
+            "lean two calls": self.lean_two_calls,
         }[kind]()
 
 
@@ -307,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--steps",
         action="store_true",
-        help="instead of the six kinds: the floor's loop with the engine's pieces put in one at a time",
+        help="instead of the eight kinds: the floor's loop with the engine's pieces put in one at a time",
     )
     args = parser.parse_args(argv)
     if args.n < 1 or args.rounds < 1:
@@ -348,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for kind in kinds:
         rate = medians[kind]
-        floor = medians["two-call floor" if kind.startswith("two") else "sql floor"]
+        floor = medians["two-call floor" if "two" in kind else "sql floor"]
         print(
             f"| {kind} | {rate:,.0f} | {1000 / rate:.3f} | {rate / medians['raw']:.2f} | {rate / floor:.2f} |"
         )
