@@ -61,6 +61,8 @@ from workflow_engine.stores import open_store
 from workflow_engine.stores import queries as q
 
 CACHE = Path("/tmp/we-bench-rows")
+#: Tables this large or larger are kept between runs (SQLite's files and PostgreSQL's databases).
+CACHE_MIN_ROWS = 50_000
 #: The databases that keep large PostgreSQL tables between runs, and the comment that marks one built.
 PG_CACHE_PREFIX = "we_bench_rows_"
 PG_CACHE_DONE = "workflow_engine benchmark rows, built in"
@@ -235,7 +237,7 @@ def build_sqlite(path: Path, rows: int) -> float:
 @contextmanager
 def sqlite_table(rows: int, rebuild: bool, tmp: Path) -> Iterator[tuple[str, str]]:
     """A SQLite database URL with ``rows`` rows (cached under /tmp when large); yields (url, how)."""
-    if rows < 50_000:  # small: build it fresh, in the run's temporary folder
+    if rows < CACHE_MIN_ROWS:  # small: build it fresh, in the run's temporary folder
         path = tmp / f"rows-{rows}.db"
         seconds = build_sqlite(path, rows)
         yield f"sqlite:///{path}", f"built in {seconds:.1f} s"
@@ -284,7 +286,7 @@ def postgres_table(
     kept for another schema, or left incomplete, is dropped first. Nothing measured here
     writes to it.
     """
-    if rows < 50_000:
+    if rows < CACHE_MIN_ROWS:
         with harness.scratch_postgres(admin_url) as url:
             seconds = build_postgres(url, rows, source)
             yield url, f"built in {seconds:.1f} s (COPY of rows {_origin(source)}, scratch database)"
