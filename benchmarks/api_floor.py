@@ -55,7 +55,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -179,7 +178,7 @@ class Floor:
         ``queued=False``, ``create_workflow``'s: the row ``pending``, with no job, and its one event."""
         workflow_id = workflow_id or uuid.uuid4().hex
         job_id = job_id or f"{workflow_id}-00000000"
-        now = now or datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        now = now or _stamp()
         row = dict.fromkeys(q.WORKFLOW_COLUMNS)
         row.update(
             id=workflow_id,
@@ -228,7 +227,7 @@ class Floor:
     def enqueue(cls, conn: sqlite3.Connection, workflow_id: str, job_id: str, now: str | None = None) -> None:
         """Exactly ``enqueue_execution``'s SQL for a pending workflow: its compare-and-set to
         ``queued`` (the row read back, as the store reads it), and its event, in one durable transaction."""
-        now = now or datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        now = now or _stamp()
         values = (job_id, None, HANDLER, 3, 1.0, None, 4, None, "queued", now, now)
         params = {f"set_{c}": v for c, v in zip(cls.QUEUE_COLUMNS, values, strict=True)}
         params.update(id=workflow_id, expected_status="pending", expected_attempts=0)

@@ -306,18 +306,18 @@ def postgres_table(
         )
         exists, comment = name in kept, kept.pop(name, None)
         for stale in kept:  # kept for an older schema
-            conn.execute(f'DROP DATABASE IF EXISTS "{stale}" WITH (FORCE)')
+            harness.drop_database(conn, stale)
         if exists and not rebuild and comment is not None and comment.startswith(PG_CACHE_DONE):
             how = f"cached in database {name} (built in {comment.removeprefix(PG_CACHE_DONE).strip()})"
         else:
             if exists:  # never finished, or --rebuild
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                harness.drop_database(conn, name)
             say(f"  building database {name} ({rows:,} rows; kept for later runs)")
             conn.execute(f'CREATE DATABASE "{name}"')
             try:
                 seconds = build_postgres(url, rows, source)
             except BaseException:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                harness.drop_database(conn, name)
                 raise
             conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{PG_CACHE_DONE} {seconds:.1f} s'")
             how = f"built in {seconds:.1f} s (COPY of rows {_origin(source)}), cached in database {name}"

@@ -276,4 +276,10 @@ def scratch_postgres(admin_url: str) -> Iterator[str]:
         yield with_dbname(admin_url, name)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(conn, name)
+
+
+def drop_database(admin: Any, name: str) -> None:
+    """Drop the database ``name``, if there is one, over ``admin`` (an autocommit psycopg connection
+    to another database of that server), its sessions closed first."""
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
